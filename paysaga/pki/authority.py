@@ -1,0 +1,415 @@
+"""Create the paysaga CA and issue service and client certificates from it.
+
+Every process proves who it is with a certificate from this CA. A certificate's identity is a
+SPIFFE-style URI SAN: ``spiffe://paysaga/<service>`` for our services and
+``spiffe://paysaga/client/<name>`` for external clients. Service certificates carry both server
+and client usage (a service is a server to its callers and a client of NATS); client
+certificates carry client usage only.
+
+Keys are ECDSA P-256. Private keys are written 0600 through a temporary file and an atomic
+rename, so a reader never sees half a key and a crash never leaves a world-readable one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+TRUST_DOMAIN = "paysaga"
+CA_CERT_FILE = "ca.crt"
+CA_KEY_FILE = "ca.key"
+CA_LIFETIME_DAYS = 3650
+LEAF_LIFETIME_DAYS = 90
+CLOCK_SKEW = dt.timedelta(minutes=5)
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+RENEW_WITHIN_DAYS = 14
+CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger")
+CLUSTER_CLIENTS = ("ops",)
+PRIVATE_KEY_MODE = 0o600
+CERTIFICATE_MODE = 0o644
+
+
+class CertificateError(Exception):
+    """An operation on certificates that cannot go ahead; the message says why and what to do."""
+
+
+class Kind(StrEnum):
+    CA = "ca"
+    SERVICE = "service"
+    CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class Authority:
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What an operator needs to know about one certificate file."""
+
+    name: str
+    path: Path
+    kind: Kind
+    identity: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    issued_by_ca: bool
+
+    def summary(self) -> str:
+        return f"{self.identity}, expires {self.not_after:%Y-%m-%d}"
+
+    def days_left(self, now: dt.datetime) -> int:
+        return (self.not_after - now).days
+
+    def status(self, now: dt.datetime, warn_within_days: int) -> str:
+        if not self.issued_by_ca:
+            return "not from this CA"
+        if now < self.not_before:
+            return "not yet valid"
+        if now >= self.not_after:
+            return "expired"
+        if self.not_after - now <= dt.timedelta(days=warn_within_days):
+            return "expiring"
+        return "ok"
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def service_identity(name: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/{name}"
+
+
+def client_identity(name: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/client/{name}"
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise CertificateError(
+            f"invalid name {name!r}: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def create_ca(
+    ca_dir: Path,
+    certs_dir: Path,
+    *,
+    common_name: str = "paysaga root CA",
+    lifetime_days: int = CA_LIFETIME_DAYS,
+    force: bool = False,
+    now: dt.datetime | None = None,
+) -> Authority:
+    """Create a new CA key and self-signed certificate; refuses to replace an existing CA."""
+    key_path = ca_dir / CA_KEY_FILE
+    if not force and (key_path.exists() or (ca_dir / CA_CERT_FILE).exists()):
+        raise CertificateError(
+            f"a CA already exists in {ca_dir}; replacing it invalidates every certificate it issued. "
+            "Pass --force to replace it anyway."
+        )
+    _check_lifetime(lifetime_days)
+    now = now or utc_now()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, TRUST_DOMAIN),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    public_key = key.public_key()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=lifetime_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    _write_file(key_path, _private_pem(key), PRIVATE_KEY_MODE)
+    _write_file(ca_dir / CA_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
+    publish_ca_certificate(ca_dir, certs_dir)
+    return Authority(certificate, key)
+
+
+def publish_ca_certificate(ca_dir: Path, certs_dir: Path) -> None:
+    """Copy the CA certificate (public) next to the issued certificates, where every peer reads it."""
+    source, target = ca_dir / CA_CERT_FILE, certs_dir / CA_CERT_FILE
+    content = source.read_bytes()
+    if not target.exists() or target.read_bytes() != content:
+        certs_dir.mkdir(parents=True, exist_ok=True)
+        _write_file(target, content, CERTIFICATE_MODE)
+
+
+def load_ca(ca_dir: Path) -> Authority:
+    key_path, cert_path = ca_dir / CA_KEY_FILE, ca_dir / CA_CERT_FILE
+    if not key_path.exists() or not cert_path.exists():
+        raise CertificateError(f"no CA in {ca_dir}: create one first with 'paysaga-certs init-ca'")
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{key_path} is not an EC private key")
+    return Authority(x509.load_pem_x509_certificate(cert_path.read_bytes()), key)
+
+
+def issue(
+    authority: Authority,
+    certs_dir: Path,
+    name: str,
+    kind: Kind,
+    *,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    lifetime_days: int = LEAF_LIFETIME_DAYS,
+    force: bool = False,
+    now: dt.datetime | None = None,
+) -> CertificateInfo:
+    """Issue a key and certificate for a service or an external client into certs_dir."""
+    check_name(name)
+    if kind is Kind.CA:
+        raise CertificateError("use create_ca for a CA certificate")
+    cert_path, key_path = certs_dir / f"{name}.crt", certs_dir / f"{name}.key"
+    if not force and (cert_path.exists() or key_path.exists()):
+        raise CertificateError(f"{cert_path} already exists; pass --force to re-issue it")
+    _check_lifetime(lifetime_days)
+    now = now or utc_now()
+    not_after = min(now + dt.timedelta(days=lifetime_days), authority.certificate.not_valid_after_utc)
+    if kind is Kind.SERVICE:
+        identity = service_identity(name)
+        dns = _unique([name, "localhost", *dns_names])
+        ips = _unique(["127.0.0.1", "::1", *ip_addresses])
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    else:
+        identity = client_identity(name)
+        dns = _unique(dns_names)
+        ips = _unique(ip_addresses)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    alternative_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity)]
+    alternative_names += [x509.DNSName(value) for value in dns]
+    alternative_names += [x509.IPAddress(_parse_ip(value)) for value in ips]
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer_public_key = authority.private_key.public_key()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, TRUST_DOMAIN),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind.value),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                ]
+            )
+        )
+        .issuer_name(authority.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False)
+        .sign(authority.private_key, hashes.SHA256())
+    )
+    certs_dir.mkdir(parents=True, exist_ok=True)
+    # The key goes first: a crash in between leaves an old certificate that no longer matches,
+    # which the next bootstrap re-issues, never a new certificate without its key.
+    _write_file(key_path, _private_pem(key), PRIVATE_KEY_MODE)
+    _write_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
+    return describe(cert_path, authority.certificate)
+
+
+def ensure_certificates(
+    ca_dir: Path,
+    certs_dir: Path,
+    *,
+    services: Sequence[str] = CLUSTER_SERVICES,
+    clients: Sequence[str] = CLUSTER_CLIENTS,
+    lifetime_days: int = LEAF_LIFETIME_DAYS,
+    renew_within_days: int = RENEW_WITHIN_DAYS,
+) -> list[str]:
+    """Create the CA if there is none and (re-)issue what is missing, expiring or from another CA.
+
+    Never replaces an existing CA. Returns one line per certificate saying what was done.
+    """
+    if (ca_dir / CA_KEY_FILE).exists():
+        ca = load_ca(ca_dir)
+        publish_ca_certificate(ca_dir, certs_dir)
+        report = [f"kept CA {ca_dir / CA_CERT_FILE}"]
+    else:
+        ca = create_ca(ca_dir, certs_dir)
+        report = [f"created CA {ca_dir / CA_CERT_FILE}"]
+    now = utc_now()
+    wanted = [(name, Kind.SERVICE) for name in services] + [(name, Kind.CLIENT) for name in clients]
+    for name, kind in wanted:
+        cert_path = certs_dir / f"{check_name(name)}.crt"
+        current = describe(cert_path, ca.certificate) if cert_path.exists() else None
+        reason = needs_issuing(current, cert_path.with_suffix(".key"), now, renew_within_days)
+        if reason is None and current is not None:
+            report.append(f"kept {kind.value} {name}: {current.summary()}")
+            continue
+        info = issue(ca, certs_dir, name, kind, lifetime_days=lifetime_days, force=True, now=now)
+        report.append(f"issued {kind.value} {name} ({reason}): {info.summary()}")
+    return report
+
+
+def describe(cert_path: Path, ca_certificate: x509.Certificate | None) -> CertificateInfo:
+    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = x509.SubjectAlternativeName([])
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return CertificateInfo(
+        name=cert_path.stem,
+        path=cert_path,
+        kind=_kind_of(certificate),
+        identity=uris[0] if uris else "",
+        dns_names=tuple(names.get_values_for_type(x509.DNSName)),
+        ip_addresses=tuple(str(ip) for ip in names.get_values_for_type(x509.IPAddress)),
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        issued_by_ca=ca_certificate is not None and _signed_by(certificate, ca_certificate),
+    )
+
+
+def inventory(certs_dir: Path) -> list[CertificateInfo]:
+    """Every certificate in certs_dir, the CA first, then by name."""
+    ca_path = certs_dir / CA_CERT_FILE
+    ca_certificate = x509.load_pem_x509_certificate(ca_path.read_bytes()) if ca_path.exists() else None
+    paths = sorted(certs_dir.glob("*.crt"), key=lambda path: (path.name != CA_CERT_FILE, path.name))
+    return [describe(path, ca_certificate) for path in paths]
+
+
+def needs_issuing(info: CertificateInfo | None, key_path: Path, now: dt.datetime, renew_within_days: int) -> str | None:
+    """Why a certificate must be (re-)issued, or None if it is fine as it is."""
+    if info is None or not key_path.exists():
+        return "missing"
+    if not info.issued_by_ca:
+        return "not issued by the current CA"
+    if info.not_after - now <= dt.timedelta(days=renew_within_days):
+        return "expired" if now >= info.not_after else "expiring"
+    if not _key_matches(info.path, key_path):
+        return "key does not match certificate"
+    return None
+
+
+def _key_matches(cert_path: Path, key_path: Path) -> bool:
+    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    return bool(
+        certificate.public_key().public_bytes(encoding, public) == key.public_key().public_bytes(encoding, public)
+    )
+
+
+def _kind_of(certificate: x509.Certificate) -> Kind:
+    try:
+        if certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return Kind.CA
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return Kind.CLIENT
+    return Kind.SERVICE if ExtendedKeyUsageOID.SERVER_AUTH in usages else Kind.CLIENT
+
+
+def _signed_by(certificate: x509.Certificate, ca_certificate: x509.Certificate) -> bool:
+    if certificate.issuer != ca_certificate.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(ca_certificate)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _check_lifetime(days: int) -> None:
+    if days < 1:
+        raise CertificateError(f"lifetime must be at least 1 day, got {days}")
+
+
+def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise CertificateError(f"invalid IP address {value!r}") from None
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write_file(path: Path, content: bytes, mode: int) -> None:
+    """Write content to path atomically, created with mode from the start (umask cannot widen it)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""The three paysaga services; each is started with ``python -m services.<name>``."""

@@ -1,0 +1,1 @@
+"""The paysaga ledger service."""

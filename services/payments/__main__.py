@@ -1,0 +1,8 @@
+"""``python -m services.payments``: run the payments service (see --help for its settings)."""
+
+import sys
+
+from paysaga.service_process import main
+from services.payments.bootstrap import bootstrap
+
+sys.exit(main("payments", bootstrap))

@@ -1,0 +1,217 @@
+"""The CA script as an operator uses it: create a CA, issue, list with expiry, refuse to overwrite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from paysaga.pki import authority
+from paysaga.pki.authority import CertificateError, Kind
+from paysaga.pki.cli import main as certs_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ops-facing script in scripts/ exactly as an operator would."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "paysaga-certs"), *args], capture_output=True, text=True, check=False
+    )
+
+
+def load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_ca_creates_a_ca_certificate_and_a_private_key_only_the_owner_can_read(tmp_path: Path) -> None:
+    result = run_script("--dir", str(tmp_path), "init-ca")
+
+    assert result.returncode == 0, result.stderr
+    ca = load(tmp_path / "ca.crt")
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign is True
+    assert ca.subject == ca.issuer
+    assert mode(tmp_path / "ca.key") == 0o600
+    assert mode(tmp_path / "ca.crt") == 0o644
+
+
+def test_init_ca_refuses_to_replace_an_existing_ca_unless_forced(tmp_path: Path) -> None:
+    assert run_script("--dir", str(tmp_path), "init-ca").returncode == 0
+    original_key = (tmp_path / "ca.key").read_bytes()
+
+    refused = run_script("--dir", str(tmp_path), "init-ca")
+
+    assert refused.returncode == 2
+    assert "already exists" in refused.stderr and "--force" in refused.stderr
+    assert (tmp_path / "ca.key").read_bytes() == original_key
+
+    forced = run_script("--dir", str(tmp_path), "init-ca", "--force")
+
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "ca.key").read_bytes() != original_key
+
+
+def test_service_certificate_has_dns_ip_and_spiffe_identity_with_server_and_client_usage(tmp_path: Path) -> None:
+    assert run_script("--dir", str(tmp_path), "init-ca").returncode == 0
+
+    result = run_script("--dir", str(tmp_path), "issue", "service", "payments", "--dns", "payments.internal")
+
+    assert result.returncode == 0, result.stderr
+    certificate = load(tmp_path / "payments.crt")
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://paysaga/payments"]
+    assert set(names.get_values_for_type(x509.DNSName)) == {"payments", "localhost", "payments.internal"}
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    certificate.verify_directly_issued_by(load(tmp_path / "ca.crt"))
+    assert mode(tmp_path / "payments.key") == 0o600
+
+
+def test_client_certificate_has_client_usage_only_and_a_client_identity(tmp_path: Path) -> None:
+    assert run_script("--dir", str(tmp_path), "init-ca").returncode == 0
+
+    assert run_script("--dir", str(tmp_path), "issue", "client", "acme-shop").returncode == 0
+
+    certificate = load(tmp_path / "acme-shop.crt")
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://paysaga/client/acme-shop"]
+    assert list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    assert mode(tmp_path / "acme-shop.key") == 0o600
+
+
+def test_private_keys_are_0600_even_under_a_permissive_umask(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["sh", "-c", f'umask 000 && "{sys.executable}" "{REPO / "scripts" / "paysaga-certs"}" --dir "{tmp_path}" bootstrap'],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    keys = sorted(tmp_path.glob("*.key"))
+    assert [key.name for key in keys] == ["ca.key", "inventory.key", "ledger.key", "nats.key", "ops.key", "payments.key"]
+    assert all(mode(key) == 0o600 for key in keys)
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary files are left behind"
+
+
+def test_issue_refuses_to_overwrite_an_existing_certificate_unless_forced(tmp_path: Path) -> None:
+    assert run_script("--dir", str(tmp_path), "init-ca").returncode == 0
+    assert run_script("--dir", str(tmp_path), "issue", "service", "ledger").returncode == 0
+    original = (tmp_path / "ledger.crt").read_bytes()
+
+    refused = run_script("--dir", str(tmp_path), "issue", "service", "ledger")
+
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert (tmp_path / "ledger.crt").read_bytes() == original
+    assert run_script("--dir", str(tmp_path), "issue", "service", "ledger", "--force").returncode == 0
+    assert (tmp_path / "ledger.crt").read_bytes() != original
+
+
+def test_issue_without_a_ca_explains_how_to_create_one(tmp_path: Path) -> None:
+    result = run_script("--dir", str(tmp_path), "issue", "client", "acme")
+
+    assert result.returncode == 2
+    assert "init-ca" in result.stderr
+    assert not (tmp_path / "acme.crt").exists()
+
+
+@pytest.mark.parametrize("name", ["", "Payments", "pay ments", "../etc", "-lead", "x" * 64])
+def test_issue_rejects_names_that_are_not_dns_labels(tmp_path: Path, name: str) -> None:
+    ca = authority.create_ca(tmp_path, tmp_path)
+
+    with pytest.raises(CertificateError, match="invalid name"):
+        authority.issue(ca, tmp_path, name, Kind.CLIENT)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ca.crt", "ca.key"]
+
+
+def test_list_shows_every_certificate_with_identity_and_expiry(tmp_path: Path) -> None:
+    assert run_script("--dir", str(tmp_path), "bootstrap").returncode == 0
+
+    result = run_script("--dir", str(tmp_path), "list", "--json")
+
+    assert result.returncode == 0, result.stderr
+    listed = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    assert set(listed) == {"ca", "nats", "payments", "inventory", "ledger", "ops"}
+    assert listed["ledger"]["identity"] == "spiffe://paysaga/ledger"
+    assert listed["ops"]["kind"] == "client"
+    assert listed["ca"]["kind"] == "ca"
+    expiry = dt.datetime.fromisoformat(listed["payments"]["not_after"])
+    assert listed["payments"]["days_left"] == (expiry - dt.datetime.now(dt.UTC)).days
+    assert 88 <= listed["payments"]["days_left"] <= 90
+    assert all(entry["status"] == "ok" for entry in listed.values())
+
+    table = run_script("--dir", str(tmp_path), "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "KIND", "IDENTITY"]
+    assert any(line.startswith("payments") and "spiffe://paysaga/payments" in line for line in table)
+
+
+def test_list_marks_expiring_expired_and_foreign_certificates(tmp_path: Path) -> None:
+    ca = authority.create_ca(tmp_path, tmp_path)
+    now = authority.utc_now()
+    authority.issue(ca, tmp_path, "soon", Kind.CLIENT, lifetime_days=5)
+    authority.issue(ca, tmp_path, "old", Kind.CLIENT, lifetime_days=1, now=now - dt.timedelta(days=3))
+    other = authority.create_ca(tmp_path / "other", tmp_path / "other")
+    authority.issue(other, tmp_path, "stranger", Kind.CLIENT)
+
+    statuses = {info.name: info.status(now, warn_within_days=14) for info in authority.inventory(tmp_path)}
+
+    assert statuses == {"ca": "ok", "soon": "expiring", "old": "expired", "stranger": "not from this CA"}
+
+
+def test_bootstrap_is_idempotent_and_renews_only_what_needs_it(tmp_path: Path) -> None:
+    first = authority.ensure_certificates(tmp_path, tmp_path)
+    assert first[0].startswith("created CA") and all(line.startswith("issued") for line in first[1:])
+    ledger_before = (tmp_path / "ledger.crt").read_bytes()
+    ca = authority.load_ca(tmp_path)
+    authority.issue(ca, tmp_path, "payments", Kind.SERVICE, lifetime_days=3, force=True)
+
+    second = authority.ensure_certificates(tmp_path, tmp_path)
+
+    assert second[0].startswith("kept CA")
+    assert [line.split(" (")[0] for line in second if line.startswith("issued")] == ["issued service payments"]
+    assert "(expiring)" in next(line for line in second if "payments" in line)
+    assert (tmp_path / "ledger.crt").read_bytes() == ledger_before
+
+
+def test_bootstrap_keeps_the_ca_key_in_its_own_directory_when_asked(tmp_path: Path) -> None:
+    certs, ca_dir = tmp_path / "certs", tmp_path / "ca"
+
+    assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "bootstrap"]) == 0
+
+    assert (ca_dir / "ca.key").exists() and not (certs / "ca.key").exists()
+    assert (certs / "ca.crt").read_bytes() == (ca_dir / "ca.crt").read_bytes()
+    load(certs / "payments.crt").verify_directly_issued_by(load(certs / "ca.crt"))
+
+
+def test_keys_are_p256_and_match_their_certificates(certs_dir: Path) -> None:
+    for name in ("payments", "ops"):
+        info = authority.describe(certs_dir / f"{name}.crt", load(certs_dir / "ca.crt"))
+        assert authority.needs_issuing(info, certs_dir / f"{name}.key", authority.utc_now(), 14) is None
+        public_key = load(certs_dir / f"{name}.crt").public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1"
+
+
+def test_help_explains_the_commands_to_an_operator() -> None:
+    result = run_script("--help")
+
+    assert result.returncode == 0
+    for words in ("bootstrap", "issue", "list", "init-ca", "0600", "spiffe://paysaga/"):
+        assert words in result.stdout
