@@ -17,6 +17,9 @@ from grpc_reflection.v1alpha import reflection
 # A purchase request is a few hundred bytes; refuse anything absurd before parsing it.
 MAX_MESSAGE_BYTES = 1024 * 1024
 SERVER_OPTIONS = (
+    # gRPC enables SO_REUSEPORT by default: a second process on the same port would silently take
+    # half the traffic. One listener per port, and a clear error for the second.
+    ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -64,8 +65,16 @@ def find_nats_server() -> str:
 
 class LocalCluster:
     def __init__(
-        self, state_dir: Path, certs_dir: Path, ports: ClusterPorts, *, echo: bool = False, log_level: str = "INFO"
+        self,
+        state_dir: Path,
+        certs_dir: Path,
+        ports: ClusterPorts,
+        *,
+        services: Sequence[str] = SERVICES,
+        echo: bool = False,
+        log_level: str = "INFO",
     ) -> None:
+        self.services = tuple(services)
         self.state_dir = state_dir.resolve()
         self.certs_dir = certs_dir.resolve()
         self.ports = ports
@@ -124,12 +133,19 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         self._spawn("nats", [find_nats_server(), "-c", str(config_path)], {})
         self._wait("nats", deadline, self._nats_ready)
-        for service in SERVICES:
-            self._spawn(service, [sys.executable, "-m", f"services.{service}"], self._service_environment(service))
-        for service in SERVICES:
-            self._wait(service, deadline, lambda service=service: self._grpc_serving(service))
+        for service in self.services:
+            self.start_service(service)
+        for service in self.services:
+            self._wait(service, deadline, functools.partial(self._grpc_serving, service))
 
-    def _service_environment(self, service: str) -> dict[str, str]:
+    def start_service(self, service: str, **environment: str) -> subprocess.Popen[bytes]:
+        """Start one service process (without waiting for it); environment overrides its settings."""
+        self._spawn(
+            service, [sys.executable, "-m", f"services.{service}"], {**self.service_environment(service), **environment}
+        )
+        return self.processes[service]
+
+    def service_environment(self, service: str) -> dict[str, str]:
         files = self.tls_files(service)
         return {
             "PAYSAGA_GRPC_BIND": self.grpc_target(service),
@@ -167,8 +183,7 @@ class LocalCluster:
                     with self._echo_lock:
                         print(f"{name:<9} | {readable(raw.decode(errors='replace').rstrip())}", flush=True)
 
-    def _wait(self, name: str, deadline: float, ready: object) -> None:
-        assert callable(ready)
+    def _wait(self, name: str, deadline: float, ready: Callable[[], bool]) -> None:
         last_error = "not started"
         while time.monotonic() < deadline:
             if self.processes[name].poll() is not None:
@@ -181,6 +196,10 @@ class LocalCluster:
                 last_error = repr(error)
             time.sleep(POLL_INTERVAL_S)
         raise ClusterError(f"{name} not healthy in time ({last_error}):\n{self.log_tail(name)}")
+
+    def wait_serving(self, service: str, timeout_s: float = 30.0) -> None:
+        """Wait until a service started with start_service reports SERVING; raise with its log if not."""
+        self._wait(service, time.monotonic() + timeout_s, functools.partial(self._grpc_serving, service))
 
     def _nats_ready(self) -> bool:
         asyncio.run(healthcheck.nats_jetstream_ready(self.nats_url, self.tls_files("ops")))
@@ -299,7 +318,7 @@ def summary(cluster: LocalCluster) -> str:
         "",
         "paysaga local cluster is up; every service reports SERVING over mTLS.",
         f"  nats       {cluster.nats_url}   (JetStream, fsync before ack)",
-        *(f"  {service:<10} {cluster.grpc_target(service)}" for service in SERVICES),
+        *(f"  {service:<10} {cluster.grpc_target(service)}" for service in cluster.services),
         "",
         "Clients connect with mutual TLS using a certificate from certs/:",
         f"  CA certificate      {ops.ca_file}",

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
-from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -75,14 +74,11 @@ async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: fl
     """Connect over mTLS, retrying until timeout_s; once connected, reconnect forever."""
     context = client_ssl_context(tls_files)
     urls = [url.strip() for url in servers.split(",") if url.strip()]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    attempt = 0
-    while True:
-        attempt += 1
-        client = NatsClient()
-        try:
-            await client.connect(
+    client = NatsClient()
+    try:
+        # With unlimited reconnects nats-py also retries the first connect forever; bound it here.
+        await asyncio.wait_for(
+            client.connect(
                 urls,
                 name=name,
                 tls=context,
@@ -91,22 +87,22 @@ async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: fl
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 **_logging_callbacks(client),
-            )
-            return client
-        except (NoServersError, OSError, TimeoutError) as error:
-            remaining_s = deadline - loop.time()
-            if remaining_s <= 0:
-                raise ConnectionError(
-                    f"could not connect to NATS at {servers} within {timeout_s:g} s: {error!r}"
-                ) from error
-            log.warning("nats.connect_retry", extra={"attempt": attempt, "error": repr(error)})
-            await asyncio.sleep(min(RECONNECT_WAIT_S * attempt, 5, remaining_s))
+            ),
+            timeout=timeout_s,
+        )
+    except TimeoutError:
+        last_error = client.last_error
+        await client.close()
+        raise ConnectionError(
+            f"could not connect to NATS at {servers} within {timeout_s:g} s (last error: {last_error!r})"
+        ) from None
+    return client
 
 
 def _logging_callbacks(client: NatsClient) -> dict[str, Any]:
     async def on_error(error: Exception) -> None:
-        if client.is_connected or client.is_reconnecting:  # first-connect failures: see the retry loop
-            log.warning("nats.error", extra={"error": repr(error)})
+        event = "nats.error" if client.is_connected or client.is_reconnecting else "nats.connect_retry"
+        log.warning(event, extra={"error": repr(error)})
 
     async def on_disconnected() -> None:
         if not (client.is_closed or client.is_draining):

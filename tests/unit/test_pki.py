@@ -98,7 +98,11 @@ def test_client_certificate_has_client_usage_only_and_a_client_identity(tmp_path
 
 def test_private_keys_are_0600_even_under_a_permissive_umask(tmp_path: Path) -> None:
     result = subprocess.run(
-        ["sh", "-c", f'umask 000 && "{sys.executable}" "{REPO / "scripts" / "paysaga-certs"}" --dir "{tmp_path}" bootstrap'],
+        [
+            "sh",
+            "-c",
+            f'umask 000 && "{sys.executable}" "{REPO / "scripts" / "paysaga-certs"}" --dir "{tmp_path}" bootstrap',
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -106,7 +110,14 @@ def test_private_keys_are_0600_even_under_a_permissive_umask(tmp_path: Path) -> 
 
     assert result.returncode == 0, result.stderr
     keys = sorted(tmp_path.glob("*.key"))
-    assert [key.name for key in keys] == ["ca.key", "inventory.key", "ledger.key", "nats.key", "ops.key", "payments.key"]
+    assert [key.name for key in keys] == [
+        "ca.key",
+        "inventory.key",
+        "ledger.key",
+        "nats.key",
+        "ops.key",
+        "payments.key",
+    ]
     assert all(mode(key) == 0o600 for key in keys)
     assert not list(tmp_path.glob(".*.tmp")), "no temporary files are left behind"
 

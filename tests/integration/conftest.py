@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from paysaga.localcluster import ClusterPorts, LocalCluster
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[LocalCluster]:
+    """A real nats-server (mTLS, JetStream with fsync) on a free port, with no services started."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("nats"), certs_dir, ClusterPorts.free(), services=())
+    with cluster:
+        yield cluster

@@ -1,0 +1,48 @@
+"""Settings: flags beat environment beat defaults, and bad values are refused at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paysaga.settings import TlsFiles, load_settings
+
+
+def test_defaults_suit_the_local_cluster() -> None:
+    settings = load_settings("ledger", [], {})
+
+    assert settings.grpc_bind == "127.0.0.1:50053"
+    assert settings.nats_url == "tls://127.0.0.1:4222"
+    assert settings.tls == TlsFiles(Path("certs/ledger.crt"), Path("certs/ledger.key"), Path("certs/ca.crt"))
+    assert settings.database_url == "sqlite+aiosqlite:///var/ledger.db"
+    assert settings.stream_replicas == 1
+
+
+def test_environment_overrides_defaults_and_flags_override_environment() -> None:
+    environment = {"PAYSAGA_GRPC_BIND": "0.0.0.0:7000", "PAYSAGA_DRAIN_TIMEOUT_S": "3", "PAYSAGA_CERTS_DIR": "/etc/ps"}
+
+    from_environment = load_settings("payments", [], environment)
+    from_flag = load_settings("payments", ["--grpc-bind", "127.0.0.1:7001", "--drain-timeout-s", "4.5"], environment)
+
+    assert (from_environment.grpc_bind, from_environment.drain_timeout_s) == ("0.0.0.0:7000", 3.0)
+    assert from_environment.tls.cert_file == Path("/etc/ps/payments.crt")
+    assert (from_flag.grpc_bind, from_flag.drain_timeout_s) == ("127.0.0.1:7001", 4.5)
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"PAYSAGA_STREAM_REPLICAS": "2"}, "must be 1, 3 or 5"),
+        ({"PAYSAGA_STARTUP_TIMEOUT_S": "0"}, "must be positive"),
+        ({"PAYSAGA_DRAIN_TIMEOUT_S": "soon"}, "invalid _positive_float value"),
+    ],
+)
+def test_bad_environment_values_stop_the_process_with_a_message(
+    environment: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        load_settings("inventory", [], environment)
+
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
