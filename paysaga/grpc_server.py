@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -39,6 +40,13 @@ class GrpcService:
 
     name: str
     register: Callable[[grpc.aio.Server], None]
+
+    @classmethod
+    def of(
+        cls, servicer: object, descriptor: ServiceDescriptor, add_to_server: Callable[[Any, grpc.aio.Server], None]
+    ) -> GrpcService:
+        """Mount servicer with its generated add_*_to_server, named by its service descriptor."""
+        return cls(descriptor.full_name, lambda server: add_to_server(servicer, server))
 
 
 @dataclass

@@ -21,11 +21,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TextIO
 
 from paysaga import healthcheck, natsconf
 from paysaga.pki import authority
@@ -119,7 +119,7 @@ class LocalCluster:
             (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
         for line in authority.ensure_certificates(self.certs_dir, self.certs_dir):
             if self.echo:
-                print(f"certs     | {line}", flush=True)
+                say(f"certs     | {line}")
         config_path = self.state_dir / "nats.conf"
         config_path.write_text(
             natsconf.render(
@@ -181,7 +181,7 @@ class LocalCluster:
                 log_file.flush()
                 if self.echo:
                     with self._echo_lock:
-                        print(f"{name:<9} | {readable(raw.decode(errors='replace').rstrip())}", flush=True)
+                        say(f"{name:<9} | {readable(raw.decode(errors='replace').rstrip())}")
 
     def _wait(self, name: str, deadline: float, ready: Callable[[], bool]) -> None:
         last_error = "not started"
@@ -279,37 +279,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     cluster = LocalCluster(args.state_dir, args.certs_dir, ports, echo=True, log_level=args.log_level)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    # While starting, SIGTERM interrupts like Ctrl-C does; start() then stops what it started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cluster.start()
     except ClusterError as error:
-        print(f"paysaga-local: {error}", file=sys.stderr)
+        say(f"paysaga-local: {error}", sys.stderr)
         return 1
-    print(summary(cluster), flush=True)
+    except KeyboardInterrupt:
+        return 130
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     exit_code = 0
-    with _until(stop):
+    try:
+        say(summary(cluster))
         while not stop.wait(0.5):
-            dead = {
-                name: process.returncode for name, process in cluster.processes.items() if process.poll() is not None
-            }
+            dead = {name: process.poll() for name, process in cluster.processes.items() if process.poll() is not None}
             if dead:
-                print(f"paysaga-local: process exited unexpectedly: {dead}; stopping the cluster", file=sys.stderr)
+                say(f"paysaga-local: process exited unexpectedly: {dead}; stopping the cluster", sys.stderr)
                 exit_code = 1
                 break
-    print("stopping: services drain first, then NATS ...", flush=True)
-    codes = cluster.stop()
-    print(f"stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}")
+    finally:
+        say("stopping: services drain first, then NATS ...")
+        codes = cluster.stop()
+        say(f"stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}")
     return exit_code
 
 
-@contextlib.contextmanager
-def _until(stop: threading.Event) -> Iterator[None]:
-    try:
-        yield
-    except KeyboardInterrupt:
-        stop.set()
+def say(text: str, stream: TextIO | None = None) -> None:
+    """Print, but never let a closed terminal or pipe (e.g. `| tee` hit by Ctrl-C) stop a shutdown."""
+    with contextlib.suppress(OSError):
+        print(text, file=stream or sys.stdout, flush=True)
 
 
 def summary(cluster: LocalCluster) -> str:

@@ -23,6 +23,12 @@ from typing import Any, TextIO
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "paysaga_log_context", default=MappingProxyType({})
 )
+_QUIET_LOGGERS = {
+    "nats": logging.WARNING,
+    "sqlalchemy.engine": logging.WARNING,
+    "aiosqlite": logging.WARNING,
+    "asyncio": logging.ERROR,
+}
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
@@ -66,6 +72,7 @@ def configure_logging(service: str, level: str, stream: TextIO = sys.stderr) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Library chatter (every SQL statement, asyncio's TLS shutdown notices) is not ours to show.
-    for noisy in ("nats", "sqlalchemy.engine", "aiosqlite", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Library chatter (every SQL statement; asyncio's notice on each TLS connection that the peer
+    # closed) is not ours to show; their errors still are.
+    for noisy, floor in _QUIET_LOGGERS.items():
+        logging.getLogger(noisy).setLevel(max(floor, root.level))

@@ -34,8 +34,8 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
 
 
 def grpc_service() -> GrpcService:
-    servicer = InventoryServiceServicer()
-    return GrpcService(
-        name=inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
-        register=lambda server: inventory_pb2_grpc.add_InventoryServiceServicer_to_server(servicer, server),
+    return GrpcService.of(
+        InventoryServiceServicer(),
+        inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
+        inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
     )

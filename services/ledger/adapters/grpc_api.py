@@ -34,8 +34,8 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
 
 def grpc_service() -> GrpcService:
-    servicer = LedgerServiceServicer()
-    return GrpcService(
-        name=ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
-        register=lambda server: ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server),
+    return GrpcService.of(
+        LedgerServiceServicer(),
+        ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
     )

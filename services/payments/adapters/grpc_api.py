@@ -47,8 +47,8 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
 
 
 def grpc_service() -> GrpcService:
-    servicer = PaymentServiceServicer()
-    return GrpcService(
-        name=payments_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,
-        register=lambda server: payments_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server),
+    return GrpcService.of(
+        PaymentServiceServicer(),
+        payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+        payments_pb2_grpc.add_PaymentServiceServicer_to_server,
     )
