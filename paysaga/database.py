@@ -2,7 +2,9 @@
 
 On SQLite every connection uses WAL (readers do not block the writer), synchronous=FULL (a
 commit is on disk before it returns) and a busy timeout instead of immediate "database is
-locked" errors.
+locked" errors. We issue BEGIN ourselves (the driver's implicit transactions are off): write
+transactions (see paysaga.unit_of_work) start with BEGIN IMMEDIATE, so they take the write lock
+up front and cannot fail later on a lock upgrade.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# Set on a connection that will write; see paysaga.unit_of_work.
+WRITE_OPTION = "paysaga_write"
 
 
 def create_engine(url: str) -> AsyncEngine:

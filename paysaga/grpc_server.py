@@ -6,7 +6,8 @@ over a real channel; ``serve`` in paysaga.service_process runs the lifecycle aro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -14,6 +15,8 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from paysaga.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 
 # A purchase request is a few hundred bytes; refuse anything absurd before parsing it.
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -26,6 +29,27 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 )
+
+
+STATUS_OF_ERROR: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def domain_errors_as_status(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap a unary servicer method: a DomainError becomes its gRPC status with the error's message."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except DomainError as error:
+            await context.abort(STATUS_OF_ERROR[type(error)], str(error))
+
+    return wrapper
 
 
 async def not_yet_available(context: grpc.aio.ServicerContext, method: str) -> NoReturn:

@@ -24,6 +24,7 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "paysaga_log_context", default=MappingProxyType({})
 )
 _QUIET_LOGGERS = {
+    "alembic": logging.WARNING,
     "nats": logging.WARNING,
     "sqlalchemy.engine": logging.WARNING,
     "aiosqlite": logging.WARNING,

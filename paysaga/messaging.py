@@ -35,6 +35,8 @@ STREAM_MAX_AGE_S = 7 * 24 * 3600
 DUPLICATE_WINDOW_S = 120
 CONNECT_ATTEMPT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 1
+# Long enough to flush what was published; a drain must never hold up a shutdown for long.
+DRAIN_TIMEOUT_S = 5
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: fl
                 reconnect_time_wait=RECONNECT_WAIT_S,
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
+                drain_timeout=DRAIN_TIMEOUT_S,
                 **_logging_callbacks(client),
             ),
             timeout=timeout_s,

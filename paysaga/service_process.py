@@ -1,9 +1,11 @@
 """The life of one service process: start, serve, drain.
 
-Start-up order matters: the database and the NATS streams must be usable before the gRPC
-server reports SERVING, so a load balancer or ``depends_on: service_healthy`` never sends work to
-a half-started process. On SIGTERM or Ctrl-C the process reports NOT_SERVING, stops accepting
-calls, lets in-flight calls finish within the drain timeout, drains NATS, and exits 0.
+Start-up order matters: the database (migrated to the latest schema) and the NATS streams must
+be usable before the gRPC server reports SERVING, so a load balancer or ``depends_on:
+service_healthy`` never sends work to a half-started process. Then the outbox relay, the event
+consumers and the service's own workers run in the background. On SIGTERM or Ctrl-C the process
+reports NOT_SERVING, stops accepting calls, lets in-flight calls finish within the drain timeout,
+stops the background loops (the relay publishes what is committed), drains NATS, and exits 0.
 """
 
 from __future__ import annotations
@@ -12,15 +14,26 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from paysaga import database, messaging, tls
+import sqlalchemy as sa
+
+from paysaga import database, messaging, migrations, tls
+from paysaga.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.grpc_server import GrpcService, create_server
 from paysaga.logs import configure_logging
+from paysaga.relay import OutboxRelay
 from paysaga.settings import ServiceSettings, load_settings
+from paysaga.tasks import sleep_or_stop
+from paysaga.unit_of_work import Database
 
 log = logging.getLogger(__name__)
+
+
+Worker = Callable[[asyncio.Event], Awaitable[None]]
+WORKER_RESTART_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -28,7 +41,13 @@ class ServiceDefinition:
     """What a service contributes to the shared lifecycle; built by the service's bootstrap()."""
 
     name: str
-    grpc_services: Sequence[GrpcService]
+    metadata: sa.MetaData
+    migrations: Path
+    grpc_services: Callable[[Database], Sequence[GrpcService]]
+    subscriptions: Sequence[Subscription] = ()
+    handlers: Mapping[str, EventHandler] = field(default_factory=dict)
+    # Background loops of the service's own (e.g. a timeout sweeper); each runs until its event is set.
+    workers: Callable[[Database], Sequence[Worker]] = lambda _database: ()
 
 
 async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: asyncio.Event) -> None:
@@ -37,14 +56,25 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
     engine = database.create_engine(settings.database_url)
     nats_client = None
     try:
-        await database.check_database(engine)
+        await migrations.upgrade(engine, definition.migrations)
+        store = Database(engine, definition.metadata)
         nats_client = await messaging.connect(
             settings.nats_url, settings.tls, name=settings.service, timeout_s=settings.startup_timeout_s
         )
         jetstream = nats_client.jetstream()
         for stream in messaging.owned_streams(settings.service):
             await messaging.ensure_stream(jetstream, stream, settings.stream_replicas)
-        built = create_server(settings.grpc_bind, credentials, definition.grpc_services)
+        relay = OutboxRelay(store, jetstream)
+        consumers = [
+            EventConsumer(settings.service, jetstream, store, subscription, definition.handlers)
+            for subscription in definition.subscriptions
+        ]
+        built = create_server(settings.grpc_bind, credentials, definition.grpc_services(store))
+        workers_stop = asyncio.Event()
+        loops: list[tuple[str, Worker]] = [("outbox-relay", relay.run)]
+        loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
+        loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]
+        tasks = [asyncio.create_task(_supervised(name, loop, workers_stop), name=name) for name, loop in loops]
         await built.set_serving(False)
         await built.server.start()
         await built.set_serving(True)
@@ -55,11 +85,25 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
         log.info("service.draining", extra={"drain_timeout_s": settings.drain_timeout_s})
         await built.set_serving(False)
         await built.server.stop(grace=settings.drain_timeout_s)
+        workers_stop.set()
+        _, unfinished = await asyncio.wait(tasks, timeout=settings.drain_timeout_s)
+        for task in unfinished:
+            task.cancel()
     finally:
         if nats_client is not None and nats_client.is_connected:
             await nats_client.drain()
         await engine.dispose()
     log.info("service.stopped")
+
+
+async def _supervised(name: str, loop: Worker, stop: asyncio.Event) -> None:
+    """Run a background loop until stop; if it crashes, log it and start it again."""
+    while not stop.is_set():
+        try:
+            await loop(stop)
+        except Exception:
+            log.exception("worker.crashed", extra={"worker": name, "alert": True})
+            await sleep_or_stop(stop, WORKER_RESTART_DELAY_S)
 
 
 def run(definition: ServiceDefinition, settings: ServiceSettings) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,28 @@ class ServiceSettings:
     drain_timeout_s: float
     startup_timeout_s: float
     stream_replicas: int
+    payment_limits: PaymentLimits = field(default_factory=lambda: PaymentLimits())
+
+
+@dataclass(frozen=True)
+class PaymentLimits:
+    """The payments service's saga deadline and threshold rules (unused by the other services)."""
+
+    saga_timeout_s: float = 30.0
+    max_amount_minor: int = 1_000_000
+    velocity_limit: int = 20
+    velocity_window_s: float = 60.0
 
 
 def _positive_float(text: str) -> float:
     value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
@@ -110,6 +128,36 @@ def load_settings(
         "JetStream replicas of the streams this service owns",
         type=_replicas,
     )
+    if service == "payments":
+        limits = PaymentLimits()
+        option(
+            "--saga-timeout-s",
+            "PAYSAGA_SAGA_TIMEOUT_S",
+            str(limits.saga_timeout_s),
+            "a payment not done by then is undone and fails",
+            type=_positive_float,
+        )
+        option(
+            "--max-amount-minor",
+            "PAYSAGA_MAX_AMOUNT_MINOR",
+            str(limits.max_amount_minor),
+            "larger payments are REJECTED",
+            type=_positive_int,
+        )
+        option(
+            "--velocity-limit",
+            "PAYSAGA_VELOCITY_LIMIT",
+            str(limits.velocity_limit),
+            "payments per payer per window before REJECTED",
+            type=_positive_int,
+        )
+        option(
+            "--velocity-window-s",
+            "PAYSAGA_VELOCITY_WINDOW_S",
+            str(limits.velocity_window_s),
+            "the velocity rule's window",
+            type=_positive_float,
+        )
     args = parser.parse_args(argv)
     if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         parser.error(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {args.log_level}")
@@ -123,4 +171,12 @@ def load_settings(
         drain_timeout_s=float(args.drain_timeout_s),
         startup_timeout_s=float(args.startup_timeout_s),
         stream_replicas=int(args.stream_replicas),
+        payment_limits=PaymentLimits(
+            float(args.saga_timeout_s),
+            int(args.max_amount_minor),
+            int(args.velocity_limit),
+            float(args.velocity_window_s),
+        )
+        if service == "payments"
+        else PaymentLimits(),
     )

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from paysaga.consumer import Subscription
 from paysaga.service_process import ServiceDefinition
 from paysaga.settings import ServiceSettings
-from services.inventory.adapters import grpc_api
+from services.inventory import handlers
+from services.inventory.adapters import grpc_api, tables
+
+SUBSCRIPTIONS = (
+    Subscription("ledger", ("FundsHeld", "FundsCaptured")),
+    Subscription("payments", ("PaymentCancellationRequested", "PaymentRefundRequested")),
+)
 
 
 def bootstrap(settings: ServiceSettings) -> ServiceDefinition:
-    return ServiceDefinition(name=settings.service, grpc_services=[grpc_api.grpc_service()])
+    return ServiceDefinition(
+        name=settings.service,
+        metadata=tables.metadata,
+        migrations=Path(__file__).parent / "migrations",
+        grpc_services=lambda database: [grpc_api.grpc_service(database)],
+        subscriptions=SUBSCRIPTIONS,
+        handlers=handlers.EVENT_HANDLERS,
+    )

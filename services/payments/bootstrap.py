@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from paysaga.consumer import Subscription
 from paysaga.service_process import ServiceDefinition
 from paysaga.settings import ServiceSettings
-from services.payments.adapters import grpc_api
+from services.payments import handlers, timeouts
+from services.payments.adapters import grpc_api, tables
+
+SUBSCRIPTIONS = (
+    Subscription("ledger", ("FundsHeld", "FundsHoldFailed", "FundsCaptured", "FundsReleased", "FundsRefunded")),
+    Subscription("inventory", ("StockReserved", "StockReservationFailed")),
+)
 
 
 def bootstrap(settings: ServiceSettings) -> ServiceDefinition:
-    return ServiceDefinition(name=settings.service, grpc_services=[grpc_api.grpc_service()])
+    rules = settings.payment_limits
+    return ServiceDefinition(
+        name=settings.service,
+        metadata=tables.metadata,
+        migrations=Path(__file__).parent / "migrations",
+        grpc_services=lambda database: [grpc_api.grpc_service(database, rules)],
+        subscriptions=SUBSCRIPTIONS,
+        handlers=handlers.EVENT_HANDLERS,
+        workers=lambda database: [timeouts.deadline_sweeper(database, rules)],
+    )

@@ -10,7 +10,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from paysaga import healthcheck, tls
-from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.localcluster import SERVICES, LocalCluster
 from paysaga.settings import TlsFiles
 from tests.helpers import (
@@ -89,18 +88,6 @@ async def test_client_refuses_a_server_whose_certificate_is_from_another_ca(
         await healthcheck.grpc_status(cluster.grpc_target("ledger"), distrustful)
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-
-
-async def test_api_call_over_mtls_reaches_the_service(cluster: LocalCluster) -> None:
-    async with secure_channel(cluster.grpc_target("ledger"), cluster.tls_files("ops")) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as answer:
-            await ledger_pb2_grpc.LedgerServiceStub(channel).GetBalance(
-                ledger_pb2.GetBalanceRequest(account_id="4f0c2d1e-8a7b-4c3d-9e2f-1a0b9c8d7e6f"), timeout=5
-            )
-
-    # Until the saga lands the ledger says so plainly; the call itself went through mTLS.
-    assert answer.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetBalance" in str(answer.value.details())
 
 
 async def test_nats_refuses_a_connection_without_a_client_certificate(cluster: LocalCluster) -> None:

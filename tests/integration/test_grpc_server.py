@@ -1,4 +1,5 @@
-"""The gRPC server every service runs: mTLS required, health and reflection, clear UNIMPLEMENTED."""
+"""The gRPC server every service runs (here the ledger's, on a real SQLite file): mTLS required,
+health and reflection, domain errors as clear status codes."""
 
 from __future__ import annotations
 
@@ -10,23 +11,32 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from paysaga import tls
+from paysaga import migrations, tls
+from paysaga.database import create_engine
 from paysaga.grpc_server import BuiltServer, create_server
-from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.settings import TlsFiles
-from services.payments.adapters import grpc_api
+from paysaga.unit_of_work import Database
+from services.ledger.adapters import grpc_api, tables
 from tests.helpers import channel_without_client_certificate, secure_channel
+
+LEDGER_MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
 
 
 @pytest.fixture
-async def payments_server(certs_dir: Path) -> AsyncIterator[BuiltServer]:
+async def ledger_server(certs_dir: Path, tmp_path: Path) -> AsyncIterator[BuiltServer]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await migrations.upgrade(engine, LEDGER_MIGRATIONS)
     built = create_server(
-        "127.0.0.1:0", tls.server_credentials(TlsFiles.in_directory(certs_dir, "payments")), [grpc_api.grpc_service()]
+        "127.0.0.1:0",
+        tls.server_credentials(TlsFiles.in_directory(certs_dir, "ledger")),
+        [grpc_api.grpc_service(Database(engine, tables.metadata))],
     )
     await built.set_serving(False)
     await built.server.start()
     yield built
     await built.server.stop(grace=None)
+    await engine.dispose()
 
 
 async def health_status(target: str, files: TlsFiles, service: str = "") -> str:
@@ -38,53 +48,55 @@ async def health_status(target: str, files: TlsFiles, service: str = "") -> str:
 
 
 async def test_health_reports_not_serving_until_the_service_is_ready(
-    payments_server: BuiltServer, certs_dir: Path
+    ledger_server: BuiltServer, certs_dir: Path
 ) -> None:
-    target = f"127.0.0.1:{payments_server.port}"
+    target = f"127.0.0.1:{ledger_server.port}"
     ops = TlsFiles.in_directory(certs_dir, "ops")
 
     assert await health_status(target, ops) == "NOT_SERVING"
-    await payments_server.set_serving(True)
+    await ledger_server.set_serving(True)
     assert await health_status(target, ops) == "SERVING"
-    assert await health_status(target, ops, "paysaga.payments.v1.PaymentService") == "SERVING"
+    assert await health_status(target, ops, "paysaga.ledger.v1.LedgerService") == "SERVING"
 
 
-async def test_reflection_lists_the_api_and_the_standard_services(
-    payments_server: BuiltServer, certs_dir: Path
-) -> None:
-    async with secure_channel(f"127.0.0.1:{payments_server.port}", TlsFiles.in_directory(certs_dir, "ops")) as channel:
+async def test_reflection_lists_the_api_and_the_standard_services(ledger_server: BuiltServer, certs_dir: Path) -> None:
+    async with secure_channel(f"127.0.0.1:{ledger_server.port}", TlsFiles.in_directory(certs_dir, "ops")) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         listed = [service.name async for response in responses for service in response.list_services_response.service]
 
     assert set(listed) == {
-        "paysaga.payments.v1.PaymentService",
+        "paysaga.ledger.v1.LedgerService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
 
 
 async def test_call_without_a_client_certificate_fails_at_the_handshake(
-    payments_server: BuiltServer, certs_dir: Path
+    ledger_server: BuiltServer, certs_dir: Path
 ) -> None:
-    async with channel_without_client_certificate(f"127.0.0.1:{payments_server.port}", certs_dir / "ca.crt") as channel:
+    async with channel_without_client_certificate(f"127.0.0.1:{ledger_server.port}", certs_dir / "ca.crt") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_unbuilt_rpc_answers_unimplemented_with_a_readable_message(
-    payments_server: BuiltServer, certs_dir: Path
+async def test_domain_errors_become_status_codes_with_readable_messages(
+    ledger_server: BuiltServer, certs_dir: Path
 ) -> None:
-    async with secure_channel(f"127.0.0.1:{payments_server.port}", TlsFiles.in_directory(certs_dir, "ops")) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as answer:
-            await payments_pb2_grpc.PaymentServiceStub(channel).GetPayment(
-                payments_pb2.GetPaymentRequest(payment_id="0b3f3d8e-7f5e-4f8e-9a43-1b1f8d6f2c11"), timeout=5
-            )
+    unknown_account = "0b3f3d8e-7f5e-4f8e-9a43-1b1f8d6f2c11"
+    async with secure_channel(f"127.0.0.1:{ledger_server.port}", TlsFiles.in_directory(certs_dir, "ops")) as channel:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id=unknown_account), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as malformed:
+            await stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id="not-a-uuid"), timeout=5)
 
-    assert answer.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert answer.value.details() == "GetPayment is not available in this version of paysaga"
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert missing.value.details() == f"account {unknown_account} does not exist"
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert malformed.value.details() == "account_id must be a UUID, got 'not-a-uuid'"
 
 
 async def test_binding_an_address_in_use_fails_with_a_clear_error(certs_dir: Path) -> None:

@@ -216,15 +216,21 @@ Global___PaymentRejected: _TypeAlias = PaymentRejected  # noqa: Y015
 
 @_typing.final
 class FundsHeld(_message.Message):
-    """ledger: the payer's funds are held (pending) for this payment."""
+    """ledger: the payer's funds are held (pending) for this payment. Carries what inventory needs
+    to reserve, so inventory does not depend on seeing PaymentRequested first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     HOLD_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     hold_id: _builtins.str
+    sku: _builtins.str
+    quantity: _builtins.int
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -233,10 +239,12 @@ class FundsHeld(_message.Message):
         payment_id: _builtins.str = ...,
         hold_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "hold_id", b"hold_id", "payment_id", b"payment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "hold_id", b"hold_id", "payment_id", b"payment_id", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

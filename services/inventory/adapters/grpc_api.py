@@ -1,41 +1,99 @@
-"""The inventory gRPC servicer: thin, proto in, handler call, proto out.
-
-Every RPC answers UNIMPLEMENTED with a clear message until the saga lands.
-"""
+"""The inventory gRPC servicer: thin, proto in, handler call, proto out."""
 
 from __future__ import annotations
 
-import grpc
+from typing import Any
 
-from paysaga.grpc_server import GrpcService, not_yet_available
+import grpc
+import sqlalchemy as sa
+
+from paysaga import validation
+from paysaga.common.v1.money_pb2 import Money
+from paysaga.errors import NotFound
+from paysaga.grpc_server import GrpcService, domain_errors_as_status
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from paysaga.unit_of_work import Database
+from services.inventory import handlers
+from services.inventory.adapters.repository import QUANTITIES
+from services.inventory.adapters.tables import items
+from services.inventory.domain import Item
 
 
 class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    @domain_errors_as_status
     async def AddItem(
         self, request: inventory_pb2.AddItemRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.Item:
-        await not_yet_available(context, "AddItem")
+        item = Item(
+            validation.sku(request.sku),
+            validation.text(request.name, "name", required=True),
+            validation.positive_amount(request.unit_price.amount_minor, "unit_price.amount_minor"),
+            validation.currency(request.unit_price.currency, "unit_price.currency"),
+        )
+        async with self._database.transaction() as unit:
+            await handlers.add_item(unit, item)
+        return await self._item(item.sku)
 
+    @domain_errors_as_status
     async def ReceiveStock(
         self, request: inventory_pb2.ReceiveStockRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.Item:
-        await not_yet_available(context, "ReceiveStock")
+        sku = validation.sku(request.sku)
+        quantity = validation.positive_quantity(request.quantity)
+        receipt_id = validation.uuid_text(request.receipt_id, "receipt_id")
+        async with self._database.transaction() as unit:
+            await handlers.receive_stock(unit, sku, quantity, receipt_id)
+        return await self._item(sku)
 
+    @domain_errors_as_status
     async def GetItem(
         self, request: inventory_pb2.GetItemRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.Item:
-        await not_yet_available(context, "GetItem")
+        return await self._item(validation.sku(request.sku))
 
+    @domain_errors_as_status
     async def ListItems(
         self, request: inventory_pb2.ListItemsRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.ListItemsResponse:
-        await not_yet_available(context, "ListItems")
+        size = validation.page_size(request.page_size)
+        after = validation.page_token(request.page_token)
+        async with self._database.read() as connection:
+            rows = (
+                await connection.execute(
+                    sa.select(items).where(items.c.item_number > after).order_by(items.c.item_number).limit(size + 1)
+                )
+            ).all()
+        response = inventory_pb2.ListItemsResponse(items=[item_message(row) for row in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = str(rows[size - 1].item_number)
+        return response
+
+    async def _item(self, sku: str) -> inventory_pb2.Item:
+        async with self._database.read() as connection:
+            row = (await connection.execute(sa.select(items).where(items.c.sku == sku))).first()
+        if row is None:
+            raise NotFound(f"SKU {sku} does not exist")
+        return item_message(row)
 
 
-def grpc_service() -> GrpcService:
+def item_message(row: Any) -> inventory_pb2.Item:
+    message = inventory_pb2.Item(
+        sku=row.sku,
+        name=row.name,
+        unit_price=Money(amount_minor=row.unit_price_minor, currency=row.currency),
+        **{name: getattr(row, name) for name in QUANTITIES},
+    )
+    message.created_at.FromDatetime(row.created_at)
+    message.updated_at.FromDatetime(row.updated_at)
+    return message
+
+
+def grpc_service(database: Database) -> GrpcService:
     return GrpcService.of(
-        InventoryServiceServicer(),
+        InventoryServiceServicer(database),
         inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
     )

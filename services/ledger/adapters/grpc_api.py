@@ -1,41 +1,130 @@
-"""The ledger gRPC servicer: thin, proto in, handler call, proto out.
-
-Every RPC answers UNIMPLEMENTED with a clear message until the saga lands.
-"""
+"""The ledger gRPC servicer: thin, proto in, handler call, proto out."""
 
 from __future__ import annotations
 
 import grpc
+import sqlalchemy as sa
 
-from paysaga.grpc_server import GrpcService, not_yet_available
+from paysaga import validation
+from paysaga.errors import InvalidArgument, NotFound
+from paysaga.grpc_server import GrpcService, domain_errors_as_status
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.unit_of_work import Database
+from services.ledger import handlers
+from services.ledger.adapters.tables import accounts, statement_lines
+from services.ledger.domain import Account, AccountKind
+
+KINDS = {ledger_pb2.ACCOUNT_KIND_WALLET: AccountKind.WALLET, ledger_pb2.ACCOUNT_KIND_MERCHANT: AccountKind.MERCHANT}
+KIND_TO_PROTO = {kind: number for number, kind in KINDS.items()}
 
 
 class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    @domain_errors_as_status
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Account:
-        await not_yet_available(context, "OpenAccount")
+        if request.kind not in KINDS:
+            raise InvalidArgument("kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT")
+        account = Account(
+            validation.uuid_text(request.account_id, "account_id"),
+            KINDS[request.kind],
+            validation.currency(request.currency),
+            validation.text(request.owner, "owner", required=True),
+        )
+        async with self._database.transaction() as unit:
+            await handlers.open_account(unit, account)
+        return await self._account(account.account_id)
 
+    @domain_errors_as_status
     async def Deposit(
         self, request: ledger_pb2.DepositRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.DepositResponse:
-        await not_yet_available(context, "Deposit")
+        account_id = validation.uuid_text(request.account_id, "account_id")
+        deposit_id = validation.uuid_text(request.deposit_id, "deposit_id")
+        amount_minor = validation.positive_amount(request.amount.amount_minor)
+        currency = validation.currency(request.amount.currency, "amount.currency")
+        async with self._database.transaction() as unit:
+            account, replayed = await handlers.deposit(unit, account_id, amount_minor, currency, deposit_id)
+        return ledger_pb2.DepositResponse(balance=_balance(account), replayed=replayed)
 
+    @domain_errors_as_status
     async def GetBalance(
         self, request: ledger_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Balance:
-        await not_yet_available(context, "GetBalance")
+        account_id = validation.uuid_text(request.account_id, "account_id")
+        async with self._database.read() as connection:
+            row = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).first()
+        if row is None:
+            raise NotFound(f"account {account_id} does not exist")
+        return ledger_pb2.Balance(
+            account_id=row.account_id,
+            currency=row.currency,
+            balance_minor=row.balance_minor,
+            held_minor=row.held_minor,
+            available_minor=row.balance_minor - row.held_minor,
+        )
 
+    @domain_errors_as_status
     async def GetStatement(
         self, request: ledger_pb2.GetStatementRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Statement:
-        await not_yet_available(context, "GetStatement")
+        account_id = validation.uuid_text(request.account_id, "account_id")
+        size = validation.page_size(request.page_size)
+        after = validation.page_token(request.page_token)
+        async with self._database.read() as connection:
+            account = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).first()
+            if account is None:
+                raise NotFound(f"account {account_id} does not exist")
+            rows = (
+                await connection.execute(
+                    sa.select(statement_lines)
+                    .where(statement_lines.c.account_id == account_id, statement_lines.c.line_id > after)
+                    .order_by(statement_lines.c.line_id)
+                    .limit(size + 1)
+                )
+            ).all()
+        statement = ledger_pb2.Statement(account_id=account_id, currency=account.currency)
+        for row in rows[:size]:
+            line = statement.lines.add(
+                entry_id=row.entry_id,
+                kind=ledger_pb2.EntryKind.Value(f"ENTRY_KIND_{row.kind}"),
+                amount_minor=row.amount_minor,
+                balance_after_minor=row.balance_after_minor,
+                held_after_minor=row.held_after_minor,
+                saga_id=row.saga_id,
+                description=row.description,
+            )
+            line.occurred_at.FromDatetime(row.occurred_at)
+        if len(rows) > size:
+            statement.next_page_token = str(rows[size - 1].line_id)
+        return statement
+
+    async def _account(self, account_id: str) -> ledger_pb2.Account:
+        async with self._database.read() as connection:
+            row = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).one()
+        message = ledger_pb2.Account(
+            account_id=row.account_id, kind=KIND_TO_PROTO[AccountKind(row.kind)], currency=row.currency, owner=row.owner
+        )
+        message.created_at.FromDatetime(row.created_at)
+        return message
 
 
-def grpc_service() -> GrpcService:
+def _balance(account: Account) -> ledger_pb2.Balance:
+    return ledger_pb2.Balance(
+        account_id=account.account_id,
+        currency=account.currency,
+        balance_minor=account.balance_minor,
+        held_minor=account.held_minor,
+        available_minor=account.available_minor,
+    )
+
+
+def grpc_service(database: Database) -> GrpcService:
     return GrpcService.of(
-        LedgerServiceServicer(),
+        LedgerServiceServicer(database),
         ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
     )

@@ -1,54 +1,193 @@
-"""The payments gRPC servicer: thin, proto in, handler call, proto out.
-
-Every RPC answers UNIMPLEMENTED with a clear message until the saga lands.
-"""
+"""The payments gRPC servicer: thin, proto in, handler call, proto out."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import sqlalchemy as sa
 
-from paysaga.grpc_server import GrpcService, not_yet_available
+from paysaga import validation
+from paysaga.common.v1.money_pb2 import Money
+from paysaga.errors import DomainError, InvalidArgument, NotFound
+from paysaga.eventing import EventEnvelope
+from paysaga.grpc_server import STATUS_OF_ERROR, GrpcService, domain_errors_as_status
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from paysaga.settings import PaymentLimits
+from paysaga.tasks import wait_any
+from paysaga.unit_of_work import Database
+from services.payments import handlers
+from services.payments.adapters.repository import payment_from_row
+from services.payments.adapters.tables import payments
+from services.payments.domain import TERMINAL, Payment, PurchaseRequest, Status
+
+# A watcher re-reads its payment after every commit of this process, and at least this often
+# (another replica may have made the change).
+WATCH_POLL_S = 1.0
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+class ChangeSignal:
+    """Wakes every watcher after each commit; a watcher takes the current event before reading."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._changed
+
+    def notify(self, _emitted: list[EventEnvelope]) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
 
 class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
+    def __init__(self, database: Database, rules: PaymentLimits) -> None:
+        self._database = database
+        self._rules = rules
+        self._changes = ChangeSignal()
+        database.on_commit(self._changes.notify)
+
+    @domain_errors_as_status
     async def CreatePayment(
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
-        await not_yet_available(context, "CreatePayment")
+        purchase = purchase_request(request)
+        async with self._database.transaction() as unit:
+            payment, replayed = await handlers.create_payment(unit, purchase, self._rules)
+        return payments_pb2.CreatePaymentResponse(payment=payment_message(payment), replayed=replayed)
 
+    @domain_errors_as_status
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        await not_yet_available(context, "GetPayment")
+        return payment_message(await self._read(validation.uuid_text(request.payment_id, "payment_id")))
 
+    @domain_errors_as_status
     async def ListPayments(
         self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ListPaymentsResponse:
-        await not_yet_available(context, "ListPayments")
+        size = validation.page_size(request.page_size)
+        query = sa.select(payments).where(payments.c.payment_number > validation.page_token(request.page_token))
+        if request.payer_account_id:
+            query = query.where(
+                payments.c.payer_account_id == validation.uuid_text(request.payer_account_id, "payer_account_id")
+            )
+        if request.merchant_account_id:
+            merchant = validation.uuid_text(request.merchant_account_id, "merchant_account_id")
+            query = query.where(payments.c.merchant_account_id == merchant)
+        if request.status:
+            query = query.where(payments.c.status == status_of_proto(request.status).value)
+        async with self._database.read() as connection:
+            rows = (await connection.execute(query.order_by(payments.c.payment_number).limit(size + 1))).all()
+        response = payments_pb2.ListPaymentsResponse(
+            payments=[payment_message(payment_from_row(row)) for row in rows[:size]]
+        )
+        if len(rows) > size:
+            response.next_page_token = str(rows[size - 1].payment_number)
+        return response
 
     async def WatchPayment(
         self, request: payments_pb2.WatchPaymentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[payments_pb2.PaymentUpdate]:
-        await not_yet_available(context, "WatchPayment")
-        yield payments_pb2.PaymentUpdate()  # unreachable; makes this an async generator like the real stream
+        try:
+            payment_id = validation.uuid_text(request.payment_id, "payment_id")
+            changed = self._changes.current()
+            payment = await self._read(payment_id)
+        except DomainError as error:
+            await context.abort(STATUS_OF_ERROR[type(error)], str(error))
+            return
+        yield payments_pb2.PaymentUpdate(payment=payment_message(payment))
+        while payment.status not in TERMINAL:
+            await wait_any([changed], WATCH_POLL_S)
+            changed = self._changes.current()
+            latest = await self._read(payment_id)
+            if latest.version != payment.version:
+                payment = latest
+                yield payments_pb2.PaymentUpdate(payment=payment_message(payment))
 
+    @domain_errors_as_status
     async def CancelPayment(
         self, request: payments_pb2.CancelPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        await not_yet_available(context, "CancelPayment")
+        payment_id = validation.uuid_text(request.payment_id, "payment_id")
+        reason = validation.text(request.reason, "reason")
+        async with self._database.transaction() as unit:
+            payment = await handlers.cancel_payment(unit, payment_id, reason)
+        return payment_message(payment)
 
+    @domain_errors_as_status
     async def RefundPayment(
         self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        await not_yet_available(context, "RefundPayment")
+        payment_id = validation.uuid_text(request.payment_id, "payment_id")
+        reason = validation.text(request.reason, "reason")
+        async with self._database.transaction() as unit:
+            payment = await handlers.refund_payment(unit, payment_id, reason)
+        return payment_message(payment)
+
+    async def _read(self, payment_id: str) -> Payment:
+        async with self._database.read() as connection:
+            row = (await connection.execute(sa.select(payments).where(payments.c.payment_id == payment_id))).first()
+        if row is None:
+            raise NotFound(f"payment {payment_id} does not exist")
+        return payment_from_row(row)
 
 
-def grpc_service() -> GrpcService:
+def purchase_request(request: payments_pb2.CreatePaymentRequest) -> PurchaseRequest:
+    key = validation.text(
+        request.idempotency_key, "idempotency_key", required=True, max_chars=MAX_IDEMPOTENCY_KEY_CHARS
+    )
+    payer = validation.uuid_text(request.payer_account_id, "payer_account_id")
+    merchant = validation.uuid_text(request.merchant_account_id, "merchant_account_id")
+    if payer == merchant:
+        raise InvalidArgument("payer_account_id and merchant_account_id must differ")
+    if request.sla_tier not in payments_pb2.SlaTier.values():
+        raise InvalidArgument(f"sla_tier {request.sla_tier} is not a known tier")
+    return PurchaseRequest(
+        key,
+        payer,
+        merchant,
+        validation.sku(request.sku),
+        validation.positive_quantity(request.quantity),
+        validation.positive_amount(request.amount.amount_minor),
+        validation.currency(request.amount.currency, "amount.currency"),
+        request.sla_tier or payments_pb2.SLA_TIER_STANDARD,
+    )
+
+
+def status_of_proto(value: int) -> Status:
+    names = {number: name for name, number in payments_pb2.PaymentStatus.items()}
+    name = names.get(value, "PAYMENT_STATUS_UNSPECIFIED")  # type: ignore[call-overload]
+    if name == "PAYMENT_STATUS_UNSPECIFIED":
+        raise InvalidArgument(f"status {value} is not a known payment status")
+    return Status(name.removeprefix("PAYMENT_STATUS_"))
+
+
+def payment_message(payment: Payment) -> payments_pb2.Payment:
+    request = payment.request
+    message = payments_pb2.Payment(
+        payment_id=payment.payment_id,
+        idempotency_key=request.idempotency_key,
+        payer_account_id=request.payer_account_id,
+        merchant_account_id=request.merchant_account_id,
+        sku=request.sku,
+        quantity=request.quantity,
+        amount=Money(amount_minor=request.amount_minor, currency=request.currency),
+        sla_tier=request.sla_tier,  # type: ignore[arg-type]
+        status=payments_pb2.PaymentStatus.Value(f"PAYMENT_STATUS_{payment.status.value}"),
+        reason=payment.reason,
+        version=payment.version,
+    )
+    message.created_at.FromDatetime(payment.created_at)
+    message.updated_at.FromDatetime(payment.updated_at)
+    return message
+
+
+def grpc_service(database: Database, rules: PaymentLimits) -> GrpcService:
     return GrpcService.of(
-        PaymentServiceServicer(),
+        PaymentServiceServicer(database, rules),
         payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         payments_pb2_grpc.add_PaymentServiceServicer_to_server,
     )

@@ -1,0 +1,214 @@
+"""Durable JetStream consumers that hand each event to its handler exactly once in effect.
+
+For every message: decode the envelope; in one transaction, skip it if its id is in the inbox,
+else run the handler (which changes state and emits events into the outbox) and record the id;
+commit; only then ack. So a crash anywhere means a redelivery, and a redelivery means no second
+effect.
+
+Failures:
+- the database or NATS is unavailable (an operating error): ``nak`` with a growing delay, for as
+  long as it takes; nothing is parked for an outage;
+- the handler raises anything else (a bug, data it cannot accept): retried with backoff up to
+  MAX_ATTEMPTS deliveries, then parked in the service's dead-letter stream with the reason and an
+  error log line (the alert);
+- the message cannot even be decoded: parked at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import nats.errors
+import sqlalchemy.exc
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from paysaga import eventing
+from paysaga.eventing import EventEnvelope
+from paysaga.logs import log_context
+from paysaga.messaging import DEAD_LETTER_SUBJECT_ROOT
+from paysaga.tasks import sleep_or_stop
+from paysaga.unit_of_work import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[UnitOfWork, EventEnvelope], Awaitable[None]]
+
+FETCH_BATCH = 64
+FETCH_TIMEOUT_S = 1.0
+ACK_WAIT_S = 30.0
+MAX_ATTEMPTS = 8
+RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+SUBSCRIBE_RETRY_S = 1.0
+OPERATING_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    nats.errors.Error,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The events of one producer that a service reacts to."""
+
+    producer: str
+    event_types: tuple[str, ...]
+
+    @property
+    def stream(self) -> str:
+        return f"{self.producer.upper()}_EVENTS"
+
+    def durable_name(self, consumer: str) -> str:
+        return f"{consumer}-from-{self.producer}"
+
+    def filter_subjects(self) -> list[str]:
+        return [eventing.event_subject(self.producer, event_type) for event_type in self.event_types]
+
+
+def retry_delay_s(attempt: int) -> float:
+    return RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        service: str,
+        jetstream: JetStreamContext,
+        database: Database,
+        subscription: Subscription,
+        handlers: Mapping[str, EventHandler],
+    ) -> None:
+        missing = set(subscription.event_types) - set(handlers)
+        if missing:
+            raise ValueError(f"{service} subscribes to {sorted(missing)} without a handler")
+        self._service = service
+        self.name = subscription.durable_name(service)
+        self._jetstream = jetstream
+        self._database = database
+        self._subscription = subscription
+        self._handlers = handlers
+
+    async def run(self, stop: asyncio.Event) -> None:
+        subscription = await self._subscribe(stop)
+        if subscription is None:
+            return
+        try:
+            while not stop.is_set():
+                try:
+                    messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                except TimeoutError:
+                    continue
+                except nats.errors.Error as error:
+                    stream = self._subscription.stream
+                    log.warning("consumer.fetch_failed", extra={"stream": stream, "error": repr(error)})
+                    await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
+                    continue
+                for message in messages:
+                    await self.handle(message)
+        finally:
+            # A pull subscription left open holds the server's late replies, and a NATS drain
+            # would wait for them until its timeout.
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+
+    async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
+        """Create (or find) the durable consumer; waits for the producer's stream to exist."""
+        durable = self._subscription.durable_name(self._service)
+        config = ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_deliver=-1,  # we count attempts ourselves and park the message; the server must never drop it
+            filter_subjects=self._subscription.filter_subjects(),
+        )
+        while not stop.is_set():
+            try:
+                await self._jetstream.add_consumer(self._subscription.stream, config)
+                return await self._jetstream.pull_subscribe_bind(durable=durable, stream=self._subscription.stream)
+            except NotFoundError:
+                log.info("consumer.waiting_for_stream", extra={"stream": self._subscription.stream})
+            except (nats.errors.Error, TimeoutError) as error:
+                log.warning(
+                    "consumer.subscribe_failed", extra={"stream": self._subscription.stream, "error": repr(error)}
+                )
+            await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
+        return None
+
+    async def handle(self, message: Msg) -> None:
+        attempt = message.metadata.num_delivered
+        try:
+            envelope = eventing.parse(message.data)
+        except ValueError as error:  # DecodeError is a ValueError too
+            await self._park(message, None, f"undecodable event: {error}")
+            return
+        with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
+            try:
+                applied = await self._apply(envelope)
+            except OPERATING_ERRORS as error:
+                log.warning("event.retry_later", extra={"attempt": attempt, "error": repr(error)})
+                await message.nak(delay=retry_delay_s(attempt))
+                return
+            except Exception as error:
+                if attempt >= MAX_ATTEMPTS:
+                    await self._park(message, envelope, f"handler failed {attempt} times: {error!r}")
+                    return
+                log.warning("event.handler_failed", extra={"attempt": attempt, "error": repr(error)}, exc_info=True)
+                await message.nak(delay=retry_delay_s(attempt))
+                return
+            await message.ack()
+            log.debug("event.handled" if applied else "event.duplicate_skipped")
+
+    async def _apply(self, envelope: EventEnvelope) -> bool:
+        async with self._database.transaction() as unit:
+            if await unit.already_processed(envelope.event_id):
+                return False
+            await self._handlers[envelope.event_type](unit, envelope)
+            await unit.record_processed(envelope)
+        return True
+
+    async def _park(self, message: Msg, envelope: EventEnvelope | None, reason: str) -> None:
+        """Move a message that can never be handled to the dead-letter stream, then stop its delivery."""
+        metadata = message.metadata
+        event_type = envelope.event_type if envelope else "undecodable"
+        await self._jetstream.publish(
+            f"{DEAD_LETTER_SUBJECT_ROOT}.{self._service}.{event_type}",
+            message.data,
+            headers={
+                "Nats-Msg-Id": f"{self._service}:{metadata.stream}:{metadata.sequence.stream}",
+                "Paysaga-Reason": reason[:1000],
+                "Paysaga-Original-Subject": message.subject,
+                "Paysaga-Original-Sequence": str(metadata.sequence.stream),
+            },
+            timeout=5,
+        )
+        await message.term()
+        log.error(
+            "event.dead_lettered",
+            extra={
+                "alert": True,
+                "reason": reason,
+                "subject": message.subject,
+                "stream_sequence": metadata.sequence.stream,
+                "saga_id": envelope.saga_id if envelope else None,
+            },
+        )
+
+
+def consumers_for(
+    service: str,
+    jetstream: JetStreamContext,
+    database: Database,
+    subscriptions: Sequence[Subscription],
+    handlers: Mapping[str, EventHandler],
+) -> list[EventConsumer]:
+    return [EventConsumer(service, jetstream, database, subscription, handlers) for subscription in subscriptions]

@@ -1,0 +1,24 @@
+"""Domain errors: what went wrong, in words the caller can act on. No gRPC here; the servicers
+map these to status codes through one table (paysaga.grpc_errors)."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A request the domain refuses; nothing was changed."""
+
+
+class InvalidArgument(DomainError):
+    pass
+
+
+class NotFound(DomainError):
+    pass
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class FailedPrecondition(DomainError):
+    pass

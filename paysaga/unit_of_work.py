@@ -1,0 +1,131 @@
+"""Transactions with the outbox and the inbox: how a service changes state and emits events.
+
+A handler opens ``database.transaction()``, loads and changes its rows, and calls ``emit()``
+for every event the change produces; the events are written to the outbox table in the same
+transaction, so a state change and its events commit together or not at all. A consumer also
+records the id of the event it handled in the inbox table in that transaction, which makes
+handling idempotent: a redelivered event finds its id and is skipped.
+
+On SQLite, one writer at a time: write transactions take a process-wide lock and start with
+``BEGIN IMMEDIATE`` (other processes wait up to the busy timeout instead of failing on commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from paysaga.database import WRITE_OPTION
+from paysaga.eventing import EventEnvelope, subject_of
+
+log = logging.getLogger(__name__)
+
+
+def messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """The outbox and inbox tables, added to a service's own metadata (created by migrations)."""
+    outbox = sa.Table(
+        "outbox",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("event_type", sa.String(64), nullable=False),
+        sa.Column("saga_id", sa.String(36), nullable=False),
+        sa.Column("subject", sa.String(200), nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Index("ix_outbox_unpublished", "published_at", "id"),
+    )
+    inbox = sa.Table(
+        "inbox",
+        metadata,
+        sa.Column("event_id", sa.String(36), primary_key=True),
+        sa.Column("event_type", sa.String(64), nullable=False),
+        sa.Column("saga_id", sa.String(36), nullable=False),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    return outbox, inbox
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class UnitOfWork:
+    connection: AsyncConnection
+    outbox: sa.Table
+    inbox: sa.Table
+    emitted: list[EventEnvelope] = field(default_factory=list)
+
+    async def emit(self, envelope: EventEnvelope) -> None:
+        await self.connection.execute(
+            self.outbox.insert().values(
+                event_id=envelope.event_id,
+                event_type=envelope.event_type,
+                saga_id=envelope.saga_id,
+                subject=subject_of(envelope),
+                payload=envelope.SerializeToString(deterministic=True),
+                created_at=utc_now(),
+            )
+        )
+        self.emitted.append(envelope)
+
+    async def already_processed(self, event_id: str) -> bool:
+        found = await self.connection.scalar(sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id == event_id))
+        return found is not None
+
+    async def record_processed(self, envelope: EventEnvelope) -> None:
+        await self.connection.execute(
+            self.inbox.insert().values(
+                event_id=envelope.event_id,
+                event_type=envelope.event_type,
+                saga_id=envelope.saga_id,
+                processed_at=utc_now(),
+            )
+        )
+
+
+class Database:
+    """A service's engine and its write discipline; tells listeners after each commit."""
+
+    def __init__(self, engine: AsyncEngine, metadata: sa.MetaData) -> None:
+        self.engine = engine
+        self.outbox = metadata.tables["outbox"]
+        self.inbox = metadata.tables["inbox"]
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = asyncio.Lock()
+        self._commit_listeners: list[Callable[[list[EventEnvelope]], None]] = []
+
+    def on_commit(self, listener: Callable[[list[EventEnvelope]], None]) -> None:
+        self._commit_listeners.append(listener)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        """A write transaction; commits when the block ends, rolls back if it raises."""
+        lock = self._write_lock if self._is_sqlite else contextlib.nullcontext()
+        async with lock, self.engine.connect() as connection:
+            await connection.execution_options(**{WRITE_OPTION: True})
+            async with connection.begin():
+                unit = UnitOfWork(connection, self.outbox, self.inbox)
+                yield unit
+        for listener in self._commit_listeners:
+            listener(unit.emitted)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (a consistent snapshot on both backends)."""
+        async with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    return dict(row._mapping)

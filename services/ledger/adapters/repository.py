@@ -1,0 +1,138 @@
+"""Loading and saving the ledger's domain objects inside a unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from paysaga.unit_of_work import utc_now
+from services.ledger.adapters.tables import accounts, holds, journal_entries, journal_lines, statement_lines
+from services.ledger.domain import Account, AccountKind, Entry, EntryKind, Hold, HoldStatus
+
+
+async def load_accounts(connection: AsyncConnection, account_ids: Iterable[str]) -> dict[str, Account]:
+    """The accounts that exist among account_ids, locked for update in id order (no deadlocks)."""
+    ids = sorted(set(account_ids))
+    rows = await connection.execute(
+        sa.select(accounts).where(accounts.c.account_id.in_(ids)).order_by(accounts.c.account_id).with_for_update()
+    )
+    return {
+        row.account_id: Account(
+            row.account_id, AccountKind(row.kind), row.currency, row.owner, row.balance_minor, row.held_minor
+        )
+        for row in rows
+    }
+
+
+async def insert_account(connection: AsyncConnection, account: Account) -> None:
+    await connection.execute(
+        accounts.insert().values(
+            account_id=account.account_id,
+            kind=account.kind.value,
+            currency=account.currency,
+            owner=account.owner,
+            balance_minor=account.balance_minor,
+            held_minor=account.held_minor,
+            created_at=utc_now(),
+        )
+    )
+
+
+async def save_accounts(connection: AsyncConnection, *changed: Account) -> None:
+    for account in changed:
+        await connection.execute(
+            accounts.update()
+            .where(accounts.c.account_id == account.account_id)
+            .values(balance_minor=account.balance_minor, held_minor=account.held_minor)
+        )
+
+
+async def load_hold(connection: AsyncConnection, payment_id: str) -> Hold | None:
+    row = (await connection.execute(sa.select(holds).where(holds.c.payment_id == payment_id).with_for_update())).first()
+    if row is None:
+        return None
+    return Hold(
+        row.hold_id,
+        row.payment_id,
+        row.payer_account_id,
+        row.merchant_account_id,
+        row.amount_minor,
+        row.currency,
+        HoldStatus(row.status),
+    )
+
+
+async def insert_hold(connection: AsyncConnection, hold: Hold) -> None:
+    await connection.execute(
+        holds.insert().values(
+            hold_id=hold.hold_id,
+            payment_id=hold.payment_id,
+            payer_account_id=hold.payer_account_id,
+            merchant_account_id=hold.merchant_account_id,
+            amount_minor=hold.amount_minor,
+            currency=hold.currency,
+            status=hold.status.value,
+            updated_at=utc_now(),
+        )
+    )
+
+
+async def save_hold(connection: AsyncConnection, hold: Hold) -> None:
+    await connection.execute(
+        holds.update().where(holds.c.hold_id == hold.hold_id).values(status=hold.status.value, updated_at=utc_now())
+    )
+
+
+async def insert_entry(connection: AsyncConnection, entry: Entry, request_hash: str | None = None) -> None:
+    await connection.execute(
+        journal_entries.insert().values(
+            entry_id=entry.entry_id,
+            kind=entry.kind.value,
+            saga_id=entry.saga_id,
+            request_hash=request_hash,
+            created_at=utc_now(),
+        )
+    )
+    await connection.execute(
+        journal_lines.insert(),
+        [
+            {"entry_id": entry.entry_id, "account_id": line.account_id, "amount_minor": line.amount_minor}
+            for line in entry.lines
+        ],
+    )
+
+
+async def find_entry_hash(connection: AsyncConnection, entry_id: str) -> tuple[bool, str | None]:
+    row = (
+        await connection.execute(
+            sa.select(journal_entries.c.request_hash).where(journal_entries.c.entry_id == entry_id)
+        )
+    ).first()
+    return (row is not None, row.request_hash if row is not None else None)
+
+
+async def add_statement_line(
+    connection: AsyncConnection,
+    account: Account,
+    *,
+    entry_id: str,
+    kind: EntryKind,
+    amount_minor: int,
+    saga_id: str,
+    description: str,
+) -> None:
+    await connection.execute(
+        statement_lines.insert().values(
+            account_id=account.account_id,
+            entry_id=entry_id,
+            kind=kind.value,
+            amount_minor=amount_minor,
+            balance_after_minor=account.balance_minor,
+            held_after_minor=account.held_minor,
+            saga_id=saga_id,
+            description=description,
+            occurred_at=utc_now(),
+        )
+    )

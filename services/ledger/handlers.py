@@ -1,0 +1,227 @@
+"""The ledger's handlers: one function per command or event.
+
+Each runs inside a unit of work: load (with row locks, in id order), call the domain, save,
+emit. The ledger reacts to the saga like this:
+
+    PaymentRequested              -> hold the payer's funds       -> FundsHeld | FundsHoldFailed
+    StockReserved                 -> capture the hold              -> FundsCaptured
+    StockReservationFailed        -> release the hold              -> FundsReleased
+    PaymentCancellationRequested  -> release, or refund a capture  -> FundsReleased | FundsRefunded
+    PaymentRefundRequested        -> refund the capture            -> FundsRefunded
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from google.protobuf.message import Message
+
+from paysaga.common.v1.money_pb2 import Money
+from paysaga.errors import AlreadyExists, FailedPrecondition, NotFound
+from paysaga.eventing import EventEnvelope, new_event
+from paysaga.events.v1 import events_pb2
+from paysaga.unit_of_work import UnitOfWork
+from services.ledger import domain
+from services.ledger.adapters import repository
+from services.ledger.domain import Account, AccountKind, EntryKind, Hold, HoldStatus
+
+PRODUCER = "ledger"
+
+
+async def _emit(unit: UnitOfWork, cause: EventEnvelope, payload: Message) -> None:
+    await unit.emit(new_event(producer=PRODUCER, saga_id=cause.saga_id, causation_id=cause.event_id, payload=payload))
+
+
+async def _record(
+    unit: UnitOfWork,
+    account: Account,
+    kind: EntryKind,
+    amount_minor: int,
+    entry_id: str,
+    saga_id: str,
+    description: str,
+) -> None:
+    await repository.add_statement_line(
+        unit.connection,
+        account,
+        entry_id=entry_id,
+        kind=kind,
+        amount_minor=amount_minor,
+        saga_id=saga_id,
+        description=description,
+    )
+
+
+async def on_payment_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
+    request = event.payment_requested
+    existing = await repository.load_hold(unit.connection, request.payment_id)
+    if existing is not None:
+        if existing.status is HoldStatus.CANCELLED:
+            await _emit(
+                unit, event, events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason="payment was cancelled")
+            )
+        return
+    loaded = await repository.load_accounts(unit.connection, [request.payer_account_id, request.merchant_account_id])
+    payer, merchant = loaded.get(request.payer_account_id), loaded.get(request.merchant_account_id)
+    refusal = domain.hold_refusal(payer, merchant, request.amount.amount_minor, request.amount.currency)
+    if refusal is not None:
+        await _emit(unit, event, events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason=refusal))
+        return
+    assert payer is not None
+    hold = Hold(
+        str(uuid.uuid4()),
+        request.payment_id,
+        request.payer_account_id,
+        request.merchant_account_id,
+        request.amount.amount_minor,
+        request.amount.currency,
+        HoldStatus.HELD,
+    )
+    domain.place_hold(payer, hold)
+    await repository.insert_hold(unit.connection, hold)
+    await repository.save_accounts(unit.connection, payer)
+    await _record(
+        unit, payer, EntryKind.HOLD, hold.amount_minor, hold.hold_id, hold.payment_id, "funds held for purchase"
+    )
+    await _emit(
+        unit,
+        event,
+        events_pb2.FundsHeld(
+            payment_id=hold.payment_id,
+            hold_id=hold.hold_id,
+            amount=_money(hold),
+            sku=request.sku,
+            quantity=request.quantity,
+        ),
+    )
+
+
+async def on_stock_reserved(unit: UnitOfWork, event: EventEnvelope) -> None:
+    hold = await repository.load_hold(unit.connection, event.stock_reserved.payment_id)
+    if hold is None or hold.status is not HoldStatus.HELD:
+        return  # cancelled or timed out meanwhile: the cancellation released the hold
+    accounts = await repository.load_accounts(unit.connection, [hold.payer_account_id, hold.merchant_account_id])
+    payer, merchant = accounts[hold.payer_account_id], accounts[hold.merchant_account_id]
+    entry = domain.capture(hold, payer, merchant)
+    await repository.insert_entry(unit.connection, entry)
+    await repository.save_hold(unit.connection, hold)
+    await repository.save_accounts(unit.connection, payer, merchant)
+    await _record(unit, payer, EntryKind.CAPTURE, -hold.amount_minor, entry.entry_id, hold.payment_id, "purchase paid")
+    await _record(
+        unit, merchant, EntryKind.CAPTURE, hold.amount_minor, entry.entry_id, hold.payment_id, "purchase received"
+    )
+    await _emit(
+        unit, event, events_pb2.FundsCaptured(payment_id=hold.payment_id, hold_id=hold.hold_id, amount=_money(hold))
+    )
+
+
+async def on_stock_reservation_failed(unit: UnitOfWork, event: EventEnvelope) -> None:
+    failed = event.stock_reservation_failed
+    await _release(unit, event, failed.payment_id, f"stock not reserved: {failed.reason}")
+
+
+async def on_payment_cancellation_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
+    cancellation = event.payment_cancellation_requested
+    reason = cancellation.reason or ("saga timed out" if cancellation.timed_out else "cancelled")
+    hold = await repository.load_hold(unit.connection, cancellation.payment_id)
+    if hold is not None and hold.status in (HoldStatus.CAPTURED, HoldStatus.REFUNDED):
+        await _refund(unit, event, hold)
+        return
+    await _release(unit, event, cancellation.payment_id, reason)
+
+
+async def on_payment_refund_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
+    hold = await repository.load_hold(unit.connection, event.payment_refund_requested.payment_id)
+    if hold is None or hold.status not in (HoldStatus.CAPTURED, HoldStatus.REFUNDED):
+        raise FailedPrecondition(f"refund requested for payment {event.saga_id} whose funds were never captured")
+    await _refund(unit, event, hold)
+
+
+async def _release(unit: UnitOfWork, event: EventEnvelope, payment_id: str, reason: str) -> None:
+    """Void the hold if there is one; always answer, so the payment can conclude."""
+    hold = await repository.load_hold(unit.connection, payment_id)
+    if hold is None:
+        # Nothing held yet: leave a marker so a late PaymentRequested does not hold.
+        await repository.insert_hold(
+            unit.connection, Hold(str(uuid.uuid4()), payment_id, "", "", 0, "", HoldStatus.CANCELLED)
+        )
+        await _emit(unit, event, events_pb2.FundsReleased(payment_id=payment_id, hold_id="", reason=reason))
+        return
+    if hold.status is HoldStatus.HELD:
+        payer = (await repository.load_accounts(unit.connection, [hold.payer_account_id]))[hold.payer_account_id]
+        domain.release(hold, payer)
+        await repository.save_hold(unit.connection, hold)
+        await repository.save_accounts(unit.connection, payer)
+        await _record(
+            unit, payer, EntryKind.RELEASE, hold.amount_minor, hold.hold_id, payment_id, f"hold released: {reason}"
+        )
+    await _emit(unit, event, events_pb2.FundsReleased(payment_id=payment_id, hold_id=hold.hold_id, reason=reason))
+
+
+async def _refund(unit: UnitOfWork, event: EventEnvelope, hold: Hold) -> None:
+    if hold.status is HoldStatus.CAPTURED:
+        accounts = await repository.load_accounts(unit.connection, [hold.payer_account_id, hold.merchant_account_id])
+        payer, merchant = accounts[hold.payer_account_id], accounts[hold.merchant_account_id]
+        entry = domain.refund(hold, payer, merchant)
+        await repository.insert_entry(unit.connection, entry)
+        await repository.save_hold(unit.connection, hold)
+        await repository.save_accounts(unit.connection, payer, merchant)
+        await _record(
+            unit, merchant, EntryKind.REFUND, -hold.amount_minor, entry.entry_id, hold.payment_id, "purchase refunded"
+        )
+        await _record(
+            unit, payer, EntryKind.REFUND, hold.amount_minor, entry.entry_id, hold.payment_id, "purchase refunded"
+        )
+    await _emit(unit, event, events_pb2.FundsRefunded(payment_id=hold.payment_id, amount=_money(hold)))
+
+
+def _money(hold: Hold) -> Money:
+    return Money(amount_minor=hold.amount_minor, currency=hold.currency)
+
+
+EVENT_HANDLERS = {
+    "PaymentRequested": on_payment_requested,
+    "StockReserved": on_stock_reserved,
+    "StockReservationFailed": on_stock_reservation_failed,
+    "PaymentCancellationRequested": on_payment_cancellation_requested,
+    "PaymentRefundRequested": on_payment_refund_requested,
+}
+
+
+# Commands from the gRPC API.
+
+
+async def open_account(unit: UnitOfWork, account: Account) -> Account:
+    if await repository.load_accounts(unit.connection, [account.account_id]):
+        raise AlreadyExists(f"account {account.account_id} already exists")
+    await repository.insert_account(unit.connection, account)
+    return account
+
+
+async def deposit(
+    unit: UnitOfWork, account_id: str, amount_minor: int, currency: str, deposit_id: str
+) -> tuple[Account, bool]:
+    """Fund an account; a retry with the same deposit_id and body returns the account unchanged."""
+    request_hash = hashlib.sha256(f"{account_id}|{amount_minor}|{currency}".encode()).hexdigest()
+    exists, earlier_hash = await repository.find_entry_hash(unit.connection, deposit_id)
+    external_id = domain.external_account_id(currency)
+    accounts = await repository.load_accounts(unit.connection, [account_id, external_id])
+    account = accounts.get(account_id)
+    if account is None:
+        raise NotFound(f"account {account_id} does not exist")
+    if exists:
+        if earlier_hash != request_hash:
+            raise FailedPrecondition(f"deposit_id {deposit_id} was already used for a different deposit")
+        return account, True
+    if account.currency != currency:
+        raise FailedPrecondition(f"account {account_id} holds {account.currency}, not {currency}")
+    external = accounts.get(external_id)
+    if external is None:
+        external = Account(external_id, AccountKind.EXTERNAL, currency, f"external funding {currency}")
+        await repository.insert_account(unit.connection, external)
+    entry = domain.deposit(account, external, amount_minor, deposit_id)
+    await repository.insert_entry(unit.connection, entry, request_hash)
+    await repository.save_accounts(unit.connection, account, external)
+    await _record(unit, account, EntryKind.DEPOSIT, amount_minor, deposit_id, "", "deposit")
+    return account, False

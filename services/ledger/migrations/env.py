@@ -1,0 +1,3 @@
+from paysaga.migrations import run_in_alembic
+
+run_in_alembic()

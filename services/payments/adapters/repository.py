@@ -1,0 +1,116 @@
+"""Loading and saving payments inside a unit of work."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.payments.adapters.tables import payments
+from services.payments.domain import Payment, PurchaseRequest, Status
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite returns naive datetimes; ours are always UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def payment_from_row(row: Any) -> Payment:
+    request = PurchaseRequest(
+        row.idempotency_key,
+        row.payer_account_id,
+        row.merchant_account_id,
+        row.sku,
+        row.quantity,
+        row.amount_minor,
+        row.currency,
+        row.sla_tier,
+    )
+    return Payment(
+        row.payment_id,
+        request,
+        Status(row.status),
+        row.reason,
+        row.version,
+        as_utc(row.created_at),
+        as_utc(row.updated_at),
+        as_utc(row.deadline_at),
+        row.timed_out,
+    )
+
+
+async def load(connection: AsyncConnection, payment_id: str) -> Payment | None:
+    row = (
+        await connection.execute(sa.select(payments).where(payments.c.payment_id == payment_id).with_for_update())
+    ).first()
+    return None if row is None else payment_from_row(row)
+
+
+async def find_by_idempotency_key(connection: AsyncConnection, key: str) -> tuple[Payment, str] | None:
+    row = (await connection.execute(sa.select(payments).where(payments.c.idempotency_key == key))).first()
+    return None if row is None else (payment_from_row(row), row.request_hash)
+
+
+async def count_recent(connection: AsyncConnection, payer_account_id: str, since: dt.datetime) -> int:
+    count = await connection.scalar(
+        sa.select(sa.func.count())
+        .select_from(payments)
+        .where(payments.c.payer_account_id == payer_account_id, payments.c.created_at >= since)
+    )
+    return int(count or 0)
+
+
+async def insert(connection: AsyncConnection, payment: Payment) -> None:
+    request = payment.request
+    await connection.execute(
+        payments.insert().values(
+            payment_id=payment.payment_id,
+            idempotency_key=request.idempotency_key,
+            request_hash=request.fingerprint(),
+            payer_account_id=request.payer_account_id,
+            merchant_account_id=request.merchant_account_id,
+            sku=request.sku,
+            quantity=request.quantity,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            sla_tier=request.sla_tier,
+            status=payment.status.value,
+            reason=payment.reason,
+            version=payment.version,
+            timed_out=payment.timed_out,
+            created_at=payment.created_at,
+            updated_at=payment.updated_at,
+            deadline_at=payment.deadline_at,
+        )
+    )
+
+
+async def save(connection: AsyncConnection, payment: Payment) -> None:
+    await connection.execute(
+        payments.update()
+        .where(payments.c.payment_id == payment.payment_id)
+        .values(
+            status=payment.status.value,
+            reason=payment.reason[:500],
+            version=payment.version,
+            timed_out=payment.timed_out,
+            updated_at=payment.updated_at,
+        )
+    )
+
+
+async def overdue(connection: AsyncConnection, now: dt.datetime, limit: int) -> list[str]:
+    rows = await connection.execute(
+        sa.select(payments.c.payment_id)
+        .where(
+            payments.c.status.in_(
+                [status.value for status in (Status.PENDING, Status.FUNDS_HELD, Status.STOCK_RESERVED)]
+            )
+        )
+        .where(payments.c.deadline_at < now)
+        .order_by(payments.c.deadline_at)
+        .limit(limit)
+    )
+    return [row.payment_id for row in rows]

@@ -1,0 +1,35 @@
+"""The payments tables. The schema itself is created and changed by migrations/."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from paysaga.unit_of_work import messaging_tables
+
+metadata = sa.MetaData()
+outbox, inbox = messaging_tables(metadata)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("payment_number", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("payment_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("payer_account_id", sa.String(36), nullable=False),
+    sa.Column("merchant_account_id", sa.String(36), nullable=False),
+    sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("sla_tier", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("timed_out", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_payments_payer_created", "payer_account_id", "created_at"),
+    sa.Index("ix_payments_status_deadline", "status", "deadline_at"),
+)

@@ -1,0 +1,155 @@
+"""The payments handlers: one function per command or event.
+
+CreatePayment                 -> PaymentRequested | PaymentRejected
+FundsHeld, StockReserved      -> progress (FUNDS_HELD, STOCK_RESERVED)
+FundsCaptured                 -> COMPLETED                        -> PaymentCompleted
+FundsHoldFailed               -> FAILED                           -> PaymentFailed
+StockReservationFailed        -> remember why; wait for the ledger to release the hold
+FundsReleased                 -> FAILED, or CANCELLED after a cancel -> PaymentFailed | PaymentCancelled
+FundsRefunded                 -> REFUNDED, or CANCELLED after a cancel -> PaymentRefunded | PaymentCancelled
+CancelPayment / the deadline  -> CANCELLING                       -> PaymentCancellationRequested
+RefundPayment                 -> REFUNDING                        -> PaymentRefundRequested
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+
+from google.protobuf.message import Message
+
+from paysaga.common.v1.money_pb2 import Money
+from paysaga.consumer import EventHandler
+from paysaga.errors import FailedPrecondition, NotFound
+from paysaga.eventing import EventEnvelope, new_event
+from paysaga.events.v1 import events_pb2
+from paysaga.settings import PaymentLimits
+from paysaga.unit_of_work import UnitOfWork, utc_now
+from services.payments.adapters import repository
+from services.payments.domain import Payment, PurchaseRequest, Status, rule_violation
+
+log = logging.getLogger(__name__)
+PRODUCER = "payments"
+
+
+async def _emit(unit: UnitOfWork, payment_id: str, payload: Message | None, causation_id: str = "") -> None:
+    if payload is not None:
+        await unit.emit(new_event(producer=PRODUCER, saga_id=payment_id, causation_id=causation_id, payload=payload))
+
+
+async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: PaymentLimits) -> tuple[Payment, bool]:
+    """Store and start a purchase; a retry with the same key and body returns the first one."""
+    existing = await repository.find_by_idempotency_key(unit.connection, request.idempotency_key)
+    if existing is not None:
+        payment, fingerprint = existing
+        if fingerprint != request.fingerprint():
+            raise FailedPrecondition(
+                f"idempotency_key {request.idempotency_key!r} was already used for a different payment "
+                f"({payment.payment_id}); use a new key for a new payment"
+            )
+        return payment, True
+    now = utc_now()
+    recent = await repository.count_recent(
+        unit.connection, request.payer_account_id, now - dt.timedelta(seconds=rules.velocity_window_s)
+    )
+    violation = rule_violation(request, rules, recent)
+    payment = Payment(
+        str(uuid.uuid4()),
+        request,
+        Status.REJECTED if violation else Status.PENDING,
+        violation[1] if violation else "",
+        1,
+        now,
+        now,
+        now + dt.timedelta(seconds=rules.saga_timeout_s),
+    )
+    await repository.insert(unit.connection, payment)
+    if violation is not None:
+        rule, reason = violation
+        log.info("payment.rejected", extra={"payment_id": payment.payment_id, "rule": rule, "reason": reason})
+        await _emit(
+            unit,
+            payment.payment_id,
+            events_pb2.PaymentRejected(payment_id=payment.payment_id, rule=rule, reason=reason),
+        )
+        return payment, False
+    requested = events_pb2.PaymentRequested(
+        payment_id=payment.payment_id,
+        payer_account_id=request.payer_account_id,
+        merchant_account_id=request.merchant_account_id,
+        sku=request.sku,
+        quantity=request.quantity,
+        amount=Money(amount_minor=request.amount_minor, currency=request.currency),
+        sla_tier=request.sla_tier,
+    )
+    requested.deadline.FromDatetime(payment.deadline_at)
+    await _emit(unit, payment.payment_id, requested)
+    return payment, False
+
+
+async def cancel_payment(unit: UnitOfWork, payment_id: str, reason: str) -> Payment:
+    payment = await _existing(unit, payment_id)
+    await _emit(unit, payment_id, payment.request_cancellation(reason or "cancelled by the client", utc_now()))
+    await repository.save(unit.connection, payment)
+    return payment
+
+
+async def refund_payment(unit: UnitOfWork, payment_id: str, reason: str) -> Payment:
+    payment = await _existing(unit, payment_id)
+    await _emit(unit, payment_id, payment.request_refund(reason or "refund requested by the client", utc_now()))
+    await repository.save(unit.connection, payment)
+    return payment
+
+
+async def time_out(unit: UnitOfWork, payment_id: str, timeout_s: float) -> None:
+    payment = await _existing(unit, payment_id)
+    if payment.status not in (Status.PENDING, Status.FUNDS_HELD, Status.STOCK_RESERVED):
+        return
+    step = {Status.PENDING: "the ledger to hold funds", Status.FUNDS_HELD: "inventory to reserve stock"}.get(
+        payment.status, "the ledger to capture funds"
+    )
+    reason = f"saga timed out after {timeout_s:g} s waiting for {step}"
+    await _emit(unit, payment_id, payment.request_cancellation(reason, utc_now(), timed_out=True))
+    await repository.save(unit.connection, payment)
+    log.warning("payment.timed_out", extra={"payment_id": payment_id, "reason": reason})
+
+
+async def _existing(unit: UnitOfWork, payment_id: str) -> Payment:
+    payment = await repository.load(unit.connection, payment_id)
+    if payment is None:
+        raise NotFound(f"payment {payment_id} does not exist")
+    return payment
+
+
+def _reacting(
+    change: Callable[[Payment, EventEnvelope, dt.datetime], Message | bool | None],
+) -> EventHandler:
+    """An event handler: load the saga's payment, apply change, save, emit what it returned."""
+
+    async def handle(unit: UnitOfWork, event: EventEnvelope) -> None:
+        payment = await repository.load(unit.connection, event.saga_id)
+        if payment is None:
+            raise NotFound(f"event {event.event_type} for unknown payment {event.saga_id}")
+        before = payment.version
+        outcome = change(payment, event, utc_now())
+        if payment.version != before:
+            await repository.save(unit.connection, payment)
+        if isinstance(outcome, Message):
+            await _emit(unit, payment.payment_id, outcome, event.event_id)
+
+    return handle
+
+
+EVENT_HANDLERS = {
+    "FundsHeld": _reacting(lambda payment, _event, now: payment.advance(Status.FUNDS_HELD, now)),
+    "StockReserved": _reacting(lambda payment, _event, now: payment.advance(Status.STOCK_RESERVED, now)),
+    "FundsCaptured": _reacting(lambda payment, _event, now: payment.complete(now)),
+    "FundsHoldFailed": _reacting(lambda payment, event, now: payment.fail(event.funds_hold_failed.reason, now)),
+    "StockReservationFailed": _reacting(
+        lambda payment, event, now: payment.note_failure(event.stock_reservation_failed.reason, now)
+    ),
+    "FundsReleased": _reacting(lambda payment, event, now: payment.fail(event.funds_released.reason, now)),
+    "FundsRefunded": _reacting(lambda payment, _event, now: payment.conclude_refund(now)),
+}
