@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -73,8 +73,11 @@ class LocalCluster:
         services: Sequence[str] = SERVICES,
         echo: bool = False,
         log_level: str = "INFO",
+        environment: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.services = tuple(services)
+        # Extra settings per service, e.g. {"payments": {"PAYSAGA_SAGA_TIMEOUT_S": "5"}}.
+        self.environment = {name: dict(values) for name, values in (environment or {}).items()}
         self.state_dir = state_dir.resolve()
         self.certs_dir = certs_dir.resolve()
         self.ports = ports
@@ -140,10 +143,35 @@ class LocalCluster:
 
     def start_service(self, service: str, **environment: str) -> subprocess.Popen[bytes]:
         """Start one service process (without waiting for it); environment overrides its settings."""
-        self._spawn(
-            service, [sys.executable, "-m", f"services.{service}"], {**self.service_environment(service), **environment}
-        )
+        settings = {**self.service_environment(service), **self.environment.get(service, {}), **environment}
+        self._spawn(service, [sys.executable, "-m", f"services.{service}"], settings)
         return self.processes[service]
+
+    def kill(self, service: str) -> None:
+        """SIGKILL a service, as a crash would: no drain, no goodbye."""
+        process = self.processes.pop(service)
+        process.kill()
+        process.wait()
+
+    def restart(self, service: str, timeout_s: float = 30.0) -> None:
+        if service in self.processes and self.processes[service].poll() is None:
+            process = self.processes.pop(service)
+            process.terminate()
+            process.wait(timeout=timeout_s)
+        else:
+            self.processes.pop(service, None)
+        self.start_service(service)
+        self.wait_serving(service, timeout_s)
+
+    def pause(self, service: str) -> None:
+        """Freeze a service (SIGSTOP): its connections stay open but it answers nothing."""
+        self.processes[service].send_signal(signal.SIGSTOP)
+
+    def resume(self, service: str) -> None:
+        self.processes[service].send_signal(signal.SIGCONT)
+
+    def database_url(self, service: str) -> str:
+        return f"sqlite+aiosqlite:///{self.state_dir / 'data' / service}.db"
 
     def service_environment(self, service: str) -> dict[str, str]:
         files = self.tls_files(service)
@@ -153,7 +181,7 @@ class LocalCluster:
             "PAYSAGA_TLS_CERT": str(files.cert_file),
             "PAYSAGA_TLS_KEY": str(files.key_file),
             "PAYSAGA_TLS_CA": str(files.ca_file),
-            "PAYSAGA_DATABASE_URL": f"sqlite+aiosqlite:///{self.state_dir / 'data' / service}.db",
+            "PAYSAGA_DATABASE_URL": self.database_url(service),
             "PAYSAGA_LOG_LEVEL": self.log_level,
         }
 
@@ -222,6 +250,7 @@ class LocalCluster:
             running = [self.processes[name] for name in group if name in self.processes]
             for process in running:
                 if process.poll() is None:
+                    process.send_signal(signal.SIGCONT)  # a paused process could not act on SIGTERM
                     process.send_signal(signal.SIGTERM)
             for process in running:
                 try:

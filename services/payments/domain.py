@@ -86,7 +86,8 @@ class Payment:
         return self.status in TERMINAL
 
     def _move(self, status: Status, now: dt.datetime, reason: str | None = None) -> None:
-        assert not self.is_terminal, f"payment {self.payment_id} already ended {self.status}"
+        reopening = self.status is Status.COMPLETED and status is Status.REFUNDING
+        assert reopening or not self.is_terminal, f"payment {self.payment_id} already ended {self.status}"
         self.status = status
         if reason is not None:
             self.reason = reason

@@ -91,15 +91,17 @@ async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: Paym
 
 async def cancel_payment(unit: UnitOfWork, payment_id: str, reason: str) -> Payment:
     payment = await _existing(unit, payment_id)
-    await _emit(unit, payment_id, payment.request_cancellation(reason or "cancelled by the client", utc_now()))
-    await repository.save(unit.connection, payment)
+    await _save_and_emit(
+        unit, payment, payment.version, payment.request_cancellation(reason or "cancelled by the client", utc_now())
+    )
     return payment
 
 
 async def refund_payment(unit: UnitOfWork, payment_id: str, reason: str) -> Payment:
     payment = await _existing(unit, payment_id)
-    await _emit(unit, payment_id, payment.request_refund(reason or "refund requested by the client", utc_now()))
-    await repository.save(unit.connection, payment)
+    await _save_and_emit(
+        unit, payment, payment.version, payment.request_refund(reason or "refund requested by the client", utc_now())
+    )
     return payment
 
 
@@ -111,9 +113,19 @@ async def time_out(unit: UnitOfWork, payment_id: str, timeout_s: float) -> None:
         payment.status, "the ledger to capture funds"
     )
     reason = f"saga timed out after {timeout_s:g} s waiting for {step}"
-    await _emit(unit, payment_id, payment.request_cancellation(reason, utc_now(), timed_out=True))
-    await repository.save(unit.connection, payment)
+    before = payment.version
+    await _save_and_emit(unit, payment, before, payment.request_cancellation(reason, utc_now(), timed_out=True))
     log.warning("payment.timed_out", extra={"payment_id": payment_id, "reason": reason})
+
+
+async def _save_and_emit(
+    unit: UnitOfWork, payment: Payment, version_before: int, outcome: Message | bool | None, causation_id: str = ""
+) -> None:
+    """Save the payment if the change moved it (one history row per version), then emit its event."""
+    if payment.version != version_before:
+        await repository.save(unit.connection, payment)
+    if isinstance(outcome, Message):
+        await _emit(unit, payment.payment_id, outcome, causation_id)
 
 
 async def _existing(unit: UnitOfWork, payment_id: str) -> Payment:
@@ -133,11 +145,7 @@ def _reacting(
         if payment is None:
             raise NotFound(f"event {event.event_type} for unknown payment {event.saga_id}")
         before = payment.version
-        outcome = change(payment, event, utc_now())
-        if payment.version != before:
-            await repository.save(unit.connection, payment)
-        if isinstance(outcome, Message):
-            await _emit(unit, payment.payment_id, outcome, event.event_id)
+        await _save_and_emit(unit, payment, before, change(payment, event, utc_now()), event.event_id)
 
     return handle
 

@@ -18,7 +18,8 @@ from paysaga.settings import PaymentLimits
 from paysaga.tasks import wait_any
 from paysaga.unit_of_work import Database
 from services.payments import handlers
-from services.payments.adapters.repository import payment_from_row
+from services.payments.adapters import repository
+from services.payments.adapters.repository import as_utc, payment_from_row
 from services.payments.adapters.tables import payments
 from services.payments.domain import TERMINAL, Payment, PurchaseRequest, Status
 
@@ -91,21 +92,27 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def WatchPayment(
         self, request: payments_pb2.WatchPaymentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[payments_pb2.PaymentUpdate]:
+        """Every status change in order, from the first, until the payment's latest status is terminal."""
         try:
             payment_id = validation.uuid_text(request.payment_id, "payment_id")
-            changed = self._changes.current()
             payment = await self._read(payment_id)
         except DomainError as error:
             await context.abort(STATUS_OF_ERROR[type(error)], str(error))
             return
-        yield payments_pb2.PaymentUpdate(payment=payment_message(payment))
-        while payment.status not in TERMINAL:
-            await wait_any([changed], WATCH_POLL_S)
+        seen_version = 0
+        while True:
             changed = self._changes.current()
-            latest = await self._read(payment_id)
-            if latest.version != payment.version:
-                payment = latest
+            async with self._database.read() as connection:
+                changes = await repository.history_after(connection, payment_id, seen_version)
+            for change in changes:
+                payment.status, payment.reason, payment.version = Status(change.status), change.reason, change.version
+                payment.updated_at = as_utc(change.changed_at)
                 yield payments_pb2.PaymentUpdate(payment=payment_message(payment))
+                seen_version = change.version
+            # A COMPLETED payment may be refunded later: stop at the latest status if it is terminal.
+            if payment.status in TERMINAL:
+                return
+            await wait_any([changed], WATCH_POLL_S)
 
     @domain_errors_as_status
     async def CancelPayment(

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.payments.adapters.tables import payments
+from services.payments.adapters.tables import payment_history, payments
 from services.payments.domain import Payment, PurchaseRequest, Status
 
 
@@ -85,6 +85,7 @@ async def insert(connection: AsyncConnection, payment: Payment) -> None:
             deadline_at=payment.deadline_at,
         )
     )
+    await _record_history(connection, payment)
 
 
 async def save(connection: AsyncConnection, payment: Payment) -> None:
@@ -99,6 +100,28 @@ async def save(connection: AsyncConnection, payment: Payment) -> None:
             updated_at=payment.updated_at,
         )
     )
+    await _record_history(connection, payment)
+
+
+async def _record_history(connection: AsyncConnection, payment: Payment) -> None:
+    await connection.execute(
+        payment_history.insert().values(
+            payment_id=payment.payment_id,
+            version=payment.version,
+            status=payment.status.value,
+            reason=payment.reason[:500],
+            changed_at=payment.updated_at,
+        )
+    )
+
+
+async def history_after(connection: AsyncConnection, payment_id: str, version: int) -> list[Any]:
+    rows = await connection.execute(
+        sa.select(payment_history)
+        .where(payment_history.c.payment_id == payment_id, payment_history.c.version > version)
+        .order_by(payment_history.c.version)
+    )
+    return list(rows)
 
 
 async def overdue(connection: AsyncConnection, now: dt.datetime, limit: int) -> list[str]:

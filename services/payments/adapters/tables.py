@@ -33,3 +33,14 @@ payments = sa.Table(
     sa.Index("ix_payments_payer_created", "payer_account_id", "created_at"),
     sa.Index("ix_payments_status_deadline", "status", "deadline_at"),
 )
+
+# One row per status change: what WatchPayment streams, so no change is ever skipped.
+payment_history = sa.Table(
+    "payment_history",
+    metadata,
+    sa.Column("payment_id", sa.String(36), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+)

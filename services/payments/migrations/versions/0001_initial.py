@@ -1,4 +1,4 @@
-"""Payments, outbox and inbox.
+"""Payments, their status history, outbox and inbox.
 
 Revision ID: 0001
 """
@@ -37,3 +37,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_payments_payer_created", "payments", ["payer_account_id", "created_at"])
     op.create_index("ix_payments_status_deadline", "payments", ["status", "deadline_at"])
+    op.create_table(
+        "payment_history",
+        sa.Column("payment_id", sa.String(36), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("reason", sa.String(500), nullable=False),
+        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+    )

@@ -1,0 +1,187 @@
+"""A client of the running cluster for the saga tests: sets up wallets and stock, pays, waits,
+and reads back what a user can see (payment, balances, stock) and what the saga emitted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import sqlalchemy as sa
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from paysaga import eventing, invariants, tls
+from paysaga.common.v1.money_pb2 import Money
+from paysaga.eventing import EventEnvelope
+from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.localcluster import SERVICES, LocalCluster
+from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from tests.helpers import connect_nats
+
+TERMINAL = {
+    payments_pb2.PAYMENT_STATUS_COMPLETED,
+    payments_pb2.PAYMENT_STATUS_FAILED,
+    payments_pb2.PAYMENT_STATUS_CANCELLED,
+    payments_pb2.PAYMENT_STATUS_REJECTED,
+    payments_pb2.PAYMENT_STATUS_REFUNDED,
+}
+CURRENCY = "EUR"
+
+
+@dataclass(frozen=True)
+class Purchase:
+    payer: str
+    merchant: str
+    sku: str
+
+
+class Shop:
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        credentials = tls.channel_credentials(cluster.tls_files("ops"))
+        self._channels = [grpc.aio.secure_channel(cluster.grpc_target(service), credentials) for service in SERVICES]
+        self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels[0])
+        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels[1])
+        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channels[2])
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    async def open_account(self, kind: ledger_pb2.AccountKind.ValueType, funds_minor: int = 0) -> str:
+        account_id = str(uuid.uuid4())
+        await self.ledger.OpenAccount(
+            ledger_pb2.OpenAccountRequest(account_id=account_id, kind=kind, currency=CURRENCY, owner="test"),
+            timeout=10,
+        )
+        if funds_minor:
+            await self.ledger.Deposit(
+                ledger_pb2.DepositRequest(
+                    account_id=account_id,
+                    amount=Money(amount_minor=funds_minor, currency=CURRENCY),
+                    deposit_id=str(uuid.uuid4()),
+                ),
+                timeout=10,
+            )
+        return account_id
+
+    async def add_item(self, stock: int, price_minor: int = 1250) -> str:
+        sku = f"sku-{uuid.uuid4().hex[:12]}"
+        await self.inventory.AddItem(
+            inventory_pb2.AddItemRequest(
+                sku=sku, name="test item", unit_price=Money(amount_minor=price_minor, currency=CURRENCY)
+            ),
+            timeout=10,
+        )
+        if stock:
+            await self.inventory.ReceiveStock(
+                inventory_pb2.ReceiveStockRequest(sku=sku, quantity=stock, receipt_id=str(uuid.uuid4())), timeout=10
+            )
+        return sku
+
+    async def setup(self, *, funds_minor: int, stock: int) -> Purchase:
+        return Purchase(
+            await self.open_account(ledger_pb2.ACCOUNT_KIND_WALLET, funds_minor),
+            await self.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT),
+            await self.add_item(stock),
+        )
+
+    async def pay(
+        self, purchase: Purchase, *, amount_minor: int, quantity: int = 1, key: str | None = None
+    ) -> payments_pb2.Payment:
+        response = await self.payments.CreatePayment(
+            payments_pb2.CreatePaymentRequest(
+                idempotency_key=key or str(uuid.uuid4()),
+                payer_account_id=purchase.payer,
+                merchant_account_id=purchase.merchant,
+                sku=purchase.sku,
+                quantity=quantity,
+                amount=Money(amount_minor=amount_minor, currency=CURRENCY),
+            ),
+            timeout=10,
+        )
+        payment: payments_pb2.Payment = response.payment
+        return payment
+
+    async def payment(self, payment_id: str) -> payments_pb2.Payment:
+        payment: payments_pb2.Payment = await self.payments.GetPayment(
+            payments_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
+        )
+        return payment
+
+    async def wait_for(self, payment_id: str, statuses: set[payments_pb2.PaymentStatus.ValueType], timeout_s: float = 30.0) -> payments_pb2.Payment:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            payment = await self.payment(payment_id)
+            if payment.status in statuses or time.monotonic() > deadline:
+                return payment
+            await asyncio.sleep(0.05)
+
+    async def finish(self, payment_id: str, timeout_s: float = 30.0) -> payments_pb2.Payment:
+        return await self.wait_for(payment_id, TERMINAL, timeout_s)
+
+    async def balance(self, account_id: str) -> tuple[int, int, int]:
+        balance = await self.ledger.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=10)
+        return balance.balance_minor, balance.held_minor, balance.available_minor
+
+    async def stock(self, sku: str) -> tuple[int, int, int]:
+        item = await self.inventory.GetItem(inventory_pb2.GetItemRequest(sku=sku), timeout=10)
+        return item.quantity_available, item.quantity_reserved, item.quantity_sold
+
+    async def saga_events(self, saga_id: str) -> list[EventEnvelope]:
+        """Every event of the saga on the three event streams, in the order they happened."""
+        client = await connect_nats(self.cluster.nats_url, tls.client_ssl_context(self.cluster.tls_files("ops")))
+        found: list[EventEnvelope] = []
+        try:
+            jetstream = client.jetstream()
+            for service in SERVICES:
+                config = ConsumerConfig(
+                    deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30
+                )
+                subscription = await jetstream.pull_subscribe(
+                    f"paysaga.events.{service}.>", stream=f"{service.upper()}_EVENTS", config=config
+                )
+                pending = (await subscription.consumer_info()).num_pending or 0
+                while pending > 0:
+                    messages = await subscription.fetch(min(pending, 256), timeout=5)
+                    pending -= len(messages)
+                    found += [envelope for envelope in map(_decode, messages) if envelope.saga_id == saga_id]
+                await subscription.unsubscribe()
+        finally:
+            await client.close()
+        return sorted(found, key=lambda envelope: envelope.occurred_at.ToNanoseconds())
+
+    async def event_types(self, saga_id: str) -> list[str]:
+        return [envelope.event_type for envelope in await self.saga_events(saga_id)]
+
+    async def unpublished_events(self) -> int:
+        """Events committed to the services' outboxes that the relays have not published yet."""
+        total = 0
+        for service in SERVICES:
+            engine = create_async_engine(self.cluster.database_url(service))
+            try:
+                async with engine.connect() as connection:
+                    total += int(
+                        await connection.scalar(sa.text("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")) or 0
+                    )
+            finally:
+                await engine.dispose()
+        return total
+
+    async def invariants(self, *, require_terminal: bool = True) -> invariants.Report:
+        return await invariants.check(
+            *(self.cluster.database_url(service) for service in ("ledger", "inventory", "payments")),
+            require_terminal=require_terminal,
+        )
+
+
+def _decode(message: object) -> EventEnvelope:
+    return eventing.parse(message.data)  # type: ignore[attr-defined]
+
+
+def status_name(payment: payments_pb2.Payment) -> str:
+    return payments_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")

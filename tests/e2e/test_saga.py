@@ -1,0 +1,274 @@
+"""The purchase saga through the public API, one test per branch: the payment's final status and
+reason, both balances and holds, stock levels, and the saga's events in order."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import grpc
+import pytest
+
+from paysaga.payments.v1 import payments_pb2
+from tests.e2e.conftest import MAX_AMOUNT_MINOR, SAGA_TIMEOUT_S, VELOCITY_LIMIT
+from tests.e2e.shop import Shop, status_name
+
+pytestmark = pytest.mark.e2e
+PRICE = 1250
+
+
+async def settled(shop: Shop, timeout_s: float = 20.0) -> None:
+    """Wait until the invariants hold, compensations included, and every committed event is
+    published; fail with what is still wrong."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = await shop.invariants()
+        unpublished = await shop.unpublished_events()
+        if (report.ok and unpublished == 0) or time.monotonic() > deadline:
+            assert report.ok, "\n".join(report.violations)
+            assert unpublished == 0, f"{unpublished} events still in the outboxes"
+            return
+        await asyncio.sleep(0.2)
+
+
+async def test_purchase_completes_and_moves_money_and_stock(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+
+    created = await shop.pay(purchase, amount_minor=PRICE)
+    payment = await shop.finish(created.payment_id)
+
+    assert (status_name(payment), payment.reason) == ("COMPLETED", "")
+    assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
+    assert await shop.balance(purchase.merchant) == (PRICE, 0, PRICE)
+    await settled(shop)
+    assert await shop.stock(purchase.sku) == (2, 0, 1)
+    events = await shop.saga_events(payment.payment_id)
+    types = [event.event_type for event in events]
+    assert types[:4] == ["PaymentRequested", "FundsHeld", "StockReserved", "FundsCaptured"]
+    assert sorted(types[4:]) == ["PaymentCompleted", "StockCommitted"]
+    for cause, effect in itertools.pairwise(events[:4]):
+        assert effect.causation_id == cause.event_id, f"{effect.event_type} was not caused by {cause.event_type}"
+    assert {event.producer for event in events} == {"payments", "ledger", "inventory"}
+
+
+async def test_watch_streams_every_status_change_until_the_end(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    created = await shop.pay(purchase, amount_minor=PRICE)
+
+    updates = [
+        update.payment
+        async for update in shop.payments.WatchPayment(
+            payments_pb2.WatchPaymentRequest(payment_id=created.payment_id), timeout=30
+        )
+    ]
+
+    assert [status_name(payment) for payment in updates] == ["PENDING", "FUNDS_HELD", "STOCK_RESERVED", "COMPLETED"]
+    assert [payment.version for payment in updates] == [1, 2, 3, 4]
+
+
+async def test_insufficient_funds_fails_without_touching_money_or_stock(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=1000, stock=3)
+
+    payment = await shop.finish((await shop.pay(purchase, amount_minor=PRICE)).payment_id)
+
+    assert status_name(payment) == "FAILED"
+    assert payment.reason == f"insufficient funds: available 1000, needed {PRICE}"
+    assert await shop.balance(purchase.payer) == (1000, 0, 1000)
+    assert await shop.balance(purchase.merchant) == (0, 0, 0)
+    assert await shop.stock(purchase.sku) == (3, 0, 0)
+    assert await shop.event_types(payment.payment_id) == ["PaymentRequested", "FundsHoldFailed", "PaymentFailed"]
+    await settled(shop)
+
+
+async def test_out_of_stock_fails_and_the_ledger_releases_the_hold(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=1)
+
+    payment = await shop.finish((await shop.pay(purchase, amount_minor=PRICE, quantity=2)).payment_id)
+
+    assert status_name(payment) == "FAILED"
+    assert payment.reason == f"out of stock: {purchase.sku} has 1 available, 2 requested"
+    assert await shop.balance(purchase.payer) == (5000, 0, 5000)
+    assert await shop.balance(purchase.merchant) == (0, 0, 0)
+    assert await shop.stock(purchase.sku) == (1, 0, 0)
+    assert await shop.event_types(payment.payment_id) == [
+        "PaymentRequested",
+        "FundsHeld",
+        "StockReservationFailed",
+        "FundsReleased",
+        "PaymentFailed",
+    ]
+    await settled(shop)
+
+
+async def test_amount_over_the_cap_is_rejected_and_never_started(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=MAX_AMOUNT_MINOR * 2, stock=3)
+
+    payment = await shop.pay(purchase, amount_minor=MAX_AMOUNT_MINOR + 1)
+
+    assert status_name(payment) == "REJECTED"
+    assert payment.reason == f"amount {MAX_AMOUNT_MINOR + 1} exceeds the cap of {MAX_AMOUNT_MINOR} per payment"
+    assert await shop.balance(purchase.payer) == (MAX_AMOUNT_MINOR * 2, 0, MAX_AMOUNT_MINOR * 2)
+    assert await shop.event_types(payment.payment_id) == ["PaymentRejected"]
+    await settled(shop)
+
+
+async def test_payer_over_the_velocity_limit_is_rejected(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=PRICE * (VELOCITY_LIMIT + 1), stock=VELOCITY_LIMIT + 1)
+    accepted = [await shop.pay(purchase, amount_minor=PRICE) for _ in range(VELOCITY_LIMIT)]
+
+    refused = await shop.pay(purchase, amount_minor=PRICE)
+
+    assert all(status_name(payment) == "PENDING" for payment in accepted)
+    assert status_name(refused) == "REJECTED"
+    assert refused.reason.startswith(f"payer made {VELOCITY_LIMIT} payments in the last 60 s (limit {VELOCITY_LIMIT})")
+    for payment in accepted:
+        assert status_name(await shop.finish(payment.payment_id)) == "COMPLETED"
+    assert await shop.balance(purchase.payer) == (PRICE, 0, PRICE)
+    await settled(shop)
+
+
+async def test_cancel_before_completion_undoes_the_hold_and_any_reservation(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    shop.cluster.pause("inventory")  # the saga cannot get past FUNDS_HELD
+    try:
+        created = await shop.pay(purchase, amount_minor=PRICE)
+        held = await shop.wait_for(created.payment_id, {payments_pb2.PAYMENT_STATUS_FUNDS_HELD})
+        assert status_name(held) == "FUNDS_HELD"
+        assert await shop.balance(purchase.payer) == (5000, PRICE, 5000 - PRICE)
+
+        cancelling = await shop.payments.CancelPayment(
+            payments_pb2.CancelPaymentRequest(payment_id=created.payment_id, reason="customer changed their mind"),
+            timeout=10,
+        )
+        payment = await shop.finish(created.payment_id)
+    finally:
+        shop.cluster.resume("inventory")
+
+    assert status_name(cancelling) == "CANCELLING"
+    assert (status_name(payment), payment.reason) == ("CANCELLED", "customer changed their mind")
+    assert await shop.balance(purchase.payer) == (5000, 0, 5000)
+    await settled(shop)
+    assert await shop.stock(purchase.sku) == (3, 0, 0)
+    types = await shop.event_types(payment.payment_id)
+    money_side = [name for name in types if not name.startswith("Stock")]
+    assert money_side == [
+        "PaymentRequested",
+        "FundsHeld",
+        "PaymentCancellationRequested",
+        "FundsReleased",
+        "PaymentCancelled",
+    ]
+    assert [name for name in types if name.startswith("Stock")] in (
+        ["StockReserved", "StockReleased"],
+        ["StockReleased"],
+    )
+
+
+async def test_saga_timeout_fails_the_payment_in_bounded_time_and_undoes_every_step(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    shop.cluster.pause("inventory")  # a step that never answers
+    try:
+        started = time.monotonic()
+        created = await shop.pay(purchase, amount_minor=PRICE)
+        payment = await shop.finish(created.payment_id, timeout_s=SAGA_TIMEOUT_S + 20)
+        took_s = time.monotonic() - started
+    finally:
+        shop.cluster.resume("inventory")
+
+    assert status_name(payment) == "FAILED"
+    assert payment.reason == f"saga timed out after {SAGA_TIMEOUT_S} s waiting for inventory to reserve stock"
+    assert SAGA_TIMEOUT_S <= took_s < SAGA_TIMEOUT_S + 20
+    assert await shop.balance(purchase.payer) == (5000, 0, 5000)
+    await settled(shop)
+    assert await shop.stock(purchase.sku) == (3, 0, 0)
+    money_side = [name for name in await shop.event_types(payment.payment_id) if not name.startswith("Stock")]
+    assert money_side == [
+        "PaymentRequested",
+        "FundsHeld",
+        "PaymentCancellationRequested",
+        "FundsReleased",
+        "PaymentFailed",
+    ]
+
+
+async def test_refund_after_completion_reverses_the_money_and_restocks(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    completed = await shop.finish((await shop.pay(purchase, amount_minor=PRICE)).payment_id)
+    assert status_name(completed) == "COMPLETED"
+
+    refunding = await shop.payments.RefundPayment(
+        payments_pb2.RefundPaymentRequest(payment_id=completed.payment_id, reason="damaged"), timeout=10
+    )
+    payment = await shop.finish(completed.payment_id)
+    payment = await shop.wait_for(completed.payment_id, {payments_pb2.PAYMENT_STATUS_REFUNDED})
+
+    assert status_name(refunding) == "REFUNDING"
+    assert status_name(payment) == "REFUNDED"
+    assert await shop.balance(purchase.payer) == (5000, 0, 5000)
+    assert await shop.balance(purchase.merchant) == (0, 0, 0)
+    await settled(shop)
+    assert await shop.stock(purchase.sku) == (3, 0, 0)
+    types = await shop.event_types(payment.payment_id)
+    after_refund = types[types.index("PaymentRefundRequested") :]
+    assert after_refund[0] == "PaymentRefundRequested"
+    assert sorted(after_refund[1:]) == ["FundsRefunded", "PaymentRefunded", "StockRestocked"]
+    assert after_refund.index("FundsRefunded") < after_refund.index("PaymentRefunded")
+    again = await shop.payments.RefundPayment(
+        payments_pb2.RefundPaymentRequest(payment_id=payment.payment_id), timeout=10
+    )
+    assert status_name(again) == "REFUNDED"
+
+
+async def test_cancel_after_completion_and_refund_before_it_are_refused(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=1000, stock=3)
+    completed = await shop.finish((await shop.pay(purchase, amount_minor=500)).payment_id)
+    failed = await shop.finish((await shop.pay(purchase, amount_minor=PRICE)).payment_id)
+
+    with pytest.raises(grpc.aio.AioRpcError) as cancel:
+        await shop.payments.CancelPayment(
+            payments_pb2.CancelPaymentRequest(payment_id=completed.payment_id), timeout=10
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as refund:
+        await shop.payments.RefundPayment(payments_pb2.RefundPaymentRequest(payment_id=failed.payment_id), timeout=10)
+
+    assert cancel.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        cancel.value.details()
+        == f"payment {completed.payment_id} is COMPLETED and can no longer be cancelled; refund it instead"
+    )
+    assert refund.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refund.value.details() == f"payment {failed.payment_id} is FAILED; only COMPLETED payments can be refunded"
+    assert status_name(await shop.payment(completed.payment_id)) == "COMPLETED"
+    assert await shop.balance(purchase.payer) == (500, 0, 500)
+
+
+async def test_retry_with_the_same_idempotency_key_has_one_effect(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    key = f"order-{purchase.sku}"
+
+    first = await shop.pay(purchase, amount_minor=PRICE, key=key)
+    retried = await shop.payments.CreatePayment(
+        payments_pb2.CreatePaymentRequest(
+            idempotency_key=key,
+            payer_account_id=purchase.payer,
+            merchant_account_id=purchase.merchant,
+            sku=purchase.sku,
+            quantity=1,
+            amount=first.amount,
+        ),
+        timeout=10,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await shop.pay(purchase, amount_minor=PRICE + 1, key=key)
+
+    assert retried.replayed and retried.payment.payment_id == first.payment_id
+    assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"idempotency_key {key!r} was already used for a different payment" in str(reused.value.details())
+    assert status_name(await shop.finish(first.payment_id)) == "COMPLETED"
+    assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
+    listed = await shop.payments.ListPayments(
+        payments_pb2.ListPaymentsRequest(payer_account_id=purchase.payer), timeout=10
+    )
+    assert [payment.payment_id for payment in listed.payments] == [first.payment_id]
+    await settled(shop)
