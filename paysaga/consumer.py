@@ -73,10 +73,6 @@ class Subscription:
         return [eventing.event_subject(self.producer, event_type) for event_type in self.event_types]
 
 
-def retry_delay_s(attempt: int) -> float:
-    return RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
-
-
 class EventConsumer:
     def __init__(
         self,
@@ -85,6 +81,9 @@ class EventConsumer:
         database: Database,
         subscription: Subscription,
         handlers: Mapping[str, EventHandler],
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
     ) -> None:
         missing = set(subscription.event_types) - set(handlers)
         if missing:
@@ -95,6 +94,11 @@ class EventConsumer:
         self._database = database
         self._subscription = subscription
         self._handlers = handlers
+        self._max_attempts = max_attempts
+        self._retry_delays_s = tuple(retry_delays_s)
+
+    def retry_delay_s(self, attempt: int) -> float:
+        return self._retry_delays_s[min(attempt, len(self._retry_delays_s)) - 1]
 
     async def run(self, stop: asyncio.Event) -> None:
         subscription = await self._subscribe(stop)
@@ -148,22 +152,22 @@ class EventConsumer:
         attempt = message.metadata.num_delivered
         try:
             envelope = eventing.parse(message.data)
-        except ValueError as error:  # DecodeError is a ValueError too
-            await self._park(message, None, f"undecodable event: {error}")
+        except ValueError as error:
+            await self._park_or_retry(message, None, f"undecodable event: {error}")
             return
         with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
             try:
                 applied = await self._apply(envelope)
             except OPERATING_ERRORS as error:
                 log.warning("event.retry_later", extra={"attempt": attempt, "error": repr(error)})
-                await message.nak(delay=retry_delay_s(attempt))
+                await message.nak(delay=self.retry_delay_s(attempt))
                 return
             except Exception as error:
-                if attempt >= MAX_ATTEMPTS:
-                    await self._park(message, envelope, f"handler failed {attempt} times: {error!r}")
+                if attempt >= self._max_attempts:
+                    await self._park_or_retry(message, envelope, f"handler failed {attempt} times: {error!r}")
                     return
                 log.warning("event.handler_failed", extra={"attempt": attempt, "error": repr(error)}, exc_info=True)
-                await message.nak(delay=retry_delay_s(attempt))
+                await message.nak(delay=self.retry_delay_s(attempt))
                 return
             await message.ack()
             log.debug("event.handled" if applied else "event.duplicate_skipped")
@@ -175,6 +179,14 @@ class EventConsumer:
             await self._handlers[envelope.event_type](unit, envelope)
             await unit.record_processed(envelope)
         return True
+
+    async def _park_or_retry(self, message: Msg, envelope: EventEnvelope | None, reason: str) -> None:
+        try:
+            await self._park(message, envelope, reason)
+        except (nats.errors.Error, TimeoutError) as error:
+            # Never drop it: if it cannot be parked now, it comes back and is parked later.
+            log.error("event.park_failed", extra={"alert": True, "reason": reason, "error": repr(error)}, exc_info=True)
+            await message.nak(delay=self._retry_delays_s[-1])
 
     async def _park(self, message: Msg, envelope: EventEnvelope | None, reason: str) -> None:
         """Move a message that can never be handled to the dead-letter stream, then stop its delivery."""
@@ -202,13 +214,3 @@ class EventConsumer:
                 "saga_id": envelope.saga_id if envelope else None,
             },
         )
-
-
-def consumers_for(
-    service: str,
-    jetstream: JetStreamContext,
-    database: Database,
-    subscriptions: Sequence[Subscription],
-    handlers: Mapping[str, EventHandler],
-) -> list[EventConsumer]:
-    return [EventConsumer(service, jetstream, database, subscription, handlers) for subscription in subscriptions]

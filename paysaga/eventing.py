@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from paysaga.events.v1 import events_pb2
 from paysaga.messaging import EVENTS_SUBJECT_ROOT
@@ -55,7 +55,10 @@ def payload_of(envelope: EventEnvelope) -> Message:
 
 def parse(data: bytes) -> EventEnvelope:
     """Decode and check an envelope; ValueError if it can never be handled."""
-    envelope = EventEnvelope.FromString(data)
+    try:
+        envelope = EventEnvelope.FromString(data)
+    except DecodeError as error:
+        raise ValueError(f"not an event envelope: {error}") from None
     if not envelope.event_id or not envelope.saga_id:
         raise ValueError("event without event_id or saga_id")
     if PAYLOAD_FIELDS.get(envelope.event_type) != envelope.WhichOneof("payload"):

@@ -113,7 +113,9 @@ class Shop:
         )
         return payment
 
-    async def wait_for(self, payment_id: str, statuses: set[payments_pb2.PaymentStatus.ValueType], timeout_s: float = 30.0) -> payments_pb2.Payment:
+    async def wait_for(
+        self, payment_id: str, statuses: set[payments_pb2.PaymentStatus.ValueType], timeout_s: float = 30.0
+    ) -> payments_pb2.Payment:
         deadline = time.monotonic() + timeout_s
         while True:
             payment = await self.payment(payment_id)

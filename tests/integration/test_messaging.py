@@ -1,0 +1,217 @@
+"""The outbox relay and the event consumer against a real nats-server and a real SQLite file:
+exactly-once effects under redelivery, retries, dead letters, and a relay crash."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+
+from paysaga import messaging, tls
+from paysaga.consumer import EventConsumer, EventHandler, Subscription
+from paysaga.database import create_engine
+from paysaga.eventing import EventEnvelope, new_event
+from paysaga.events.v1 import events_pb2
+from paysaga.localcluster import LocalCluster
+from paysaga.relay import OutboxRelay
+from paysaga.unit_of_work import Database, UnitOfWork, messaging_tables
+from tests.helpers import connect_nats
+
+metadata = sa.MetaData()
+messaging_tables(metadata)
+effects = sa.Table(
+    "effects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("payment_id", sa.String(36), nullable=False),
+)
+
+
+@dataclass
+class Rig:
+    database: Database
+    client: NatsClient
+    jetstream: JetStreamContext
+    producer: str
+    service: str
+
+    def consumer(self, handler: EventHandler, **options: Any) -> EventConsumer:
+        subscription = Subscription(self.producer, ("FundsHeld",))
+        return EventConsumer(
+            self.service, self.jetstream, self.database, subscription, {"FundsHeld": handler}, **options
+        )
+
+    async def dead_letter(self, event_type: str) -> RawStreamMsg:
+        return await self.jetstream.get_last_msg(
+            f"{self.service.upper()}_DEAD_LETTERS", f"paysaga.deadletter.{self.service}.{event_type}"
+        )
+
+    async def effects(self) -> list[str]:
+        async with self.database.read() as connection:
+            return [row.payment_id for row in await connection.execute(sa.select(effects.c.payment_id))]
+
+    async def publish(self, envelope: EventEnvelope, message_id: str | None = None) -> None:
+        await self.jetstream.publish(
+            f"paysaga.events.{self.producer}.{envelope.event_type}",
+            envelope.SerializeToString(),
+            headers={"Nats-Msg-Id": message_id or str(uuid.uuid4())},
+            timeout=5,
+        )
+
+
+@pytest.fixture
+async def rig(nats_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Rig]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ledger")))
+    jetstream = client.jetstream()
+    producer, service = f"p{uuid.uuid4().hex[:8]}", f"c{uuid.uuid4().hex[:8]}"
+    for stream in (*messaging.owned_streams(producer), *messaging.owned_streams(service)):
+        await messaging.ensure_stream(jetstream, stream, 1)
+    yield Rig(Database(engine, metadata), client, jetstream, producer, service)
+    await client.close()
+    await engine.dispose()
+
+
+def funds_held(payment_id: str, producer: str) -> EventEnvelope:
+    return new_event(producer=producer, saga_id=payment_id, payload=events_pb2.FundsHeld(payment_id=payment_id))
+
+
+async def run_until(consumer: EventConsumer, done: asyncio.Event | None = None, timeout_s: float = 20.0) -> None:
+    """Run the consumer until done is set (or, without done, for a moment), then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        if done is None:
+            await asyncio.sleep(1.5)
+        else:
+            await asyncio.wait_for(done.wait(), timeout=timeout_s)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def consumer_idle(rig: Rig, consumer_name: str) -> bool:
+    info = await rig.jetstream.consumer_info(f"{rig.producer.upper()}_EVENTS", consumer_name)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def test_the_same_event_delivered_twice_has_one_effect(rig: Rig) -> None:
+    calls: list[str] = []
+
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        calls.append(event.event_id)
+        await unit.connection.execute(effects.insert().values(payment_id=event.saga_id))
+
+    consumer = rig.consumer(handler)
+    event = funds_held(str(uuid.uuid4()), rig.producer)
+    await rig.publish(event)
+    await rig.publish(event)  # a different message id: JetStream stores and delivers it again
+
+    await run_until(consumer)
+
+    assert await rig.effects() == [event.saga_id]
+    assert calls == [event.event_id], "the duplicate was skipped by the inbox, the handler never ran twice"
+    assert await consumer_idle(rig, consumer.name)
+
+
+async def test_a_handler_that_keeps_failing_is_parked_in_the_dead_letter_stream(rig: Rig) -> None:
+    attempts: list[int] = []
+    parked = asyncio.Event()
+
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        attempts.append(1)
+        if len(attempts) >= 3:
+            parked.set()
+        raise ValueError("amount does not add up")
+
+    consumer = rig.consumer(handler, max_attempts=3, retry_delays_s=(0.05,))
+    event = funds_held(str(uuid.uuid4()), rig.producer)
+    await rig.publish(event)
+
+    await run_until(consumer, parked)
+    await asyncio.sleep(0.5)
+
+    assert len(attempts) == 3
+    assert await rig.effects() == []
+    dead = await rig.dead_letter("FundsHeld")
+    assert dead.data == event.SerializeToString()
+    assert dead.headers is not None
+    assert dead.headers["Paysaga-Reason"] == "handler failed 3 times: ValueError('amount does not add up')"
+    assert await consumer_idle(rig, consumer.name)
+
+
+async def test_an_undecodable_message_is_parked_at_once(rig: Rig) -> None:
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        raise AssertionError("never called")
+
+    consumer = rig.consumer(handler)
+    await rig.jetstream.publish(f"paysaga.events.{rig.producer}.FundsHeld", b"\xff not a protobuf", timeout=5)
+
+    await run_until(consumer)
+
+    dead = await rig.dead_letter("undecodable")
+    assert dead.data == b"\xff not a protobuf"
+    assert dead.headers is not None and dead.headers["Paysaga-Reason"].startswith("undecodable event")
+    assert await consumer_idle(rig, consumer.name)
+
+
+async def test_an_operating_error_is_retried_without_counting_towards_parking(rig: Rig) -> None:
+    done = asyncio.Event()
+    failures = 0
+
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise sa.exc.OperationalError("UPDATE accounts", {}, Exception("database is locked"))
+        await unit.connection.execute(effects.insert().values(payment_id=event.saga_id))
+        done.set()
+
+    consumer = rig.consumer(handler, max_attempts=2, retry_delays_s=(0.05,))
+    event = funds_held(str(uuid.uuid4()), rig.producer)
+    await rig.publish(event)
+
+    await run_until(consumer, done)
+    await asyncio.sleep(0.3)
+
+    assert failures == 3
+    assert await rig.effects() == [event.saga_id]
+    assert await consumer_idle(rig, consumer.name)
+
+
+async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped(rig: Rig) -> None:
+    saga_id = str(uuid.uuid4())
+    sent = [funds_held(saga_id, rig.producer) for _ in range(3)]
+    async with rig.database.transaction() as unit:
+        for event in sent:
+            await unit.emit(event)
+    relay = OutboxRelay(rig.database, rig.jetstream)
+    stream = f"{rig.producer.upper()}_EVENTS"
+
+    assert await relay.publish_pending() == 3
+    # A crash after JetStream acknowledged but before the rows were marked sent:
+    async with rig.database.transaction() as unit:
+        await unit.connection.execute(rig.database.outbox.update().values(published_at=None))
+    assert await relay.publish_pending() == 3
+
+    info = await rig.jetstream.stream_info(stream)
+    assert info.state.messages == 3, "the re-published events were dropped as duplicates"
+    stored = [await rig.jetstream.get_msg(stream, sequence) for sequence in (1, 2, 3)]
+    assert [EventEnvelope.FromString(message.data or b"").event_id for message in stored] == [
+        event.event_id for event in sent
+    ]
+    assert [message.headers["Nats-Msg-Id"] for message in stored if message.headers] == [
+        event.event_id for event in sent
+    ]
+    assert await relay.publish_pending() == 0
