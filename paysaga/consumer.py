@@ -40,9 +40,12 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[UnitOfWork, EventEnvelope], Awaitable[None]]
 
-FETCH_BATCH = 64
+FETCH_BATCH = 16
 FETCH_TIMEOUT_S = 1.0
-ACK_WAIT_S = 30.0
+# How long a delivered message may stay unacknowledged before JetStream delivers it again. It is
+# the time a crashed consumer's in-flight messages wait before another process (or the restarted
+# one) gets them, so it is kept short; a batch is handled in milliseconds.
+ACK_WAIT_S = 10.0
 MAX_ATTEMPTS = 8
 RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 SUBSCRIBE_RETRY_S = 1.0

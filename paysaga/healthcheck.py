@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.client import Client as NatsClient
 
 from paysaga import tls
 from paysaga.settings import TlsFiles
@@ -40,16 +40,21 @@ async def nats_jetstream_ready(url: str, tls_files: TlsFiles, *, timeout_s: floa
     async def quiet(_error: Exception) -> None:
         pass  # the caller reports the failure; nats-py's default prints a traceback
 
-    client = await nats.connect(
-        url,
-        error_cb=quiet,
-        tls=tls.client_ssl_context(tls_files),
-        connect_timeout=max(1, int(timeout_s)),
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        name="paysaga-health",
-    )
+    client = NatsClient()
     try:
+        # nats-py may retry a refused first connect forever; the check must end in time.
+        await asyncio.wait_for(
+            client.connect(
+                url,
+                error_cb=quiet,
+                tls=tls.client_ssl_context(tls_files),
+                connect_timeout=max(1, int(timeout_s)),
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                name="paysaga-health",
+            ),
+            timeout=timeout_s,
+        )
         await client.jetstream(timeout=timeout_s).account_info()
     finally:
         await client.close()

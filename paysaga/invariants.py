@@ -30,7 +30,12 @@ TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED")
 EXPECTED_OUTCOME: Mapping[str, tuple[frozenset[str | None], frozenset[str | None]]] = {
     "COMPLETED": (frozenset({"CAPTURED"}), frozenset({"COMMITTED"})),
     "REFUNDED": (frozenset({"REFUNDED"}), frozenset({"RESTOCKED"})),
-    "FAILED": (frozenset({None, "RELEASED", "CANCELLED"}), frozenset({None, "RELEASED", "CANCELLED"})),
+    # FAILED and CANCELLED sagas may have got as far as the capture before the deadline or the
+    # cancel: then the capture was refunded and the sale restocked.
+    "FAILED": (
+        frozenset({None, "RELEASED", "CANCELLED", "REFUNDED"}),
+        frozenset({None, "RELEASED", "CANCELLED", "RESTOCKED"}),
+    ),
     "CANCELLED": (
         frozenset({None, "RELEASED", "CANCELLED", "REFUNDED"}),
         frozenset({None, "RELEASED", "CANCELLED", "RESTOCKED"}),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import json
 import logging
@@ -21,18 +23,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TextIO
+from typing import IO, Any, TextIO, TypeVar
 
 from paysaga import healthcheck, natsconf
 from paysaga.pki import authority
+from paysaga.pki.authority import CertificateError
 from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
 
 SERVICES = ("payments", "inventory", "ledger")
+T = TypeVar("T")
 STOP_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1
 POLL_INTERVAL_S = 0.2
 
 
@@ -189,12 +194,14 @@ class LocalCluster:
         process = subprocess.Popen(
             command,
             cwd=self.state_dir,
-            env={**os.environ, **environment, "PYTHONUNBUFFERED": "1"},
+            env={"GRPC_VERBOSITY": "ERROR", **os.environ, **environment, "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             # Own process group: Ctrl-C reaches only this runner, which stops services before NATS.
             start_new_session=True,
+            # ...and if the runner itself dies (SIGKILL, a cancelled CI job), its children stop too.
+            preexec_fn=_terminate_with_parent(),
         )
         self.processes[name] = process
         assert process.stdout is not None
@@ -230,12 +237,11 @@ class LocalCluster:
         self._wait(service, time.monotonic() + timeout_s, functools.partial(self._grpc_serving, service))
 
     def _nats_ready(self) -> bool:
-        asyncio.run(healthcheck.nats_jetstream_ready(self.nats_url, self.tls_files("ops")))
+        _run_apart(healthcheck.nats_jetstream_ready(self.nats_url, self.tls_files("ops")))
         return True
 
     def _grpc_serving(self, service: str) -> bool:
-        status = asyncio.run(healthcheck.grpc_status(self.grpc_target(service), self.tls_files("ops")))
-        return status == "SERVING"
+        return _run_apart(healthcheck.grpc_status(self.grpc_target(service), self.tls_files("ops"))) == "SERVING"
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.log_path(name)
@@ -264,6 +270,29 @@ class LocalCluster:
         self.processes.clear()
         self._pumps.clear()
         return codes
+
+
+def _terminate_with_parent() -> Callable[[], None] | None:
+    """A hook for the child, before exec, that asks Linux to send SIGTERM when the parent dies.
+
+    The library is looked up here, in the parent: between fork and exec the child may only call
+    what is already loaded.
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
+
+
+def _run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on its own loop in a helper thread, so the cluster's blocking
+    methods also work when called from async code (e.g. an async test)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, coroutine).result()
 
 
 def readable(line: str) -> str:
@@ -312,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cluster.start()
-    except ClusterError as error:
+    except (ClusterError, CertificateError) as error:
         say(f"paysaga-local: {error}", sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -350,7 +379,7 @@ def summary(cluster: LocalCluster) -> str:
         f"  nats       {cluster.nats_url}   (JetStream, fsync before ack)",
         *(f"  {service:<10} {cluster.grpc_target(service)}" for service in cluster.services),
         "",
-        "Clients connect with mutual TLS using a certificate from certs/:",
+        f"Clients connect with mutual TLS using a certificate from {cluster.certs_dir}:",
         f"  CA certificate      {ops.ca_file}",
         f"  client certificate  {ops.cert_file}",
         f"  client key          {ops.key_file}",

@@ -92,6 +92,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
     finally:
         if nats_client is not None and nats_client.is_connected:
             await nats_client.drain()
+        elif nats_client is not None:
+            await nats_client.close()  # reconnecting: nothing can be flushed, stop trying
         await engine.dispose()
     log.info("service.stopped")
 

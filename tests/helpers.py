@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from pathlib import Path
 
 import grpc
-import nats
 from nats.aio.client import Client as NatsClient
 
 from paysaga import tls
@@ -49,6 +49,15 @@ async def connect_nats(url: str, context: ssl.SSLContext) -> NatsClient:
     async def quiet(_error: Exception) -> None:
         pass
 
-    return await nats.connect(
-        url, tls=context, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3, error_cb=quiet
-    )
+    client = NatsClient()
+    try:
+        await asyncio.wait_for(
+            client.connect(
+                url, tls=context, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=3, error_cb=quiet
+            ),
+            timeout=5,
+        )
+    except BaseException:
+        await client.close()
+        raise
+    return client

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -33,7 +34,10 @@ CA_KEY_FILE = "ca.key"
 CA_LIFETIME_DAYS = 3650
 LEAF_LIFETIME_DAYS = 90
 CLOCK_SKEW = dt.timedelta(minutes=5)
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_PATTERN = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 RENEW_WITHIN_DAYS = 14
 CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger")
 CLUSTER_CLIENTS = ("ops",)
@@ -102,9 +106,12 @@ def client_identity(name: str) -> str:
 
 
 def check_name(name: str) -> str:
+    if name == CA_CERT_FILE.removesuffix(".crt"):
+        raise CertificateError("the name 'ca' is reserved for the CA's own files")
     if not NAME_PATTERN.fullmatch(name):
         raise CertificateError(
-            f"invalid name {name!r}: use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+            f"invalid name {name!r}: use 1 to 63 characters of a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit"
         )
     return name
 
@@ -122,8 +129,8 @@ def create_ca(
     key_path = ca_dir / CA_KEY_FILE
     if not force and (key_path.exists() or (ca_dir / CA_CERT_FILE).exists()):
         raise CertificateError(
-            f"a CA already exists in {ca_dir}; replacing it invalidates every certificate it issued. "
-            "Pass --force to replace it anyway."
+            f"a CA already exists in {ca_dir} (or its certificate without its key); replacing it invalidates "
+            "every certificate it issued. To replace it anyway: paysaga-certs init-ca --force"
         )
     _check_lifetime(lifetime_days)
     now = now or utc_now()
@@ -168,10 +175,16 @@ def load_ca(ca_dir: Path) -> Authority:
     key_path, cert_path = ca_dir / CA_KEY_FILE, ca_dir / CA_CERT_FILE
     if not key_path.exists() or not cert_path.exists():
         raise CertificateError(f"no CA in {ca_dir}: create one first with 'paysaga-certs init-ca'")
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError as error:
+        raise CertificateError(f"the CA in {ca_dir} is unreadable: {error}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertificateError(f"{key_path} is not an EC private key")
-    return Authority(x509.load_pem_x509_certificate(cert_path.read_bytes()), key)
+    if _kind_of(certificate) is not Kind.CA or not _same_key(certificate, key):
+        raise CertificateError(f"{cert_path} and {key_path} are not a CA certificate and its key")
+    return Authority(certificate, key)
 
 
 def issue(
@@ -207,6 +220,9 @@ def issue(
         ips = _unique(ip_addresses)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     alternative_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity)]
+    for value in dns:
+        if not DNS_PATTERN.fullmatch(value):
+            raise CertificateError(f"invalid DNS name {value!r}")
     alternative_names += [x509.DNSName(value) for value in dns]
     alternative_names += [x509.IPAddress(_parse_ip(value)) for value in ips]
     key = ec.generate_private_key(ec.SECP256R1())
@@ -267,7 +283,7 @@ def ensure_certificates(
     wanted = [(name, Kind.SERVICE) for name in services] + [(name, Kind.CLIENT) for name in clients]
     for name, kind in wanted:
         cert_path = certs_dir / f"{check_name(name)}.crt"
-        current = describe(cert_path, ca.certificate) if cert_path.exists() else None
+        current = _readable(cert_path, ca.certificate)
         reason = needs_issuing(current, cert_path.with_suffix(".key"), now, renew_within_days)
         if reason is None and current is not None:
             report.append(f"kept {kind.value} {name}: {current.summary()}")
@@ -297,12 +313,24 @@ def describe(cert_path: Path, ca_certificate: x509.Certificate | None) -> Certif
     )
 
 
-def inventory(certs_dir: Path) -> list[CertificateInfo]:
-    """Every certificate in certs_dir, the CA first, then by name."""
+def inventory(certs_dir: Path) -> tuple[list[CertificateInfo], list[Path]]:
+    """Every certificate in certs_dir, the CA first, then by name; and the files that are unreadable."""
     ca_path = certs_dir / CA_CERT_FILE
-    ca_certificate = x509.load_pem_x509_certificate(ca_path.read_bytes()) if ca_path.exists() else None
+    ca_info = _readable(ca_path, None)
+    ca_certificate = x509.load_pem_x509_certificate(ca_path.read_bytes()) if ca_info is not None else None
     paths = sorted(certs_dir.glob("*.crt"), key=lambda path: (path.name != CA_CERT_FILE, path.name))
-    return [describe(path, ca_certificate) for path in paths]
+    found = [(path, _readable(path, ca_certificate)) for path in paths]
+    return [info for _, info in found if info is not None], [
+        path for path, info in found if info is None and path.exists()
+    ]
+
+
+def _readable(cert_path: Path, ca_certificate: x509.Certificate | None) -> CertificateInfo | None:
+    """The certificate's description, or None if the file is missing or not a PEM certificate."""
+    try:
+        return describe(cert_path, ca_certificate)
+    except (OSError, ValueError):
+        return None
 
 
 def needs_issuing(info: CertificateInfo | None, key_path: Path, now: dt.datetime, renew_within_days: int) -> str | None:
@@ -319,8 +347,15 @@ def needs_issuing(info: CertificateInfo | None, key_path: Path, now: dt.datetime
 
 
 def _key_matches(cert_path: Path, key_path: Path) -> bool:
-    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except ValueError:
+        return False
+    return _same_key(certificate, key)
+
+
+def _same_key(certificate: x509.Certificate, key: Any) -> bool:
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     encoding = serialization.Encoding.DER
     return bool(

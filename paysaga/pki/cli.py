@@ -151,7 +151,9 @@ def _list(certs_dir: Path, *, as_json: bool, warn_within_days: int) -> int:
     if not certs_dir.is_dir():
         raise CertificateError(f"{certs_dir} does not exist: run 'paysaga-certs bootstrap' first")
     now = authority.utc_now()
-    infos = authority.inventory(certs_dir)
+    infos, unreadable = authority.inventory(certs_dir)
+    for path in unreadable:
+        print(f"paysaga-certs: {path} is not a readable PEM certificate (bootstrap re-issues it)", file=sys.stderr)
     if as_json:
         print(json.dumps([_as_dict(info, now, warn_within_days) for info in infos], indent=2))
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import grpc
@@ -10,6 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from paysaga import healthcheck, tls
+from paysaga.eventing import new_event, subject_of
+from paysaga.events.v1 import events_pb2
 from paysaga.localcluster import SERVICES, LocalCluster
 from paysaga.settings import TlsFiles
 from tests.helpers import (
@@ -61,6 +64,8 @@ async def test_call_without_a_client_certificate_fails(cluster: LocalCluster, se
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The server is up: the same call with our client certificate goes through.
+    assert await healthcheck.grpc_status(cluster.grpc_target(service), cluster.tls_files("ops")) == "SERVING"
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -75,6 +80,8 @@ async def test_call_with_a_certificate_from_another_ca_fails(
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The server is up: the same call with our client certificate goes through.
+    assert await healthcheck.grpc_status(cluster.grpc_target(service), cluster.tls_files("ops")) == "SERVING"
 
 
 async def test_client_refuses_a_server_whose_certificate_is_from_another_ca(
@@ -104,8 +111,14 @@ async def test_nats_accepts_a_service_certificate_and_jetstream_holds_each_servi
     try:
         jetstream = client.jetstream()
         streams = {info.config.name: info.config.subjects for info in await jetstream.streams_info()}
+        saga_id = str(uuid.uuid4())
+        event = new_event(
+            producer="payments",
+            saga_id=saga_id,
+            payload=events_pb2.PaymentRejected(payment_id=saga_id, rule="test", reason="publish check"),
+        )
         ack = await jetstream.publish(
-            "paysaga.events.payments.SkeletonChecked", b"{}", headers={"Nats-Msg-Id": "e2e-skeleton-check"}, timeout=5
+            subject_of(event), event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id}, timeout=5
         )
     finally:
         await client.close()

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 PRICE = 1250
 
 
-async def settled(shop: Shop, timeout_s: float = 20.0) -> None:
+async def settled(shop: Shop, timeout_s: float = 30.0) -> None:
     """Wait until the invariants hold, compensations included, and every committed event is
     published; fail with what is still wrong."""
     deadline = time.monotonic() + timeout_s

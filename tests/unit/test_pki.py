@@ -143,7 +143,7 @@ def test_issue_without_a_ca_explains_how_to_create_one(tmp_path: Path) -> None:
     assert not (tmp_path / "acme.crt").exists()
 
 
-@pytest.mark.parametrize("name", ["", "Payments", "pay ments", "../etc", "-lead", "x" * 64])
+@pytest.mark.parametrize("name", ["", "Payments", "pay ments", "../etc", "-lead", "trail-", "x" * 64])
 def test_issue_rejects_names_that_are_not_dns_labels(tmp_path: Path, name: str) -> None:
     ca = authority.create_ca(tmp_path, tmp_path)
 
@@ -182,7 +182,7 @@ def test_list_marks_expiring_expired_and_foreign_certificates(tmp_path: Path) ->
     other = authority.create_ca(tmp_path / "other", tmp_path / "other")
     authority.issue(other, tmp_path, "stranger", Kind.CLIENT)
 
-    statuses = {info.name: info.status(now, warn_within_days=14) for info in authority.inventory(tmp_path)}
+    statuses = {info.name: info.status(now, warn_within_days=14) for info in authority.inventory(tmp_path)[0]}
 
     assert statuses == {"ca": "ok", "soon": "expiring", "old": "expired", "stranger": "not from this CA"}
 
@@ -226,3 +226,46 @@ def test_help_explains_the_commands_to_an_operator() -> None:
     assert result.returncode == 0
     for words in ("bootstrap", "issue", "list", "init-ca", "0600", "spiffe://paysaga/"):
         assert words in result.stdout
+
+
+def test_the_name_ca_is_reserved_so_the_ca_cannot_be_overwritten_by_a_leaf(tmp_path: Path) -> None:
+    assert run_script("--dir", str(tmp_path), "init-ca").returncode == 0
+    ca_before = (tmp_path / "ca.crt").read_bytes()
+
+    refused = run_script("--dir", str(tmp_path), "issue", "client", "ca", "--force")
+
+    assert refused.returncode == 2 and "reserved" in refused.stderr
+    assert (tmp_path / "ca.crt").read_bytes() == ca_before
+
+
+def test_a_leaf_certificate_is_not_accepted_as_the_ca(tmp_path: Path) -> None:
+    ca = authority.create_ca(tmp_path, tmp_path)
+    authority.issue(ca, tmp_path, "mallory", Kind.SERVICE)
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    (impostor / "ca.crt").write_bytes((tmp_path / "mallory.crt").read_bytes())
+    (impostor / "ca.key").write_bytes((tmp_path / "mallory.key").read_bytes())
+
+    with pytest.raises(CertificateError, match="not a CA certificate and its key"):
+        authority.load_ca(impostor)
+
+
+@pytest.mark.parametrize("dns", ["bad name!", "-lead.example", "a..b"])
+def test_issue_rejects_invalid_extra_dns_names(tmp_path: Path, dns: str) -> None:
+    ca = authority.create_ca(tmp_path, tmp_path)
+
+    with pytest.raises(CertificateError, match="invalid DNS name"):
+        authority.issue(ca, tmp_path, "payments", Kind.SERVICE, dns_names=[dns])
+
+
+def test_an_unreadable_certificate_is_reported_by_list_and_replaced_by_bootstrap(tmp_path: Path) -> None:
+    assert run_script("--dir", str(tmp_path), "bootstrap").returncode == 0
+    (tmp_path / "ledger.crt").write_text("this is not a certificate")
+
+    listed = run_script("--dir", str(tmp_path), "list")
+    bootstrapped = run_script("--dir", str(tmp_path), "bootstrap")
+
+    assert listed.returncode == 0
+    assert "ledger.crt is not a readable PEM certificate" in listed.stderr
+    assert "issued service ledger (missing)" in bootstrapped.stdout
+    load(tmp_path / "ledger.crt").verify_directly_issued_by(load(tmp_path / "ca.crt"))

@@ -1,0 +1,117 @@
+"""Faults in the running cluster: a service killed mid-saga, events delivered twice, a relay
+that crashed between publishing and marking sent. Every saga still ends, nothing is done twice,
+and money and stock are conserved."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+
+import pytest
+
+from paysaga import tls
+from tests.e2e.shop import Shop, status_name
+from tests.e2e.test_saga import PRICE, settled
+from tests.helpers import connect_nats
+
+pytestmark = pytest.mark.e2e
+SAGAS = 8
+
+
+@pytest.mark.parametrize("victim", ["ledger", "inventory", "payments"])
+async def test_service_killed_mid_saga_every_saga_still_ends_and_nothing_is_lost(shop: Shop, victim: str) -> None:
+    purchases = [await shop.setup(funds_minor=PRICE, stock=1) for _ in range(SAGAS)]
+    created = await asyncio.gather(*(shop.pay(purchase, amount_minor=PRICE) for purchase in purchases))
+
+    shop.cluster.kill(victim)  # SIGKILL: no drain, in-flight transactions and acks are lost
+    await asyncio.sleep(0.3)
+    shop.cluster.restart(victim)
+
+    finished = [await shop.finish(payment.payment_id) for payment in created]
+    statuses = {status_name(payment) for payment in finished}
+    assert statuses <= {"COMPLETED", "FAILED"}, statuses
+    assert all(
+        payment.reason.startswith("saga timed out") for payment in finished if status_name(payment) == "FAILED"
+    ), "a saga may only fail here by running out of time while the service was down"
+    for purchase, payment in zip(purchases, finished, strict=True):
+        completed = status_name(payment) == "COMPLETED"
+        assert await shop.balance(purchase.payer) == ((0, 0, 0) if completed else (PRICE, 0, PRICE))
+        assert await shop.balance(purchase.merchant) == ((PRICE, 0, PRICE) if completed else (0, 0, 0))
+    await settled(shop)
+
+
+async def test_events_delivered_again_have_no_second_effect(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    payment = await shop.finish((await shop.pay(purchase, amount_minor=PRICE)).payment_id)
+    assert status_name(payment) == "COMPLETED"
+    await settled(shop)
+    events = await shop.saga_events(payment.payment_id)
+
+    # Deliver every event of the saga a second time, each under a new message id so that
+    # JetStream stores it again and every consumer receives it again.
+    for event in events:
+        client = await connect_nats(
+            shop.cluster.nats_url, tls.client_ssl_context(shop.cluster.tls_files(event.producer))
+        )
+        try:
+            await client.jetstream().publish(
+                f"paysaga.events.{event.producer}.{event.event_type}",
+                event.SerializeToString(),
+                headers={"Nats-Msg-Id": str(uuid.uuid4())},
+                timeout=5,
+            )
+        finally:
+            await client.close()
+    await consumers_caught_up(shop)
+
+    assert status_name(await shop.payment(payment.payment_id)) == "COMPLETED"
+    assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
+    assert await shop.balance(purchase.merchant) == (PRICE, 0, PRICE)
+    assert await shop.stock(purchase.sku) == (2, 0, 1)
+    emitted = [event.event_id for event in await shop.saga_events(payment.payment_id)]
+    assert sorted(set(emitted)) == sorted(event.event_id for event in events), "no handler emitted anything new"
+    await settled(shop)
+
+
+async def test_relay_crash_between_publish_and_mark_publishes_nothing_twice(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    payment = await shop.finish((await shop.pay(purchase, amount_minor=PRICE)).payment_id)
+    await settled(shop)
+    before = await shop.saga_events(payment.payment_id)
+
+    shop.cluster.kill("payments")
+    # What a crash right after JetStream acknowledged, before the outbox rows were marked, leaves:
+    with sqlite3.connect(shop.cluster.database_url("payments").split(":///", 1)[1]) as database:
+        reset = database.execute(
+            "UPDATE outbox SET published_at = NULL WHERE saga_id = ?", (payment.payment_id,)
+        ).rowcount
+    shop.cluster.restart("payments")
+    await settled(shop)
+
+    assert reset == len([event for event in before if event.producer == "payments"])
+    after = await shop.saga_events(payment.payment_id)
+    assert [event.event_id for event in after] == [event.event_id for event in before]
+    assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
+
+
+async def consumers_caught_up(shop: Shop, timeout_s: float = 20.0) -> None:
+    """Wait until every durable consumer has acknowledged everything in its stream."""
+    client = await connect_nats(shop.cluster.nats_url, tls.client_ssl_context(shop.cluster.tls_files("ops")))
+    try:
+        jetstream = client.jetstream()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            busy = [
+                consumer.name
+                for stream in ("PAYMENTS_EVENTS", "LEDGER_EVENTS", "INVENTORY_EVENTS")
+                for consumer in await jetstream.consumers_info(stream)
+                if consumer.config.durable_name and (consumer.num_pending or consumer.num_ack_pending)
+            ]
+            if not busy:
+                return
+            assert time.monotonic() < deadline, f"consumers still busy: {busy}"
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
