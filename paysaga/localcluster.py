@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TextIO, TypeVar
 
-from paysaga import healthcheck, natsconf
+from paysaga import demo, healthcheck, natsconf
 from paysaga.pki import authority
 from paysaga.pki.authority import CertificateError
 from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
@@ -325,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nats-port", type=int, default=4222)
     for service in SERVICES:
         parser.add_argument(f"--{service}-port", type=int, default=DEFAULT_GRPC_PORTS[service])
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="services' log level (default: %(default)s)")
+    parser.add_argument("--demo", action="store_true", help="once up, run a purchase that completes and one that fails")
     args = parser.parse_args(argv)
     ports = ClusterPorts(nats=args.nats_port, grpc={service: getattr(args, f"{service}_port") for service in SERVICES})
     busy = [port for port in (ports.nats, *ports.grpc.values()) if _port_in_use(port)]
@@ -352,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_code = 0
     try:
         say(summary(cluster))
+        if args.demo:
+            _run_demo(cluster)
         while not stop.wait(0.5):
             dead = {name: process.poll() for name, process in cluster.processes.items() if process.poll() is not None}
             if dead:
@@ -363,6 +366,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         codes = cluster.stop()
         say(f"stopped: {', '.join(f'{name} exit {code}' for name, code in codes.items())}")
     return exit_code
+
+
+def _run_demo(cluster: LocalCluster) -> None:
+    say("demo      | --- a purchase that completes and one that fails, through the public API ---")
+    try:
+        _run_apart(
+            demo.run(
+                {service: cluster.grpc_target(service) for service in cluster.services},
+                cluster.tls_files("ops"),
+                lambda line: say(f"demo      | {line}"),
+            )
+        )
+    except Exception as error:  # noqa: BLE001 - the demo is a courtesy; the cluster keeps running
+        say(f"demo      | the demo failed: {error!r}", sys.stderr)
 
 
 def say(text: str, stream: TextIO | None = None) -> None:

@@ -111,7 +111,10 @@ def main(argv: list[str]) -> int:
         say("starting the local cluster")
         os.chdir(REPO)
         # The runner replaces this process so Ctrl-C reaches it directly.
-        os.execv(str(BIN / "paysaga-local"), ["paysaga-local", "--state-dir", ".run", "--certs-dir", "certs", *rest])  # noqa: S606
+        os.execv(  # noqa: S606 - a fixed program with our own arguments
+            str(BIN / "paysaga-local"),
+            ["paysaga-local", "--state-dir", ".run", "--certs-dir", "certs", "--demo", *rest],
+        )
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 
