@@ -62,7 +62,10 @@ async def run(targets: dict[str, str], client_tls: TlsFiles, say: Callable[[str]
         say(f"wallet {wallet} funded with {FUNDS_MINOR} {CURRENCY} (minor units); merchant {merchant}")
         say(f"item {sku} stocked with 2")
 
-        for quantity, expectation in ((1, "completes"), (5, "fails: more than is in stock, so the ledger releases the hold")):
+        for quantity, expectation in (
+            (1, "completes"),
+            (5, "fails: more than is in stock, so the ledger releases the hold"),
+        ):
             say(f"purchase of {quantity} x {sku} ({expectation}):")
             created = await payments.CreatePayment(
                 payments_pb2.CreatePaymentRequest(

@@ -55,22 +55,29 @@ class PaymentLimits:
     velocity_window_s: float = 60.0
 
 
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'a whole' if kind is int else 'a'} number, got {text!r}") from None
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text, float)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
 def _replicas(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value not in (1, 3, 5):
         raise argparse.ArgumentTypeError(f"must be 1, 3 or 5, got {text}")
     return value

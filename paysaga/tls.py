@@ -10,6 +10,8 @@ import ssl
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from paysaga.settings import TlsFiles
 
@@ -26,6 +28,8 @@ class TlsMaterial:
 
 
 def read_tls_files(files: TlsFiles) -> TlsMaterial:
+    """Read and check the three files, so a mistake is reported with the file's name rather than
+    as an opaque TLS library error later."""
     contents = []
     for label, path in (
         ("certificate", files.cert_file),
@@ -38,7 +42,23 @@ def read_tls_files(files: TlsFiles) -> TlsMaterial:
             raise TlsConfigurationError(
                 f"cannot read {label} {path}: {error.strerror}. Generate certificates with 'paysaga-certs bootstrap'."
             ) from None
-    return TlsMaterial(*contents)
+    material = TlsMaterial(*contents)
+    try:
+        certificate = x509.load_pem_x509_certificate(material.certificate_chain)
+    except ValueError:
+        raise TlsConfigurationError(f"{files.cert_file} is not a PEM certificate") from None
+    try:
+        x509.load_pem_x509_certificates(material.root_certificates)
+    except ValueError:
+        raise TlsConfigurationError(f"{files.ca_file} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(material.private_key, password=None)
+    except (ValueError, TypeError):
+        raise TlsConfigurationError(f"{files.key_file} is not an unencrypted PEM private key") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if certificate.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise TlsConfigurationError(f"{files.key_file} is not the private key of {files.cert_file}")
+    return material
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:

@@ -64,6 +64,19 @@ def test_missing_certificate_stops_start_up_with_a_message_naming_the_file(
     assert str(missing) in str(failure["error"]) and "paysaga-certs bootstrap" in str(failure["error"])
 
 
+def test_a_key_that_does_not_belong_to_the_certificate_is_named_at_start(nats_cluster: LocalCluster) -> None:
+    wrong_key = nats_cluster.tls_files("ledger").key_file
+
+    process = nats_cluster.start_service("payments", PAYSAGA_TLS_KEY=str(wrong_key))
+    exit_code = process.wait(timeout=30)
+    nats_cluster.processes.pop("payments")
+
+    assert exit_code == 1
+    failure = log_records(nats_cluster, "payments")[-1]
+    assert failure["event"] == "service.start_failed"
+    assert failure["error"] == f"{wrong_key} is not the private key of {nats_cluster.tls_files('payments').cert_file}"
+
+
 def test_unreachable_nats_fails_start_up_after_the_startup_timeout(nats_cluster: LocalCluster) -> None:
     process = nats_cluster.start_service(
         "payments", PAYSAGA_NATS_URL="tls://127.0.0.1:1", PAYSAGA_STARTUP_TIMEOUT_S="2"

@@ -35,7 +35,7 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
     [
         ({"PAYSAGA_STREAM_REPLICAS": "2"}, "must be 1, 3 or 5"),
         ({"PAYSAGA_STARTUP_TIMEOUT_S": "0"}, "must be positive"),
-        ({"PAYSAGA_DRAIN_TIMEOUT_S": "soon"}, "invalid _positive_float value"),
+        ({"PAYSAGA_DRAIN_TIMEOUT_S": "soon"}, "argument --drain-timeout-s: must be a number, got 'soon'"),
     ],
 )
 def test_bad_environment_values_stop_the_process_with_a_message(
