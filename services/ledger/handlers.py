@@ -118,7 +118,8 @@ async def on_stock_reserved(unit: UnitOfWork, event: EventEnvelope) -> None:
 
 async def on_stock_reservation_failed(unit: UnitOfWork, event: EventEnvelope) -> None:
     failed = event.stock_reservation_failed
-    await _release(unit, event, failed.payment_id, f"stock not reserved: {failed.reason}")
+    # The same words whichever of the two events reaches payments first.
+    await _release(unit, event, failed.payment_id, failed.reason)
 
 
 async def on_payment_cancellation_requested(unit: UnitOfWork, event: EventEnvelope) -> None:

@@ -134,8 +134,14 @@ class Shop:
         item = await self.inventory.GetItem(inventory_pb2.GetItemRequest(sku=sku), timeout=10)
         return item.quantity_available, item.quantity_reserved, item.quantity_sold
 
-    async def saga_events(self, saga_id: str) -> list[EventEnvelope]:
-        """Every event of the saga on the three event streams, in the order they happened."""
+    async def saga_events(self, saga_id: str, timeout_s: float = 20.0) -> list[EventEnvelope]:
+        """Every event of the saga on the three event streams, in the order they happened, once
+        the services have published everything they committed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not await self.unpublished_events():
+                break
+            await asyncio.sleep(0.05)
         client = await connect_nats(self.cluster.nats_url, tls.client_ssl_context(self.cluster.tls_files("ops")))
         found: list[EventEnvelope] = []
         try:
@@ -173,6 +179,20 @@ class Shop:
             finally:
                 await engine.dispose()
         return total
+
+    async def busy_consumers(self) -> list[str]:
+        """Durable consumers that still have events to deliver or to see acknowledged."""
+        client = await connect_nats(self.cluster.nats_url, tls.client_ssl_context(self.cluster.tls_files("ops")))
+        try:
+            jetstream = client.jetstream()
+            return [
+                str(consumer.name)
+                for service in SERVICES
+                for consumer in await jetstream.consumers_info(f"{service.upper()}_EVENTS")
+                if consumer.config.durable_name and (consumer.num_pending or consumer.num_ack_pending)
+            ]
+        finally:
+            await client.close()
 
     async def invariants(self, *, require_terminal: bool = True) -> invariants.Report:
         return await invariants.check(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
 
 import pytest
@@ -64,7 +63,7 @@ async def test_events_delivered_again_have_no_second_effect(shop: Shop) -> None:
             )
         finally:
             await client.close()
-    await consumers_caught_up(shop)
+    await settled(shop)
 
     assert status_name(await shop.payment(payment.payment_id)) == "COMPLETED"
     assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
@@ -94,24 +93,3 @@ async def test_relay_crash_between_publish_and_mark_publishes_nothing_twice(shop
     after = await shop.saga_events(payment.payment_id)
     assert [event.event_id for event in after] == [event.event_id for event in before]
     assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
-
-
-async def consumers_caught_up(shop: Shop, timeout_s: float = 20.0) -> None:
-    """Wait until every durable consumer has acknowledged everything in its stream."""
-    client = await connect_nats(shop.cluster.nats_url, tls.client_ssl_context(shop.cluster.tls_files("ops")))
-    try:
-        jetstream = client.jetstream()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            busy = [
-                consumer.name
-                for stream in ("PAYMENTS_EVENTS", "LEDGER_EVENTS", "INVENTORY_EVENTS")
-                for consumer in await jetstream.consumers_info(stream)
-                if consumer.config.durable_name and (consumer.num_pending or consumer.num_ack_pending)
-            ]
-            if not busy:
-                return
-            assert time.monotonic() < deadline, f"consumers still busy: {busy}"
-            await asyncio.sleep(0.1)
-    finally:
-        await client.close()

@@ -1,0 +1,84 @@
+"""The paysaga CLI as a person uses it against the running cluster: set up, pay, look, refund."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from paysaga.localcluster import LocalCluster
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def paysaga(cluster: LocalCluster) -> Callable[..., subprocess.CompletedProcess[str]]:
+    ops = cluster.tls_files("ops")
+    connection = [
+        *("--payments", cluster.grpc_target("payments"), "--inventory", cluster.grpc_target("inventory")),
+        *("--ledger", cluster.grpc_target("ledger"), "--cert", str(ops.cert_file), "--key", str(ops.key_file)),
+        *("--ca", str(ops.ca_file)),
+    ]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "paysaga.cli", *connection, *args], capture_output=True, text=True, timeout=60
+        )
+
+    return run
+
+
+def test_a_purchase_from_the_command_line(paysaga: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    wallet = paysaga("account", "open", "--kind", "wallet", "--currency", "EUR", "--owner", "Ada").stdout.strip()
+    shop = paysaga("account", "open", "--kind", "merchant", "--currency", "EUR", "--owner", "Shop").stdout.strip()
+    assert paysaga("account", "deposit", wallet, "5000", "EUR").returncode == 0
+    sku = f"cli-{wallet[:8]}"
+    assert paysaga("item", "add", sku, "--name", "Mug", "--price", "1250", "--currency", "EUR").returncode == 0
+    assert paysaga("item", "receive", sku, "3").returncode == 0
+
+    paid = paysaga(
+        "pay", "--payer", wallet, "--merchant", shop, "--sku", sku, "--amount", "1250", "--currency", "EUR", "--wait"
+    )
+
+    assert paid.returncode == 0, paid.stderr
+    assert [line.split()[2] for line in paid.stdout.splitlines()] == [
+        "PENDING",
+        "FUNDS_HELD",
+        "STOCK_RESERVED",
+        "COMPLETED",
+    ]
+    balance = json.loads(paysaga("--json", "account", "balance", wallet).stdout)
+    assert (balance["balance_minor"], balance.get("held_minor", "0")) == ("3750", "0")
+    listed = json.loads(paysaga("--json", "payment", "list", "--payer", wallet).stdout)
+    [payment] = listed["payments"]
+    assert payment["status"] == "PAYMENT_STATUS_COMPLETED"
+    assert "available 2, reserved 0, sold 1" in paysaga("item", "get", sku).stdout
+    statement = paysaga("account", "statement", wallet).stdout
+    assert [line.split()[2] for line in statement.splitlines()[1:]] == ["DEPOSIT", "HOLD", "CAPTURE"]
+
+    refunded = paysaga("payment", "refund", payment["payment_id"], "--reason", "damaged")
+    assert refunded.returncode == 0 and "REFUNDING" in refunded.stdout
+
+
+def test_a_refused_request_prints_the_status_and_exits_1(
+    paysaga: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    result = paysaga("account", "balance", "not-a-uuid")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == "paysaga: INVALID_ARGUMENT: account_id must be a UUID, got 'not-a-uuid'"
+
+
+def test_a_failed_payment_makes_pay_wait_exit_3(paysaga: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    wallet = paysaga("account", "open", "--kind", "wallet", "--currency", "EUR", "--owner", "Bo").stdout.strip()
+    shop = paysaga("account", "open", "--kind", "merchant", "--currency", "EUR", "--owner", "Shop").stdout.strip()
+
+    paid = paysaga(
+        "pay", "--payer", wallet, "--merchant", shop, "--sku", "none", "--amount", "10", "--currency", "EUR", "--wait"
+    )
+
+    assert paid.returncode == 3
+    assert paid.stdout.splitlines()[-1].endswith("reason: insufficient funds: available 0, needed 10")
