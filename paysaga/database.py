@@ -31,6 +31,9 @@ def create_engine(url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure_sqlite(connection: Any, _record: Any) -> None:
+        # The driver's own implicit transactions start only at the first write, so a handler's
+        # reads would not be isolated from another writer: we issue BEGIN ourselves, below.
+        connection.isolation_level = None
         cursor = connection.cursor()
         for pragma in (
             "journal_mode=WAL",
@@ -40,6 +43,11 @@ def create_engine(url: str) -> AsyncEngine:
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Any) -> None:
+        writes = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     return engine
 

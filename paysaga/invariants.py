@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from paysaga.database import create_engine
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED")
 # How each terminal payment status must be reflected by the ledger hold and the inventory reservation
@@ -134,7 +136,8 @@ async def check_inventory(connection: AsyncConnection, report: Report) -> dict[s
 
 async def check(ledger_url: str, inventory_url: str, payments_url: str, *, require_terminal: bool = True) -> Report:
     report = Report()
-    engines = [create_async_engine(url) for url in (ledger_url, inventory_url, payments_url)]
+    # Each connection reads inside one transaction: a consistent snapshot of that database.
+    engines = [create_engine(url) for url in (ledger_url, inventory_url, payments_url)]
     try:
         async with engines[0].connect() as ledger, engines[1].connect() as inventory, engines[2].connect() as payments:
             holds = await check_ledger(ledger, report)

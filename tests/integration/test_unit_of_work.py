@@ -1,0 +1,63 @@
+"""Transactions on a real SQLite file, with two writers as two processes would be."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from paysaga.database import create_engine
+from paysaga.eventing import new_event
+from paysaga.events.v1 import events_pb2
+from paysaga.unit_of_work import Database, messaging_tables
+
+metadata = sa.MetaData()
+messaging_tables(metadata)
+counters = sa.Table(
+    "counters", metadata, sa.Column("name", sa.String, primary_key=True), sa.Column("value", sa.Integer)
+)
+
+
+async def test_two_writers_on_one_file_never_lose_an_update(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    # Two engines and two Database objects: separate locks, as separate processes would have.
+    engines = [create_engine(url), create_engine(url)]
+    async with engines[0].begin() as connection:
+        await connection.run_sync(metadata.create_all)
+        await connection.execute(counters.insert().values(name="n", value=0))
+    databases = [Database(engine, metadata) for engine in engines]
+
+    async def increment(database: Database, times: int) -> None:
+        for _ in range(times):
+            async with database.transaction() as unit:
+                value = await unit.connection.scalar(sa.select(counters.c.value).where(counters.c.name == "n"))
+                await asyncio.sleep(0)  # let the other writer run between the read and the write
+                await unit.connection.execute(counters.update().values(value=int(value or 0) + 1))
+
+    await asyncio.gather(increment(databases[0], 40), increment(databases[1], 40))
+
+    async with databases[0].read() as connection:
+        assert await connection.scalar(sa.select(counters.c.value)) == 80
+    for engine in engines:
+        await engine.dispose()
+
+
+async def test_a_failed_transaction_leaves_nothing_behind_not_even_its_events(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    database = Database(engine, metadata)
+
+    try:
+        async with database.transaction() as unit:
+            await unit.connection.execute(counters.insert().values(name="x", value=1))
+            await unit.emit(new_event(producer="t", saga_id="s", payload=events_pb2.PaymentCompleted(payment_id="s")))
+            raise RuntimeError("the handler failed half-way")
+    except RuntimeError:
+        pass
+
+    async with database.read() as connection:
+        assert await connection.scalar(sa.select(sa.func.count()).select_from(counters)) == 0
+        assert await connection.scalar(sa.select(sa.func.count()).select_from(database.outbox)) == 0
+    await engine.dispose()
