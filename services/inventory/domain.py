@@ -50,9 +50,20 @@ class Reservation:
     status: ReservationStatus
 
 
-def reservation_refusal(item: Item | None, sku: str, quantity: int) -> str | None:
+def reservation_refusal(item: Item | None, sku: str, quantity: int, amount_minor: int, currency: str) -> str | None:
+    """Why stock cannot be reserved for a purchase that holds amount_minor, or None if it can.
+
+    The client names the amount; the item's price is inventory's. A purchase that holds less (or
+    another currency) than the price of what it takes is refused, and the ledger releases the hold.
+    """
     if item is None:
         return f"unknown SKU {sku}"
+    price_minor = item.unit_price_minor * quantity
+    if (amount_minor, currency) != (price_minor, item.currency):
+        return (
+            f"price mismatch: {quantity} x {sku} costs {price_minor} {item.currency}, "
+            f"the payment is {amount_minor} {currency}"
+        )
     if item.quantity_available < quantity:
         return f"out of stock: {sku} has {item.quantity_available} available, {quantity} requested"
     return None

@@ -32,7 +32,7 @@ async def on_funds_held(unit: UnitOfWork, event: EventEnvelope) -> None:
     if await repository.load_reservation(unit.connection, held.payment_id) is not None:
         return  # already reserved, or cancelled before the funds were held
     item = await repository.load_item(unit.connection, held.sku)
-    refusal = domain.reservation_refusal(item, held.sku, held.quantity)
+    refusal = domain.reservation_refusal(item, held.sku, held.quantity, held.amount.amount_minor, held.amount.currency)
     if refusal is not None:
         await _emit(unit, event, events_pb2.StockReservationFailed(payment_id=held.payment_id, reason=refusal))
         return

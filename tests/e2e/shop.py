@@ -83,11 +83,11 @@ class Shop:
             )
         return sku
 
-    async def setup(self, *, funds_minor: int, stock: int) -> Purchase:
+    async def setup(self, *, funds_minor: int, stock: int, price_minor: int = 1250) -> Purchase:
         return Purchase(
             await self.open_account(ledger_pb2.ACCOUNT_KIND_WALLET, funds_minor),
             await self.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT),
-            await self.add_item(stock),
+            await self.add_item(stock, price_minor),
         )
 
     async def pay(

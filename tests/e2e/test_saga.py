@@ -93,7 +93,7 @@ async def test_insufficient_funds_fails_without_touching_money_or_stock(shop: Sh
 async def test_out_of_stock_fails_and_the_ledger_releases_the_hold(shop: Shop) -> None:
     purchase = await shop.setup(funds_minor=5000, stock=1)
 
-    payment = await shop.finish((await shop.pay(purchase, amount_minor=PRICE, quantity=2)).payment_id)
+    payment = await shop.finish((await shop.pay(purchase, amount_minor=PRICE * 2, quantity=2)).payment_id)
 
     assert status_name(payment) == "FAILED"
     assert payment.reason == f"out of stock: {purchase.sku} has 1 available, 2 requested"
@@ -231,7 +231,7 @@ async def test_refund_after_completion_reverses_the_money_and_restocks(shop: Sho
 
 
 async def test_cancel_after_completion_and_refund_before_it_are_refused(shop: Shop) -> None:
-    purchase = await shop.setup(funds_minor=1000, stock=3)
+    purchase = await shop.setup(funds_minor=1000, stock=3, price_minor=500)
     completed = await shop.finish((await shop.pay(purchase, amount_minor=500)).payment_id)
     failed = await shop.finish((await shop.pay(purchase, amount_minor=PRICE)).payment_id)
 
@@ -320,4 +320,16 @@ async def test_unknown_sku_fails_the_payment_and_releases_the_hold(shop: Shop) -
         "FundsReleased",
         "PaymentFailed",
     ]
+    await settled(shop)
+
+
+async def test_paying_less_than_the_price_fails_and_releases_the_hold(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+
+    payment = await shop.finish((await shop.pay(purchase, amount_minor=1, quantity=2)).payment_id)
+
+    assert status_name(payment) == "FAILED"
+    assert payment.reason == f"price mismatch: 2 x {purchase.sku} costs {PRICE * 2} EUR, the payment is 1 EUR"
+    assert await shop.balance(purchase.payer) == (5000, 0, 5000)
+    assert await shop.stock(purchase.sku) == (3, 0, 0)
     await settled(shop)

@@ -53,9 +53,18 @@ def test_a_refund_that_overtakes_the_commit_restocks_from_reserved() -> None:
 
 
 def test_reservation_refusals_say_why() -> None:
-    assert domain.reservation_refusal(None, "cup", 1) == "unknown SKU cup"
-    assert domain.reservation_refusal(stocked(2), "mug", 3) == "out of stock: mug has 2 available, 3 requested"
-    assert domain.reservation_refusal(stocked(2), "mug", 2) is None
+    assert domain.reservation_refusal(None, "cup", 1, 1250, "EUR") == "unknown SKU cup"
+    assert (
+        domain.reservation_refusal(stocked(2), "mug", 3, 3750, "EUR")
+        == "out of stock: mug has 2 available, 3 requested"
+    )
+    assert domain.reservation_refusal(stocked(2), "mug", 2, 2500, "EUR") is None
+
+
+@pytest.mark.parametrize(("amount_minor", "currency"), [(1, "EUR"), (2499, "EUR"), (2501, "EUR"), (2500, "USD")])
+def test_a_purchase_must_hold_exactly_the_price_of_what_it_takes(amount_minor: int, currency: str) -> None:
+    refusal = domain.reservation_refusal(stocked(5), "mug", 2, amount_minor, currency)
+    assert refusal == f"price mismatch: 2 x mug costs 2500 EUR, the payment is {amount_minor} {currency}"
 
 
 def test_reserving_more_than_available_trips_the_invariant() -> None:
