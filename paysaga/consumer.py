@@ -49,9 +49,12 @@ ACK_WAIT_S = 10.0
 MAX_ATTEMPTS = 8
 RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 SUBSCRIBE_RETRY_S = 1.0
+RESUBSCRIBE_AFTER_FAILURES = 3
 OPERATING_ERRORS = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.DisconnectionError,
     nats.errors.Error,
     ConnectionError,
     TimeoutError,
@@ -104,27 +107,41 @@ class EventConsumer:
         return self._retry_delays_s[min(attempt, len(self._retry_delays_s)) - 1]
 
     async def run(self, stop: asyncio.Event) -> None:
-        subscription = await self._subscribe(stop)
-        if subscription is None:
-            return
-        try:
-            while not stop.is_set():
-                try:
-                    messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-                except TimeoutError:
-                    continue
-                except nats.errors.Error as error:
-                    stream = self._subscription.stream
-                    log.warning("consumer.fetch_failed", extra={"stream": stream, "error": repr(error)})
-                    await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
-                    continue
-                for message in messages:
-                    await self.handle(message)
-        finally:
-            # A pull subscription left open holds the server's late replies, and a NATS drain
-            # would wait for them until its timeout.
-            with contextlib.suppress(nats.errors.Error):
-                await subscription.unsubscribe()
+        while not stop.is_set():
+            subscription = await self._subscribe(stop)
+            if subscription is None:
+                return
+            try:
+                await self._consume(subscription, stop)
+            finally:
+                # A pull subscription left open holds the server's late replies, and a NATS drain
+                # would wait for them until its timeout.
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
+
+    async def _consume(self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        """Fetch and handle until stop, or until fetching keeps failing (e.g. the durable consumer
+        was deleted): then the caller subscribes again, which recreates it."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+            except TimeoutError:
+                failures = 0
+                continue
+            except nats.errors.Error as error:
+                failures += 1
+                stream = self._subscription.stream
+                log.warning(
+                    "consumer.fetch_failed", extra={"stream": stream, "error": repr(error), "failures": failures}
+                )
+                if failures >= RESUBSCRIBE_AFTER_FAILURES:
+                    return
+                await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
+                continue
+            failures = 0
+            for message in messages:
+                await self.handle(message)
 
     async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """Create (or find) the durable consumer; waits for the producer's stream to exist."""
@@ -157,6 +174,13 @@ class EventConsumer:
             envelope = eventing.parse(message.data)
         except ValueError as error:
             await self._park_or_retry(message, None, f"undecodable event: {error}")
+            return
+        if envelope.producer != self._subscription.producer or message.subject != eventing.subject_of(envelope):
+            reason = (
+                f"event claims producer {envelope.producer!r} and type {envelope.event_type!r} "
+                f"but came on {message.subject}"
+            )
+            await self._park_or_retry(message, envelope, reason)
             return
         with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
             try:

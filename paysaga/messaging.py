@@ -44,6 +44,8 @@ class StreamSpec:
     name: str
     subjects: tuple[str, ...]
     description: str
+    # 0 keeps messages until removed by hand: dead letters wait for a person.
+    max_age_s: float = STREAM_MAX_AGE_S
 
     def config(self, replicas: int) -> StreamConfig:
         return StreamConfig(
@@ -53,7 +55,7 @@ class StreamSpec:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
-            max_age=STREAM_MAX_AGE_S,
+            max_age=self.max_age_s,
             duplicate_window=DUPLICATE_WINDOW_S,
             num_replicas=replicas,
         )
@@ -68,6 +70,7 @@ def owned_streams(service: str) -> tuple[StreamSpec, ...]:
             f"{prefix}_DEAD_LETTERS",
             (f"{DEAD_LETTER_SUBJECT_ROOT}.{service}.>",),
             f"messages {service} could not handle, with the reason",
+            max_age_s=0,
         ),
     )
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 
 from paysaga.eventing import EventEnvelope
+from paysaga.messaging import StreamSpec, ensure_stream
 from paysaga.tasks import sleep_or_stop, wait_any
 from paysaga.unit_of_work import Database, utc_now
 
@@ -27,9 +30,13 @@ RETRY_DELAY_S = 1.0
 
 
 class OutboxRelay:
-    def __init__(self, database: Database, jetstream: JetStreamContext) -> None:
+    def __init__(
+        self, database: Database, jetstream: JetStreamContext, streams: Sequence[StreamSpec] = (), replicas: int = 1
+    ) -> None:
         self._database = database
         self._jetstream = jetstream
+        self._streams = tuple(streams)
+        self._replicas = replicas
         self._wake = asyncio.Event()
         database.on_commit(self._on_commit)
 
@@ -40,18 +47,31 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until stop is set; a last pass after it makes sure nothing committed waits."""
         while not stop.is_set():
+            self._wake.clear()  # before reading: a commit during the read sets it again
             try:
                 published = await self.publish_pending()
+            except NoStreamResponseError:
+                # Nothing stores our subjects any more (a stream deleted, NATS restored empty).
+                log.error("outbox.stream_missing", extra={"alert": True})
+                await self._recreate_streams()
+                await sleep_or_stop(stop, RETRY_DELAY_S)
+                continue
             except Exception as error:  # noqa: BLE001 - NATS or the database is down: keep trying
                 log.warning("outbox.publish_failed", extra={"error": repr(error)})
                 await sleep_or_stop(stop, RETRY_DELAY_S)
                 continue
             if published < BATCH_SIZE:
-                self._wake.clear()
                 await wait_any([stop, self._wake], IDLE_POLL_S)
         with contextlib.suppress(Exception):
             while await self.publish_pending() == BATCH_SIZE:
                 pass
+
+    async def _recreate_streams(self) -> None:
+        for stream in self._streams:
+            try:
+                await ensure_stream(self._jetstream, stream, self._replicas)
+            except Exception as error:  # noqa: BLE001 - tried again on the next failed publish
+                log.warning("outbox.stream_recreate_failed", extra={"stream": stream.name, "error": repr(error)})
 
     async def publish_pending(self) -> int:
         outbox = self._database.outbox

@@ -64,7 +64,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
         jetstream = nats_client.jetstream()
         for stream in messaging.owned_streams(settings.service):
             await messaging.ensure_stream(jetstream, stream, settings.stream_replicas)
-        relay = OutboxRelay(store, jetstream)
+        relay = OutboxRelay(store, jetstream, messaging.owned_streams(settings.service), settings.stream_replicas)
         consumers = [
             EventConsumer(settings.service, jetstream, store, subscription, definition.handlers)
             for subscription in definition.subscriptions

@@ -41,13 +41,15 @@ async def _emit(unit: UnitOfWork, payment_id: str, payload: Message | None, caus
 
 async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: PaymentLimits) -> tuple[Payment, bool]:
     """Store and start a purchase; a retry with the same key and body returns the first one."""
-    existing = await repository.find_by_idempotency_key(unit.connection, request.idempotency_key)
+    existing = await repository.find_by_idempotency_key(
+        unit.connection, request.payer_account_id, request.idempotency_key
+    )
     if existing is not None:
         payment, fingerprint = existing
         if fingerprint != request.fingerprint():
             raise FailedPrecondition(
-                f"idempotency_key {request.idempotency_key!r} was already used for a different payment "
-                f"({payment.payment_id}); use a new key for a new payment"
+                f"idempotency_key {request.idempotency_key!r} was already used by this payer for a different "
+                "payment; use a new key for a new payment"
             )
         return payment, True
     now = utc_now()

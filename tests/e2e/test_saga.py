@@ -11,6 +11,7 @@ import uuid
 import grpc
 import pytest
 
+from paysaga.common.v1.money_pb2 import Money
 from paysaga.payments.v1 import payments_pb2
 from tests.e2e.conftest import MAX_AMOUNT_MINOR, SAGA_TIMEOUT_S, VELOCITY_LIMIT
 from tests.e2e.shop import Purchase, Shop, status_name
@@ -274,7 +275,10 @@ async def test_retry_with_the_same_idempotency_key_has_one_effect(shop: Shop) ->
 
     assert retried.replayed and retried.payment.payment_id == first.payment_id
     assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"idempotency_key {key!r} was already used for a different payment" in str(reused.value.details())
+    assert reused.value.details() == (
+        f"idempotency_key {key!r} was already used by this payer for a different payment; "
+        "use a new key for a new payment"
+    )
     assert status_name(await shop.finish(first.payment_id)) == "COMPLETED"
     assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
     listed = await shop.payments.ListPayments(
@@ -333,3 +337,33 @@ async def test_paying_less_than_the_price_fails_and_releases_the_hold(shop: Shop
     assert await shop.balance(purchase.payer) == (5000, 0, 5000)
     assert await shop.stock(purchase.sku) == (3, 0, 0)
     await settled(shop)
+
+
+async def test_concurrent_retries_with_one_key_make_one_payment(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    request = payments_pb2.CreatePaymentRequest(
+        idempotency_key="same-moment",
+        payer_account_id=purchase.payer,
+        merchant_account_id=purchase.merchant,
+        sku=purchase.sku,
+        quantity=1,
+        amount=Money(amount_minor=PRICE, currency="EUR"),
+    )
+
+    responses = await asyncio.gather(*(shop.payments.CreatePayment(request, timeout=10) for _ in range(10)))
+
+    assert len({response.payment.payment_id for response in responses}) == 1
+    assert sorted(response.replayed for response in responses) == [False] + [True] * 9
+    assert status_name(await shop.finish(responses[0].payment.payment_id)) == "COMPLETED"
+    assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
+
+
+async def test_the_same_key_from_another_payer_is_another_payment(shop: Shop) -> None:
+    first = await shop.setup(funds_minor=5000, stock=3)
+    second = await shop.setup(funds_minor=5000, stock=3)
+
+    a = await shop.pay(first, amount_minor=PRICE, key="order-1")
+    b = await shop.pay(second, amount_minor=PRICE, key="order-1")
+
+    assert a.payment_id != b.payment_id
+    assert {status_name(await shop.finish(p.payment_id)) for p in (a, b)} == {"COMPLETED"}

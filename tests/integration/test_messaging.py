@@ -215,3 +215,59 @@ async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped
         event.event_id for event in sent
     ]
     assert await relay.publish_pending() == 0
+
+
+async def test_an_event_on_the_wrong_subject_or_from_the_wrong_producer_is_parked_not_handled(rig: Rig) -> None:
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        await unit.connection.execute(effects.insert().values(payment_id=event.saga_id))
+
+    consumer = rig.consumer(handler)
+    forged = funds_held(str(uuid.uuid4()), "someone-else")  # claims another producer
+    await rig.publish(forged)
+
+    await run_until(consumer)
+
+    assert await rig.effects() == []
+    dead = await rig.dead_letter("FundsHeld")
+    assert dead.headers is not None
+    assert dead.headers["Paysaga-Reason"] == (
+        f"event claims producer 'someone-else' and type 'FundsHeld' but came on paysaga.events.{rig.producer}.FundsHeld"
+    )
+
+
+async def test_a_deleted_durable_consumer_is_recreated_and_nothing_is_missed(rig: Rig) -> None:
+    handled: list[str] = []
+    second = asyncio.Event()
+
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        handled.append(event.saga_id)
+        if len(handled) == 2:
+            second.set()
+
+    consumer = rig.consumer(handler)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        first = funds_held(str(uuid.uuid4()), rig.producer)
+        await rig.publish(first)
+        for _ in range(100):
+            if handled:
+                break
+            await asyncio.sleep(0.05)
+        await rig.jetstream.delete_consumer(f"{rig.producer.upper()}_EVENTS", consumer.name)
+        later = funds_held(str(uuid.uuid4()), rig.producer)
+        await rig.publish(later)
+        await asyncio.wait_for(second.wait(), timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+    # The recreated consumer starts from the beginning of the stream; the inbox skips the first.
+    assert handled == [first.saga_id, later.saga_id]
+
+
+async def test_dead_letters_never_expire_while_events_keep_a_week(rig: Rig) -> None:
+    events, dead_letters = messaging.owned_streams(rig.service)
+
+    assert (await rig.jetstream.stream_info(dead_letters.name)).config.max_age == 0
+    assert (await rig.jetstream.stream_info(events.name)).config.max_age == messaging.STREAM_MAX_AGE_S

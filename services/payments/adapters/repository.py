@@ -48,8 +48,16 @@ async def load(connection: AsyncConnection, payment_id: str) -> Payment | None:
     return None if row is None else payment_from_row(row)
 
 
-async def find_by_idempotency_key(connection: AsyncConnection, key: str) -> tuple[Payment, str] | None:
-    row = (await connection.execute(sa.select(payments).where(payments.c.idempotency_key == key))).first()
+async def find_by_idempotency_key(
+    connection: AsyncConnection, payer_account_id: str, key: str
+) -> tuple[Payment, str] | None:
+    row = (
+        await connection.execute(
+            sa.select(payments).where(
+                payments.c.payer_account_id == payer_account_id, payments.c.idempotency_key == key
+            )
+        )
+    ).first()
     return None if row is None else (payment_from_row(row), row.request_hash)
 
 
@@ -120,6 +128,17 @@ async def history_after(connection: AsyncConnection, payment_id: str, version: i
         sa.select(payment_history)
         .where(payment_history.c.payment_id == payment_id, payment_history.c.version > version)
         .order_by(payment_history.c.version)
+    )
+    return list(rows)
+
+
+async def stuck_compensations(connection: AsyncConnection, since: dt.datetime, limit: int) -> list[Any]:
+    """Payments waiting for a compensation (CANCELLING, REFUNDING) without a change since `since`."""
+    rows = await connection.execute(
+        sa.select(payments.c.payment_id, payments.c.status, payments.c.updated_at)
+        .where(payments.c.status.in_([Status.CANCELLING.value, Status.REFUNDING.value]))
+        .where(payments.c.updated_at < since)
+        .limit(limit)
     )
     return list(rows)
 

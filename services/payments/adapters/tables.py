@@ -14,7 +14,7 @@ payments = sa.Table(
     metadata,
     sa.Column("payment_number", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("payment_id", sa.String(36), nullable=False, unique=True),
-    sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+    sa.Column("idempotency_key", sa.String(128), nullable=False),
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("payer_account_id", sa.String(36), nullable=False),
     sa.Column("merchant_account_id", sa.String(36), nullable=False),
@@ -30,6 +30,8 @@ payments = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=False),
+    # A key is the payer's own: another payer's key can neither collide nor be probed.
+    sa.UniqueConstraint("payer_account_id", "idempotency_key", name="uq_payments_payer_idempotency_key"),
     sa.Index("ix_payments_payer_created", "payer_account_id", "created_at"),
     sa.Index("ix_payments_status_deadline", "status", "deadline_at"),
 )

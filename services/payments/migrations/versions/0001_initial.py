@@ -18,7 +18,7 @@ def upgrade() -> None:
         "payments",
         sa.Column("payment_number", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("payment_id", sa.String(36), nullable=False, unique=True),
-        sa.Column("idempotency_key", sa.String(128), nullable=False, unique=True),
+        sa.Column("idempotency_key", sa.String(128), nullable=False),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("payer_account_id", sa.String(36), nullable=False),
         sa.Column("merchant_account_id", sa.String(36), nullable=False),
@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("payer_account_id", "idempotency_key", name="uq_payments_payer_idempotency_key"),
     )
     op.create_index("ix_payments_payer_created", "payments", ["payer_account_id", "created_at"])
     op.create_index("ix_payments_status_deadline", "payments", ["status", "deadline_at"])
