@@ -8,8 +8,8 @@ effect.
 Failures:
 - the database or NATS is unavailable (an operating error): ``nak`` with a growing delay, for as
   long as it takes; nothing is parked for an outage;
-- the handler raises anything else (a bug, data it cannot accept): retried with backoff up to
-  MAX_ATTEMPTS deliveries, then parked in the service's dead-letter stream with the reason and an
+- the handler raises anything else (a bug, data it cannot accept): retried with backoff until it
+  has failed MAX_ATTEMPTS times, then parked in the service's dead-letter stream with the reason and an
   error log line (the alert);
 - the message cannot even be decoded: parked at once.
 """
@@ -50,6 +50,7 @@ MAX_ATTEMPTS = 8
 RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 SUBSCRIBE_RETRY_S = 1.0
 RESUBSCRIBE_AFTER_FAILURES = 3
+MAX_TRACKED_FAILURES = 10_000
 OPERATING_ERRORS = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
@@ -102,6 +103,7 @@ class EventConsumer:
         self._handlers = handlers
         self._max_attempts = max_attempts
         self._retry_delays_s = tuple(retry_delays_s)
+        self._failures: dict[int, int] = {}  # stream sequence -> handler failures so far
 
     def retry_delay_s(self, attempt: int) -> float:
         return self._retry_delays_s[min(attempt, len(self._retry_delays_s)) - 1]
@@ -182,22 +184,34 @@ class EventConsumer:
             )
             await self._park_or_retry(message, envelope, reason)
             return
+        sequence = message.metadata.sequence.stream
         with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
             try:
                 applied = await self._apply(envelope)
             except OPERATING_ERRORS as error:
-                log.warning("event.retry_later", extra={"attempt": attempt, "error": repr(error)})
+                log.warning("event.retry_later", extra={"delivery": attempt, "error": repr(error)})
                 await message.nak(delay=self.retry_delay_s(attempt))
                 return
             except Exception as error:
-                if attempt >= self._max_attempts:
-                    await self._park_or_retry(message, envelope, f"handler failed {attempt} times: {error!r}")
+                # Only the handler's own failures count towards parking: deliveries during an
+                # outage or after an ack timeout do not. Kept in memory, so a restart only ever
+                # gives an event more attempts, never fewer.
+                failures = self._failures.pop(sequence, 0) + 1
+                if failures >= self._max_attempts:
+                    await self._park_or_retry(message, envelope, f"handler failed {failures} times: {error!r}")
                     return
-                log.warning("event.handler_failed", extra={"attempt": attempt, "error": repr(error)}, exc_info=True)
-                await message.nak(delay=self.retry_delay_s(attempt))
+                self._remember_failure(sequence, failures)
+                log.warning("event.handler_failed", extra={"failures": failures, "error": repr(error)}, exc_info=True)
+                await message.nak(delay=self.retry_delay_s(failures))
                 return
+            self._failures.pop(sequence, None)
             await message.ack()
             log.debug("event.handled" if applied else "event.duplicate_skipped")
+
+    def _remember_failure(self, sequence: int, failures: int) -> None:
+        if len(self._failures) >= MAX_TRACKED_FAILURES:
+            self._failures.pop(next(iter(self._failures)))
+        self._failures[sequence] = failures
 
     async def _apply(self, envelope: EventEnvelope) -> bool:
         async with self._database.transaction() as unit:

@@ -60,7 +60,7 @@ async def _rows(connection: AsyncConnection, query: str) -> list[Any]:
     return list(await connection.execute(sa.text(query)))
 
 
-async def check_ledger(connection: AsyncConnection, report: Report) -> dict[str, str]:
+async def check_ledger(connection: AsyncConnection, report: Report) -> dict[str, tuple[str, int, str]]:
     for row in await _rows(
         connection, "SELECT entry_id, SUM(amount_minor) AS total FROM journal_lines GROUP BY entry_id"
     ):
@@ -102,9 +102,13 @@ async def check_ledger(connection: AsyncConnection, report: Report) -> dict[str,
                 f"ledger: account {account.account_id} holds {account.held_minor} "
                 f"but its open holds add up to {open_holds.get(account.account_id, 0)}"
             )
+    # Follows from the checks above while they hold; kept as the statement of conservation.
     if user_total + external_total != 0:
         report.violations.append(f"ledger: user balances {user_total} do not match deposits {-external_total}")
-    return {row.payment_id: row.status for row in await _rows(connection, "SELECT payment_id, status FROM holds")}
+    return {
+        row.payment_id: (row.status, row.amount_minor, row.currency)
+        for row in await _rows(connection, "SELECT payment_id, status, amount_minor, currency FROM holds")
+    }
 
 
 async def check_inventory(connection: AsyncConnection, report: Report) -> dict[str, str]:
@@ -142,14 +146,21 @@ async def check(ledger_url: str, inventory_url: str, payments_url: str, *, requi
         async with engines[0].connect() as ledger, engines[1].connect() as inventory, engines[2].connect() as payments:
             holds = await check_ledger(ledger, report)
             reservations = await check_inventory(inventory, report)
-            for payment in await _rows(payments, "SELECT payment_id, status FROM payments"):
+            query = "SELECT payment_id, status, amount_minor, currency FROM payments"
+            for payment in await _rows(payments, query):
                 report.payments_by_status[payment.status] = report.payments_by_status.get(payment.status, 0) + 1
                 if payment.status not in TERMINAL:
                     if require_terminal:
                         report.violations.append(f"payments: {payment.payment_id} is still {payment.status}")
                     continue
                 allowed_holds, allowed_reservations = EXPECTED_OUTCOME[payment.status]
-                hold, reservation = holds.get(payment.payment_id), reservations.get(payment.payment_id)
+                held = holds.get(payment.payment_id)
+                hold, reservation = (held[0] if held else None), reservations.get(payment.payment_id)
+                if held and hold != "CANCELLED" and held[1:] != (payment.amount_minor, payment.currency):
+                    report.violations.append(
+                        f"payment {payment.payment_id} is for {payment.amount_minor} {payment.currency} "
+                        f"but the ledger held {held[1]} {held[2]}"
+                    )
                 if hold not in allowed_holds or reservation not in allowed_reservations:
                     report.violations.append(
                         f"payment {payment.payment_id} is {payment.status} but its hold is {hold} "

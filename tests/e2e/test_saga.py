@@ -367,3 +367,31 @@ async def test_the_same_key_from_another_payer_is_another_payment(shop: Shop) ->
 
     assert a.payment_id != b.payment_id
     assert {status_name(await shop.finish(p.payment_id)) for p in (a, b)} == {"COMPLETED"}
+
+
+async def test_cancel_racing_the_capture_ends_cancelled_with_everything_undone(shop: Shop) -> None:
+    # Stock gets reserved while the ledger is frozen, then the client cancels: when the ledger
+    # wakes it sees StockReserved and the cancellation from two streams, in either order. Capture
+    # then refund, or release then ignore the capture: both must end the same way.
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    shop.cluster.pause("inventory")
+    try:
+        created = await shop.pay(purchase, amount_minor=PRICE)
+        await shop.wait_for(created.payment_id, {payments_pb2.PAYMENT_STATUS_FUNDS_HELD})
+        shop.cluster.pause("ledger")
+    finally:
+        shop.cluster.resume("inventory")
+    try:
+        reserved = await shop.wait_for(created.payment_id, {payments_pb2.PAYMENT_STATUS_STOCK_RESERVED})
+        assert status_name(reserved) == "STOCK_RESERVED"
+        await shop.payments.CancelPayment(payments_pb2.CancelPaymentRequest(payment_id=created.payment_id), timeout=10)
+    finally:
+        shop.cluster.resume("ledger")
+
+    payment = await shop.finish(created.payment_id)
+
+    assert (status_name(payment), payment.reason) == ("CANCELLED", "cancelled by the client")
+    assert await shop.balance(purchase.payer) == (5000, 0, 5000)
+    assert await shop.balance(purchase.merchant) == (0, 0, 0)
+    await settled(shop)
+    assert await shop.stock(purchase.sku) == (3, 0, 0)
