@@ -30,6 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from paysaga import eventing
+from paysaga.database import is_retryable
 from paysaga.eventing import EventEnvelope
 from paysaga.logs import log_context
 from paysaga.messaging import DEAD_LETTER_SUBJECT_ROOT
@@ -188,25 +189,30 @@ class EventConsumer:
         with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
             try:
                 applied = await self._apply(envelope)
-            except OPERATING_ERRORS as error:
-                log.warning("event.retry_later", extra={"delivery": attempt, "error": repr(error)})
-                await message.nak(delay=self.retry_delay_s(attempt))
-                return
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - sorted below: operating errors, conflicts, the rest
+                if isinstance(error, OPERATING_ERRORS) or is_retryable(error):
+                    # The database or NATS is unavailable, or the transaction conflicted with a
+                    # concurrent one: not the handler's fault, so it does not count.
+                    log.warning("event.retry_later", extra={"delivery": attempt, "error": repr(error)})
+                    await message.nak(delay=self.retry_delay_s(attempt))
+                    return
                 # Only the handler's own failures count towards parking: deliveries during an
                 # outage or after an ack timeout do not. Kept in memory, so a restart only ever
                 # gives an event more attempts, never fewer.
-                failures = self._failures.pop(sequence, 0) + 1
-                if failures >= self._max_attempts:
-                    await self._park_or_retry(message, envelope, f"handler failed {failures} times: {error!r}")
-                    return
-                self._remember_failure(sequence, failures)
-                log.warning("event.handler_failed", extra={"failures": failures, "error": repr(error)}, exc_info=True)
-                await message.nak(delay=self.retry_delay_s(failures))
+                await self._handler_failed(message, envelope, sequence, error)
                 return
             self._failures.pop(sequence, None)
             await message.ack()
             log.debug("event.handled" if applied else "event.duplicate_skipped")
+
+    async def _handler_failed(self, message: Msg, envelope: EventEnvelope, sequence: int, error: Exception) -> None:
+        failures = self._failures.pop(sequence, 0) + 1
+        if failures >= self._max_attempts:
+            await self._park_or_retry(message, envelope, f"handler failed {failures} times: {error!r}")
+            return
+        self._remember_failure(sequence, failures)
+        log.warning("event.handler_failed", extra={"failures": failures, "error": repr(error)}, exc_info=True)
+        await message.nak(delay=self.retry_delay_s(failures))
 
     def _remember_failure(self, sequence: int, failures: int) -> None:
         if len(self._failures) >= MAX_TRACKED_FAILURES:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -24,7 +25,9 @@ WRITE_OPTION = "paysaga_write"
 def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        # READ COMMITTED with explicit row locks (SELECT ... FOR UPDATE, in a fixed order) and a
+        # bounded retry of conflicts; synchronous_commit stays on, the server's default.
+        return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url)
@@ -50,6 +53,21 @@ def create_engine(url: str) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     return engine
+
+
+# serialization_failure, deadlock_detected, unique_violation
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})
+
+
+def is_retryable(error: BaseException) -> bool:
+    """A conflict with a concurrent transaction: running the same transaction again can succeed."""
+    if not isinstance(error, DBAPIError):
+        return False
+    original = error.orig
+    state = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if state is None and original is not None:
+        state = getattr(getattr(original, "__cause__", None), "sqlstate", None)
+    return state in RETRYABLE_SQLSTATES
 
 
 async def check_database(engine: AsyncEngine) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -17,6 +18,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
+# Any constant shared by all replicas of a service (each service has its own database).
+MIGRATION_LOCK_KEY = 0x70617973
 
 
 def _config(script_location: Path, connection: Connection) -> Config:
@@ -29,10 +32,17 @@ def _config(script_location: Path, connection: Connection) -> Config:
 async def upgrade(engine: AsyncEngine, script_location: Path) -> None:
     """Apply every migration not yet applied, in one transaction where the backend allows it."""
     async with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait, then find nothing to do.
+            await connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            await connection.commit()
         before = await connection.run_sync(_current_revision)
         await connection.run_sync(lambda sync: command.upgrade(_config(script_location, sync), "head"))
         await connection.commit()
         after = await connection.run_sync(_current_revision)
+        if connection.dialect.name == "postgresql":
+            await connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            await connection.commit()
     if before != after:
         log.info("database.migrated", extra={"from_revision": before, "to_revision": after})
 

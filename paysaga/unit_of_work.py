@@ -16,17 +16,21 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from paysaga.database import WRITE_OPTION
+from paysaga.database import WRITE_OPTION, is_retryable
 from paysaga.eventing import EventEnvelope, subject_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_TRANSACTION_ATTEMPTS = 5
 
 
 def messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
@@ -119,6 +123,21 @@ class Database:
                 yield unit
         for listener in self._commit_listeners:
             listener(unit.emitted)
+
+    async def retrying(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """Run work in a write transaction, again (a bounded number of times) if it conflicted with a
+        concurrent transaction: a deadlock, a serialization failure, or a unique key inserted
+        meanwhile."""
+        for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
+            try:
+                async with self.transaction() as unit:
+                    return await work(unit)
+            except DBAPIError as error:
+                if attempt == MAX_TRANSACTION_ATTEMPTS or not is_retryable(error):
+                    raise
+                log.info("transaction.retry", extra={"attempt": attempt, "error": type(error.orig).__name__})
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+        raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

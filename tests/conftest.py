@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from paysaga.pki import authority
+from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +27,27 @@ def foreign_certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("foreign-certs")
     authority.ensure_certificates(directory, directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """A throwaway PostgreSQL server on a free port, for the whole test session."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        server = ThrowawayPostgres(port)
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend: the same contract must hold on both."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    server: ThrowawayPostgres = request.getfixturevalue("postgres")
+    return server.create_database(f"t_{uuid.uuid4().hex[:12]}")

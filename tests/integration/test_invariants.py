@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,17 +36,21 @@ GOOD = {
     "payments": [
         "INSERT INTO payments (payment_id, idempotency_key, request_hash, payer_account_id, merchant_account_id, sku,"
         " quantity, amount_minor, currency, sla_tier, status, reason, version, timed_out, created_at, updated_at,"
-        " deadline_at) VALUES ('p1', 'k1', 'h', 'payer', 'shop', 'mug', 1, 1250, 'EUR', 1, 'COMPLETED', '', 4, 0,"
+        " deadline_at) VALUES ('p1', 'k1', 'h', 'payer', 'shop', 'mug', 1, 1250, 'EUR', 1, 'COMPLETED', '', 4, false,"
         " '{now}', '{now}', '{now}')",
     ],
 }
 
 
-@pytest.fixture
-async def databases(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def databases(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """The three services' databases, migrated and holding one consistent completed purchase."""
     urls = {}
     for service, statements in GOOD.items():
-        url = f"sqlite+aiosqlite:///{tmp_path / service}.db"
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / service}.db"
+        else:
+            url = request.getfixturevalue("postgres").create_database(f"{service}_{uuid.uuid4().hex[:8]}")
         engine = create_engine(url)
         await migrations.upgrade(engine, SERVICES / service / "migrations")
         async with engine.begin() as connection:

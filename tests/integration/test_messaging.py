@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,8 +68,8 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(nats_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[Rig]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
+async def rig(nats_cluster: LocalCluster, database_url: str) -> AsyncIterator[Rig]:
+    engine = create_engine(database_url)
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
     client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ledger")))

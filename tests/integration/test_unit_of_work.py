@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from paysaga.database import create_engine
 from paysaga.eventing import new_event
 from paysaga.events.v1 import events_pb2
-from paysaga.unit_of_work import Database, messaging_tables
+from paysaga.unit_of_work import Database, UnitOfWork, messaging_tables
 
 metadata = sa.MetaData()
 messaging_tables(metadata)
 counters = sa.Table(
-    "counters", metadata, sa.Column("name", sa.String, primary_key=True), sa.Column("value", sa.Integer)
+    "counters", metadata, sa.Column("name", sa.String(16), primary_key=True), sa.Column("value", sa.Integer)
 )
 
 
-async def test_two_writers_on_one_file_never_lose_an_update(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+async def test_two_writers_on_one_database_never_lose_an_update(database_url: str) -> None:
     # Two engines and two Database objects: separate locks, as separate processes would have.
-    engines = [create_engine(url), create_engine(url)]
+    engines = [create_engine(database_url), create_engine(database_url)]
     async with engines[0].begin() as connection:
         await connection.run_sync(metadata.create_all)
         await connection.execute(counters.insert().values(name="n", value=0))
@@ -31,7 +29,10 @@ async def test_two_writers_on_one_file_never_lose_an_update(tmp_path: Path) -> N
     async def increment(database: Database, times: int) -> None:
         for _ in range(times):
             async with database.transaction() as unit:
-                value = await unit.connection.scalar(sa.select(counters.c.value).where(counters.c.name == "n"))
+                # Read for update, as every handler does: a row lock on PostgreSQL, the writer lock on SQLite.
+                value = await unit.connection.scalar(
+                    sa.select(counters.c.value).where(counters.c.name == "n").with_for_update()
+                )
                 await asyncio.sleep(0)  # let the other writer run between the read and the write
                 await unit.connection.execute(counters.update().values(value=int(value or 0) + 1))
 
@@ -43,8 +44,8 @@ async def test_two_writers_on_one_file_never_lose_an_update(tmp_path: Path) -> N
         await engine.dispose()
 
 
-async def test_a_failed_transaction_leaves_nothing_behind_not_even_its_events(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
+async def test_a_failed_transaction_leaves_nothing_behind_not_even_its_events(database_url: str) -> None:
+    engine = create_engine(database_url)
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
     database = Database(engine, metadata)
@@ -61,3 +62,24 @@ async def test_a_failed_transaction_leaves_nothing_behind_not_even_its_events(tm
         assert await connection.scalar(sa.select(sa.func.count()).select_from(counters)) == 0
         assert await connection.scalar(sa.select(sa.func.count()).select_from(database.outbox)) == 0
     await engine.dispose()
+
+
+async def test_a_conflicting_insert_is_retried_and_then_sees_the_winner(database_url: str) -> None:
+    engine = create_engine(database_url)
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    databases = [Database(engine, metadata), Database(create_engine(database_url), metadata)]
+
+    async def insert_once(unit: UnitOfWork) -> str:
+        found = await unit.connection.scalar(sa.select(counters.c.name).where(counters.c.name == "k"))
+        if found is not None:
+            return "replayed"
+        await asyncio.sleep(0.05)  # both look before either inserts
+        await unit.connection.execute(counters.insert().values(name="k", value=1))
+        return "created"
+
+    outcomes = await asyncio.gather(*(database.retrying(insert_once) for database in databases))
+
+    assert sorted(outcomes) == ["created", "replayed"]
+    for database in databases:
+        await database.engine.dispose()

@@ -33,8 +33,7 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
             validation.positive_amount(request.unit_price.amount_minor, "unit_price.amount_minor"),
             validation.currency(request.unit_price.currency, "unit_price.currency"),
         )
-        async with self._database.transaction() as unit:
-            await handlers.add_item(unit, item)
+        await self._database.retrying(lambda unit: handlers.add_item(unit, item))
         return await self._item(item.sku)
 
     @domain_errors_as_status
@@ -44,8 +43,7 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
         sku = validation.sku(request.sku)
         quantity = validation.positive_quantity(request.quantity)
         receipt_id = validation.uuid_text(request.receipt_id, "receipt_id")
-        async with self._database.transaction() as unit:
-            await handlers.receive_stock(unit, sku, quantity, receipt_id)
+        await self._database.retrying(lambda unit: handlers.receive_stock(unit, sku, quantity, receipt_id))
         return await self._item(sku)
 
     @domain_errors_as_status

@@ -34,8 +34,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
             validation.currency(request.currency),
             validation.text(request.owner, "owner", required=True),
         )
-        async with self._database.transaction() as unit:
-            await handlers.open_account(unit, account)
+        await self._database.retrying(lambda unit: handlers.open_account(unit, account))
         return await self._account(account.account_id)
 
     @domain_errors_as_status
@@ -46,8 +45,9 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         deposit_id = validation.uuid_text(request.deposit_id, "deposit_id")
         amount_minor = validation.positive_amount(request.amount.amount_minor)
         currency = validation.currency(request.amount.currency, "amount.currency")
-        async with self._database.transaction() as unit:
-            account, replayed = await handlers.deposit(unit, account_id, amount_minor, currency, deposit_id)
+        account, replayed = await self._database.retrying(
+            lambda unit: handlers.deposit(unit, account_id, amount_minor, currency, deposit_id)
+        )
         return ledger_pb2.DepositResponse(balance=_balance(account), replayed=replayed)
 
     @domain_errors_as_status

@@ -55,8 +55,9 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
         purchase = purchase_request(request)
-        async with self._database.transaction() as unit:
-            payment, replayed = await handlers.create_payment(unit, purchase, self._rules)
+        payment, replayed = await self._database.retrying(
+            lambda unit: handlers.create_payment(unit, purchase, self._rules)
+        )
         return payments_pb2.CreatePaymentResponse(payment=payment_message(payment), replayed=replayed)
 
     @domain_errors_as_status
@@ -120,8 +121,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.Payment:
         payment_id = validation.uuid_text(request.payment_id, "payment_id")
         reason = validation.text(request.reason, "reason")
-        async with self._database.transaction() as unit:
-            payment = await handlers.cancel_payment(unit, payment_id, reason)
+        payment = await self._database.retrying(lambda unit: handlers.cancel_payment(unit, payment_id, reason))
         return payment_message(payment)
 
     @domain_errors_as_status
@@ -130,8 +130,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.Payment:
         payment_id = validation.uuid_text(request.payment_id, "payment_id")
         reason = validation.text(request.reason, "reason")
-        async with self._database.transaction() as unit:
-            payment = await handlers.refund_payment(unit, payment_id, reason)
+        payment = await self._database.retrying(lambda unit: handlers.refund_payment(unit, payment_id, reason))
         return payment_message(payment)
 
     async def _read(self, payment_id: str) -> Payment:

@@ -1,0 +1,90 @@
+"""A throwaway PostgreSQL server for tests and local runs: initdb in a fresh directory, start on a
+free port on loopback, create databases, stop and delete everything.
+
+Uses the PostgreSQL binaries on the machine (PAYSAGA_PG_BIN, else /usr/lib/postgresql/*/bin, else
+PATH). The server refuses to run as root, so as root it runs as the 'postgres' user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SUPERUSER = "paysaga"
+START_TIMEOUT_S = 30
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL binaries here; the message says what was looked for."""
+
+
+def find_binaries() -> Path:
+    installed = sorted((str(path) for path in Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)
+    candidates = [os.environ.get("PAYSAGA_PG_BIN", ""), *installed]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+    raise PostgresUnavailable(
+        "PostgreSQL binaries (initdb, pg_ctl) not found: install PostgreSQL or set PAYSAGA_PG_BIN"
+    )
+
+
+class ThrowawayPostgres:
+    def __init__(self, port: int, binaries: Path | None = None) -> None:
+        self.port = port
+        self.binaries = binaries or find_binaries()
+        # Not under a root-only temporary directory: the server's user must reach it.
+        self.directory = Path(tempfile.mkdtemp(prefix="paysaga-pg-"))
+        self.data = self.directory / "data"
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, program: str, *args: str) -> None:
+        result = subprocess.run(
+            [*self._as_user, str(self.binaries / program), *args], capture_output=True, text=True, timeout=120
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{program} failed: {result.stderr or result.stdout}")
+
+    def start(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "server.log"),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "start",
+        )
+
+    def create_database(self, name: str) -> str:
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, name)
+        return self.url(name)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run(
+                [*self._as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
+        shutil.rmtree(self.directory, ignore_errors=True)
