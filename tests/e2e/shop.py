@@ -43,7 +43,13 @@ class Shop:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         credentials = tls.channel_credentials(cluster.tls_files("ops"))
-        self._channels = [grpc.aio.secure_channel(cluster.grpc_target(service), credentials) for service in SERVICES]
+        # Calls spread over every replica of a service, as a production client's would.
+        # The replicas share one certificate name; the target lists addresses, not a host name.
+        options = [("grpc.lb_policy_name", "round_robin"), ("grpc.ssl_target_name_override", "localhost")]
+        self._channels = [
+            grpc.aio.secure_channel(cluster.balanced_target(service), credentials, options=options)
+            for service in SERVICES
+        ]
         self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels[0])
         self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels[1])
         self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channels[2])

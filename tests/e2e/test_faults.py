@@ -5,12 +5,13 @@ and money and stock are conserved."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from paysaga import tls
+from paysaga.database import create_engine
 from tests.e2e.shop import Shop, status_name
 from tests.e2e.test_saga import PRICE, settled
 from tests.helpers import connect_nats
@@ -80,13 +81,18 @@ async def test_relay_crash_between_publish_and_mark_publishes_nothing_twice(shop
     await settled(shop)
     before = await shop.saga_events(payment.payment_id)
 
-    shop.cluster.kill("payments")
+    for instance in shop.cluster.instances("payments"):
+        shop.cluster.kill(instance)
     # What a crash right after JetStream acknowledged, before the outbox rows were marked, leaves:
-    with sqlite3.connect(shop.cluster.database_url("payments").split(":///", 1)[1]) as database:
-        reset = database.execute(
-            "UPDATE outbox SET published_at = NULL WHERE saga_id = ?", (payment.payment_id,)
-        ).rowcount
-    shop.cluster.restart("payments")
+    engine = create_engine(shop.cluster.database_url("payments"))
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            sa.text("UPDATE outbox SET published_at = NULL WHERE saga_id = :saga"), {"saga": payment.payment_id}
+        )
+        reset = result.rowcount
+    await engine.dispose()
+    for instance in shop.cluster.instances("payments"):
+        shop.cluster.restart(instance)
     await settled(shop)
 
     assert reset == len([event for event in before if event.producer == "payments"])
