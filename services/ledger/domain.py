@@ -111,8 +111,8 @@ def hold_refusal(payer: Account | None, merchant: Account | None, amount_minor: 
         return "payer account does not exist"
     if merchant is None:
         return "merchant account does not exist"
-    if payer.kind is not AccountKind.WALLET:
-        return "payer account is not a wallet"
+    if payer.kind is AccountKind.EXTERNAL:
+        return "payer account cannot pay"  # wallets pay, and merchants may buy from other merchants
     if merchant.kind is not AccountKind.MERCHANT:
         return "merchant account is not a merchant account"
     if payer.currency != currency or merchant.currency != currency:

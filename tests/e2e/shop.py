@@ -120,14 +120,18 @@ class Shop:
         return payment
 
     async def wait_for(
-        self, payment_id: str, statuses: set[payments_pb2.PaymentStatus.ValueType], timeout_s: float = 30.0
+        self,
+        payment_id: str,
+        statuses: set[payments_pb2.PaymentStatus.ValueType],
+        timeout_s: float = 30.0,
+        poll_s: float = 0.05,
     ) -> payments_pb2.Payment:
         deadline = time.monotonic() + timeout_s
         while True:
             payment = await self.payment(payment_id)
             if payment.status in statuses or time.monotonic() > deadline:
                 return payment
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll_s)
 
     async def finish(self, payment_id: str, timeout_s: float = 30.0) -> payments_pb2.Payment:
         return await self.wait_for(payment_id, TERMINAL, timeout_s)

@@ -41,7 +41,9 @@ def test_hold_refusals_for_missing_or_wrong_kinds_of_accounts() -> None:
     payer, merchant = accounts()
     assert domain.hold_refusal(None, merchant, 1, "EUR") == "payer account does not exist"
     assert domain.hold_refusal(payer, None, 1, "EUR") == "merchant account does not exist"
-    assert domain.hold_refusal(merchant, payer, 1, "EUR") == "payer account is not a wallet"
+    assert domain.hold_refusal(payer, payer, 1, "EUR") == "merchant account is not a merchant account"
+    external = Account("ext", AccountKind.EXTERNAL, "EUR", "funding", balance_minor=-100)
+    assert domain.hold_refusal(external, merchant, 1, "EUR") == "payer account cannot pay"
     assert domain.hold_refusal(payer, merchant, 5000, "EUR") is None
 
 
