@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     for service, port in DEFAULT_GRPC_PORTS.items():
         variable = f"PAYSAGA_{service.upper()}_TARGET"
         parser.add_argument(
-            f"--{service}", default=os.environ.get(variable, f"127.0.0.1:{port}"), help=f"host:port (env {variable})"
+            f"--{service}",
+            default=os.environ.get(variable, f"127.0.0.1:{port}"),
+            help=f"host:port, or several comma-separated to spread calls over replicas (env {variable})",
         )
     defaults = default_client_tls()
     parser.add_argument(
@@ -155,9 +157,8 @@ def describe_balance(balance: ledger_pb2.Balance) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     out = Output(args.json)
-    credentials = tls.channel_credentials(TlsFiles(args.cert, args.key, args.ca))
     target = {"account": args.ledger, "item": args.inventory}.get(args.area, args.payments)
-    async with grpc.aio.secure_channel(target, credentials) as channel:
+    async with tls.secure_channel(target, TlsFiles(args.cert, args.key, args.ca)) as channel:
         if args.area == "account":
             return await _account(ledger_pb2_grpc.LedgerServiceStub(channel), args, out)
         if args.area == "item":

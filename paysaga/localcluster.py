@@ -32,6 +32,7 @@ from typing import IO, Any, TextIO, TypeVar
 from paysaga import demo, healthcheck, natsconf
 from paysaga.pki import authority
 from paysaga.pki.authority import CertificateError
+from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
 from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
 
 SERVICES = ("payments", "inventory", "ledger")
@@ -117,9 +118,9 @@ class LocalCluster:
     def instances(self, service: str) -> list[str]:
         return [service, *(f"{service}-{index}" for index in range(2, self.replicas[service] + 1))]
 
-    def balanced_target(self, service: str) -> str:
-        """A gRPC target naming every replica of a service, for a round_robin channel."""
-        return "ipv4:" + ",".join(self.grpc_target(instance) for instance in self.instances(service))
+    def targets(self, service: str) -> str:
+        """Every replica of a service as "host:port,host:port", for paysaga.tls.secure_channel."""
+        return ",".join(self.grpc_target(instance) for instance in self.instances(service))
 
     def tls_files(self, name: str) -> TlsFiles:
         return TlsFiles.in_directory(self.certs_dir, name)
@@ -354,9 +355,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--state-dir", type=Path, default=Path(".run"), help="logs, databases, JetStream (default: %(default)s)"
     )
     parser.add_argument("--certs-dir", type=Path, default=Path("certs"), help="certificates (default: %(default)s)")
-    parser.add_argument("--nats-port", type=int, default=4222)
+    parser.add_argument("--nats-port", type=int, default=4222, help="(default: %(default)s)")
     for service in SERVICES:
-        parser.add_argument(f"--{service}-port", type=int, default=DEFAULT_GRPC_PORTS[service])
+        parser.add_argument(
+            f"--{service}-port", type=int, default=DEFAULT_GRPC_PORTS[service], help="(default: %(default)s)"
+        )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run the services on a throwaway PostgreSQL server (deleted on exit) instead of SQLite files",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="processes per service, sharing the work (more than 1 needs --postgres)"
+    )
     parser.add_argument("--log-level", default="INFO", help="services' log level (default: %(default)s)")
     parser.add_argument("--demo", action="store_true", help="once up, run a purchase that completes and one that fails")
     args = parser.parse_args(argv)
@@ -369,7 +380,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    cluster = LocalCluster(args.state_dir, args.certs_dir, ports, echo=True, log_level=args.log_level)
+    if args.replicas < 1 or (args.replicas > 1 and not args.postgres):
+        print("paysaga-local: --replicas above 1 needs --postgres (replicas share one database)", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as resources:
+        environment: dict[str, dict[str, str]] = {}
+        if args.postgres:
+            try:
+                postgres = ThrowawayPostgres(_free_port())
+            except PostgresUnavailable as error:
+                print(f"paysaga-local: {error}", file=sys.stderr)
+                return 2
+            resources.callback(postgres.stop)
+            postgres.start()
+            environment = {service: {"PAYSAGA_DATABASE_URL": postgres.create_database(service)} for service in SERVICES}
+            say(f"postgres  | throwaway server on 127.0.0.1:{postgres.port}, databases {', '.join(SERVICES)}")
+        cluster = LocalCluster(
+            args.state_dir,
+            args.certs_dir,
+            ports,
+            echo=True,
+            log_level=args.log_level,
+            environment=environment,
+            replicas={service: args.replicas for service in SERVICES},
+        )
+        return _serve(cluster, demo=args.demo)
+
+
+def _serve(cluster: LocalCluster, *, demo: bool) -> int:
+    """Start the cluster, show it, and keep it up until Ctrl-C or a process dies."""
     # While starting, SIGTERM interrupts like Ctrl-C does; start() then stops what it started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -385,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_code = 0
     try:
         say(summary(cluster))
-        if args.demo:
+        if demo:
             _run_demo(cluster)
         while not stop.wait(0.5):
             dead = {name: process.poll() for name, process in cluster.processes.items() if process.poll() is not None}
@@ -426,7 +465,7 @@ def summary(cluster: LocalCluster) -> str:
         "",
         "paysaga local cluster is up; every service reports SERVING over mTLS.",
         f"  nats       {cluster.nats_url}   (JetStream, fsync before ack)",
-        *(f"  {service:<10} {cluster.grpc_target(service)}" for service in cluster.services),
+        *(f"  {service:<10} {cluster.targets(service)}" for service in cluster.services),
         "",
         f"Clients connect with mutual TLS using a certificate from {cluster.certs_dir}:",
         f"  CA certificate      {ops.ca_file}",

@@ -79,6 +79,24 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     )
 
 
+def secure_channel(targets: str, files: TlsFiles) -> grpc.aio.Channel:
+    """An mTLS channel to one "host:port", or round-robin over several "host:port,host:port".
+
+    Several addresses must be IP addresses (gRPC's ipv4/ipv6 resolver); their certificates are
+    checked against the first address. With DNS, give one name that resolves to every replica
+    (e.g. "dns:///payments:50051"); calls then still spread over its addresses.
+    """
+    credentials = channel_credentials(files)
+    options = [("grpc.lb_policy_name", "round_robin")]
+    addresses = [address.strip() for address in targets.split(",") if address.strip()]
+    if len(addresses) == 1:
+        return grpc.aio.secure_channel(addresses[0], credentials, options=options)
+    host = addresses[0].rsplit(":", 1)[0].strip("[]")
+    scheme = "ipv6:" if ":" in host else "ipv4:"
+    options.append(("grpc.ssl_target_name_override", host))
+    return grpc.aio.secure_channel(scheme + ",".join(addresses), credentials, options=options)
+
+
 def client_ssl_context(files: TlsFiles) -> ssl.SSLContext:
     """A context for connecting to NATS: verify the server against our CA, present our certificate."""
     read_tls_files(files)  # fail with a readable message before ssl's terse one

@@ -42,13 +42,9 @@ class Purchase:
 class Shop:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
-        credentials = tls.channel_credentials(cluster.tls_files("ops"))
         # Calls spread over every replica of a service, as a production client's would.
-        # The replicas share one certificate name; the target lists addresses, not a host name.
-        options = [("grpc.lb_policy_name", "round_robin"), ("grpc.ssl_target_name_override", "localhost")]
         self._channels = [
-            grpc.aio.secure_channel(cluster.balanced_target(service), credentials, options=options)
-            for service in SERVICES
+            tls.secure_channel(cluster.targets(service), cluster.tls_files("ops")) for service in SERVICES
         ]
         self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels[0])
         self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels[1])
@@ -128,7 +124,14 @@ class Shop:
     ) -> payments_pb2.Payment:
         deadline = time.monotonic() + timeout_s
         while True:
-            payment = await self.payment(payment_id)
+            try:
+                payment = await self.payment(payment_id)
+            except grpc.aio.AioRpcError as error:
+                # A service being restarted answers UNAVAILABLE for a moment: keep polling.
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(poll_s)
+                continue
             if payment.status in statuses or time.monotonic() > deadline:
                 return payment
             await asyncio.sleep(poll_s)

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.e2e
 def paysaga(cluster: LocalCluster) -> Callable[..., subprocess.CompletedProcess[str]]:
     ops = cluster.tls_files("ops")
     connection = [
-        *("--payments", cluster.grpc_target("payments"), "--inventory", cluster.grpc_target("inventory")),
-        *("--ledger", cluster.grpc_target("ledger"), "--cert", str(ops.cert_file), "--key", str(ops.key_file)),
+        *("--payments", cluster.targets("payments"), "--inventory", cluster.targets("inventory")),
+        *("--ledger", cluster.targets("ledger"), "--cert", str(ops.cert_file), "--key", str(ops.key_file)),
         *("--ca", str(ops.ca_file)),
     ]
 
