@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -27,7 +28,14 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         # READ COMMITTED with explicit row locks (SELECT ... FOR UPDATE, in a fixed order) and a
         # bounded retry of conflicts; synchronous_commit stays on, the server's default.
-        return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_async_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            # Durable commits whatever the server's default: a commit returns once it is on disk.
+            connect_args={"server_settings": {"synchronous_commit": "on"}},
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url)
@@ -59,15 +67,32 @@ def create_engine(url: str) -> AsyncEngine:
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 
 
-def is_retryable(error: BaseException) -> bool:
-    """A conflict with a concurrent transaction: running the same transaction again can succeed."""
+# connection_exception, insufficient_resources (e.g. too many clients), operator_intervention
+# (shutdown, starting up), system_error
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
+
+
+def _sqlstate(error: BaseException) -> str | None:
     if not isinstance(error, DBAPIError):
-        return False
+        return None
     original = error.orig
     state = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    if state is None and original is not None:
-        state = getattr(getattr(original, "__cause__", None), "sqlstate", None)
-    return state in RETRYABLE_SQLSTATES
+    return str(state) if state else None
+
+
+def is_retryable(error: BaseException) -> bool:
+    """A conflict with a concurrent transaction: running the same transaction again can succeed."""
+    return _sqlstate(error) in RETRYABLE_SQLSTATES
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database cannot be reached or is not accepting work right now; nobody's fault but time's."""
+    if isinstance(error, OSError | OperationalError | InterfaceError | SATimeoutError | DisconnectionError):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    state = _sqlstate(error)
+    return state is not None and state[:2] in UNAVAILABLE_SQLSTATE_CLASSES
 
 
 async def check_database(engine: AsyncEngine) -> None:

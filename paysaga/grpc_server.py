@@ -7,6 +7,7 @@ over a real channel; ``serve`` in paysaga.service_process runs the lifecycle aro
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -16,7 +17,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from paysaga.database import is_unavailable
 from paysaga.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
 
 # A purchase request is a few hundred bytes; refuse anything absurd before parsing it.
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -48,6 +52,11 @@ def domain_errors_as_status(method: Callable[..., Awaitable[Any]]) -> Callable[.
             return await method(self, request, context)
         except DomainError as error:
             await context.abort(STATUS_OF_ERROR[type(error)], str(error))
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            log.warning("grpc.database_unavailable", extra={"error": repr(error)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry shortly")
 
     return wrapper
 

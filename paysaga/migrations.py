@@ -36,13 +36,16 @@ async def upgrade(engine: AsyncEngine, script_location: Path) -> None:
             # Replicas starting together: one migrates, the others wait, then find nothing to do.
             await connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             await connection.commit()
-        before = await connection.run_sync(_current_revision)
-        await connection.run_sync(lambda sync: command.upgrade(_config(script_location, sync), "head"))
-        await connection.commit()
-        after = await connection.run_sync(_current_revision)
-        if connection.dialect.name == "postgresql":
-            await connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            before = await connection.run_sync(_current_revision)
+            await connection.run_sync(lambda sync: command.upgrade(_config(script_location, sync), "head"))
             await connection.commit()
+            after = await connection.run_sync(_current_revision)
+        finally:
+            if connection.dialect.name == "postgresql":
+                await connection.rollback()
+                await connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                await connection.commit()
     if before != after:
         log.info("database.migrated", extra={"from_revision": before, "to_revision": after})
 

@@ -207,6 +207,21 @@ class Shop:
         finally:
             await client.close()
 
+    async def dead_letters(self) -> dict[str, int]:
+        """Parked messages per dead-letter stream that holds any."""
+        client = await connect_nats(self.cluster.nats_url, tls.client_ssl_context(self.cluster.tls_files("ops")))
+        try:
+            jetstream = client.jetstream()
+            counts = {
+                f"{service.upper()}_DEAD_LETTERS": (
+                    await jetstream.stream_info(f"{service.upper()}_DEAD_LETTERS")
+                ).state.messages
+                for service in SERVICES
+            }
+        finally:
+            await client.close()
+        return {stream: count for stream, count in counts.items() if count}
+
     async def invariants(self, *, require_terminal: bool = True) -> invariants.Report:
         return await invariants.check(
             *(self.cluster.database_url(service) for service in ("ledger", "inventory", "payments")),

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from paysaga.database import create_engine
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.localcluster import SERVICES, ClusterPorts, LocalCluster
 from paysaga.postgres import ThrowawayPostgres
@@ -106,6 +108,7 @@ async def test_one_sku_with_thirty_sells_exactly_thirty_and_releases_every_other
 async def test_opposite_payments_between_two_accounts_finish_without_errors_reaching_clients(busy_shop: Shop) -> None:
     # Each capture locks both accounts; the ledger locks them in id order, so A->B and B->A at the
     # same moment cannot deadlock. Any conflict that does occur is retried inside, never returned.
+    deadlocks_before = await ledger_deadlocks(busy_shop)
     a = await busy_shop.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT, 100 * PRICE)
     b = await busy_shop.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT, 100 * PRICE)
     sku = await busy_shop.add_item(200, PRICE)
@@ -117,3 +120,21 @@ async def test_opposite_payments_between_two_accounts_finish_without_errors_reac
     assert await busy_shop.balance(a) == (100 * PRICE, 0, 100 * PRICE)
     assert await busy_shop.balance(b) == (100 * PRICE, 0, 100 * PRICE)
     await settled(busy_shop, timeout_s=120)
+    # Retried deadlocks would also end well: make sure there were none (the lock order works).
+    assert await ledger_deadlocks(busy_shop) == deadlocks_before
+
+
+async def ledger_deadlocks(shop: Shop) -> int:
+    """Deadlocks PostgreSQL detected in the ledger's database so far (0 on SQLite, which has none)."""
+    url = shop.cluster.database_url("ledger")
+    if not url.startswith("postgresql"):
+        return 0
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            count = await connection.scalar(
+                sa.text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            )
+    finally:
+        await engine.dispose()
+    return int(count or 0)

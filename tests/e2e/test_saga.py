@@ -34,6 +34,7 @@ async def settled(shop: Shop, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.1)
     report = await shop.invariants()
     assert report.ok, "\n".join(report.violations)
+    assert await shop.dead_letters() == {}, "an event was parked"
 
 
 async def test_purchase_completes_and_moves_money_and_stock(shop: Shop) -> None:
