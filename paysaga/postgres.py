@@ -45,7 +45,13 @@ class ThrowawayPostgres:
         self.data = self.directory / "data"
         self._as_user: list[str] = []
         if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.directory, ignore_errors=True)
+                raise PostgresUnavailable(
+                    "running as root, and PostgreSQL refuses root: create a 'postgres' user to run it as"
+                ) from None
             os.chown(self.directory, user.pw_uid, user.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
 
@@ -57,6 +63,19 @@ class ThrowawayPostgres:
             raise RuntimeError(f"{program} failed: {result.stderr or result.stdout}")
 
     def start(self) -> None:
+        """Start the server; on failure, stop whatever started, delete the directory, and raise with
+        the server's log."""
+        try:
+            self._start()
+        except BaseException as error:
+            log = self.directory / "server.log"
+            detail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            self.stop()
+            if isinstance(error, RuntimeError):
+                raise RuntimeError(f"{error}\n{detail}") from None
+            raise
+
+    def _start(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200"
         self._run(
@@ -81,10 +100,22 @@ class ThrowawayPostgres:
         return f"postgresql+asyncpg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
-        if self.data.exists():
-            subprocess.run(
-                [*self._as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                capture_output=True,
-                timeout=60,
-            )
+        """Stop the server (fast, then immediate) and delete its directory."""
+        if (self.data / "postmaster.pid").exists():
+            for mode in ("fast", "immediate"):
+                command = [
+                    *self._as_user,
+                    str(self.binaries / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    mode,
+                    "-w",
+                    "stop",
+                ]
+                try:
+                    if subprocess.run(command, capture_output=True, timeout=60).returncode == 0:
+                        break
+                except subprocess.TimeoutExpired:
+                    continue
         shutil.rmtree(self.directory, ignore_errors=True)

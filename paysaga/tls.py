@@ -6,6 +6,7 @@ client verifies the server's certificate against the same CA. TLS 1.2 is the min
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass
 
@@ -91,8 +92,18 @@ def secure_channel(targets: str, files: TlsFiles) -> grpc.aio.Channel:
     addresses = [address.strip() for address in targets.split(",") if address.strip()]
     if len(addresses) == 1:
         return grpc.aio.secure_channel(addresses[0], credentials, options=options)
-    host = addresses[0].rsplit(":", 1)[0].strip("[]")
-    scheme = "ipv6:" if ":" in host else "ipv4:"
+    hosts = [address.rsplit(":", 1)[0].strip("[]") for address in addresses]
+    try:
+        versions = {ipaddress.ip_address(host).version for host in hosts}
+    except ValueError:
+        raise ValueError(
+            f"several addresses must be IP addresses, got {targets!r}; for host names use one DNS name that "
+            "resolves to every replica, e.g. dns:///payments:50051"
+        ) from None
+    if len(versions) > 1:
+        raise ValueError(f"mix of IPv4 and IPv6 addresses in {targets!r}")
+    host = hosts[0]
+    scheme = "ipv6:" if versions == {6} else "ipv4:"
     options.append(("grpc.ssl_target_name_override", host))
     return grpc.aio.secure_channel(scheme + ",".join(addresses), credentials, options=options)
 

@@ -40,8 +40,10 @@ def postgres() -> Iterator[ThrowawayPostgres]:
     except PostgresUnavailable as error:
         pytest.skip(str(error))
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -41,6 +41,7 @@ async def _emit(unit: UnitOfWork, payment_id: str, payload: Message | None, caus
 
 async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: PaymentLimits) -> tuple[Payment, bool]:
     """Store and start a purchase; a retry with the same key and body returns the first one."""
+    await repository.lock_payer(unit.connection, request.payer_account_id)
     existing = await repository.find_by_idempotency_key(
         unit.connection, request.payer_account_id, request.idempotency_key
     )

@@ -61,6 +61,13 @@ async def find_by_idempotency_key(
     return None if row is None else (payment_from_row(row), row.request_hash)
 
 
+async def lock_payer(connection: AsyncConnection, payer_account_id: str) -> None:
+    """Serialise new payments of one payer until commit, so replicas cannot both pass the velocity
+    rule on the same count. (SQLite already has one writer at a time.)"""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:payer))"), {"payer": payer_account_id})
+
+
 async def count_recent(connection: AsyncConnection, payer_account_id: str, since: dt.datetime) -> int:
     count = await connection.scalar(
         sa.select(sa.func.count())

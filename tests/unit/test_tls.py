@@ -1,0 +1,29 @@
+"""Client channels: one address, or several replicas round-robin; bad addresses are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paysaga import tls
+from paysaga.settings import TlsFiles
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ("payments-1:50051,payments-2:50051", "several addresses must be IP addresses"),
+        ("127.0.0.1:50051,[::1]:50051", "mix of IPv4 and IPv6 addresses"),
+    ],
+)
+async def test_several_targets_must_be_ip_addresses_of_one_family(certs_dir: Path, targets: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tls.secure_channel(targets, TlsFiles.in_directory(certs_dir, "ops"))
+
+
+async def test_files_that_do_not_belong_together_are_named(certs_dir: Path) -> None:
+    mixed = TlsFiles(certs_dir / "ops.crt", certs_dir / "ledger.key", certs_dir / "ca.crt")
+
+    with pytest.raises(tls.TlsConfigurationError, match=r"ledger\.key is not the private key of .*ops\.crt"):
+        tls.read_tls_files(mixed)
