@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,8 +31,19 @@ def cluster(
     Every end-to-end test runs twice: on SQLite with one process per service, and on PostgreSQL
     with two replicas of every service sharing the work (clients round-robin between them).
     """
+    with backend_cluster(request, tmp_path_factory.mktemp("cluster"), certs_dir, PAYMENTS_SETTINGS) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def backend_cluster(
+    request: pytest.FixtureRequest, state_dir: Path, certs_dir: Path, payments_settings: dict[str, str]
+) -> Iterator[LocalCluster]:
+    """A running cluster for the backend the fixture's parameter names: "sqlite" (one process per
+    service) or "postgresql-2-replicas" (a database per service on the session's throwaway
+    PostgreSQL server, two processes per service)."""
     environment: dict[str, dict[str, str]] = {service: {} for service in SERVICES}
-    environment["payments"].update(PAYMENTS_SETTINGS)
+    environment["payments"].update(payments_settings)
     replicas = {}
     if request.param.startswith("postgresql"):
         postgres: ThrowawayPostgres = request.getfixturevalue("postgres")
@@ -39,14 +51,7 @@ def cluster(
             database = postgres.create_database(f"{service}_{uuid.uuid4().hex[:8]}")
             environment[service]["PAYSAGA_DATABASE_URL"] = database
             replicas[service] = 2
-    running = LocalCluster(
-        tmp_path_factory.mktemp("cluster"),
-        certs_dir,
-        ClusterPorts.free(),
-        environment=environment,
-        replicas=replicas,
-    )
-    with running:
+    with LocalCluster(state_dir, certs_dir, ClusterPorts.free(), environment=environment, replicas=replicas) as running:
         yield running
 
 

@@ -111,7 +111,7 @@ class Shop:
 
     async def payment(self, payment_id: str) -> payments_pb2.Payment:
         payment: payments_pb2.Payment = await self.payments.GetPayment(
-            payments_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
+            payments_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10, wait_for_ready=True
         )
         return payment
 
@@ -140,11 +140,13 @@ class Shop:
         return await self.wait_for(payment_id, TERMINAL, timeout_s)
 
     async def balance(self, account_id: str) -> tuple[int, int, int]:
-        balance = await self.ledger.GetBalance(ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=10)
+        balance = await self.ledger.GetBalance(
+            ledger_pb2.GetBalanceRequest(account_id=account_id), timeout=10, wait_for_ready=True
+        )
         return balance.balance_minor, balance.held_minor, balance.available_minor
 
     async def stock(self, sku: str) -> tuple[int, int, int]:
-        item = await self.inventory.GetItem(inventory_pb2.GetItemRequest(sku=sku), timeout=10)
+        item = await self.inventory.GetItem(inventory_pb2.GetItemRequest(sku=sku), timeout=10, wait_for_ready=True)
         return item.quantity_available, item.quantity_reserved, item.quantity_sold
 
     async def saga_events(self, saga_id: str, timeout_s: float = 20.0) -> list[EventEnvelope]:

@@ -4,7 +4,6 @@ overdrawn or oversold, no conflict reaches a client, on SQLite and on PostgreSQL
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,8 +13,8 @@ import sqlalchemy as sa
 
 from paysaga.database import create_engine
 from paysaga.ledger.v1 import ledger_pb2
-from paysaga.localcluster import SERVICES, ClusterPorts, LocalCluster
-from paysaga.postgres import ThrowawayPostgres
+from paysaga.localcluster import LocalCluster
+from tests.e2e.conftest import backend_cluster
 from tests.e2e.shop import TERMINAL, Purchase, Shop, status_name
 from tests.e2e.test_saga import settled
 
@@ -34,18 +33,7 @@ UNLIMITED = {
 def busy_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, certs_dir: Path
 ) -> Iterator[LocalCluster]:
-    environment: dict[str, dict[str, str]] = {service: {} for service in SERVICES}
-    environment["payments"].update(UNLIMITED)
-    replicas = {}
-    if request.param.startswith("postgresql"):
-        postgres: ThrowawayPostgres = request.getfixturevalue("postgres")
-        for service in SERVICES:
-            environment[service]["PAYSAGA_DATABASE_URL"] = postgres.create_database(f"{service}_{uuid.uuid4().hex[:8]}")
-            replicas[service] = 2
-    cluster = LocalCluster(
-        tmp_path_factory.mktemp("busy"), certs_dir, ClusterPorts.free(), environment=environment, replicas=replicas
-    )
-    with cluster:
+    with backend_cluster(request, tmp_path_factory.mktemp("busy"), certs_dir, UNLIMITED) as cluster:
         yield cluster
 
 
