@@ -10,7 +10,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -59,12 +59,6 @@ def domain_errors_as_status(method: Callable[..., Awaitable[Any]]) -> Callable[.
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry shortly")
 
     return wrapper
-
-
-async def not_yet_available(context: grpc.aio.ServicerContext, method: str) -> NoReturn:
-    """Answer UNIMPLEMENTED for an RPC that is declared in the API but not built yet."""
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not available in this version of paysaga")
-    raise AssertionError("context.abort always raises")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from paysaga.grpc_server import GrpcService, domain_errors_as_status
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.unit_of_work import Database
 from services.ledger import handlers
+from services.ledger.adapters.repository import account_from_row
 from services.ledger.adapters.tables import accounts, statement_lines
 from services.ledger.domain import Account, AccountKind
 
@@ -59,13 +60,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
             row = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).first()
         if row is None:
             raise NotFound(f"account {account_id} does not exist")
-        return ledger_pb2.Balance(
-            account_id=row.account_id,
-            currency=row.currency,
-            balance_minor=row.balance_minor,
-            held_minor=row.held_minor,
-            available_minor=row.balance_minor - row.held_minor,
-        )
+        return _balance(account_from_row(row))
 
     @domain_errors_as_status
     async def GetStatement(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,12 +19,11 @@ async def load_accounts(connection: AsyncConnection, account_ids: Iterable[str])
     rows = await connection.execute(
         sa.select(accounts).where(accounts.c.account_id.in_(ids)).order_by(accounts.c.account_id).with_for_update()
     )
-    return {
-        row.account_id: Account(
-            row.account_id, AccountKind(row.kind), row.currency, row.owner, row.balance_minor, row.held_minor
-        )
-        for row in rows
-    }
+    return {row.account_id: account_from_row(row) for row in rows}
+
+
+def account_from_row(row: Any) -> Account:
+    return Account(row.account_id, AccountKind(row.kind), row.currency, row.owner, row.balance_minor, row.held_minor)
 
 
 async def insert_account(connection: AsyncConnection, account: Account) -> None:
