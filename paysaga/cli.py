@@ -1,7 +1,9 @@
 """paysaga: the command-line client for people who use paysaga.
 
 Talks to the services' public gRPC APIs over mutual TLS, with the same certificates as any
-client (default: certs/ops.crt, certs/ops.key, certs/ca.crt, or $PAYSAGA_TLS_CERT / _KEY / _CA).
+client (default: certs/ops.crt, certs/ops.key, certs/ca.crt, or $PAYSAGA_TLS_CERT / _KEY / _CA),
+and sends a bearer token issued to that certificate's identity: $PAYSAGA_TOKEN, else the file
+--token-file (default: $PAYSAGA_TOKEN_FILE, else certs/ops.token, which the local cluster writes).
 
   paysaga account open --kind wallet --currency EUR --owner "Ada"      # prints the new account id
   paysaga account deposit ACCOUNT_ID 5000 EUR
@@ -38,6 +40,7 @@ from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
+from paysaga.tokens import TokenFile
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED"}
 TIMEOUT_S = 10.0
@@ -61,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--key", type=Path, default=defaults.key_file, help="client key (default: %(default)s)")
     parser.add_argument("--ca", type=Path, default=defaults.ca_file, help="CA certificate (default: %(default)s)")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=Path(os.environ.get("PAYSAGA_TOKEN_FILE", defaults.cert_file.with_name("ops.token"))),
+        help="bearer token file, re-read when it changes (default: %(default)s; $PAYSAGA_TOKEN wins)",
+    )
     areas = parser.add_subparsers(dest="area", required=True, metavar="COMMAND")
 
     account = areas.add_parser("account", help="ledger accounts").add_subparsers(dest="action", required=True)
@@ -158,12 +167,19 @@ def describe_balance(balance: ledger_pb2.Balance) -> str:
 async def run(args: argparse.Namespace) -> int:
     out = Output(args.json)
     target = {"account": args.ledger, "item": args.inventory}.get(args.area, args.payments)
-    async with tls.secure_channel(target, TlsFiles(args.cert, args.key, args.ca)) as channel:
+    async with tls.secure_channel(target, TlsFiles(args.cert, args.key, args.ca), _token(args)) as channel:
         if args.area == "account":
             return await _account(ledger_pb2_grpc.LedgerServiceStub(channel), args, out)
         if args.area == "item":
             return await _item(inventory_pb2_grpc.InventoryServiceStub(channel), args, out)
         return await _payment(payments_pb2_grpc.PaymentServiceStub(channel), args, out)
+
+
+def _token(args: argparse.Namespace) -> str | TokenFile | None:
+    """$PAYSAGA_TOKEN, else the token file if there is one; without either the service says what is missing."""
+    if os.environ.get("PAYSAGA_TOKEN"):
+        return os.environ["PAYSAGA_TOKEN"].strip()
+    return TokenFile(args.token_file) if args.token_file.exists() else None
 
 
 async def _account(stub: ledger_pb2_grpc.LedgerServiceStub, args: argparse.Namespace, out: Output) -> int:

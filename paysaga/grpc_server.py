@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from paysaga.authz import AuthorizationInterceptor, Authorizer, Rule
 from paysaga.database import is_unavailable
 from paysaga.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
+from paysaga.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +65,34 @@ def domain_errors_as_status(method: Callable[..., Awaitable[Any]]) -> Callable[.
 
 @dataclass(frozen=True)
 class GrpcService:
-    """A servicer to mount: its full proto name and the generated add_*_to_server call."""
+    """A servicer to mount: its full proto name, the generated add_*_to_server call, and who may
+    call each of its methods (by full method name, "/package.Service/Method")."""
 
     name: str
     register: Callable[[grpc.aio.Server], None]
+    rules: Mapping[str, Rule]
 
     @classmethod
     def of(
-        cls, servicer: object, descriptor: ServiceDescriptor, add_to_server: Callable[[Any, grpc.aio.Server], None]
+        cls,
+        servicer: object,
+        descriptor: ServiceDescriptor,
+        add_to_server: Callable[[Any, grpc.aio.Server], None],
+        access: Mapping[str, Rule],
     ) -> GrpcService:
-        """Mount servicer with its generated add_*_to_server, named by its service descriptor."""
-        return cls(descriptor.full_name, lambda server: add_to_server(servicer, server))
+        """Mount servicer with its generated add_*_to_server, named by its service descriptor.
+
+        access maps every method name of the service to its Rule; a method without one would be
+        refused to everybody, so that is an error here rather than a surprise in production.
+        """
+        methods = {method.name for method in descriptor.methods}
+        if set(access) != methods:
+            raise ValueError(
+                f"{descriptor.full_name}: access rules missing for {sorted(methods - set(access))}, "
+                f"unknown methods {sorted(set(access) - methods)}"
+            )
+        rules = {f"/{descriptor.full_name}/{name}": rule for name, rule in access.items()}
+        return cls(descriptor.full_name, lambda server: add_to_server(servicer, server), rules)
 
 
 @dataclass
@@ -89,9 +108,22 @@ class BuiltServer:
             await self.health.set(name, status)
 
 
-def create_server(bind: str, credentials: grpc.ServerCredentials, services: Sequence[GrpcService]) -> BuiltServer:
-    """A server with our services, health (NOT_SERVING until told) and reflection, bound to bind."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+def create_server(
+    bind: str,
+    credentials: grpc.ServerCredentials,
+    services: Sequence[GrpcService],
+    verifier: TokenVerifier | None = None,
+) -> BuiltServer:
+    """A server with our services, health (NOT_SERVING until told) and reflection, bound to bind.
+
+    Every call to one of services is authorized by its rules (paysaga.authz); clients' bearer
+    tokens are checked with verifier. Health and reflection answer any peer with our certificate.
+    """
+    rules = {method: rule for service in services for method, rule in service.rules.items()}
+    interceptor = AuthorizationInterceptor(
+        Authorizer(rules, verifier), open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME)
+    )
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[interceptor])
     for service in services:
         service.register(server)
     health_servicer = health.aio.HealthServicer()

@@ -29,8 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TextIO, TypeVar
 
-from paysaga import demo, healthcheck, natsconf
-from paysaga.pki import authority
+from paysaga import demo, healthcheck, natsconf, tls, tokens
+from paysaga.pki import authority, rotation
 from paysaga.pki.authority import CertificateError
 from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
 from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
@@ -39,6 +39,9 @@ SERVICES = ("payments", "inventory", "ledger")
 T = TypeVar("T")
 STOP_TIMEOUT_S = 20.0
 PR_SET_PDEATHSIG = 1
+# The local cluster's ops token; paysaga-local issues a fresh one at every start.
+LOCAL_TOKEN_LIFETIME_S = 24 * 3600
+CERTIFICATE_CHECK_INTERVAL_S = 1.0
 POLL_INTERVAL_S = 0.2
 
 
@@ -106,6 +109,7 @@ class LocalCluster:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._pumps: list[threading.Thread] = []
         self._echo_lock = threading.Lock()
+        self._watching = threading.Event()
 
     @property
     def nats_url(self) -> str:
@@ -124,6 +128,45 @@ class LocalCluster:
 
     def tls_files(self, name: str) -> TlsFiles:
         return TlsFiles.in_directory(self.certs_dir, name)
+
+    def token_file(self, client: str = "ops") -> Path:
+        return self.certs_dir / f"{client}.token"
+
+    def issue_token(
+        self,
+        client: str = "ops",
+        *,
+        scopes: Sequence[str] = tokens.SCOPES,
+        audiences: Sequence[str] = SERVICES,
+        lifetime_s: int = LOCAL_TOKEN_LIFETIME_S,
+    ) -> str:
+        """A bearer token for a client certificate of this cluster's CA (all scopes by default)."""
+        return tokens.issue_token(
+            tokens.load_signing_key(self.certs_dir),
+            subject=authority.client_identity(client),
+            audiences=[tokens.audience_of(service) for service in audiences],
+            scopes=scopes,
+            lifetime_s=lifetime_s,
+        )
+
+    def reload_nats(self) -> None:
+        """Make nats-server re-read its configuration and certificates (SIGHUP); connections stay up."""
+        self.processes["nats"].send_signal(signal.SIGHUP)
+
+    def _follow_nats_certificate(self) -> None:
+        """Reload NATS when its certificate, key or the trust bundle changes (a rotation)."""
+        files = self.tls_files("nats")
+        seen = tls.fingerprint(files)
+        while not self._watching.wait(CERTIFICATE_CHECK_INTERVAL_S):
+            current = tls.fingerprint(files)
+            if current == seen or "nats" not in self.processes:
+                continue
+            try:
+                tls.read_tls_files(files)
+            except tls.TlsConfigurationError:
+                continue  # half-way through a rotation: wait until the set is whole
+            seen = current
+            self.reload_nats()
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
@@ -148,9 +191,10 @@ class LocalCluster:
     def _start(self, timeout_s: float) -> None:
         for directory in ("logs", "data", "jetstream"):
             (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
-        for line in authority.ensure_certificates(self.certs_dir, self.certs_dir):
+        for line in rotation.bootstrap(self.certs_dir, self.certs_dir):
             if self.echo:
                 say(f"certs     | {line}")
+        authority.write_file(self.token_file("ops"), (self.issue_token("ops") + "\n").encode(), 0o600)
         config_path = self.state_dir / "nats.conf"
         config_path.write_text(
             natsconf.render(
@@ -164,6 +208,8 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         self._spawn("nats", [find_nats_server(), "-c", str(config_path)], {})
         self._wait("nats", deadline, self._nats_ready)
+        watcher = threading.Thread(target=self._follow_nats_certificate, daemon=True, name="nats-certificate")
+        watcher.start()
         everyone = [instance for service in self.services for instance in self.instances(service)]
         for instance in everyone:
             self.start_service(instance)
@@ -219,6 +265,7 @@ class LocalCluster:
             "PAYSAGA_TLS_CERT": str(files.cert_file),
             "PAYSAGA_TLS_KEY": str(files.key_file),
             "PAYSAGA_TLS_CA": str(files.ca_file),
+            "PAYSAGA_TOKEN_KEYS": str(self.certs_dir / tokens.PUBLIC_KEYS_FILE),
             "PAYSAGA_DATABASE_URL": self.database_url(service),
             "PAYSAGA_LOG_LEVEL": self.log_level,
         }
@@ -282,6 +329,7 @@ class LocalCluster:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int | None]:
         """SIGTERM the services (they drain), then NATS; SIGKILL whatever outlives timeout_s."""
+        self._watching.set()
         order = [name for name in self.processes if name != "nats"] + [
             name for name in self.processes if name == "nats"
         ]
@@ -446,6 +494,7 @@ def _run_demo(cluster: LocalCluster) -> None:
             demo.run(
                 {service: cluster.grpc_target(service) for service in cluster.services},
                 cluster.tls_files("ops"),
+                cluster.token_file("ops").read_text().strip(),
                 lambda line: say(f"demo      | {line}"),
             )
         )
@@ -471,6 +520,7 @@ def summary(cluster: LocalCluster) -> str:
         f"  CA certificate      {ops.ca_file}",
         f"  client certificate  {ops.cert_file}",
         f"  client key          {ops.key_file}",
+        f"  bearer token        {cluster.token_file('ops')}  (every scope, valid 24 h; the paysaga CLI reads it)",
         "For example:",
         f"  .venv/bin/paysaga-health grpc {cluster.grpc_target('payments')} \\\n"
         f"      --cert {ops.cert_file} --key {ops.key_file} --ca {ops.ca_file}",

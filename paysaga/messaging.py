@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,9 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from paysaga import tls
 from paysaga.settings import TlsFiles
+from paysaga.tasks import sleep_or_stop
 from paysaga.tls import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ CONNECT_ATTEMPT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 1
 # Long enough to flush what was published; a drain must never hold up a shutdown for long.
 DRAIN_TIMEOUT_S = 5
+CERTIFICATE_CHECK_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ def owned_streams(service: str) -> tuple[StreamSpec, ...]:
 async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: float) -> NatsClient:
     """Connect over mTLS, retrying until timeout_s; once connected, reconnect forever."""
     context = client_ssl_context(tls_files)
+    identity = tls.identity_of(tls_files.cert_file.read_bytes())
     urls = [url.strip() for url in servers.split(",") if url.strip()]
     client = NatsClient()
     try:
@@ -87,6 +92,7 @@ async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: fl
                 urls,
                 name=name,
                 tls=context,
+                inbox_prefix=inbox_prefix(identity),
                 connect_timeout=CONNECT_ATTEMPT_TIMEOUT_S,
                 reconnect_time_wait=RECONNECT_WAIT_S,
                 max_reconnect_attempts=-1,
@@ -103,6 +109,38 @@ async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: fl
             f"could not connect to NATS at {servers} within {timeout_s:g} s (last error: {last_error!r})"
         ) from None
     return client
+
+
+def inbox_prefix(identity: str) -> str:
+    """Where replies to this connection's requests arrive. Each identity has its own inbox subtree,
+    and the NATS server lets it subscribe there only, so nobody reads another's replies (which
+    carry the messages a JetStream consumer fetches)."""
+    path = identity.removeprefix("spiffe://paysaga/")
+    if not path or path == identity:
+        raise ValueError(f"not a paysaga identity: {identity!r}")
+    return "_INBOX." + path.replace("/", ".")
+
+
+async def follow_certificate(client: NatsClient, tls_files: TlsFiles, stop: asyncio.Event) -> None:
+    """Use a re-issued certificate (or CA bundle) for every later (re)connection to NATS.
+
+    The open connection keeps its session; nats-py builds each new connection from the context in
+    its options, so swapping in a fresh context is enough, and it also drops a retired CA.
+    """
+    seen = tls.fingerprint(tls_files)
+    while not stop.is_set():
+        await sleep_or_stop(stop, CERTIFICATE_CHECK_INTERVAL_S)
+        current = tls.fingerprint(tls_files)
+        if current == seen:
+            continue
+        try:
+            context = client_ssl_context(tls_files)
+        except (tls.TlsConfigurationError, OSError, ssl.SSLError) as error:
+            log.warning("tls.reload_waiting", extra={"error": str(error)})
+            continue
+        client.options["tls"] = context
+        seen = current
+        log.info("tls.client_reloaded", extra=tls.describe_certificate(tls_files.cert_file.read_bytes()))
 
 
 def _logging_callbacks(client: NatsClient) -> dict[str, Any]:

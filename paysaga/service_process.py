@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from paysaga import database, messaging, migrations, tls
+from paysaga import database, messaging, migrations, tls, tokens
 from paysaga.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.grpc_server import GrpcService, create_server
 from paysaga.logs import configure_logging
@@ -53,6 +53,9 @@ class ServiceDefinition:
 async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: asyncio.Event) -> None:
     """Run until stop is set, then drain. Raises if start-up fails."""
     credentials = tls.server_credentials(settings.tls)
+    verifier = tokens.TokenVerifier(
+        settings.token_keys_file, audience=tokens.audience_of(settings.service), issuer=settings.token_issuer
+    )
     engine = database.create_engine(settings.database_url)
     nats_client = None
     try:
@@ -69,9 +72,13 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
             EventConsumer(settings.service, jetstream, store, subscription, definition.handlers)
             for subscription in definition.subscriptions
         ]
-        built = create_server(settings.grpc_bind, credentials, definition.grpc_services(store))
+        built = create_server(settings.grpc_bind, credentials, definition.grpc_services(store), verifier)
         workers_stop = asyncio.Event()
-        loops: list[tuple[str, Worker]] = [("outbox-relay", relay.run)]
+        client = nats_client
+        loops: list[tuple[str, Worker]] = [
+            ("outbox-relay", relay.run),
+            ("nats-certificate", lambda stop: messaging.follow_certificate(client, settings.tls, stop)),
+        ]
         loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
         loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]
         tasks = [asyncio.create_task(_supervised(name, loop, workers_stop), name=name) for name, loop in loops]
@@ -120,7 +127,7 @@ def run(definition: ServiceDefinition, settings: ServiceSettings) -> int:
 
     try:
         asyncio.run(main())
-    except (tls.TlsConfigurationError, ConnectionError, OSError) as error:
+    except (tls.TlsConfigurationError, tokens.TokenError, ConnectionError, OSError) as error:
         log.error("service.start_failed", extra={"error": str(error)})
         return 1
     return 0

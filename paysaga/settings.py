@@ -42,6 +42,8 @@ class ServiceSettings:
     drain_timeout_s: float
     startup_timeout_s: float
     stream_replicas: int
+    token_keys_file: Path = Path("certs/token-keys.json")
+    token_issuer: str = "paysaga"  # noqa: S105 - an issuer name, not a secret
     payment_limits: PaymentLimits = field(default_factory=lambda: PaymentLimits())
 
 
@@ -112,6 +114,13 @@ def load_settings(
     option("--tls-cert", "PAYSAGA_TLS_CERT", str(default_tls.cert_file), "this service's certificate")
     option("--tls-key", "PAYSAGA_TLS_KEY", str(default_tls.key_file), "this service's private key")
     option("--tls-ca", "PAYSAGA_TLS_CA", str(default_tls.ca_file), "CA certificate that peers must chain to")
+    option(
+        "--token-keys",
+        "PAYSAGA_TOKEN_KEYS",
+        str(certs_dir / "token-keys.json"),
+        "public keys (JWKS) that client bearer tokens must be signed with",
+    )
+    option("--token-issuer", "PAYSAGA_TOKEN_ISSUER", "paysaga", "the issuer (iss) client tokens must name")
     option("--database-url", "PAYSAGA_DATABASE_URL", f"sqlite+aiosqlite:///var/{service}.db", "SQLAlchemy async URL")
     option("--log-level", "PAYSAGA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", type=str.upper)
     option(
@@ -178,6 +187,8 @@ def load_settings(
         drain_timeout_s=float(args.drain_timeout_s),
         startup_timeout_s=float(args.startup_timeout_s),
         stream_replicas=int(args.stream_replicas),
+        token_keys_file=Path(args.token_keys),
+        token_issuer=args.token_issuer,
         payment_limits=PaymentLimits(
             float(args.saga_timeout_s),
             int(args.max_amount_minor),

@@ -7,14 +7,28 @@ client verifies the server's certificate against the same CA. TLS 1.2 is the min
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import ssl
+import stat
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from paysaga.settings import TlsFiles
+from paysaga.tokens import bearer_credentials
+
+log = logging.getLogger(__name__)
+
+# How often a server looks at its certificate files for a re-issued certificate. A rotation is
+# picked up by the first handshake after this many seconds; looking is three stat() calls.
+RELOAD_CHECK_INTERVAL_S = 1.0
 
 
 class TlsConfigurationError(Exception):
@@ -43,6 +57,7 @@ def read_tls_files(files: TlsFiles) -> TlsMaterial:
             raise TlsConfigurationError(
                 f"cannot read {label} {path}: {error.strerror}. Generate certificates with 'paysaga-certs bootstrap'."
             ) from None
+    check_private_key_mode(files.key_file)
     material = TlsMaterial(*contents)
     try:
         certificate = x509.load_pem_x509_certificate(material.certificate_chain)
@@ -62,32 +77,127 @@ def read_tls_files(files: TlsFiles) -> TlsMaterial:
     return material
 
 
-def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
-    material = read_tls_files(files)
-    return grpc.ssl_server_credentials(
-        [(material.private_key, material.certificate_chain)],
-        root_certificates=material.root_certificates,
-        require_client_auth=True,
+def check_private_key_mode(path: os.PathLike[str] | str) -> None:
+    """Refuse a private key that anyone but its owner may read: it has to be treated as leaked."""
+    mode = stat.S_IMODE(Path(path).stat().st_mode)
+    if mode & 0o077:
+        raise TlsConfigurationError(
+            f"{path} is accessible to other users (mode {mode:04o}); a private key must be readable by its owner "
+            f"only: chmod 600 {path}"
+        )
+
+
+def identity_of(certificate_pem: bytes) -> str:
+    """The identity a certificate proves: its first URI SAN (spiffe://paysaga/...), or "" if it has none."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else ""
+
+
+def fingerprint(files: TlsFiles) -> tuple[tuple[int, int, int] | None, ...]:
+    """Cheap change detection for the three files: what stat() says about each (None if missing)."""
+    found: list[tuple[int, int, int] | None] = []
+    for path in (files.cert_file, files.key_file, files.ca_file):
+        try:
+            status = path.stat()
+        except OSError:
+            found.append(None)
+            continue
+        found.append((status.st_mtime_ns, status.st_size, status.st_ino))
+    return tuple(found)
+
+
+def _server_configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.private_key, material.certificate_chain)], root_certificates=material.root_certificates
     )
 
 
-def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+class ReloadingServerCredentials:
+    """gRPC server credentials that follow the files: a re-issued certificate, key or CA bundle is
+    used from the next handshake on, without a restart. Connections already open keep the
+    certificate they were made with.
+
+    gRPC calls the fetcher before every handshake (from its own threads); it looks at the files at
+    most once per check interval and only returns a new configuration when they changed and form a
+    valid set. A half-finished rotation (new key, old certificate) is kept out until it is whole.
+    """
+
+    def __init__(self, files: TlsFiles, *, check_interval_s: float = RELOAD_CHECK_INTERVAL_S) -> None:
+        self.files = files
+        self.check_interval_s = check_interval_s
+        self._lock = threading.Lock()
+        self._fingerprint = fingerprint(files)
+        self._material = read_tls_files(files)
+        self._next_check_at = time.monotonic() + check_interval_s
+        self.reloads = 0
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            _server_configuration(self._material), self._fetch, require_client_authentication=True
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_check_at:
+                return None
+            self._next_check_at = now + self.check_interval_s
+            current = fingerprint(self.files)
+            if current == self._fingerprint:
+                return None
+            try:
+                material = read_tls_files(self.files)
+            except TlsConfigurationError as error:
+                log.warning("tls.reload_waiting", extra={"error": str(error)})
+                return None
+            self._fingerprint, self._material = current, material
+            self.reloads += 1
+        log.info("tls.reloaded", extra=describe_certificate(material.certificate_chain))
+        return _server_configuration(material)
+
+
+def describe_certificate(certificate_pem: bytes) -> dict[str, str]:
+    """What a log line says about a certificate: never the key, only public facts."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    return {
+        "identity": identity_of(certificate_pem),
+        "serial": f"{certificate.serial_number:x}",
+        "not_after": certificate.not_valid_after_utc.isoformat(),
+    }
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Credentials that require a client certificate from our CA and follow certificate rotation."""
+    return ReloadingServerCredentials(files).credentials()
+
+
+def channel_credentials(files: TlsFiles, token: str | Callable[[], str] | None = None) -> grpc.ChannelCredentials:
+    """mTLS with files; with a token (or a function returning the current one), every call also
+    carries it as ``authorization: Bearer ...``, as external clients must."""
     material = read_tls_files(files)
-    return grpc.ssl_channel_credentials(
+    credentials = grpc.ssl_channel_credentials(
         root_certificates=material.root_certificates,
         private_key=material.private_key,
         certificate_chain=material.certificate_chain,
     )
+    if token is None:
+        return credentials
+    return grpc.composite_channel_credentials(credentials, bearer_credentials(token))
 
 
-def secure_channel(targets: str, files: TlsFiles) -> grpc.aio.Channel:
+def secure_channel(targets: str, files: TlsFiles, token: str | Callable[[], str] | None = None) -> grpc.aio.Channel:
     """An mTLS channel to one "host:port", or round-robin over several "host:port,host:port".
 
     Several addresses must be IP addresses (gRPC's ipv4/ipv6 resolver); their certificates are
     checked against the first address. With DNS, give one name that resolves to every replica
     (e.g. "dns:///payments:50051"); calls then still spread over its addresses.
     """
-    credentials = channel_credentials(files)
+    credentials = channel_credentials(files, token)
     options = [("grpc.lb_policy_name", "round_robin")]
     addresses = [address.strip() for address in targets.split(",") if address.strip()]
     if len(addresses) == 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from paysaga.pki import authority
+from paysaga.pki import rotation
 from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
 
 
@@ -17,7 +17,7 @@ from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
 def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA and the cluster's certificates (nats, the three services, ops), made by the CA script's code."""
     directory = tmp_path_factory.mktemp("certs")
-    authority.ensure_certificates(directory, directory)
+    rotation.bootstrap(directory, directory)
     return directory
 
 
@@ -25,7 +25,7 @@ def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def foreign_certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Certificates with the same names from a different CA: valid-looking, but not ours."""
     directory = tmp_path_factory.mktemp("foreign-certs")
-    authority.ensure_certificates(directory, directory)
+    rotation.bootstrap(directory, directory)
     return directory
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ssl
 import time
 from pathlib import Path
@@ -10,13 +11,34 @@ from pathlib import Path
 import grpc
 from nats.aio.client import Client as NatsClient
 
-from paysaga import tls
+from paysaga import tls, tokens
 from paysaga.localcluster import LocalCluster
+from paysaga.messaging import inbox_prefix
 from paysaga.settings import TlsFiles
 
 
-def secure_channel(target: str, files: TlsFiles) -> grpc.aio.Channel:
-    return grpc.aio.secure_channel(target, tls.channel_credentials(files))
+def secure_channel(target: str, files: TlsFiles, token: str | None = None) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(target, tls.channel_credentials(files, token))
+
+
+def client_token(
+    certs_dir: Path,
+    client: str = "ops",
+    *,
+    scopes: tuple[str, ...] = tokens.SCOPES,
+    audiences: tuple[str, ...] = ("payments", "inventory", "ledger"),
+    lifetime_s: int = 600,
+    now: dt.datetime | None = None,
+) -> str:
+    """A token from the CA script's signing key in certs_dir, as 'paysaga-certs token issue' makes one."""
+    return tokens.issue_token(
+        tokens.load_signing_key(certs_dir),
+        subject=f"spiffe://paysaga/client/{client}",
+        audiences=[tokens.audience_of(service) for service in audiences],
+        scopes=scopes,
+        lifetime_s=lifetime_s,
+        now=now,
+    )
 
 
 def channel_without_client_certificate(target: str, ca_file: Path) -> grpc.aio.Channel:
@@ -43,8 +65,10 @@ def wait_for_log(cluster: LocalCluster, name: str, text: str, timeout_s: float =
     raise AssertionError(f"{text!r} not in the {name} log within {timeout_s} s:\n{cluster.log_tail(name)}")
 
 
-async def connect_nats(url: str, context: ssl.SSLContext) -> NatsClient:
-    """One attempt, no reconnects: a refused handshake raises instead of retrying forever."""
+async def connect_nats(url: str, context: ssl.SSLContext, identity: str = "spiffe://paysaga/client/ops") -> NatsClient:
+    """One attempt, no reconnects: a refused handshake raises instead of retrying forever.
+
+    identity picks the inbox the server lets this certificate's user subscribe to."""
 
     async def quiet(_error: Exception) -> None:
         pass
@@ -53,7 +77,13 @@ async def connect_nats(url: str, context: ssl.SSLContext) -> NatsClient:
     try:
         await asyncio.wait_for(
             client.connect(
-                url, tls=context, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=3, error_cb=quiet
+                url,
+                tls=context,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                connect_timeout=3,
+                error_cb=quiet,
+                inbox_prefix=inbox_prefix(identity),
             ),
             timeout=5,
         )

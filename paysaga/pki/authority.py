@@ -8,6 +8,11 @@ certificates carry client usage only.
 
 Keys are ECDSA P-256. Private keys are written 0600 through a temporary file and an atomic
 rename, so a reader never sees half a key and a crash never leaves a world-readable one.
+
+Leaf certificates are short-lived (30 days by default) and re-issued 10 days before they expire;
+the servers pick up a re-issued certificate without a restart. ``ca.crt`` next to the issued
+certificates is the trust bundle every peer reads: the current CA, plus the previous one while a
+CA rollover is in progress (begin_ca_rollover → re-issue everything → finish_ca_rollover).
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 TRUST_DOMAIN = "paysaga"
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
+PREVIOUS_CA_CERT_FILE = "ca-previous.crt"
 CA_LIFETIME_DAYS = 3650
-LEAF_LIFETIME_DAYS = 90
+LEAF_LIFETIME_DAYS = 30
 CLOCK_SKEW = dt.timedelta(minutes=5)
 NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_PATTERN = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
-RENEW_WITHIN_DAYS = 14
+RENEW_WITHIN_DAYS = 10
 CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger")
 CLUSTER_CLIENTS = ("ops",)
 PRIVATE_KEY_MODE = 0o600
@@ -74,6 +80,8 @@ class CertificateInfo:
     not_before: dt.datetime
     not_after: dt.datetime
     issued_by_ca: bool
+    # Issued by a CA still trusted during a rollover, not by the current one: re-issue it.
+    issued_by_previous_ca: bool = False
 
     def summary(self) -> str:
         return f"{self.identity}, expires {self.not_after:%Y-%m-%d}"
@@ -82,6 +90,8 @@ class CertificateInfo:
         return (self.not_after - now).days
 
     def status(self, now: dt.datetime, warn_within_days: int) -> str:
+        if self.issued_by_previous_ca:
+            return "from the previous CA"
         if not self.issued_by_ca:
             return "not from this CA"
         if now < self.not_before:
@@ -156,19 +166,23 @@ def create_ca(
         .sign(key, hashes.SHA256())
     )
     ca_dir.mkdir(parents=True, exist_ok=True)
-    _write_file(key_path, _private_pem(key), PRIVATE_KEY_MODE)
-    _write_file(ca_dir / CA_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
+    write_file(key_path, private_pem(key), PRIVATE_KEY_MODE)
+    write_file(ca_dir / CA_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
     publish_ca_certificate(ca_dir, certs_dir)
     return Authority(certificate, key)
 
 
 def publish_ca_certificate(ca_dir: Path, certs_dir: Path) -> None:
-    """Copy the CA certificate (public) next to the issued certificates, where every peer reads it."""
-    source, target = ca_dir / CA_CERT_FILE, certs_dir / CA_CERT_FILE
-    content = source.read_bytes()
+    """Write the trust bundle next to the issued certificates, where every peer reads it: the CA's
+    certificate, and during a rollover the previous CA's too."""
+    target = certs_dir / CA_CERT_FILE
+    content = (ca_dir / CA_CERT_FILE).read_bytes()
+    previous = ca_dir / PREVIOUS_CA_CERT_FILE
+    if previous.exists():
+        content += previous.read_bytes()
     if not target.exists() or target.read_bytes() != content:
         certs_dir.mkdir(parents=True, exist_ok=True)
-        _write_file(target, content, CERTIFICATE_MODE)
+        write_file(target, content, CERTIFICATE_MODE)
 
 
 def load_ca(ca_dir: Path) -> Authority:
@@ -254,8 +268,8 @@ def issue(
     certs_dir.mkdir(parents=True, exist_ok=True)
     # The key goes first: a crash in between leaves an old certificate that no longer matches,
     # which the next bootstrap re-issues, never a new certificate without its key.
-    _write_file(key_path, _private_pem(key), PRIVATE_KEY_MODE)
-    _write_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
+    write_file(key_path, private_pem(key), PRIVATE_KEY_MODE)
+    write_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
     return describe(cert_path, authority.certificate)
 
 
@@ -293,7 +307,9 @@ def ensure_certificates(
     return report
 
 
-def describe(cert_path: Path, ca_certificate: x509.Certificate | None) -> CertificateInfo:
+def describe(
+    cert_path: Path, ca_certificate: x509.Certificate | None, previous_ca: x509.Certificate | None = None
+) -> CertificateInfo:
     certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
     try:
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -310,25 +326,36 @@ def describe(cert_path: Path, ca_certificate: x509.Certificate | None) -> Certif
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
         issued_by_ca=ca_certificate is not None and _signed_by(certificate, ca_certificate),
+        issued_by_previous_ca=previous_ca is not None and _signed_by(certificate, previous_ca),
     )
+
+
+def trust_bundle(certs_dir: Path) -> list[x509.Certificate]:
+    """The CA certificates in certs_dir/ca.crt: the current CA first, then the previous one if any."""
+    try:
+        return x509.load_pem_x509_certificates((certs_dir / CA_CERT_FILE).read_bytes())
+    except (OSError, ValueError):
+        return []
 
 
 def inventory(certs_dir: Path) -> tuple[list[CertificateInfo], list[Path]]:
     """Every certificate in certs_dir, the CA first, then by name; and the files that are unreadable."""
-    ca_path = certs_dir / CA_CERT_FILE
-    ca_info = _readable(ca_path, None)
-    ca_certificate = x509.load_pem_x509_certificate(ca_path.read_bytes()) if ca_info is not None else None
+    bundle = trust_bundle(certs_dir)
+    current = bundle[0] if bundle else None
+    previous = bundle[1] if len(bundle) > 1 else None
     paths = sorted(certs_dir.glob("*.crt"), key=lambda path: (path.name != CA_CERT_FILE, path.name))
-    found = [(path, _readable(path, ca_certificate)) for path in paths]
+    found = [(path, _readable(path, current, previous)) for path in paths]
     return [info for _, info in found if info is not None], [
         path for path, info in found if info is None and path.exists()
     ]
 
 
-def _readable(cert_path: Path, ca_certificate: x509.Certificate | None) -> CertificateInfo | None:
+def _readable(
+    cert_path: Path, ca_certificate: x509.Certificate | None, previous_ca: x509.Certificate | None = None
+) -> CertificateInfo | None:
     """The certificate's description, or None if the file is missing or not a PEM certificate."""
     try:
-        return describe(cert_path, ca_certificate)
+        return describe(cert_path, ca_certificate, previous_ca)
     except (OSError, ValueError):
         return None
 
@@ -417,13 +444,13 @@ def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _write_file(path: Path, content: bytes, mode: int) -> None:
+def write_file(path: Path, content: bytes, mode: int) -> None:
     """Write content to path atomically, created with mode from the start (umask cannot widen it)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

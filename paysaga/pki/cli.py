@@ -8,9 +8,13 @@ back ends, ops tools) get client-only certificates with the identity spiffe://pa
 
 Typical use:
 
-  paysaga-certs bootstrap                 # a CA and every certificate the cluster needs, if missing
+  paysaga-certs bootstrap                 # CA, cluster certificates, token signing key: what is missing or expiring
   paysaga-certs issue client acme-shop    # a certificate for a new client: certs/acme-shop.{crt,key}
+  paysaga-certs token issue acme-shop --audience payments --scope payments:write --scope payments:read
   paysaga-certs list                      # every certificate with its identity and expiry
+  paysaga-certs check                     # exit 1 when a certificate expires soon (for monitoring)
+  paysaga-certs issue service payments --force   # rotation: servers pick the new one up without restart
+  paysaga-certs ca-rollover begin | finish       # replace the CA; both are trusted in between
 
 Files: <dir>/ca.crt (trust anchor to give to every peer), <dir>/<name>.crt and <dir>/<name>.key
 (private key, mode 0600: never copy it anywhere else than the machine that uses it). The CA's
@@ -28,7 +32,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from paysaga.pki import authority
+from paysaga import tokens
+from paysaga.pki import authority, rotation
 from paysaga.pki.authority import CertificateError, CertificateInfo, Kind
 
 
@@ -101,6 +106,69 @@ def build_parser() -> argparse.ArgumentParser:
         default=authority.RENEW_WITHIN_DAYS,
         help="re-issue certificates expiring this soon (default: %(default)s)",
     )
+    bootstrap.add_argument(
+        "--export-to",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also copy each service's certificate, key, trust bundle and token keys into DIR/<service>/, "
+        "so each host or container is given its own key only",
+    )
+    check = commands.add_parser(
+        "check", help="exit 1 (and say which) if a certificate is expiring, expired or not from the current CA"
+    )
+    check.add_argument(
+        "--warn-days",
+        type=int,
+        default=authority.RENEW_WITHIN_DAYS,
+        help="a certificate expiring within this many days is a problem (default: %(default)s)",
+    )
+
+    rollover = commands.add_parser("ca-rollover", help="replace the CA without downtime")
+    rollover.add_argument(
+        "step",
+        choices=["begin", "finish"],
+        help="begin: new CA, old one still trusted; then re-issue everything (bootstrap); finish: drop the old CA",
+    )
+    rollover.add_argument("--days", type=int, default=authority.CA_LIFETIME_DAYS, help="new CA's lifetime")
+    rollover.add_argument("--force", action="store_true", help="finish even if certificates of the old CA remain")
+
+    export = commands.add_parser(
+        "export", help="copy one identity's certificate, key, trust bundle and token keys to a directory"
+    )
+    export.add_argument("name")
+    export.add_argument("--to", type=Path, required=True, dest="target", help="target directory")
+
+    token_key = commands.add_parser("token-key", help="the key that signs client tokens")
+    token_key.add_argument(
+        "action", choices=["init", "rotate"], help="init: create if missing; rotate: new key, old one still verifies"
+    )
+
+    token = commands.add_parser("token", help="client bearer tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    token_issue = token_commands.add_parser("issue", help="print a signed token for a client certificate's identity")
+    token_issue.add_argument("name", help="the client's certificate name, e.g. acme-shop (identity .../client/NAME)")
+    token_issue.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=tokens.SCOPES,
+        help="what the token allows (repeatable)",
+    )
+    token_issue.add_argument(
+        "--audience",
+        action="append",
+        required=True,
+        choices=["payments", "inventory", "ledger"],
+        help="the service the token is for (repeatable)",
+    )
+    token_issue.add_argument(
+        "--ttl-s", type=int, default=tokens.DEFAULT_LIFETIME_S, help="lifetime in seconds (default: %(default)s)"
+    )
+    token_issue.add_argument("--issuer", default=tokens.DEFAULT_ISSUER, help="iss claim (default: %(default)s)")
+    token_issue.add_argument(
+        "--out", type=Path, default=None, help="write the token to this file (mode 0600) instead of printing it"
+    )
     return parser
 
 
@@ -131,8 +199,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"issued {info.path} and {info.path.with_suffix('.key')}: {info.summary()}")
         elif args.command == "list":
             return _list(certs_dir, as_json=args.json, warn_within_days=args.warn_days)
+        elif args.command == "check":
+            return _check(certs_dir, args.warn_days)
+        elif args.command == "ca-rollover":
+            _rollover(Path(ca_dir), certs_dir, args.step, days=args.days, force=args.force)
+        elif args.command == "export":
+            for path in rotation.export(certs_dir, args.name, args.target):
+                print(f"wrote {path}")
+        elif args.command == "token-key":
+            if args.action == "init":
+                print(rotation.ensure_token_signing_key(Path(ca_dir), certs_dir))
+            else:
+                print(rotation.rotate_token_signing_key(Path(ca_dir), certs_dir))
+        elif args.command == "token":
+            _issue_token(Path(ca_dir), args)
         else:
-            for line in authority.ensure_certificates(
+            for line in rotation.bootstrap(
                 Path(ca_dir),
                 certs_dir,
                 services=_names(args.services),
@@ -141,10 +223,54 @@ def main(argv: Sequence[str] | None = None) -> int:
                 renew_within_days=args.renew_within_days,
             ):
                 print(line)
-    except CertificateError as error:
+            if args.export_to is not None:
+                for name in _names(args.services):
+                    rotation.export(certs_dir, name, args.export_to / name)
+                    print(f"exported {name} to {args.export_to / name}")
+    except (CertificateError, tokens.TokenError) as error:
         print(f"paysaga-certs: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check(certs_dir: Path, warn_within_days: int) -> int:
+    problems = rotation.expiry_problems(certs_dir, authority.utc_now(), warn_within_days)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"every certificate in {certs_dir} is valid for more than {warn_within_days} days")
+    return 1 if problems else 0
+
+
+def _rollover(ca_dir: Path, certs_dir: Path, step: str, *, days: int, force: bool) -> None:
+    if step == "begin":
+        created = rotation.begin_ca_rollover(ca_dir, certs_dir, lifetime_days=days)
+        print(
+            f"new CA valid until {created.certificate.not_valid_after_utc:%Y-%m-%d}; {certs_dir / 'ca.crt'} now "
+            "trusts the old and the new CA. Next: wait until every process has reloaded the bundle, re-issue "
+            "every certificate (paysaga-certs bootstrap; issue --force for clients), then: ca-rollover finish"
+        )
+        return
+    cut_off = rotation.finish_ca_rollover(ca_dir, certs_dir, force=force)
+    print(f"{certs_dir / 'ca.crt'} now trusts only the current CA")
+    if cut_off:
+        print(f"no longer trusted: {', '.join(cut_off)}")
+
+
+def _issue_token(ca_dir: Path, args: argparse.Namespace) -> None:
+    token = tokens.issue_token(
+        tokens.load_signing_key(ca_dir),
+        subject=authority.client_identity(authority.check_name(args.name)),
+        audiences=[tokens.audience_of(service) for service in args.audience],
+        scopes=args.scope,
+        lifetime_s=args.ttl_s,
+        issuer=args.issuer,
+    )
+    if args.out is None:
+        print(token)
+        return
+    authority.write_file(args.out, (token + "\n").encode(), authority.PRIVATE_KEY_MODE)
+    print(f"wrote {args.out} (mode 0600), valid for {args.ttl_s} s")
 
 
 def _list(certs_dir: Path, *, as_json: bool, warn_within_days: int) -> int:

@@ -107,10 +107,16 @@ async def test_nats_refuses_a_connection_without_a_client_certificate(cluster: L
 async def test_nats_accepts_a_service_certificate_and_jetstream_holds_each_services_streams(
     cluster: LocalCluster,
 ) -> None:
-    client = await connect_nats(cluster.nats_url, tls.client_ssl_context(cluster.tls_files("payments")))
+    ops = await connect_nats(cluster.nats_url, tls.client_ssl_context(cluster.tls_files("ops")))
+    try:
+        streams = {info.config.name: info.config.subjects for info in await ops.jetstream().streams_info()}
+    finally:
+        await ops.close()
+    client = await connect_nats(
+        cluster.nats_url, tls.client_ssl_context(cluster.tls_files("payments")), "spiffe://paysaga/payments"
+    )
     try:
         jetstream = client.jetstream()
-        streams = {info.config.name: info.config.subjects for info in await jetstream.streams_info()}
         saga_id = str(uuid.uuid4())
         event = new_event(
             producer="payments",

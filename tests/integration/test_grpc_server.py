@@ -16,9 +16,10 @@ from paysaga.database import create_engine
 from paysaga.grpc_server import BuiltServer, create_server
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.settings import TlsFiles
+from paysaga.tokens import PUBLIC_KEYS_FILE, TokenVerifier, audience_of
 from paysaga.unit_of_work import Database
 from services.ledger.adapters import grpc_api, tables
-from tests.helpers import channel_without_client_certificate, secure_channel
+from tests.helpers import channel_without_client_certificate, client_token, secure_channel
 
 LEDGER_MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
 
@@ -31,6 +32,7 @@ async def ledger_server(certs_dir: Path, tmp_path: Path) -> AsyncIterator[BuiltS
         "127.0.0.1:0",
         tls.server_credentials(TlsFiles.in_directory(certs_dir, "ledger")),
         [grpc_api.grpc_service(Database(engine, tables.metadata))],
+        TokenVerifier(certs_dir / PUBLIC_KEYS_FILE, audience=audience_of("ledger")),
     )
     await built.set_serving(False)
     await built.server.start()
@@ -86,7 +88,8 @@ async def test_domain_errors_become_status_codes_with_readable_messages(
     ledger_server: BuiltServer, certs_dir: Path
 ) -> None:
     unknown_account = "0b3f3d8e-7f5e-4f8e-9a43-1b1f8d6f2c11"
-    async with secure_channel(f"127.0.0.1:{ledger_server.port}", TlsFiles.in_directory(certs_dir, "ops")) as channel:
+    ops = TlsFiles.in_directory(certs_dir, "ops")
+    async with secure_channel(f"127.0.0.1:{ledger_server.port}", ops, client_token(certs_dir)) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.GetBalance(ledger_pb2.GetBalanceRequest(account_id=unknown_account), timeout=5)

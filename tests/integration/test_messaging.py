@@ -4,6 +4,7 @@ exactly-once effects under redelivery, retries, dead letters, and a relay crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,9 +12,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
 
 from paysaga import messaging, tls
 from paysaga.consumer import EventConsumer, EventHandler, Subscription
@@ -37,11 +38,15 @@ effects = sa.Table(
 
 @dataclass
 class Rig:
+    """A producer and a consuming service, each connected with its own certificate, so the real
+    NATS permissions apply; ops (JetStream administration) inspects streams and consumers."""
+
     database: Database
-    client: NatsClient
-    jetstream: JetStreamContext
-    producer: str
-    service: str
+    jetstream: JetStreamContext  # the consuming service's
+    producer_jetstream: JetStreamContext
+    ops: JetStreamContext
+    producer: str = "ledger"
+    service: str = "payments"
 
     def consumer(self, handler: EventHandler, **options: Any) -> EventConsumer:
         subscription = Subscription(self.producer, ("FundsHeld",))
@@ -50,7 +55,7 @@ class Rig:
         )
 
     async def dead_letter(self, event_type: str) -> RawStreamMsg:
-        return await self.jetstream.get_last_msg(
+        return await self.ops.get_last_msg(
             f"{self.service.upper()}_DEAD_LETTERS", f"paysaga.deadletter.{self.service}.{event_type}"
         )
 
@@ -59,7 +64,7 @@ class Rig:
             return [row.payment_id for row in await connection.execute(sa.select(effects.c.payment_id))]
 
     async def publish(self, envelope: EventEnvelope, message_id: str | None = None) -> None:
-        await self.jetstream.publish(
+        await self.producer_jetstream.publish(
             f"paysaga.events.{self.producer}.{envelope.event_type}",
             envelope.SerializeToString(),
             headers={"Nats-Msg-Id": message_id or str(uuid.uuid4())},
@@ -72,13 +77,28 @@ async def rig(nats_cluster: LocalCluster, database_url: str) -> AsyncIterator[Ri
     engine = create_engine(database_url)
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
-    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ledger")))
-    jetstream = client.jetstream()
-    producer, service = f"p{uuid.uuid4().hex[:8]}", f"c{uuid.uuid4().hex[:8]}"
-    for stream in (*messaging.owned_streams(producer), *messaging.owned_streams(service)):
-        await messaging.ensure_stream(jetstream, stream, 1)
-    yield Rig(Database(engine, metadata), client, jetstream, producer, service)
-    await client.close()
+    clients = [
+        await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files(name)), identity)
+        for name, identity in (
+            ("payments", "spiffe://paysaga/payments"),
+            ("ledger", "spiffe://paysaga/ledger"),
+            ("ops", "spiffe://paysaga/client/ops"),
+        )
+    ]
+    consumer, producer, ops = (client.jetstream() for client in clients)
+    rig = Rig(Database(engine, metadata), consumer, producer, ops)
+    # Each test starts from empty streams and no consumers (ops may administer JetStream).
+    for name in ("ledger", "payments"):
+        for stream in messaging.owned_streams(name):
+            with contextlib.suppress(NotFoundError):
+                await ops.delete_stream(stream.name)
+    for stream in messaging.owned_streams(rig.producer):
+        await messaging.ensure_stream(producer, stream, 1)
+    for stream in messaging.owned_streams(rig.service):
+        await messaging.ensure_stream(consumer, stream, 1)
+    yield rig
+    for client in clients:
+        await client.close()
     await engine.dispose()
 
 
@@ -101,7 +121,7 @@ async def run_until(consumer: EventConsumer, done: asyncio.Event | None = None, 
 
 
 async def consumer_idle(rig: Rig, consumer_name: str) -> bool:
-    info = await rig.jetstream.consumer_info(f"{rig.producer.upper()}_EVENTS", consumer_name)
+    info = await rig.ops.consumer_info(f"{rig.producer.upper()}_EVENTS", consumer_name)
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
@@ -155,7 +175,7 @@ async def test_an_undecodable_message_is_parked_at_once(rig: Rig) -> None:
         raise AssertionError("never called")
 
     consumer = rig.consumer(handler)
-    await rig.jetstream.publish(f"paysaga.events.{rig.producer}.FundsHeld", b"\xff not a protobuf", timeout=5)
+    await rig.producer_jetstream.publish(f"paysaga.events.{rig.producer}.FundsHeld", b"\xff not a protobuf", timeout=5)
 
     await run_until(consumer)
 
@@ -195,7 +215,7 @@ async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped
     async with rig.database.transaction() as unit:
         for event in sent:
             await unit.emit(event)
-    relay = OutboxRelay(rig.database, rig.jetstream)
+    relay = OutboxRelay(rig.database, rig.producer_jetstream)
     stream = f"{rig.producer.upper()}_EVENTS"
 
     assert await relay.publish_pending() == 3
@@ -204,9 +224,9 @@ async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped
         await unit.connection.execute(rig.database.outbox.update().values(published_at=None))
     assert await relay.publish_pending() == 3
 
-    info = await rig.jetstream.stream_info(stream)
+    info = await rig.ops.stream_info(stream)
     assert info.state.messages == 3, "the re-published events were dropped as duplicates"
-    stored = [await rig.jetstream.get_msg(stream, sequence) for sequence in (1, 2, 3)]
+    stored = [await rig.ops.get_msg(stream, sequence) for sequence in (1, 2, 3)]
     assert [EventEnvelope.FromString(message.data or b"").event_id for message in stored] == [
         event.event_id for event in sent
     ]
@@ -253,7 +273,7 @@ async def test_a_deleted_durable_consumer_is_recreated_and_nothing_is_missed(rig
             if handled:
                 break
             await asyncio.sleep(0.05)
-        await rig.jetstream.delete_consumer(f"{rig.producer.upper()}_EVENTS", consumer.name)
+        await rig.ops.delete_consumer(f"{rig.producer.upper()}_EVENTS", consumer.name)
         later = funds_held(str(uuid.uuid4()), rig.producer)
         await rig.publish(later)
         await asyncio.wait_for(second.wait(), timeout=30)
@@ -268,5 +288,5 @@ async def test_a_deleted_durable_consumer_is_recreated_and_nothing_is_missed(rig
 async def test_dead_letters_never_expire_while_events_keep_a_week(rig: Rig) -> None:
     events, dead_letters = messaging.owned_streams(rig.service)
 
-    assert (await rig.jetstream.stream_info(dead_letters.name)).config.max_age == 0
-    assert (await rig.jetstream.stream_info(events.name)).config.max_age == messaging.STREAM_MAX_AGE_S
+    assert (await rig.ops.stream_info(dead_letters.name)).config.max_age == 0
+    assert (await rig.ops.stream_info(events.name)).config.max_age == messaging.STREAM_MAX_AGE_S

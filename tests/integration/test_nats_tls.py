@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_service_certificate_connects_and_can_publish_to_jetstream_with_dedup(nats_cluster: LocalCluster) -> None:
-    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ledger")))
+    client = await connect_nats(
+        nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ledger")), "spiffe://paysaga/ledger"
+    )
     try:
         jetstream = client.jetstream()
         for stream in messaging.owned_streams("ledger"):
@@ -47,7 +49,8 @@ async def test_service_certificate_connects_and_can_publish_to_jetstream_with_de
 async def test_ensure_stream_creates_once_then_leaves_it_or_updates_a_changed_config(
     nats_cluster: LocalCluster,
 ) -> None:
-    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("inventory")))
+    # ops administers JetStream; a service could only do this to its own streams.
+    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ops")))
     try:
         jetstream = client.jetstream()
         spec = messaging.StreamSpec("IDEMPOTENCE_CHECK", ("paysaga.events.idempotence-check.>",), "test stream")
@@ -81,7 +84,7 @@ async def test_certificate_from_another_ca_is_refused(nats_cluster: LocalCluster
     wait_for_log(nats_cluster, "nats", "certificate signed by unknown authority")
 
     # The same call with our own certificate goes through, so the refusal was about the certificate.
-    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ledger")))
+    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ops")))
     await client.close()
 
 
@@ -114,12 +117,12 @@ def test_rendered_configuration_is_valid_and_demands_client_certificates_and_fsy
     )
 
     assert result.returncode == 0, result.stderr + result.stdout
-    assert "verify: true" in text and "sync_interval: always" in text and 'min_version: "1.2"' in text
+    assert "verify_and_map: true" in text and "sync_interval: always" in text and 'min_version: "1.2"' in text
 
 
 def test_compose_nats_configuration_is_valid_for_the_real_server(tmp_path: Path, certs_dir: Path) -> None:
     compose_config = (REPO / "deploy" / "nats" / "nats.conf").read_text()
-    assert "verify: true" in compose_config and "sync_interval: always" in compose_config
+    assert "verify_and_map: true" in compose_config and "sync_interval: always" in compose_config
     shutil.copytree(certs_dir, tmp_path / "certs")
     local = compose_config.replace('"/certs/', f'"{tmp_path}/certs/').replace('"/data', f'"{tmp_path}/data')
     (tmp_path / "nats.conf").write_text(local)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from paysaga import natsconf
 from paysaga.settings import DEFAULT_GRPC_PORTS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,18 +49,21 @@ def test_everything_but_payments_lives_only_on_the_internal_network(compose: dic
     assert compose["networks"]["edge"].get("internal") is not True
 
 
-def test_a_one_shot_job_creates_certificates_into_a_shared_volume_before_anything_starts(
+def test_a_one_shot_job_gives_each_container_its_own_certificate_volume_before_anything_starts(
     compose: dict[str, Any],
 ) -> None:
     certs = service(compose, "certs")
     assert certs["restart"] == "no"
-    assert certs["command"][0] == "paysaga-certs" and certs["command"][-1] == "bootstrap"
+    assert certs["command"][0] == "paysaga-certs" and "bootstrap" in certs["command"]
     assert "certs:/certs" in certs["volumes"] and "ca:/ca" in certs["volumes"]
+    export_dir = certs["command"][certs["command"].index("--export-to") + 1]
     for name in ("nats", *SERVICES):
         spec = service(compose, name)
         assert spec["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
-        assert "certs:/certs:ro" in spec["volumes"], name
-        assert not any(volume.startswith("ca:") for volume in spec["volumes"]), f"{name} must not see the CA key"
+        assert f"{name}-certs:{export_dir}/{name}" in certs["volumes"], name
+        # Each container sees its own key only: not the CA's, not another service's, not ops'.
+        assert [volume for volume in spec["volumes"] if volume.endswith(":/certs:ro")] == [f"{name}-certs:/certs:ro"]
+        assert not any(volume.startswith(("ca:", "certs:")) for volume in spec["volumes"]), name
 
 
 def test_nats_runs_the_tls_configuration_with_fsync(compose: dict[str, Any]) -> None:
@@ -68,7 +72,8 @@ def test_nats_runs_the_tls_configuration_with_fsync(compose: dict[str, Any]) -> 
     container_path = config_mount.split(":")[1]
     assert nats["command"] == ["nats-server", "--config", container_path]
     config = (REPO / "deploy" / "nats" / "nats.conf").read_text()
-    assert re.search(r"^\s*verify:\s*true\s*$", config, re.MULTILINE)
+    assert config == natsconf.compose_config(), "stale: python -m paysaga.natsconf > deploy/nats/nats.conf"
+    assert re.search(r"^\s*verify_and_map:\s*true\s*$", config, re.MULTILINE)
     assert re.search(r"^\s*sync_interval:\s*always\s*$", config, re.MULTILINE)
     assert "/certs/nats.crt" in config and "/certs/ca.crt" in config
     assert "tls://localhost:4222" in nats["healthcheck"]["test"]

@@ -117,6 +117,7 @@ def test_private_keys_are_0600_even_under_a_permissive_umask(tmp_path: Path) -> 
         "nats.key",
         "ops.key",
         "payments.key",
+        "token-signing.key",
     ]
     assert all(mode(key) == 0o600 for key in keys)
     assert not list(tmp_path.glob(".*.tmp")), "no temporary files are left behind"
@@ -166,7 +167,7 @@ def test_list_shows_every_certificate_with_identity_and_expiry(tmp_path: Path) -
     assert listed["ca"]["kind"] == "ca"
     expiry = dt.datetime.fromisoformat(listed["payments"]["not_after"])
     assert listed["payments"]["days_left"] == (expiry - dt.datetime.now(dt.UTC)).days
-    assert 88 <= listed["payments"]["days_left"] <= 90
+    assert authority.LEAF_LIFETIME_DAYS - 2 <= listed["payments"]["days_left"] <= authority.LEAF_LIFETIME_DAYS
     assert all(entry["status"] == "ok" for entry in listed.values())
 
     table = run_script("--dir", str(tmp_path), "list").stdout.splitlines()

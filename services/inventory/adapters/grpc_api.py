@@ -8,6 +8,7 @@ import grpc
 import sqlalchemy as sa
 
 from paysaga import validation
+from paysaga.authz import Rule
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.errors import NotFound
 from paysaga.grpc_server import GrpcService, domain_errors_as_status
@@ -94,4 +95,11 @@ def grpc_service(database: Database) -> GrpcService:
         InventoryServiceServicer(database),
         inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
+        # No service of ours calls another's API (they talk through events): external clients only.
+        {
+            "AddItem": Rule.clients("inventory:admin"),
+            "ReceiveStock": Rule.clients("inventory:admin"),
+            "GetItem": Rule.clients("inventory:read"),
+            "ListItems": Rule.clients("inventory:read"),
+        },
     )

@@ -6,6 +6,7 @@ import grpc
 import sqlalchemy as sa
 
 from paysaga import validation
+from paysaga.authz import Rule
 from paysaga.errors import InvalidArgument, NotFound
 from paysaga.grpc_server import GrpcService, domain_errors_as_status
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -122,4 +123,11 @@ def grpc_service(database: Database) -> GrpcService:
         LedgerServiceServicer(database),
         ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
+        # No service of ours calls another's API (they talk through events): external clients only.
+        {
+            "OpenAccount": Rule.clients("ledger:admin"),
+            "Deposit": Rule.clients("ledger:admin"),
+            "GetBalance": Rule.clients("ledger:read"),
+            "GetStatement": Rule.clients("ledger:read"),
+        },
     )

@@ -9,6 +9,7 @@ import grpc
 import sqlalchemy as sa
 
 from paysaga import validation
+from paysaga.authz import Rule
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.errors import DomainError, InvalidArgument, NotFound
 from paysaga.eventing import EventEnvelope
@@ -196,4 +197,13 @@ def grpc_service(database: Database, rules: PaymentLimits) -> GrpcService:
         PaymentServiceServicer(database, rules),
         payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         payments_pb2_grpc.add_PaymentServiceServicer_to_server,
+        # No service of ours calls another's API (they talk through events): external clients only.
+        {
+            "CreatePayment": Rule.clients("payments:write"),
+            "GetPayment": Rule.clients("payments:read"),
+            "ListPayments": Rule.clients("payments:read"),
+            "WatchPayment": Rule.clients("payments:read"),
+            "CancelPayment": Rule.clients("payments:write"),
+            "RefundPayment": Rule.clients("payments:write"),
+        },
     )
