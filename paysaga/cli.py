@@ -3,7 +3,8 @@
 Talks to the services' public gRPC APIs over mutual TLS, with the same certificates as any
 client (default: certs/ops.crt, certs/ops.key, certs/ca.crt, or $PAYSAGA_TLS_CERT / _KEY / _CA),
 and sends a bearer token issued to that certificate's identity: $PAYSAGA_TOKEN, else the file
---token-file (default: $PAYSAGA_TOKEN_FILE, else certs/ops.token, which the local cluster writes).
+--token-file (default: $PAYSAGA_TOKEN_FILE, else the certificate's path ending in .token instead
+of .crt, e.g. certs/ops.token, which the local cluster writes).
 
   paysaga account open --kind wallet --currency EUR --owner "Ada"      # prints the new account id
   paysaga account deposit ACCOUNT_ID 5000 EUR
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-file",
         type=Path,
-        default=Path(os.environ.get("PAYSAGA_TOKEN_FILE", defaults.cert_file.with_name("ops.token"))),
-        help="bearer token file, re-read when it changes (default: %(default)s; $PAYSAGA_TOKEN wins)",
+        default=Path(os.environ["PAYSAGA_TOKEN_FILE"]) if os.environ.get("PAYSAGA_TOKEN_FILE") else None,
+        help="bearer token file, re-read when it changes (default: the --cert path with .token; $PAYSAGA_TOKEN wins)",
     )
     areas = parser.add_subparsers(dest="area", required=True, metavar="COMMAND")
 
@@ -179,7 +180,8 @@ def _token(args: argparse.Namespace) -> str | TokenFile | None:
     """$PAYSAGA_TOKEN, else the token file if there is one; without either the service says what is missing."""
     if os.environ.get("PAYSAGA_TOKEN"):
         return os.environ["PAYSAGA_TOKEN"].strip()
-    return TokenFile(args.token_file) if args.token_file.exists() else None
+    path: Path = args.token_file or args.cert.with_suffix(".token")
+    return TokenFile(path) if path.exists() else None
 
 
 async def _account(stub: ledger_pb2_grpc.LedgerServiceStub, args: argparse.Namespace, out: Output) -> int:

@@ -65,13 +65,20 @@ def wait_for_log(cluster: LocalCluster, name: str, text: str, timeout_s: float =
     raise AssertionError(f"{text!r} not in the {name} log within {timeout_s} s:\n{cluster.log_tail(name)}")
 
 
-async def connect_nats(url: str, context: ssl.SSLContext, identity: str = "spiffe://paysaga/client/ops") -> NatsClient:
+async def connect_nats(
+    url: str,
+    context: ssl.SSLContext,
+    identity: str = "spiffe://paysaga/client/ops",
+    errors: list[Exception] | None = None,
+) -> NatsClient:
     """One attempt, no reconnects: a refused handshake raises instead of retrying forever.
 
-    identity picks the inbox the server lets this certificate's user subscribe to."""
+    identity picks the inbox the server lets this certificate's user subscribe to; errors, if
+    given, collects what the server reports asynchronously (e.g. permission violations)."""
 
-    async def quiet(_error: Exception) -> None:
-        pass
+    async def quiet(error: Exception) -> None:
+        if errors is not None:
+            errors.append(error)
 
     client = NatsClient()
     try:

@@ -176,7 +176,9 @@ def publish_ca_certificate(ca_dir: Path, certs_dir: Path) -> None:
     """Write the trust bundle next to the issued certificates, where every peer reads it: the CA's
     certificate, and during a rollover the previous CA's too."""
     target = certs_dir / CA_CERT_FILE
-    content = (ca_dir / CA_CERT_FILE).read_bytes()
+    # The CA's own certificate comes first; when ca_dir is certs_dir, the file is the bundle itself.
+    own = x509.load_pem_x509_certificates((ca_dir / CA_CERT_FILE).read_bytes())[0]
+    content = own.public_bytes(serialization.Encoding.PEM)
     previous = ca_dir / PREVIOUS_CA_CERT_FILE
     if previous.exists():
         content += previous.read_bytes()

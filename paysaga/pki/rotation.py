@@ -9,6 +9,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from paysaga import tokens
@@ -20,6 +21,7 @@ from paysaga.pki.authority import (
     PRIVATE_KEY_MODE,
     Authority,
     CertificateError,
+    Kind,
     check_name,
     create_ca,
     ensure_certificates,
@@ -59,8 +61,9 @@ def begin_ca_rollover(
         raise CertificateError(
             "a CA rollover is already in progress; finish it with 'paysaga-certs ca-rollover finish'"
         )
-    load_ca(ca_dir)  # there must be a sound CA to roll over from
-    write_file(ca_dir / PREVIOUS_CA_CERT_FILE, (ca_dir / CA_CERT_FILE).read_bytes(), CERTIFICATE_MODE)
+    current = load_ca(ca_dir)  # there must be a sound CA to roll over from
+    pem = current.certificate.public_bytes(serialization.Encoding.PEM)
+    write_file(ca_dir / PREVIOUS_CA_CERT_FILE, pem, CERTIFICATE_MODE)
     # create_ca publishes the bundle (new CA + previous) once the new CA is written.
     return create_ca(ca_dir, certs_dir, lifetime_days=lifetime_days, force=True, now=now)
 
@@ -70,7 +73,9 @@ def finish_ca_rollover(ca_dir: Path, certs_dir: Path, *, force: bool = False) ->
     previous = ca_dir / PREVIOUS_CA_CERT_FILE
     if not previous.exists():
         raise CertificateError("no CA rollover in progress")
-    remaining = [info.name for info in inventory(certs_dir)[0] if info.issued_by_previous_ca]
+    remaining = [
+        info.name for info in inventory(certs_dir)[0] if info.issued_by_previous_ca and info.kind is not Kind.CA
+    ]
     if remaining and not force:
         raise CertificateError(
             f"still issued by the previous CA: {', '.join(remaining)}. Re-issue them first "

@@ -53,7 +53,9 @@ async def test_events_delivered_again_have_no_second_effect(shop: Shop) -> None:
     # JetStream stores it again and every consumer receives it again.
     for event in events:
         client = await connect_nats(
-            shop.cluster.nats_url, tls.client_ssl_context(shop.cluster.tls_files(event.producer))
+            shop.cluster.nats_url,
+            tls.client_ssl_context(shop.cluster.tls_files(event.producer)),
+            f"spiffe://paysaga/{event.producer}",
         )
         try:
             await client.jetstream().publish(
