@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from paysaga import tokens
 from paysaga.pki import authority
 from paysaga.pki.authority import CertificateError, Kind
 from paysaga.pki.cli import main as certs_main
@@ -270,3 +271,60 @@ def test_an_unreadable_certificate_is_reported_by_list_and_replaced_by_bootstrap
     assert "ledger.crt is not a readable PEM certificate" in listed.stderr
     assert "issued service ledger (missing)" in bootstrapped.stdout
     load(tmp_path / "ledger.crt").verify_directly_issued_by(load(tmp_path / "ca.crt"))
+
+
+def test_check_exits_non_zero_and_names_certificates_near_expiry(tmp_path: Path) -> None:
+    assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0
+    assert run_script("--dir", str(tmp_path), "check").returncode == 0
+    ca = authority.load_ca(tmp_path)
+    authority.issue(ca, tmp_path, "ledger", Kind.SERVICE, lifetime_days=3, force=True)
+
+    result = run_script("--dir", str(tmp_path), "check")
+
+    assert result.returncode == 1
+    assert result.stdout.startswith("ledger: expiring (spiffe://paysaga/ledger, expires ")
+    assert run_script("--dir", str(tmp_path), "check", "--warn-days", "2").returncode == 0
+
+
+def test_ca_rollover_trusts_both_cas_until_every_certificate_is_reissued(tmp_path: Path) -> None:
+    certs, ca_dir = tmp_path / "certs", tmp_path / "ca"
+    assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "bootstrap"]) == 0
+    old_ca = load(certs / "ca.crt")
+
+    assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "ca-rollover", "begin"]) == 0
+    bundle = x509.load_pem_x509_certificates((certs / "ca.crt").read_bytes())
+    assert [certificate.subject for certificate in bundle] == [old_ca.subject] * 2
+    assert bundle[1] == old_ca and bundle[0] != old_ca
+    assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "ca-rollover", "finish"]) == 2  # not yet
+
+    assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "bootstrap"]) == 0
+    assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "ca-rollover", "finish"]) == 0
+
+    assert x509.load_pem_x509_certificates((certs / "ca.crt").read_bytes()) == [bundle[0]]
+    load(certs / "payments.crt").verify_directly_issued_by(bundle[0])
+
+
+def test_export_gives_one_identity_its_own_files_only(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    assert certs_main(["--dir", str(certs), "bootstrap", "--export-to", str(tmp_path / "export")]) == 0
+
+    exported = sorted(path.name for path in (tmp_path / "export" / "payments").iterdir())
+
+    assert exported == ["ca.crt", "payments.crt", "payments.key", "token-keys.json"]
+    assert mode(tmp_path / "export" / "payments" / "payments.key") == 0o600
+    assert sorted(path.name for path in (tmp_path / "export").iterdir()) == ["inventory", "ledger", "nats", "payments"]
+
+
+def test_token_issue_prints_a_token_for_a_client_identity(tmp_path: Path) -> None:
+    assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0
+
+    result = run_script(
+        *("--dir", str(tmp_path), "token", "issue", "acme-shop"),
+        *("--audience", "payments", "--scope", "payments:write", "--out", str(tmp_path / "acme-shop.token")),
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert mode(tmp_path / "acme-shop.token") == 0o600
+    verifier = tokens.TokenVerifier(tmp_path / tokens.PUBLIC_KEYS_FILE, audience=tokens.audience_of("payments"))
+    claims = verifier.verify((tmp_path / "acme-shop.token").read_text().strip())
+    assert claims.subject == "spiffe://paysaga/client/acme-shop" and claims.scopes == {"payments:write"}

@@ -1,0 +1,130 @@
+"""Client tokens and the authorization rules, without a network: what is accepted and why not."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from paysaga import tokens
+from paysaga.authz import AccessDenied, Authorizer, Rule
+from paysaga.pki import rotation
+from paysaga.tokens import TokenError, TokenRejected, TokenVerifier
+
+OPS = "spiffe://paysaga/client/ops"
+DEPOSIT = "/paysaga.ledger.v1.LedgerService/Deposit"
+ADMIN_RULE = Rule.clients("ledger:admin")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    rotation.ensure_token_signing_key(tmp_path, tmp_path)
+    return tmp_path
+
+
+def issue(keys: Path, **overrides: object) -> str:
+    options: dict[str, object] = {
+        "subject": OPS,
+        "audiences": [tokens.audience_of("ledger")],
+        "scopes": ["ledger:admin"],
+    }
+    options.update(overrides)
+    return tokens.issue_token(tokens.load_signing_key(keys), **options)  # type: ignore[arg-type]
+
+
+def verifier(keys: Path) -> TokenVerifier:
+    return TokenVerifier(keys / tokens.PUBLIC_KEYS_FILE, audience=tokens.audience_of("ledger"))
+
+
+def test_a_valid_token_yields_its_subject_and_scopes(keys: Path) -> None:
+    claims = verifier(keys).verify(issue(keys, scopes=["ledger:admin", "ledger:read"]))
+
+    assert claims.subject == OPS
+    assert claims.scopes == {"ledger:admin", "ledger:read"}
+    assert claims.expires_at > dt.datetime.now(dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"now": dt.datetime.now(dt.UTC) - dt.timedelta(hours=2), "lifetime_s": 60}, "the token has expired"),
+        ({"now": dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)}, "the token is not valid yet"),
+        ({"audiences": [tokens.audience_of("payments")]}, "not meant for this service"),
+        ({"issuer": "someone-else"}, "not issued by the trusted issuer"),
+    ],
+)
+def test_tokens_outside_their_terms_are_rejected(keys: Path, overrides: dict[str, object], reason: str) -> None:
+    with pytest.raises(TokenRejected, match=reason):
+        verifier(keys).verify(issue(keys, **overrides))
+
+
+def test_a_token_from_an_unknown_key_or_with_a_forged_signature_is_rejected(keys: Path, tmp_path: Path) -> None:
+    stranger_dir = tmp_path / "stranger"
+    rotation.ensure_token_signing_key(stranger_dir, stranger_dir)
+    header, payload, _ = issue(keys).split(".")
+    forged = ".".join((header, payload, issue(keys, scopes=["ledger:read"]).split(".")[2]))
+
+    with pytest.raises(TokenRejected, match="a key this service does not trust"):
+        verifier(keys).verify(issue(stranger_dir))
+    with pytest.raises(TokenRejected, match="signature does not verify"):
+        verifier(keys).verify(forged)
+    with pytest.raises(TokenRejected, match="malformed"):
+        verifier(keys).verify("not.a.token")
+
+
+def test_after_a_signing_key_rotation_old_and_new_tokens_verify(keys: Path) -> None:
+    old = issue(keys)
+    rotation.rotate_token_signing_key(keys, keys)
+    new = issue(keys)
+
+    assert verifier(keys).verify(old).subject == OPS
+    assert verifier(keys).verify(new).subject == OPS
+    assert len(tokens.read_public_keys(keys / tokens.PUBLIC_KEYS_FILE)) == tokens.KEPT_PUBLIC_KEYS
+
+
+def test_issuing_refuses_unknown_scopes_no_audience_and_absurd_lifetimes(keys: Path) -> None:
+    with pytest.raises(TokenError, match="unknown scope"):
+        issue(keys, scopes=["ledger:everything"])
+    with pytest.raises(TokenError, match="at least one audience"):
+        issue(keys, audiences=[])
+    with pytest.raises(TokenError, match="lifetime"):
+        issue(keys, lifetime_s=tokens.MAX_LIFETIME_S + 1)
+
+
+def test_the_signing_key_is_p256_and_only_the_owner_may_read_it(keys: Path) -> None:
+    key = tokens.load_signing_key(keys)
+
+    assert isinstance(key.curve, ec.SECP256R1)
+    assert (keys / tokens.SIGNING_KEY_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def authorize(
+    keys: Path, identity: str, token: str | None, rule: Rule = ADMIN_RULE
+) -> grpc.StatusCode:
+    metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+    try:
+        Authorizer({DEPOSIT: rule}, verifier(keys)).check(DEPOSIT, identity, metadata)
+    except AccessDenied as denied:
+        return denied.code
+    return grpc.StatusCode.OK
+
+
+def test_rules_allow_listed_identities_and_clients_with_the_scope(keys: Path) -> None:
+    token = issue(keys)
+
+    assert authorize(keys, OPS, token) == grpc.StatusCode.OK
+    assert authorize(keys, OPS, None) == grpc.StatusCode.UNAUTHENTICATED
+    assert authorize(keys, OPS, issue(keys, scopes=["ledger:read"])) == grpc.StatusCode.PERMISSION_DENIED
+    assert authorize(keys, "spiffe://paysaga/client/acme", token) == grpc.StatusCode.UNAUTHENTICATED  # not its token
+    assert authorize(keys, "spiffe://paysaga/inventory", token) == grpc.StatusCode.PERMISSION_DENIED
+    assert authorize(keys, "", token) == grpc.StatusCode.UNAUTHENTICATED
+    # A service named in a rule needs no token: its certificate is its proof.
+    assert authorize(keys, "spiffe://paysaga/payments", None, Rule.clients("ledger:admin", "payments")) == (
+        grpc.StatusCode.OK
+    )
+    assert authorize(keys, OPS, token, Rule(("spiffe://paysaga/payments",), "ledger:admin")) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
