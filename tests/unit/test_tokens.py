@@ -101,9 +101,7 @@ def test_the_signing_key_is_p256_and_only_the_owner_may_read_it(keys: Path) -> N
     assert (keys / tokens.SIGNING_KEY_FILE).stat().st_mode & 0o777 == 0o600
 
 
-def authorize(
-    keys: Path, identity: str, token: str | None, rule: Rule = ADMIN_RULE
-) -> grpc.StatusCode:
+def authorize(keys: Path, identity: str, token: str | None, rule: Rule = ADMIN_RULE) -> grpc.StatusCode:
     metadata = () if token is None else (("authorization", f"Bearer {token}"),)
     try:
         Authorizer({DEPOSIT: rule}, verifier(keys)).check(DEPOSIT, identity, metadata)
