@@ -20,12 +20,13 @@ from typing import Any
 
 import grpc
 
+from paysaga.pki.authority import client_identity, service_identity
 from paysaga.tokens import Claims, TokenRejected, TokenVerifier
 
 log = logging.getLogger(__name__)
 
-TRUST_DOMAIN_PREFIX = "spiffe://paysaga/"
-CLIENT_PREFIX = "spiffe://paysaga/client/"
+TRUST_DOMAIN_PREFIX = service_identity("")
+CLIENT_PREFIX = client_identity("")
 ANY_CLIENT = CLIENT_PREFIX + "*"
 
 
@@ -54,12 +55,6 @@ class Rule:
         )
 
 
-@dataclass(frozen=True)
-class Caller:
-    identity: str
-    claims: Claims | None = None
-
-
 class Authorizer:
     """Decides one call: the caller's identity against the method's rule, then the client's token."""
 
@@ -67,20 +62,20 @@ class Authorizer:
         self.rules = dict(rules)
         self.verifier = verifier
 
-    def check(self, method: str, identity: str, metadata: Any) -> Caller:
+    def check(self, method: str, identity: str, metadata: Any) -> None:
+        """Return if the caller may go ahead; raise AccessDenied with the status and reason if not."""
         if not identity.startswith(TRUST_DOMAIN_PREFIX):
             raise AccessDenied(grpc.StatusCode.UNAUTHENTICATED, "the client certificate carries no paysaga identity")
         rule = self.rules.get(method)
         if rule is None or not rule.allows(identity):
             raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {method}")
         if not identity.startswith(CLIENT_PREFIX):
-            return Caller(identity)
+            return  # one of our services: its certificate is its proof
         claims = self._verified_token(metadata, identity)
         if rule.scope not in claims.scopes:
             raise AccessDenied(
                 grpc.StatusCode.PERMISSION_DENIED, f"{identity} needs the scope {rule.scope} to call {method}"
             )
-        return Caller(identity, claims)
 
     def _verified_token(self, metadata: Any, identity: str) -> Claims:
         values = [value for key, value in (metadata or ()) if key == "authorization"]
@@ -117,34 +112,42 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     def __init__(self, authorizer: Authorizer, open_services: tuple[str, ...]) -> None:
         self.authorizer = authorizer
         self.open_prefixes = tuple(f"/{name}/" for name in open_services)
+        # The guarded handler of a method depends only on the method: build it once, not per call.
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(self.open_prefixes):
             return handler
-        metadata = handler_call_details.invocation_metadata
+        guarded = self._guard(method, handler)
+        self._guarded[method] = guarded
+        return guarded
 
-        async def authorize(context: grpc.aio.ServicerContext) -> None:
-            identity = peer_identity(context)
-            try:
-                self.authorizer.check(method, identity, metadata)
-            except AccessDenied as denied:
-                log.warning(
-                    "grpc.refused",
-                    extra={"peer": identity or "-", "method": method, "code": denied.code.name, "reason": str(denied)},
-                )
-                await context.abort(denied.code, str(denied))
+    async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        identity = peer_identity(context)
+        try:
+            self.authorizer.check(method, identity, context.invocation_metadata())
+        except AccessDenied as denied:
+            log.warning(
+                "grpc.refused",
+                extra={"peer": identity or "-", "method": method, "code": denied.code.name, "reason": str(denied)},
+            )
+            await context.abort(denied.code, str(denied))
 
+    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             inner_unary = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await authorize(context)
+                await self._authorize(method, context)
                 return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
@@ -152,7 +155,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await authorize(context)
+                await self._authorize(method, context)
                 async for response in inner_stream(request, context):
                     yield response
 

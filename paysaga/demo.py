@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+import grpc
+
 from paysaga import tls
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -20,10 +22,11 @@ TIMEOUT_S = 10.0
 
 
 async def run(targets: dict[str, str], client_tls: TlsFiles, token: str, say: Callable[[str], None]) -> None:
+    credentials = tls.channel_credentials(client_tls, token)
     async with (
-        tls.secure_channel(targets["ledger"], client_tls, token) as ledger_channel,
-        tls.secure_channel(targets["inventory"], client_tls, token) as inventory_channel,
-        tls.secure_channel(targets["payments"], client_tls, token) as payments_channel,
+        grpc.aio.secure_channel(targets["ledger"], credentials) as ledger_channel,
+        grpc.aio.secure_channel(targets["inventory"], credentials) as inventory_channel,
+        grpc.aio.secure_channel(targets["payments"], credentials) as payments_channel,
     ):
         ledger = ledger_pb2_grpc.LedgerServiceStub(ledger_channel)
         inventory = inventory_pb2_grpc.InventoryServiceStub(inventory_channel)

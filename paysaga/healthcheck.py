@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
 from paysaga import tls
-from paysaga.messaging import inbox_prefix
+from paysaga.messaging import tls_options
 from paysaga.settings import TlsFiles
 
 
@@ -48,8 +48,7 @@ async def nats_jetstream_ready(url: str, tls_files: TlsFiles, *, timeout_s: floa
             client.connect(
                 url,
                 error_cb=quiet,
-                tls=tls.client_ssl_context(tls_files),
-                inbox_prefix=inbox_prefix(tls.identity_of(tls_files.cert_file.read_bytes())),
+                **tls_options(tls_files),
                 connect_timeout=max(1, int(timeout_s)),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,

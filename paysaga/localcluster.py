@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import IO, Any, TextIO, TypeVar
 
 from paysaga import demo, healthcheck, natsconf, tls, tokens
-from paysaga.pki import authority, rotation
+from paysaga.pki import rotation
 from paysaga.pki.authority import CertificateError
 from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
 from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
@@ -132,41 +132,18 @@ class LocalCluster:
     def token_file(self, client: str = "ops") -> Path:
         return self.certs_dir / f"{client}.token"
 
-    def issue_token(
-        self,
-        client: str = "ops",
-        *,
-        scopes: Sequence[str] = tokens.SCOPES,
-        audiences: Sequence[str] = SERVICES,
-        lifetime_s: int = LOCAL_TOKEN_LIFETIME_S,
-    ) -> str:
-        """A bearer token for a client certificate of this cluster's CA (all scopes by default)."""
-        return tokens.issue_token(
-            tokens.load_signing_key(self.certs_dir),
-            subject=authority.client_identity(client),
-            audiences=[tokens.audience_of(service) for service in audiences],
-            scopes=scopes,
-            lifetime_s=lifetime_s,
-        )
-
     def reload_nats(self) -> None:
         """Make nats-server re-read its configuration and certificates (SIGHUP); connections stay up."""
-        self.processes["nats"].send_signal(signal.SIGHUP)
+        process = self.processes.get("nats")
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGHUP)
 
-    def _follow_nats_certificate(self) -> None:
-        """Reload NATS when its certificate, key or the trust bundle changes (a rotation)."""
-        files = self.tls_files("nats")
-        seen = tls.fingerprint(files)
-        while not self._watching.wait(CERTIFICATE_CHECK_INTERVAL_S):
-            current = tls.fingerprint(files)
-            if current == seen or "nats" not in self.processes:
-                continue
-            try:
-                tls.read_tls_files(files)
-            except tls.TlsConfigurationError:
-                continue  # half-way through a rotation: wait until the set is whole
-            seen = current
-            self.reload_nats()
+    def _follow_nats_certificate(self, watcher: tls.CertificateWatcher) -> None:
+        """Reload NATS when its certificate, key or the trust bundle changes (a rotation) and the
+        new set is whole."""
+        while not self._watching.wait(watcher.check_interval_s):
+            if watcher.poll() is not None:
+                self.reload_nats()
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
@@ -194,7 +171,12 @@ class LocalCluster:
         for line in rotation.bootstrap(self.certs_dir, self.certs_dir):
             if self.echo:
                 say(f"certs     | {line}")
-        authority.write_file(self.token_file("ops"), (self.issue_token("ops") + "\n").encode(), 0o600)
+        tokens.write_token_file(
+            self.token_file("ops"),
+            tokens.issue_client_token(
+                self.certs_dir, "ops", services=SERVICES, scopes=tokens.SCOPES, lifetime_s=LOCAL_TOKEN_LIFETIME_S
+            ),
+        )
         config_path = self.state_dir / "nats.conf"
         config_path.write_text(
             natsconf.render(
@@ -206,10 +188,13 @@ class LocalCluster:
             )
         )
         deadline = time.monotonic() + timeout_s
+        # Watch from before NATS reads its files, so a rotation during its start is not missed.
+        watcher = tls.CertificateWatcher(self.tls_files("nats"), check_interval_s=CERTIFICATE_CHECK_INTERVAL_S)
         self._spawn("nats", [find_nats_server(), "-c", str(config_path)], {})
         self._wait("nats", deadline, self._nats_ready)
-        watcher = threading.Thread(target=self._follow_nats_certificate, daemon=True, name="nats-certificate")
-        watcher.start()
+        threading.Thread(
+            target=self._follow_nats_certificate, args=(watcher,), daemon=True, name="nats-certificate"
+        ).start()
         everyone = [instance for service in self.services for instance in self.instances(service)]
         for instance in everyone:
             self.start_service(instance)

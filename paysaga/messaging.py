@@ -23,9 +23,9 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from paysaga import tls
+from paysaga.pki.authority import service_identity
 from paysaga.settings import TlsFiles
 from paysaga.tasks import sleep_or_stop
-from paysaga.tls import client_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ CONNECT_ATTEMPT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 1
 # Long enough to flush what was published; a drain must never hold up a shutdown for long.
 DRAIN_TIMEOUT_S = 5
-CERTIFICATE_CHECK_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,7 @@ def owned_streams(service: str) -> tuple[StreamSpec, ...]:
 
 async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: float) -> NatsClient:
     """Connect over mTLS, retrying until timeout_s; once connected, reconnect forever."""
-    context = client_ssl_context(tls_files)
-    identity = tls.identity_of(tls_files.cert_file.read_bytes())
+    options = tls_options(tls_files)
     urls = [url.strip() for url in servers.split(",") if url.strip()]
     client = NatsClient()
     try:
@@ -91,8 +89,7 @@ async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: fl
             client.connect(
                 urls,
                 name=name,
-                tls=context,
-                inbox_prefix=inbox_prefix(identity),
+                **options,
                 connect_timeout=CONNECT_ATTEMPT_TIMEOUT_S,
                 reconnect_time_wait=RECONNECT_WAIT_S,
                 max_reconnect_attempts=-1,
@@ -115,32 +112,42 @@ def inbox_prefix(identity: str) -> str:
     """Where replies to this connection's requests arrive. Each identity has its own inbox subtree,
     and the NATS server lets it subscribe there only, so nobody reads another's replies (which
     carry the messages a JetStream consumer fetches)."""
-    path = identity.removeprefix("spiffe://paysaga/")
+    path = identity.removeprefix(service_identity(""))
     if not path or path == identity:
         raise ValueError(f"not a paysaga identity: {identity!r}")
     return "_INBOX." + path.replace("/", ".")
 
 
-async def follow_certificate(client: NatsClient, tls_files: TlsFiles, stop: asyncio.Event) -> None:
+def tls_options(files: TlsFiles) -> dict[str, Any]:
+    """nats-py connect options for a certificate: the mTLS context and its identity's inbox."""
+    material = tls.read_tls_files(files)
+    try:
+        prefix = inbox_prefix(material.identity)
+    except ValueError:
+        raise tls.TlsConfigurationError(
+            f"{files.cert_file} carries no paysaga identity (a URI SAN spiffe://paysaga/...)"
+        ) from None
+    return {"tls": tls.checked_client_ssl_context(files), "inbox_prefix": prefix}
+
+
+async def follow_certificate(client: NatsClient, watcher: tls.CertificateWatcher, stop: asyncio.Event) -> None:
     """Use a re-issued certificate (or CA bundle) for every later (re)connection to NATS.
 
     The open connection keeps its session; nats-py builds each new connection from the context in
-    its options, so swapping in a fresh context is enough, and it also drops a retired CA.
+    its options, so swapping in a fresh context is enough, and it also drops a retired CA. Create
+    the watcher before connecting, so a rotation during the connect is not missed.
     """
-    seen = tls.fingerprint(tls_files)
     while not stop.is_set():
-        await sleep_or_stop(stop, CERTIFICATE_CHECK_INTERVAL_S)
-        current = tls.fingerprint(tls_files)
-        if current == seen:
+        await sleep_or_stop(stop, watcher.check_interval_s)
+        material = watcher.poll()
+        if material is None:
             continue
         try:
-            context = client_ssl_context(tls_files)
-        except (tls.TlsConfigurationError, OSError, ssl.SSLError) as error:
-            log.warning("tls.reload_waiting", extra={"error": str(error)})
+            client.options["tls"] = tls.checked_client_ssl_context(watcher.files)
+        except (OSError, ssl.SSLError) as error:
+            log.warning("tls.reload_failed", extra={"error": str(error)})
             continue
-        client.options["tls"] = context
-        seen = current
-        log.info("tls.client_reloaded", extra=tls.describe_certificate(tls_files.cert_file.read_bytes()))
+        log.info("tls.client_reloaded", extra=material.describe())
 
 
 def _logging_callbacks(client: NatsClient) -> dict[str, Any]:

@@ -19,7 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from paysaga.consumer import Subscription
 from paysaga.messaging import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT, inbox_prefix, owned_streams
+from paysaga.pki.authority import CLUSTER_CLIENTS, client_identity, service_identity
 from paysaga.settings import TlsFiles
 
 # Which producers' events each service consumes; mirrors the services' subscriptions (a test checks).
@@ -28,7 +30,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
     "inventory": ("ledger", "payments"),
     "ledger": ("payments", "inventory"),
 }
-OPS_CLIENTS = ("ops",)
+OPS_CLIENTS = CLUSTER_CLIENTS
 JS_API = "$JS.API"
 
 
@@ -40,13 +42,13 @@ class NatsUser:
 
 
 def service_user(service: str, consumes: Sequence[str]) -> NatsUser:
-    identity = f"spiffe://paysaga/{service}"
+    identity = service_identity(service)
     publish = [f"{EVENTS_SUBJECT_ROOT}.{service}.>", f"{DEAD_LETTER_SUBJECT_ROOT}.{service}.>", f"{JS_API}.INFO"]
     for stream in owned_streams(service):
         publish += [f"{JS_API}.STREAM.{action}.{stream.name}" for action in ("CREATE", "UPDATE", "INFO")]
     for producer in consumes:
-        source = f"{producer.upper()}_EVENTS"
-        durable = f"{service}-from-{producer}"
+        subscription = Subscription(producer, ())
+        source, durable = subscription.stream, subscription.durable_name(service)
         publish += [
             f"{JS_API}.STREAM.INFO.{source}",
             f"{JS_API}.CONSUMER.CREATE.{source}.{durable}",
@@ -63,11 +65,10 @@ def users(services: Mapping[str, Sequence[str]] = CONSUMES, ops_clients: Sequenc
     the NATS server's own identity (used by its health check)."""
     found = [service_user(service, consumes) for service, consumes in services.items()]
     for client in ops_clients:
-        identity = f"spiffe://paysaga/client/{client}"
+        identity = client_identity(client)
         found.append(NatsUser(identity, (f"{JS_API}.>",), (f"{inbox_prefix(identity)}.>",)))
-    found.append(
-        NatsUser("spiffe://paysaga/nats", (f"{JS_API}.INFO",), (f"{inbox_prefix('spiffe://paysaga/nats')}.>",))
-    )
+    nats = service_identity("nats")
+    found.append(NatsUser(nats, (f"{JS_API}.INFO",), (f"{inbox_prefix(nats)}.>",)))
     return found
 
 
@@ -136,7 +137,7 @@ def compose_config() -> str:
         server_name="paysaga-nats",
         host="0.0.0.0",  # noqa: S104 - inside the private compose network; mTLS still applies
         port=4222,
-        tls=TlsFiles(Path("/certs/nats.crt"), Path("/certs/nats.key"), Path("/certs/ca.crt")),
+        tls=TlsFiles.in_directory(Path("/certs"), "nats"),
         store_dir=Path("/data/jetstream"),
     )
 

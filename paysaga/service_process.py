@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Worker = Callable[[asyncio.Event], Awaitable[None]]
 WORKER_RESTART_DELAY_S = 1.0
+NATS_CERTIFICATE_CHECK_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
     try:
         await migrations.upgrade(engine, definition.migrations)
         store = Database(engine, definition.metadata)
+        certificate = tls.CertificateWatcher(settings.tls, check_interval_s=NATS_CERTIFICATE_CHECK_INTERVAL_S)
         nats_client = await messaging.connect(
             settings.nats_url, settings.tls, name=settings.service, timeout_s=settings.startup_timeout_s
         )
@@ -77,7 +79,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
         client = nats_client
         loops: list[tuple[str, Worker]] = [
             ("outbox-relay", relay.run),
-            ("nats-certificate", lambda stop: messaging.follow_certificate(client, settings.tls, stop)),
+            ("nats-certificate", lambda stop: messaging.follow_certificate(client, certificate, stop)),
         ]
         loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
         loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]

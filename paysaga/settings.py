@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paysaga.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
+
 DEFAULT_GRPC_PORTS = {"payments": 50051, "inventory": 50052, "ledger": 50053}
 DEFAULT_NATS_URL = "tls://127.0.0.1:4222"
 
@@ -42,8 +44,8 @@ class ServiceSettings:
     drain_timeout_s: float
     startup_timeout_s: float
     stream_replicas: int
-    token_keys_file: Path = Path("certs/token-keys.json")
-    token_issuer: str = "paysaga"  # noqa: S105 - an issuer name, not a secret
+    token_keys_file: Path
+    token_issuer: str
     payment_limits: PaymentLimits = field(default_factory=lambda: PaymentLimits())
 
 
@@ -117,10 +119,10 @@ def load_settings(
     option(
         "--token-keys",
         "PAYSAGA_TOKEN_KEYS",
-        str(certs_dir / "token-keys.json"),
+        str(certs_dir / PUBLIC_KEYS_FILE),
         "public keys (JWKS) that client bearer tokens must be signed with",
     )
-    option("--token-issuer", "PAYSAGA_TOKEN_ISSUER", "paysaga", "the issuer (iss) client tokens must name")
+    option("--token-issuer", "PAYSAGA_TOKEN_ISSUER", DEFAULT_ISSUER, "the issuer (iss) client tokens must name")
     option("--database-url", "PAYSAGA_DATABASE_URL", f"sqlite+aiosqlite:///var/{service}.db", "SQLAlchemy async URL")
     option("--log-level", "PAYSAGA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", type=str.upper)
     option(

@@ -21,6 +21,8 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from paysaga.files import FileStamp, file_stamp
+from paysaga.pki.authority import uri_identity
 from paysaga.settings import TlsFiles
 from paysaga.tokens import bearer_credentials
 
@@ -40,6 +42,20 @@ class TlsMaterial:
     certificate_chain: bytes
     private_key: bytes
     root_certificates: bytes
+    certificate: x509.Certificate
+
+    @property
+    def identity(self) -> str:
+        """The identity the certificate proves (spiffe://paysaga/...), or "" if it carries none."""
+        return uri_identity(self.certificate)
+
+    def describe(self) -> dict[str, str]:
+        """What a log line says about the certificate: never the key, only public facts."""
+        return {
+            "identity": self.identity,
+            "serial": f"{self.certificate.serial_number:x}",
+            "not_after": self.certificate.not_valid_after_utc.isoformat(),
+        }
 
 
 def read_tls_files(files: TlsFiles) -> TlsMaterial:
@@ -58,23 +74,23 @@ def read_tls_files(files: TlsFiles) -> TlsMaterial:
                 f"cannot read {label} {path}: {error.strerror}. Generate certificates with 'paysaga-certs bootstrap'."
             ) from None
     check_private_key_mode(files.key_file)
-    material = TlsMaterial(*contents)
+    certificate_chain, private_key, root_certificates = contents
     try:
-        certificate = x509.load_pem_x509_certificate(material.certificate_chain)
+        certificate = x509.load_pem_x509_certificate(certificate_chain)
     except ValueError:
         raise TlsConfigurationError(f"{files.cert_file} is not a PEM certificate") from None
     try:
-        x509.load_pem_x509_certificates(material.root_certificates)
+        x509.load_pem_x509_certificates(root_certificates)
     except ValueError:
         raise TlsConfigurationError(f"{files.ca_file} is not a PEM certificate") from None
     try:
-        key = serialization.load_pem_private_key(material.private_key, password=None)
+        key = serialization.load_pem_private_key(private_key, password=None)
     except (ValueError, TypeError):
         raise TlsConfigurationError(f"{files.key_file} is not an unencrypted PEM private key") from None
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if certificate.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise TlsConfigurationError(f"{files.key_file} is not the private key of {files.cert_file}")
-    return material
+    return TlsMaterial(certificate_chain, private_key, root_certificates, certificate)
 
 
 def check_private_key_mode(path: os.PathLike[str] | str) -> None:
@@ -88,27 +104,48 @@ def check_private_key_mode(path: os.PathLike[str] | str) -> None:
 
 
 def identity_of(certificate_pem: bytes) -> str:
-    """The identity a certificate proves: its first URI SAN (spiffe://paysaga/...), or "" if it has none."""
-    certificate = x509.load_pem_x509_certificate(certificate_pem)
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ""
-    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else ""
+    """The identity a PEM certificate proves: its first URI SAN, or "" if it has none."""
+    return uri_identity(x509.load_pem_x509_certificate(certificate_pem))
 
 
-def fingerprint(files: TlsFiles) -> tuple[tuple[int, int, int] | None, ...]:
-    """Cheap change detection for the three files: what stat() says about each (None if missing)."""
-    found: list[tuple[int, int, int] | None] = []
-    for path in (files.cert_file, files.key_file, files.ca_file):
-        try:
-            status = path.stat()
-        except OSError:
-            found.append(None)
-            continue
-        found.append((status.st_mtime_ns, status.st_size, status.st_ino))
-    return tuple(found)
+def fingerprint(files: TlsFiles) -> tuple[FileStamp, ...]:
+    return tuple(file_stamp(path) for path in (files.cert_file, files.key_file, files.ca_file))
+
+
+class CertificateWatcher:
+    """Follows a certificate, its key and the CA bundle across rotations.
+
+    poll() looks at the files at most once per check interval and returns the new material only
+    when they changed and form a valid set again; a half-finished rotation (new key, old
+    certificate) is kept out until it is whole. The files' stamps are taken before they are read,
+    so a rotation that lands during a read is seen at the next poll rather than missed. Safe to
+    call from any thread (gRPC calls it from its own).
+    """
+
+    def __init__(self, files: TlsFiles, *, check_interval_s: float = RELOAD_CHECK_INTERVAL_S) -> None:
+        self.files = files
+        self.check_interval_s = check_interval_s
+        self._lock = threading.Lock()
+        self._seen = fingerprint(files)
+        self.material = read_tls_files(files)
+        self._next_check_at = time.monotonic() + check_interval_s
+
+    def poll(self) -> TlsMaterial | None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_check_at:
+                return None
+            self._next_check_at = now + self.check_interval_s
+            current = fingerprint(self.files)
+            if current == self._seen:
+                return None
+            try:
+                material = read_tls_files(self.files)
+            except (TlsConfigurationError, OSError) as error:
+                log.warning("tls.reload_waiting", extra={"error": str(error)})
+                return None
+            self._seen, self.material = current, material
+            return material
 
 
 def _server_configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
@@ -117,63 +154,22 @@ def _server_configuration(material: TlsMaterial) -> grpc.ServerCertificateConfig
     )
 
 
-class ReloadingServerCredentials:
-    """gRPC server credentials that follow the files: a re-issued certificate, key or CA bundle is
-    used from the next handshake on, without a restart. Connections already open keep the
-    certificate they were made with.
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Credentials that require a client certificate from our CA and follow certificate rotation:
+    a re-issued certificate, key or CA bundle is used from the next handshake on, without a
+    restart; connections already open keep the certificate they were made with."""
+    watcher = CertificateWatcher(files)
 
-    gRPC calls the fetcher before every handshake (from its own threads); it looks at the files at
-    most once per check interval and only returns a new configuration when they changed and form a
-    valid set. A half-finished rotation (new key, old certificate) is kept out until it is whole.
-    """
-
-    def __init__(self, files: TlsFiles, *, check_interval_s: float = RELOAD_CHECK_INTERVAL_S) -> None:
-        self.files = files
-        self.check_interval_s = check_interval_s
-        self._lock = threading.Lock()
-        self._fingerprint = fingerprint(files)
-        self._material = read_tls_files(files)
-        self._next_check_at = time.monotonic() + check_interval_s
-        self.reloads = 0
-
-    def credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(
-            _server_configuration(self._material), self._fetch, require_client_authentication=True
-        )
-
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next_check_at:
-                return None
-            self._next_check_at = now + self.check_interval_s
-            current = fingerprint(self.files)
-            if current == self._fingerprint:
-                return None
-            try:
-                material = read_tls_files(self.files)
-            except TlsConfigurationError as error:
-                log.warning("tls.reload_waiting", extra={"error": str(error)})
-                return None
-            self._fingerprint, self._material = current, material
-            self.reloads += 1
-        log.info("tls.reloaded", extra=describe_certificate(material.certificate_chain))
+    def fetch() -> grpc.ServerCertificateConfiguration | None:  # called by gRPC before every handshake
+        material = watcher.poll()
+        if material is None:
+            return None
+        log.info("tls.reloaded", extra=material.describe())
         return _server_configuration(material)
 
-
-def describe_certificate(certificate_pem: bytes) -> dict[str, str]:
-    """What a log line says about a certificate: never the key, only public facts."""
-    certificate = x509.load_pem_x509_certificate(certificate_pem)
-    return {
-        "identity": identity_of(certificate_pem),
-        "serial": f"{certificate.serial_number:x}",
-        "not_after": certificate.not_valid_after_utc.isoformat(),
-    }
-
-
-def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
-    """Credentials that require a client certificate from our CA and follow certificate rotation."""
-    return ReloadingServerCredentials(files).credentials()
+    return grpc.dynamic_ssl_server_credentials(
+        _server_configuration(watcher.material), fetch, require_client_authentication=True
+    )
 
 
 def channel_credentials(files: TlsFiles, token: str | Callable[[], str] | None = None) -> grpc.ChannelCredentials:
@@ -221,6 +217,11 @@ def secure_channel(targets: str, files: TlsFiles, token: str | Callable[[], str]
 def client_ssl_context(files: TlsFiles) -> ssl.SSLContext:
     """A context for connecting to NATS: verify the server against our CA, present our certificate."""
     read_tls_files(files)  # fail with a readable message before ssl's terse one
+    return checked_client_ssl_context(files)
+
+
+def checked_client_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """client_ssl_context for files read_tls_files has just accepted."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(files.cert_file), str(files.key_file))

@@ -33,6 +33,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from paysaga.files import FileStamp, file_stamp, write_file
+from paysaga.pki.authority import check_name, client_identity, service_identity
+
 log = logging.getLogger(__name__)
 
 ALGORITHM = "ES256"
@@ -68,11 +71,11 @@ class Claims:
     subject: str
     scopes: frozenset[str]
     expires_at: dt.datetime
-    token_id: str
 
 
 def audience_of(service: str) -> str:
-    return f"spiffe://paysaga/{service}"
+    """A token's audience is the identity of the service it is for."""
+    return service_identity(service)
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -117,12 +120,12 @@ def read_public_keys(path: Path) -> list[dict[str, Any]]:
     return [key for key in keys if isinstance(key, dict)]
 
 
-def publish_public_keys(path: Path, keys: Sequence[dict[str, Any]], write: Callable[[Path, bytes, int], None]) -> None:
-    write(path, (json.dumps({"keys": list(keys)}, indent=2) + "\n").encode(), 0o644)
+def publish_public_keys(path: Path, keys: Sequence[dict[str, Any]]) -> None:
+    write_file(path, (json.dumps({"keys": list(keys)}, indent=2) + "\n").encode(), 0o644)
 
 
-def signing_key_summary(ca_dir: Path) -> str:
-    return f"token signing key {ca_dir / SIGNING_KEY_FILE} (kid {public_jwk(load_signing_key(ca_dir))['kid']})"
+def signing_key_summary(ca_dir: Path, key: ec.EllipticCurvePrivateKey) -> str:
+    return f"token signing key {ca_dir / SIGNING_KEY_FILE} (kid {public_jwk(key)['kid']})"
 
 
 # --- issuing ------------------------------------------------------------------------------
@@ -164,6 +167,29 @@ def issue_token(
     return jwt.encode(claims, signing_key, algorithm=ALGORITHM, headers={"kid": public_jwk(signing_key)["kid"]})
 
 
+def issue_client_token(
+    key_dir: Path,
+    client: str,
+    *,
+    services: Iterable[str],
+    scopes: Iterable[str],
+    lifetime_s: int = DEFAULT_LIFETIME_S,
+    issuer: str = DEFAULT_ISSUER,
+    now: dt.datetime | None = None,
+) -> str:
+    """A token for the client certificate named client (spiffe://paysaga/client/<client>), for the
+    named services, signed with the key in key_dir."""
+    return issue_token(
+        load_signing_key(key_dir),
+        subject=client_identity(check_name(client)),
+        audiences=[audience_of(service) for service in services],
+        scopes=scopes,
+        lifetime_s=lifetime_s,
+        issuer=issuer,
+        now=now,
+    )
+
+
 # --- verifying ----------------------------------------------------------------------------
 
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -187,7 +213,7 @@ class TokenVerifier:
         self.issuer = issuer
         self._lock = threading.Lock()
         self._keys: dict[str, Any] = {}
-        self._stat: tuple[int, int] | None = None
+        self._stamp: FileStamp = None
         self._next_check_at = 0.0
         self._refresh()
         if not self._keys:
@@ -195,27 +221,26 @@ class TokenVerifier:
                 f"no token public keys in {keys_file}: create the signing key with 'paysaga-certs token-key init'"
             )
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, now_rather_than_later: bool = False) -> None:
+        """Re-read the keys file if it changed; looks at most once per interval unless asked to now
+        (a token with an unknown key id may be signed by a key published a moment ago)."""
         with self._lock:
             now = time.monotonic()
-            if now < self._next_check_at:
+            if now < self._next_check_at and not now_rather_than_later:
                 return
             self._next_check_at = now + KEYS_CHECK_INTERVAL_S
-            try:
-                status = self.keys_file.stat()
-            except OSError:
-                return  # keep the keys we have; a missing file during a rewrite is not a reason to lock everyone out
-            current = (status.st_mtime_ns, status.st_size)
-            if current == self._stat:
+            current = file_stamp(self.keys_file)
+            # A missing file (mid-rewrite) keeps the keys we have rather than lock everyone out.
+            if current is None or current == self._stamp:
                 return
             try:
                 keys = {jwk["kid"]: jwt.PyJWK(jwk).key for jwk in read_public_keys(self.keys_file) if "kid" in jwk}
             except (TokenError, jwt.PyJWKError, KeyError) as error:
                 log.warning("tokens.keys_unreadable", extra={"path": str(self.keys_file), "error": str(error)})
                 return
-            if self._stat is not None:
+            if self._stamp is not None:
                 log.info("tokens.keys_reloaded", extra={"key_ids": sorted(keys)})
-            self._stat, self._keys = current, keys
+            self._stamp, self._keys = current, keys
 
     def verify(self, token: str) -> Claims:
         self._refresh()
@@ -223,7 +248,11 @@ class TokenVerifier:
             key_id = jwt.get_unverified_header(token).get("kid")
         except jwt.DecodeError:
             raise TokenRejected("the token is malformed") from None
-        key = self._keys.get(key_id) if isinstance(key_id, str) else None
+        if not isinstance(key_id, str):
+            raise TokenRejected("the token names no signing key (kid)")
+        if key_id not in self._keys:
+            self._refresh(now_rather_than_later=True)
+        key = self._keys.get(key_id)
         if key is None:
             raise TokenRejected("the token is signed by a key this service does not trust")
         try:
@@ -245,7 +274,6 @@ class TokenVerifier:
             subject=claims["sub"],
             scopes=frozenset(scope.split()),
             expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
-            token_id=str(claims.get("jti", "")),
         )
 
 
@@ -264,15 +292,19 @@ class TokenFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stat: tuple[int, int] | None = None
+        self._stamp: FileStamp = None
         self._token = ""
 
     def __call__(self) -> str:
-        status = self.path.stat()
-        current = (status.st_mtime_ns, status.st_size)
-        if current != self._stat:
-            self._token, self._stat = self.path.read_text().strip(), current
+        current = file_stamp(self.path)
+        if current is None or current != self._stamp:
+            self._token, self._stamp = self.path.read_text().strip(), current
         return self._token
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Keep a token where TokenFile (and the paysaga CLI) read it: readable by its owner only."""
+    write_file(path, (token + "\n").encode(), 0o600)
 
 
 def bearer_credentials(token: str | Callable[[], str]) -> grpc.CallCredentials:

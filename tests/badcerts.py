@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from paysaga.files import write_file
 from paysaga.pki import authority
 from paysaga.settings import TlsFiles
 
@@ -23,8 +24,8 @@ CASES = ("self-signed", "other-ca", "expired", "not-yet-valid", "wrong-usage")
 
 def _write(directory: Path, name: str, key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> TlsFiles:
     directory.mkdir(parents=True, exist_ok=True)
-    authority.write_file(directory / f"{name}.key", authority.private_pem(key), authority.PRIVATE_KEY_MODE)
-    authority.write_file(
+    write_file(directory / f"{name}.key", authority.private_pem(key), authority.PRIVATE_KEY_MODE)
+    write_file(
         directory / f"{name}.crt", certificate.public_bytes(serialization.Encoding.PEM), authority.CERTIFICATE_MODE
     )
     return TlsFiles(directory / f"{name}.crt", directory / f"{name}.key", directory / authority.CA_CERT_FILE)

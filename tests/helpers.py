@@ -31,13 +31,8 @@ def client_token(
     now: dt.datetime | None = None,
 ) -> str:
     """A token from the CA script's signing key in certs_dir, as 'paysaga-certs token issue' makes one."""
-    return tokens.issue_token(
-        tokens.load_signing_key(certs_dir),
-        subject=f"spiffe://paysaga/client/{client}",
-        audiences=[tokens.audience_of(service) for service in audiences],
-        scopes=scopes,
-        lifetime_s=lifetime_s,
-        now=now,
+    return tokens.issue_client_token(
+        certs_dir, client, services=audiences, scopes=scopes, lifetime_s=lifetime_s, now=now
     )
 
 
@@ -98,3 +93,8 @@ async def connect_nats(
         await client.close()
         raise
     return client
+
+
+async def connect_as(url: str, files: TlsFiles, errors: list[Exception] | None = None) -> NatsClient:
+    """connect_nats with the certificate in files, as the identity it carries."""
+    return await connect_nats(url, tls.client_ssl_context(files), tls.read_tls_files(files).identity, errors)

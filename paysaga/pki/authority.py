@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from paysaga.files import write_file
 
 TRUST_DOMAIN = "paysaga"
 CA_CERT_FILE = "ca.crt"
@@ -313,16 +314,12 @@ def describe(
     cert_path: Path, ca_certificate: x509.Certificate | None, previous_ca: x509.Certificate | None = None
 ) -> CertificateInfo:
     certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        names = x509.SubjectAlternativeName([])
-    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    names = _alternative_names(certificate)
     return CertificateInfo(
         name=cert_path.stem,
         path=cert_path,
         kind=_kind_of(certificate),
-        identity=uris[0] if uris else "",
+        identity=uri_identity(certificate),
         dns_names=tuple(names.get_values_for_type(x509.DNSName)),
         ip_addresses=tuple(str(ip) for ip in names.get_values_for_type(x509.IPAddress)),
         not_before=certificate.not_valid_before_utc,
@@ -330,6 +327,19 @@ def describe(
         issued_by_ca=ca_certificate is not None and _signed_by(certificate, ca_certificate),
         issued_by_previous_ca=previous_ca is not None and _signed_by(certificate, previous_ca),
     )
+
+
+def _alternative_names(certificate: x509.Certificate) -> x509.SubjectAlternativeName:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return x509.SubjectAlternativeName([])
+
+
+def uri_identity(certificate: x509.Certificate) -> str:
+    """The identity a certificate proves: its first URI SAN (spiffe://paysaga/...), or "" if none."""
+    uris = _alternative_names(certificate).get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else ""
 
 
 def trust_bundle(certs_dir: Path) -> list[x509.Certificate]:
@@ -450,19 +460,3 @@ def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def write_file(path: Path, content: bytes, mode: int) -> None:
-    """Write content to path atomically, created with mode from the start (umask cannot widen it)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

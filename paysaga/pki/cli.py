@@ -258,18 +258,13 @@ def _rollover(ca_dir: Path, certs_dir: Path, step: str, *, days: int, force: boo
 
 
 def _issue_token(ca_dir: Path, args: argparse.Namespace) -> None:
-    token = tokens.issue_token(
-        tokens.load_signing_key(ca_dir),
-        subject=authority.client_identity(authority.check_name(args.name)),
-        audiences=[tokens.audience_of(service) for service in args.audience],
-        scopes=args.scope,
-        lifetime_s=args.ttl_s,
-        issuer=args.issuer,
+    token = tokens.issue_client_token(
+        ca_dir, args.name, services=args.audience, scopes=args.scope, lifetime_s=args.ttl_s, issuer=args.issuer
     )
     if args.out is None:
         print(token)
         return
-    authority.write_file(args.out, (token + "\n").encode(), authority.PRIVATE_KEY_MODE)
+    tokens.write_token_file(args.out, token)
     print(f"wrote {args.out} (mode 0600), valid for {args.ttl_s} s")
 
 

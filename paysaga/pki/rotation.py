@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from paysaga import tokens
+from paysaga.files import write_file
 from paysaga.pki.authority import (
     CA_CERT_FILE,
     CA_LIFETIME_DAYS,
@@ -29,7 +30,6 @@ from paysaga.pki.authority import (
     load_ca,
     private_pem,
     publish_ca_certificate,
-    write_file,
 )
 
 
@@ -108,37 +108,37 @@ def export(certs_dir: Path, name: str, target_dir: Path) -> list[Path]:
 
 def ensure_token_signing_key(ca_dir: Path, certs_dir: Path) -> str:
     """Create the key that signs client tokens if there is none, and publish its public half."""
-    key_path = ca_dir / tokens.SIGNING_KEY_FILE
-    if key_path.exists():
-        key = tokens.load_signing_key(ca_dir)
-        report = f"kept {tokens.signing_key_summary(ca_dir)}"
+    if (ca_dir / tokens.SIGNING_KEY_FILE).exists():
+        key, done = tokens.load_signing_key(ca_dir), "kept"
     else:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key, done = ec.generate_private_key(ec.SECP256R1()), "created"
         ca_dir.mkdir(parents=True, exist_ok=True)
-        write_file(key_path, private_pem(key), PRIVATE_KEY_MODE)
-        report = f"created {tokens.signing_key_summary(ca_dir)}"
-    _publish_token_key(certs_dir, key)
-    return report
+        write_file(ca_dir / tokens.SIGNING_KEY_FILE, private_pem(key), PRIVATE_KEY_MODE)
+    _publish_token_keys(certs_dir, key)
+    return f"{done} {tokens.signing_key_summary(ca_dir, key)}"
 
 
 def rotate_token_signing_key(ca_dir: Path, certs_dir: Path) -> str:
     """A new signing key; the previous public key stays published so issued tokens keep working."""
-    tokens.load_signing_key(ca_dir)
+    previous = tokens.load_signing_key(ca_dir)
     key = ec.generate_private_key(ec.SECP256R1())
-    _publish_token_key(certs_dir, key)  # publish first: a token signed with the new key must verify
+    # Publish first, so a token signed with the new key verifies; the key still on disk stays
+    # published whatever happened before (e.g. a rotation that crashed after publishing).
+    _publish_token_keys(certs_dir, key, previous)
     write_file(ca_dir / tokens.SIGNING_KEY_FILE, private_pem(key), PRIVATE_KEY_MODE)
-    return f"rotated: {tokens.signing_key_summary(ca_dir)}"
+    return f"rotated: {tokens.signing_key_summary(ca_dir, key)}"
 
 
-def _publish_token_key(certs_dir: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _publish_token_keys(certs_dir: Path, *keys: ec.EllipticCurvePrivateKey) -> None:
+    """Publish the keys' public halves first, then as many earlier ones as are kept."""
     path = certs_dir / tokens.PUBLIC_KEYS_FILE
-    current = tokens.public_jwk(key)
+    wanted = [tokens.public_jwk(key) for key in keys]
     published = tokens.read_public_keys(path)
-    if published and published[0].get("kid") == current["kid"]:
-        return
-    others = [jwk for jwk in published if jwk.get("kid") != current["kid"]]
-    certs_dir.mkdir(parents=True, exist_ok=True)
-    tokens.publish_public_keys(path, [current, *others][: tokens.KEPT_PUBLIC_KEYS], write_file)
+    kids = {jwk["kid"] for jwk in wanted}
+    combined = [*wanted, *(jwk for jwk in published if jwk.get("kid") not in kids)][: tokens.KEPT_PUBLIC_KEYS]
+    if combined != published:
+        certs_dir.mkdir(parents=True, exist_ok=True)
+        tokens.publish_public_keys(path, combined)
 
 
 def bootstrap(ca_dir: Path, certs_dir: Path, **options: Any) -> list[str]:

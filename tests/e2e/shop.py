@@ -21,7 +21,7 @@ from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.localcluster import SERVICES, LocalCluster
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.tokens import TokenFile
-from tests.helpers import connect_nats
+from tests.helpers import connect_as
 
 TERMINAL = {
     payments_pb2.PAYMENT_STATUS_COMPLETED,
@@ -159,7 +159,7 @@ class Shop:
             if not await self.unpublished_events():
                 break
             await asyncio.sleep(0.05)
-        client = await connect_nats(self.cluster.nats_url, tls.client_ssl_context(self.cluster.tls_files("ops")))
+        client = await connect_as(self.cluster.nats_url, self.cluster.tls_files("ops"))
         found: list[EventEnvelope] = []
         try:
             jetstream = client.jetstream()
@@ -199,7 +199,7 @@ class Shop:
 
     async def busy_consumers(self) -> list[str]:
         """Durable consumers that still have events to deliver or to see acknowledged."""
-        client = await connect_nats(self.cluster.nats_url, tls.client_ssl_context(self.cluster.tls_files("ops")))
+        client = await connect_as(self.cluster.nats_url, self.cluster.tls_files("ops"))
         try:
             jetstream = client.jetstream()
             return [
@@ -213,7 +213,7 @@ class Shop:
 
     async def dead_letters(self) -> dict[str, int]:
         """Parked messages per dead-letter stream that holds any."""
-        client = await connect_nats(self.cluster.nats_url, tls.client_ssl_context(self.cluster.tls_files("ops")))
+        client = await connect_as(self.cluster.nats_url, self.cluster.tls_files("ops"))
         try:
             jetstream = client.jetstream()
             counts = {

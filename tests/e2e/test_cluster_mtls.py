@@ -10,13 +10,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from paysaga import healthcheck, tls
+from paysaga import healthcheck
 from paysaga.eventing import new_event, subject_of
 from paysaga.events.v1 import events_pb2
 from paysaga.localcluster import SERVICES, LocalCluster
 from paysaga.settings import TlsFiles
 from tests.helpers import (
     channel_without_client_certificate,
+    connect_as,
     connect_nats,
     secure_channel,
     ssl_context_without_client_certificate,
@@ -107,14 +108,12 @@ async def test_nats_refuses_a_connection_without_a_client_certificate(cluster: L
 async def test_nats_accepts_a_service_certificate_and_jetstream_holds_each_services_streams(
     cluster: LocalCluster,
 ) -> None:
-    ops = await connect_nats(cluster.nats_url, tls.client_ssl_context(cluster.tls_files("ops")))
+    ops = await connect_as(cluster.nats_url, cluster.tls_files("ops"))
     try:
         streams = {info.config.name: info.config.subjects for info in await ops.jetstream().streams_info()}
     finally:
         await ops.close()
-    client = await connect_nats(
-        cluster.nats_url, tls.client_ssl_context(cluster.tls_files("payments")), "spiffe://paysaga/payments"
-    )
+    client = await connect_as(cluster.nats_url, cluster.tls_files("payments"))
     try:
         jetstream = client.jetstream()
         saga_id = str(uuid.uuid4())

@@ -10,11 +10,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from paysaga import tls
 from paysaga.database import create_engine
 from tests.e2e.shop import Shop, status_name
 from tests.e2e.test_saga import PRICE, settled
-from tests.helpers import connect_nats
+from tests.helpers import connect_as
 
 pytestmark = pytest.mark.e2e
 SAGAS = 8
@@ -52,11 +51,7 @@ async def test_events_delivered_again_have_no_second_effect(shop: Shop) -> None:
     # Deliver every event of the saga a second time, each under a new message id so that
     # JetStream stores it again and every consumer receives it again.
     for event in events:
-        client = await connect_nats(
-            shop.cluster.nats_url,
-            tls.client_ssl_context(shop.cluster.tls_files(event.producer)),
-            f"spiffe://paysaga/{event.producer}",
-        )
+        client = await connect_as(shop.cluster.nats_url, shop.cluster.tls_files(event.producer))
         try:
             await client.jetstream().publish(
                 f"paysaga.events.{event.producer}.{event.event_type}",

@@ -14,7 +14,6 @@ import grpc
 import nats.errors
 import pytest
 
-from paysaga import tls
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.localcluster import LocalCluster
@@ -23,7 +22,7 @@ from paysaga.pki.authority import Kind
 from paysaga.settings import TlsFiles
 from tests import badcerts
 from tests.e2e.shop import Shop
-from tests.helpers import client_token, connect_nats, secure_channel, wait_for_log
+from tests.helpers import client_token, connect_as, secure_channel, wait_for_log
 
 pytestmark = pytest.mark.e2e
 DEPOSIT_MINOR = 700
@@ -164,9 +163,9 @@ async def test_nats_refuses_a_bad_client_certificate(
     cluster: LocalCluster, bad_certificates: dict[str, TlsFiles], case: str
 ) -> None:
     with pytest.raises(Exception):  # noqa: B017 - nats-py reports a refused handshake in several ways
-        await connect_nats(cluster.nats_url, tls.client_ssl_context(bad_certificates[case]))
+        await connect_as(cluster.nats_url, bad_certificates[case])
 
-    client = await connect_nats(cluster.nats_url, tls.client_ssl_context(cluster.tls_files("ops")))
+    client = await connect_as(cluster.nats_url, cluster.tls_files("ops"))
     await client.close()
 
 
@@ -174,7 +173,7 @@ async def test_nats_refuses_a_valid_certificate_of_an_identity_it_does_not_know(
     cluster: LocalCluster, stranger: TlsFiles
 ) -> None:
     with pytest.raises(Exception):  # noqa: B017 - an authorization violation closes the connection
-        await connect_nats(cluster.nats_url, tls.client_ssl_context(stranger), "spiffe://paysaga/client/acme-shop")
+        await connect_as(cluster.nats_url, stranger)
 
     wait_for_log(cluster, "nats", "authentication error")
 
@@ -182,12 +181,10 @@ async def test_nats_refuses_a_valid_certificate_of_an_identity_it_does_not_know(
 async def test_the_inventory_certificate_cannot_publish_ledger_events_or_read_others_traffic(
     cluster: LocalCluster,
 ) -> None:
-    ops = await connect_nats(cluster.nats_url, tls.client_ssl_context(cluster.tls_files("ops")))
+    ops = await connect_as(cluster.nats_url, cluster.tls_files("ops"))
     before = (await ops.jetstream().stream_info("LEDGER_EVENTS")).state.last_seq
     errors: list[Exception] = []
-    inventory = await connect_nats(
-        cluster.nats_url, tls.client_ssl_context(cluster.tls_files("inventory")), "spiffe://paysaga/inventory", errors
-    )
+    inventory = await connect_as(cluster.nats_url, cluster.tls_files("inventory"), errors)
     try:
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
             await inventory.jetstream().publish("paysaga.events.ledger.FundsHeld", b"forged", timeout=2)

@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from paysaga import messaging, tls
+from paysaga import messaging
 from paysaga.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.database import create_engine
 from paysaga.eventing import EventEnvelope, new_event
@@ -24,7 +24,7 @@ from paysaga.events.v1 import events_pb2
 from paysaga.localcluster import LocalCluster
 from paysaga.relay import OutboxRelay
 from paysaga.unit_of_work import Database, UnitOfWork, messaging_tables
-from tests.helpers import connect_nats
+from tests.helpers import connect_as
 
 metadata = sa.MetaData()
 messaging_tables(metadata)
@@ -78,12 +78,7 @@ async def rig(nats_cluster: LocalCluster, database_url: str) -> AsyncIterator[Ri
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
     clients = [
-        await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files(name)), identity)
-        for name, identity in (
-            ("payments", "spiffe://paysaga/payments"),
-            ("ledger", "spiffe://paysaga/ledger"),
-            ("ops", "spiffe://paysaga/client/ops"),
-        )
+        await connect_as(nats_cluster.nats_url, nats_cluster.tls_files(name)) for name in ("payments", "ledger", "ops")
     ]
     consumer, producer, ops = (client.jetstream() for client in clients)
     rig = Rig(Database(engine, metadata), consumer, producer, ops)

@@ -12,18 +12,16 @@ from pathlib import Path
 import pytest
 from nats.js.api import StorageType
 
-from paysaga import messaging, natsconf, tls
+from paysaga import messaging, natsconf
 from paysaga.localcluster import LocalCluster, find_nats_server
 from paysaga.settings import TlsFiles
-from tests.helpers import connect_nats, ssl_context_without_client_certificate, wait_for_log
+from tests.helpers import connect_as, connect_nats, ssl_context_without_client_certificate, wait_for_log
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_service_certificate_connects_and_can_publish_to_jetstream_with_dedup(nats_cluster: LocalCluster) -> None:
-    client = await connect_nats(
-        nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ledger")), "spiffe://paysaga/ledger"
-    )
+    client = await connect_as(nats_cluster.nats_url, nats_cluster.tls_files("ledger"))
     try:
         jetstream = client.jetstream()
         for stream in messaging.owned_streams("ledger"):
@@ -50,7 +48,7 @@ async def test_ensure_stream_creates_once_then_leaves_it_or_updates_a_changed_co
     nats_cluster: LocalCluster,
 ) -> None:
     # ops administers JetStream; a service could only do this to its own streams.
-    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ops")))
+    client = await connect_as(nats_cluster.nats_url, nats_cluster.tls_files("ops"))
     try:
         jetstream = client.jetstream()
         spec = messaging.StreamSpec("IDEMPOTENCE_CHECK", ("paysaga.events.idempotence-check.>",), "test stream")
@@ -79,12 +77,12 @@ async def test_certificate_from_another_ca_is_refused(nats_cluster: LocalCluster
     )
 
     with pytest.raises(Exception):  # noqa: B017 - nats-py reports a dropped handshake in several ways
-        await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(foreign))
+        await connect_as(nats_cluster.nats_url, foreign)
 
     wait_for_log(nats_cluster, "nats", "certificate signed by unknown authority")
 
     # The same call with our own certificate goes through, so the refusal was about the certificate.
-    client = await connect_nats(nats_cluster.nats_url, tls.client_ssl_context(nats_cluster.tls_files("ops")))
+    client = await connect_as(nats_cluster.nats_url, nats_cluster.tls_files("ops"))
     await client.close()
 
 
