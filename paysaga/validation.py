@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 import pycountry
 
@@ -76,3 +78,8 @@ def page_token(value: str) -> int:
     if not value.isdigit() or len(value) > 18:
         raise InvalidArgument("page_token is not one this service issued")
     return int(value)
+
+
+def next_page_token(rows: Sequence[Any], size: int, number_column: str) -> str:
+    """The token of the page after rows (fetched with one row to spare), or "" on the last page."""
+    return str(getattr(rows[size - 1], number_column)) if len(rows) > size else ""

@@ -137,13 +137,7 @@ def release(hold: Hold, payer: Account) -> None:
 def capture(hold: Hold, payer: Account, merchant: Account) -> Entry:
     assert hold.status is HoldStatus.HELD
     payer.held_minor -= hold.amount_minor
-    entry = Entry(
-        str(uuid.uuid4()),
-        EntryKind.CAPTURE,
-        hold.payment_id,
-        (Line(payer.account_id, -hold.amount_minor), Line(merchant.account_id, hold.amount_minor)),
-    )
-    post(entry, {payer.account_id: payer, merchant.account_id: merchant})
+    entry = transfer(str(uuid.uuid4()), EntryKind.CAPTURE, hold.payment_id, payer, merchant, hold.amount_minor)
     hold.status = HoldStatus.CAPTURED
     return entry
 
@@ -155,13 +149,7 @@ def refund(hold: Hold, payer: Account, merchant: Account) -> Entry:
         raise FailedPrecondition(
             f"merchant {merchant.account_id} has {merchant.available_minor} available, refund needs {hold.amount_minor}"
         )
-    entry = Entry(
-        str(uuid.uuid4()),
-        EntryKind.REFUND,
-        hold.payment_id,
-        (Line(merchant.account_id, -hold.amount_minor), Line(payer.account_id, hold.amount_minor)),
-    )
-    post(entry, {payer.account_id: payer, merchant.account_id: merchant})
+    entry = transfer(str(uuid.uuid4()), EntryKind.REFUND, hold.payment_id, merchant, payer, hold.amount_minor)
     hold.status = HoldStatus.REFUNDED
     return entry
 
@@ -171,11 +159,15 @@ def deposit(account: Account, external: Account, amount_minor: int, deposit_id: 
         raise FailedPrecondition("deposits go to wallets and merchant accounts")
     if account.balance_minor + amount_minor > MAX_BALANCE_MINOR:
         raise FailedPrecondition(f"deposit would take account {account.account_id} over {MAX_BALANCE_MINOR}")
+    return transfer(deposit_id, EntryKind.DEPOSIT, "", external, account, amount_minor)
+
+
+def transfer(
+    entry_id: str, kind: EntryKind, saga_id: str, source: Account, target: Account, amount_minor: int
+) -> Entry:
+    """Post a two-line entry moving amount_minor from source to target."""
     entry = Entry(
-        deposit_id,
-        EntryKind.DEPOSIT,
-        "",
-        (Line(external.account_id, -amount_minor), Line(account.account_id, amount_minor)),
+        entry_id, kind, saga_id, (Line(source.account_id, -amount_minor), Line(target.account_id, amount_minor))
     )
-    post(entry, {account.account_id: account, external.account_id: external})
+    post(entry, {source.account_id: source, target.account_id: target})
     return entry

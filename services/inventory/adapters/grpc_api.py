@@ -66,8 +66,7 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
                 )
             ).all()
         response = inventory_pb2.ListItemsResponse(items=[item_message(row) for row in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = str(rows[size - 1].item_number)
+        response.next_page_token = validation.next_page_token(rows, size, "item_number")
         return response
 
     async def _item(self, sku: str) -> inventory_pb2.Item:

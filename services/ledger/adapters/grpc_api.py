@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paysaga import validation
 from paysaga.authz import Rule
@@ -58,9 +61,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.Balance:
         account_id = validation.uuid_text(request.account_id, "account_id")
         async with self._database.read() as connection:
-            row = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).first()
-        if row is None:
-            raise NotFound(f"account {account_id} does not exist")
+            row = await _account_row(connection, account_id)
         return _balance(account_from_row(row))
 
     @domain_errors_as_status
@@ -71,9 +72,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         size = validation.page_size(request.page_size)
         after = validation.page_token(request.page_token)
         async with self._database.read() as connection:
-            account = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).first()
-            if account is None:
-                raise NotFound(f"account {account_id} does not exist")
+            account = await _account_row(connection, account_id)
             rows = (
                 await connection.execute(
                     sa.select(statement_lines)
@@ -94,8 +93,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 description=row.description,
             )
             line.occurred_at.FromDatetime(row.occurred_at)
-        if len(rows) > size:
-            statement.next_page_token = str(rows[size - 1].line_id)
+        statement.next_page_token = validation.next_page_token(rows, size, "line_id")
         return statement
 
     async def _account(self, account_id: str) -> ledger_pb2.Account:
@@ -106,6 +104,13 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
         message.created_at.FromDatetime(row.created_at)
         return message
+
+
+async def _account_row(connection: AsyncConnection, account_id: str) -> sa.Row[Any]:
+    row = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).first()
+    if row is None:
+        raise NotFound(f"account {account_id} does not exist")
+    return row
 
 
 def _balance(account: Account) -> ledger_pb2.Balance:

@@ -87,8 +87,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         response = payments_pb2.ListPaymentsResponse(
             payments=[payment_message(payment_from_row(row)) for row in rows[:size]]
         )
-        if len(rows) > size:
-            response.next_page_token = str(rows[size - 1].payment_number)
+        response.next_page_token = validation.next_page_token(rows, size, "payment_number")
         return response
 
     async def WatchPayment(
