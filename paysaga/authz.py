@@ -65,13 +65,18 @@ class Authorizer:
     def check(self, method: str, identity: str, metadata: Any) -> None:
         """Return if the caller may go ahead; raise AccessDenied with the status and reason if not."""
         if not identity.startswith(TRUST_DOMAIN_PREFIX):
-            raise AccessDenied(grpc.StatusCode.UNAUTHENTICATED, "the client certificate carries no paysaga identity")
+            raise AccessDenied(
+                grpc.StatusCode.UNAUTHENTICATED, f"calling {method}: the client certificate carries no paysaga identity"
+            )
         rule = self.rules.get(method)
         if rule is None or not rule.allows(identity):
             raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {method}")
         if not identity.startswith(CLIENT_PREFIX):
             return  # one of our services: its certificate is its proof
-        claims = self._verified_token(metadata, identity)
+        try:
+            claims = self._verified_token(metadata, identity)
+        except AccessDenied as denied:
+            raise AccessDenied(denied.code, f"{identity} calling {method}: {denied}") from None
         if rule.scope not in claims.scopes:
             raise AccessDenied(
                 grpc.StatusCode.PERMISSION_DENIED, f"{identity} needs the scope {rule.scope} to call {method}"

@@ -180,8 +180,12 @@ def _token(args: argparse.Namespace) -> str | TokenFile | None:
     """$PAYSAGA_TOKEN, else the token file if there is one; without either the service says what is missing."""
     if os.environ.get("PAYSAGA_TOKEN"):
         return os.environ["PAYSAGA_TOKEN"].strip()
-    path: Path = args.token_file or args.cert.with_suffix(".token")
-    return TokenFile(path) if path.exists() else None
+    if args.token_file is not None:
+        if not args.token_file.exists():
+            raise ValueError(f"token file {args.token_file} does not exist")
+        return TokenFile(args.token_file)
+    default = args.cert.with_suffix(".token")
+    return TokenFile(default) if default.exists() else None
 
 
 async def _account(stub: ledger_pb2_grpc.LedgerServiceStub, args: argparse.Namespace, out: Output) -> int:

@@ -298,6 +298,8 @@ def test_ca_rollover_trusts_both_cas_until_every_certificate_is_reissued(tmp_pat
     assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "ca-rollover", "finish"]) == 2  # not yet
 
     assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "bootstrap"]) == 0
+    # Everything re-issued: monitoring has nothing to report while both CAs are trusted.
+    assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "check"]) == 0
     assert certs_main(["--dir", str(certs), "--ca-dir", str(ca_dir), "ca-rollover", "finish"]) == 0
 
     assert x509.load_pem_x509_certificates((certs / "ca.crt").read_bytes()) == [bundle[0]]

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from paysaga import tokens
 from paysaga.authz import AccessDenied, Authorizer, Rule
+from paysaga.cli import main as cli_main
 from paysaga.pki import rotation
 from paysaga.tokens import TokenError, TokenRejected, TokenVerifier
 
@@ -126,3 +127,20 @@ def test_rules_allow_listed_identities_and_clients_with_the_scope(keys: Path) ->
     assert authorize(keys, OPS, token, Rule(("spiffe://paysaga/payments",), "ledger:admin")) == (
         grpc.StatusCode.PERMISSION_DENIED
     )
+
+
+def test_a_token_refusal_names_the_identity_the_method_and_the_reason(keys: Path) -> None:
+    expired = issue(keys, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2), lifetime_s=60)
+
+    with pytest.raises(AccessDenied) as denied:
+        Authorizer({DEPOSIT: ADMIN_RULE}, verifier(keys)).check(DEPOSIT, OPS, (("authorization", f"Bearer {expired}"),))
+
+    assert str(denied.value) == f"{OPS} calling {DEPOSIT}: the token has expired"
+    assert expired not in str(denied.value)
+
+
+def test_the_cli_refuses_a_token_file_that_does_not_exist(certs_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.token"
+    ops = [f"--{flag}={certs_dir / f'ops.{suffix}'}" for flag, suffix in (("cert", "crt"), ("key", "key"))]
+
+    assert cli_main([*ops, f"--ca={certs_dir / 'ca.crt'}", f"--token-file={missing}", "item", "list"]) == 2
