@@ -41,7 +41,7 @@ from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.settings import DEFAULT_GRPC_PORTS, TlsFiles
-from paysaga.tokens import TokenFile
+from paysaga.tokens import read_token_file
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED"}
 TIMEOUT_S = 10.0
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file",
         type=Path,
         default=Path(os.environ["PAYSAGA_TOKEN_FILE"]) if os.environ.get("PAYSAGA_TOKEN_FILE") else None,
-        help="bearer token file, re-read when it changes (default: the --cert path with .token; $PAYSAGA_TOKEN wins)",
+        help="bearer token file (default: the --cert path with .token; $PAYSAGA_TOKEN wins)",
     )
     areas = parser.add_subparsers(dest="area", required=True, metavar="COMMAND")
 
@@ -176,16 +176,16 @@ async def run(args: argparse.Namespace) -> int:
         return await _payment(payments_pb2_grpc.PaymentServiceStub(channel), args, out)
 
 
-def _token(args: argparse.Namespace) -> str | TokenFile | None:
+def _token(args: argparse.Namespace) -> str | None:
     """$PAYSAGA_TOKEN, else the token file if there is one; without either the service says what is missing."""
     if os.environ.get("PAYSAGA_TOKEN"):
         return os.environ["PAYSAGA_TOKEN"].strip()
     if args.token_file is not None:
         if not args.token_file.exists():
             raise ValueError(f"token file {args.token_file} does not exist")
-        return TokenFile(args.token_file)
+        return read_token_file(args.token_file)
     default = args.cert.with_suffix(".token")
-    return TokenFile(default) if default.exists() else None
+    return read_token_file(default) if default.exists() else None
 
 
 async def _account(stub: ledger_pb2_grpc.LedgerServiceStub, args: argparse.Namespace, out: Output) -> int:

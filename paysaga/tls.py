@@ -13,7 +13,6 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,9 +171,9 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
-def channel_credentials(files: TlsFiles, token: str | Callable[[], str] | None = None) -> grpc.ChannelCredentials:
-    """mTLS with files; with a token (or a function returning the current one), every call also
-    carries it as ``authorization: Bearer ...``, as external clients must."""
+def channel_credentials(files: TlsFiles, token: str | None = None) -> grpc.ChannelCredentials:
+    """mTLS with files; with a token, every call also carries it as ``authorization: Bearer ...``,
+    as external clients must."""
     material = read_tls_files(files)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=material.root_certificates,
@@ -186,7 +185,7 @@ def channel_credentials(files: TlsFiles, token: str | Callable[[], str] | None =
     return grpc.composite_channel_credentials(credentials, bearer_credentials(token))
 
 
-def secure_channel(targets: str, files: TlsFiles, token: str | Callable[[], str] | None = None) -> grpc.aio.Channel:
+def secure_channel(targets: str, files: TlsFiles, token: str | None = None) -> grpc.aio.Channel:
     """An mTLS channel to one "host:port", or round-robin over several "host:port,host:port".
 
     Several addresses must be IP addresses (gRPC's ipv4/ipv6 resolver); their certificates are

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,34 +287,20 @@ def _reason(error: Exception) -> str:
 # --- presenting ---------------------------------------------------------------------------
 
 
-class TokenFile:
-    """A token kept in a file (mode 0600), re-read when the file changes so a renewed token is used."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: FileStamp = None
-        self._token = ""
-
-    def __call__(self) -> str:
-        current = file_stamp(self.path)
-        if current is None or current != self._stamp:
-            self._token, self._stamp = self.path.read_text().strip(), current
-        return self._token
+def read_token_file(path: Path) -> str:
+    """The token a file holds (as write_token_file or 'paysaga-certs token issue --out' left it)."""
+    return path.read_text().strip()
 
 
 def write_token_file(path: Path, token: str) -> None:
-    """Keep a token where TokenFile (and the paysaga CLI) read it: readable by its owner only."""
+    """Keep a token where read_token_file (and the paysaga CLI) find it: readable by its owner only."""
     write_file(path, (token + "\n").encode(), 0o600)
 
 
-def bearer_credentials(token: str | Callable[[], str]) -> grpc.CallCredentials:
-    """Call credentials that send ``authorization: Bearer <token>`` with every call (TLS channels only)."""
-    source = token if callable(token) else (lambda: token)
+def bearer_credentials(token: str) -> grpc.CallCredentials:
+    """Call credentials that send ``authorization: Bearer <token>`` with every call (TLS channels only).
 
-    def plugin(_context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
-        try:
-            callback((("authorization", f"Bearer {source()}"),), None)
-        except Exception as error:  # noqa: BLE001 - handed to gRPC, which fails the call with it
-            callback((), error)
-
-    return grpc.metadata_call_credentials(plugin, name="paysaga-bearer-token")
+    gRPC's own access-token credentials add the header inside its core; a Python metadata plugin
+    would start a thread for every call. A client with a renewed token builds a new channel.
+    """
+    return grpc.access_token_call_credentials(token)

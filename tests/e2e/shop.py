@@ -20,7 +20,7 @@ from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.localcluster import SERVICES, LocalCluster
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
-from paysaga.tokens import TokenFile
+from paysaga.tokens import read_token_file
 from tests.helpers import connect_as
 
 TERMINAL = {
@@ -44,9 +44,9 @@ class Shop:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         # Calls spread over every replica of a service, as a production client's would.
+        token = read_token_file(cluster.token_file("ops"))
         self._channels = [
-            tls.secure_channel(cluster.targets(service), cluster.tls_files("ops"), TokenFile(cluster.token_file("ops")))
-            for service in SERVICES
+            tls.secure_channel(cluster.targets(service), cluster.tls_files("ops"), token) for service in SERVICES
         ]
         self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels[0])
         self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels[1])
