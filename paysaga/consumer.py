@@ -3,7 +3,9 @@
 For every message: decode the envelope; in one transaction, skip it if its id is in the inbox,
 else run the handler (which changes state and emits events into the outbox) and record the id;
 commit; only then ack. So a crash anywhere means a redelivery, and a redelivery means no second
-effect.
+effect. The messages of one fetch share that transaction (one commit, one fsync for all of them:
+a group commit); if any of them fails, the batch is rolled back and each message is handled in a
+transaction of its own, so a failure only ever concerns its own message.
 
 Failures:
 - the database or NATS is unavailable (an operating error): ``nak`` with a growing delay, for as
@@ -40,7 +42,10 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[UnitOfWork, EventEnvelope], Awaitable[None]]
 
-FETCH_BATCH = 16
+# Messages handled per transaction: one commit (one fsync) for all of them, so it bounds both the
+# transaction's length (others wait for SQLite's single writer meanwhile) and the redone work
+# when a batch must be split.
+FETCH_BATCH = 64
 FETCH_TIMEOUT_S = 1.0
 # How long a delivered message may stay unacknowledged before JetStream delivers it again. It is
 # the time a crashed consumer's in-flight messages wait before another process (or the restarted
@@ -142,8 +147,7 @@ class EventConsumer:
                 await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
                 continue
             failures = 0
-            for message in messages:
-                await self.handle(message)
+            await self.handle_batch(messages)
 
     async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """Create (or find) the durable consumer; waits for the producer's stream to exist."""
@@ -170,20 +174,47 @@ class EventConsumer:
             await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
         return None
 
+    async def handle_batch(self, messages: Sequence[Msg]) -> None:
+        """Handle fetched messages in one transaction and one commit (one fsync), then ack them all.
+        If anything in the batch fails, nothing of it is kept and each message is handled on its own,
+        so a failure is retried, counted or parked for its own message only."""
+        decoded = [(message, envelope) for message in messages if (envelope := await self._decode(message))]
+        if len(decoded) > 1 and not any(message.metadata.sequence.stream in self._failures for message, _ in decoded):
+            try:
+                await self._apply_batch([envelope for _, envelope in decoded])
+            except Exception as error:  # noqa: BLE001 - each message gets its own verdict below
+                log.info("consumer.batch_split", extra={"messages": len(decoded), "error": repr(error)})
+            else:
+                for message, _ in decoded:
+                    self._conflicts.pop(message.metadata.sequence.stream, None)
+                    await message.ack()
+                return
+        for message, envelope in decoded:
+            await self._handle_decoded(message, envelope)
+
     async def handle(self, message: Msg) -> None:
-        attempt = message.metadata.num_delivered
+        envelope = await self._decode(message)
+        if envelope is not None:
+            await self._handle_decoded(message, envelope)
+
+    async def _decode(self, message: Msg) -> EventEnvelope | None:
+        """The message's event, or None when it can never be handled (then it is parked)."""
         try:
             envelope = eventing.parse(message.data)
         except ValueError as error:
             await self._park_or_retry(message, None, f"undecodable event: {error}")
-            return
+            return None
         if envelope.producer != self._subscription.producer or message.subject != eventing.subject_of(envelope):
             reason = (
                 f"event claims producer {envelope.producer!r} and type {envelope.event_type!r} "
                 f"but came on {message.subject}"
             )
             await self._park_or_retry(message, envelope, reason)
-            return
+            return None
+        return envelope
+
+    async def _handle_decoded(self, message: Msg, envelope: EventEnvelope) -> None:
+        attempt = message.metadata.num_delivered
         sequence = message.metadata.sequence.stream
         with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
             try:
@@ -233,6 +264,22 @@ class EventConsumer:
             await self._handlers[envelope.event_type](unit, envelope)
             await unit.record_processed(envelope)
         return True
+
+    async def _apply_batch(self, envelopes: Sequence[EventEnvelope]) -> None:
+        """Every new event of the batch handled in one transaction, in stream order; duplicates
+        (already in the inbox, or twice in the batch) skipped."""
+        async with self._database.transaction() as unit:
+            seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
+            handled = []
+            for envelope in envelopes:
+                if envelope.event_id in seen:
+                    continue
+                seen.add(envelope.event_id)
+                with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
+                    await self._handlers[envelope.event_type](unit, envelope)
+                handled.append(envelope)
+            if handled:
+                await unit.record_all_processed(handled)
 
     async def _park_or_retry(self, message: Msg, envelope: EventEnvelope | None, reason: str) -> None:
         try:

@@ -64,7 +64,7 @@ class ClusterPorts:
         return cls(nats=ports[0], grpc=dict(zip(SERVICES, ports[1:], strict=True)))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -98,7 +98,7 @@ class LocalCluster:
         self._instance_ports = dict(ports.grpc)
         for service, count in self.replicas.items():
             for index in range(2, count + 1):
-                self._instance_ports[f"{service}-{index}"] = _free_port()
+                self._instance_ports[f"{service}-{index}"] = free_port()
         # Extra settings per service, e.g. {"payments": {"PAYSAGA_SAGA_TIMEOUT_S": "5"}}.
         self.environment = {name: dict(values) for name, values in (environment or {}).items()}
         self.state_dir = state_dir.resolve()
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         environment: dict[str, dict[str, str]] = {}
         if args.postgres:
             try:
-                postgres = ThrowawayPostgres(_free_port())
+                postgres = ThrowawayPostgres(free_port())
             except PostgresUnavailable as error:
                 print(f"paysaga-local: {error}", file=sys.stderr)
                 return 2

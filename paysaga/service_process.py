@@ -117,6 +117,17 @@ async def _supervised(name: str, loop: Worker, stop: asyncio.Event) -> None:
             await sleep_or_stop(stop, WORKER_RESTART_DELAY_S)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (every platform but Windows): the same asyncio API with a
+    loop that costs a fraction of the CPU per wake-up, which a service doing thousands of small
+    awaits per second feels directly. None: asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run(definition: ServiceDefinition, settings: ServiceSettings) -> int:
     """Run the service in a fresh event loop with SIGTERM / SIGINT wired to a graceful drain."""
 
@@ -128,7 +139,8 @@ def run(definition: ServiceDefinition, settings: ServiceSettings) -> int:
         await serve(definition, settings, stop)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(main())
     except (tls.TlsConfigurationError, tokens.TokenError, ConnectionError, OSError) as error:
         log.error("service.start_failed", extra={"error": str(error)})
         return 1

@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -71,30 +71,55 @@ class UnitOfWork:
     emitted: list[EventEnvelope] = field(default_factory=list)
 
     async def emit(self, envelope: EventEnvelope) -> None:
-        await self.connection.execute(
-            self.outbox.insert().values(
-                event_id=envelope.event_id,
-                event_type=envelope.event_type,
-                saga_id=envelope.saga_id,
-                subject=subject_of(envelope),
-                payload=envelope.SerializeToString(deterministic=True),
-                created_at=utc_now(),
-            )
-        )
+        """Add an event to the outbox; written with the transaction's other events at its end."""
         self.emitted.append(envelope)
+
+    async def write_outbox(self) -> None:
+        if not self.emitted:
+            return
+        now = utc_now()
+        await self.connection.execute(
+            self.outbox.insert(),
+            [
+                {
+                    "event_id": envelope.event_id,
+                    "event_type": envelope.event_type,
+                    "saga_id": envelope.saga_id,
+                    "subject": subject_of(envelope),
+                    "payload": envelope.SerializeToString(deterministic=True),
+                    "created_at": now,
+                }
+                for envelope in self.emitted
+            ],
+        )
 
     async def already_processed(self, event_id: str) -> bool:
         found = await self.connection.scalar(sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id == event_id))
         return found is not None
 
+    async def processed_among(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these events were handled before (one query for a batch)."""
+        rows = await self.connection.execute(
+            sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id.in_(event_ids))
+        )
+        return {row.event_id for row in rows}
+
     async def record_processed(self, envelope: EventEnvelope) -> None:
+        await self.record_all_processed([envelope])
+
+    async def record_all_processed(self, envelopes: Sequence[EventEnvelope]) -> None:
+        now = utc_now()
         await self.connection.execute(
-            self.inbox.insert().values(
-                event_id=envelope.event_id,
-                event_type=envelope.event_type,
-                saga_id=envelope.saga_id,
-                processed_at=utc_now(),
-            )
+            self.inbox.insert(),
+            [
+                {
+                    "event_id": envelope.event_id,
+                    "event_type": envelope.event_type,
+                    "saga_id": envelope.saga_id,
+                    "processed_at": now,
+                }
+                for envelope in envelopes
+            ],
         )
 
 
@@ -121,6 +146,7 @@ class Database:
             async with connection.begin():
                 unit = UnitOfWork(connection, self.outbox, self.inbox)
                 yield unit
+                await unit.write_outbox()
         for listener in self._commit_listeners:
             listener(unit.emitted)
 

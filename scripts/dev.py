@@ -3,13 +3,15 @@
 
   python3 scripts/dev.py run     # set up, then start the local cluster (Ctrl-C stops it)
   python3 scripts/dev.py test    # set up, then lint, type-check and run the whole test suite
+  python3 scripts/dev.py bench   # set up, then benchmark a fresh local cluster (see bench/README.md)
   python3 scripts/dev.py setup   # only the set-up: .venv, dependencies, protobuf stubs
   python3 scripts/dev.py stubs   # regenerate the committed protobuf stubs from protos/
   python3 scripts/dev.py lint    # ruff and mypy
 
 Set-up is incremental: the virtualenv is created once, dependencies are reinstalled only when
 pyproject.toml or constraints.txt change. Arguments after ``test --`` go to pytest, arguments
-after ``run --`` go to paysaga-local (e.g. ``run -- --payments-port 6051``).
+after ``run --`` go to paysaga-local (e.g. ``run -- --payments-port 6051``), arguments after
+``bench --`` to the benchmark (e.g. ``bench -- --duration-s 20``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ VENV = REPO / ".venv"
 BIN = VENV / "bin"
 PYTHON = BIN / "python"
 STAMP = VENV / ".paysaga-installed"
-LINT_TARGETS = ["paysaga", "services", "scripts", "tests"]
+LINT_TARGETS = ["paysaga", "services", "scripts", "tests", "bench"]
 
 
 def say(message: str) -> None:
@@ -115,6 +117,10 @@ def main(argv: list[str]) -> int:
             str(BIN / "paysaga-local"),
             ["paysaga-local", "--state-dir", ".run", "--certs-dir", "certs", "--demo", *rest],
         )
+    if command == "bench":
+        setup(refresh_stubs=True)
+        os.chdir(REPO)
+        os.execv(str(PYTHON), [str(PYTHON), "-m", "bench", *rest])  # noqa: S606 - our own module
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,151 @@
+"""Run the benchmark against a fresh local cluster and print the report (table and JSON file).
+
+python3 scripts/dev.py bench                       # both standard scenarios, 60 s each
+python3 scripts/dev.py bench -- --duration-s 20    # shorter
+python3 scripts/dev.py bench -- --scenario latency --rate 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import limits, machine, report
+from bench.load import Clients, Fixtures, LoadGenerator, Mix, TerminalObserver, create_fixtures
+from bench.scenarios import Scenario, ScenarioResult, run_scenario
+from paysaga import invariants
+from paysaga.localcluster import ClusterPorts, LocalCluster
+from paysaga.pki import rotation
+from paysaga.tokens import read_token_file
+
+REPO = Path(__file__).resolve().parent.parent
+ECHO_CONCURRENCY = 16
+PUBLISH_IN_FLIGHT = (1, 16)
+# Longer than the saga deadline plus its compensation, so every purchase has ended by then.
+SETTLE_TIMEOUT_S = 120.0
+SETTLE_POLL_S = 2.0
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=["throughput", "latency", "both"],
+        default="both",
+        help="throughput: closed loop with --concurrency clients; latency: open loop at --rate (default: both)",
+    )
+    parser.add_argument("--duration-s", type=float, default=60.0, help="measured seconds per scenario (default 60)")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="unmeasured seconds before each (default 5)")
+    parser.add_argument("--concurrency", type=int, default=64, help="closed-loop clients (default 64)")
+    parser.add_argument("--rate", type=float, default=200.0, help="open-loop purchases per second (default 200)")
+    parser.add_argument("--mix", type=Mix.parse, default=Mix(), help="percent success,out-of-stock,no-funds (90,5,5)")
+    parser.add_argument("--wallets", type=int, default=256, help="funded wallets the purchases spread over")
+    parser.add_argument("--skus", type=int, default=64, help="stocked items the purchases spread over")
+    parser.add_argument("--limits-duration-s", type=float, default=5.0, help="seconds per raw-limit measurement")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the mix and the picks")
+    parser.add_argument("--work-dir", type=Path, help="certificates and cluster state (default: a temp dir, removed)")
+    parser.add_argument(
+        "--json", type=Path, help="where to write the JSON report (default .run/bench/bench-<time>.json)"
+    )
+    return parser.parse_args(argv)
+
+
+def scenarios(arguments: argparse.Namespace) -> list[Scenario]:
+    chosen = []
+    if arguments.scenario in ("throughput", "both"):
+        chosen.append(
+            Scenario("throughput", arguments.duration_s, arguments.warmup_s, concurrency=arguments.concurrency)
+        )
+    if arguments.scenario in ("latency", "both"):
+        chosen.append(Scenario("latency", arguments.duration_s, arguments.warmup_s, rate_per_s=arguments.rate))
+    return chosen
+
+
+async def measure_limits(certs_dir: Path, work_dir: Path, duration_s: float) -> list[limits.RawLimit]:
+    found = [await limits.echo_rpc(certs_dir, concurrency=ECHO_CONCURRENCY, duration_s=duration_s)]
+    for in_flight in PUBLISH_IN_FLIGHT:
+        found.append(
+            await limits.jetstream_publish(
+                certs_dir, work_dir / f"raw-{in_flight}", in_flight=in_flight, duration_s=duration_s
+            )
+        )
+    return found
+
+
+async def drive(cluster: LocalCluster, arguments: argparse.Namespace) -> tuple[list[ScenarioResult], Fixtures]:
+    token = read_token_file(cluster.token_file("ops"))
+    ops = cluster.tls_files("ops")
+    clients = Clients({service: cluster.targets(service) for service in cluster.services}, ops, token)
+    observer = await TerminalObserver.connect(cluster.nats_url, ops)
+    try:
+        print("setting up wallets and items ...", file=sys.stderr, flush=True)
+        fixtures = await create_fixtures(clients, wallets=arguments.wallets, empty_wallets=8, skus=arguments.skus)
+        generator = LoadGenerator(clients, observer, fixtures, arguments.mix, arguments.seed)
+        pids = {name: process.pid for name, process in cluster.processes.items()}
+        pids["bench"] = os.getpid()
+        return [await run_scenario(scenario, generator, observer, pids) for scenario in scenarios(arguments)], fixtures
+    finally:
+        await observer.close()
+        await clients.close()
+
+
+async def settle(cluster: LocalCluster) -> invariants.Report:
+    """The invariants once every payment has ended (purchases the run gave up on may still be
+    compensating), or as they stand after SETTLE_TIMEOUT_S."""
+    deadline_s = time.monotonic() + SETTLE_TIMEOUT_S
+    urls = [cluster.database_url(service) for service in ("ledger", "inventory", "payments")]
+    while True:
+        found = await invariants.check(*urls)
+        if found.ok or time.monotonic() > deadline_s:
+            return found
+        await asyncio.sleep(SETTLE_POLL_S)
+
+
+def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    certs_dir = work_dir / "certs"
+    for _ in rotation.bootstrap(certs_dir, certs_dir):
+        pass
+    print("measuring the raw limits of this machine ...", file=sys.stderr, flush=True)
+    raw = asyncio.run(measure_limits(certs_dir, work_dir, arguments.limits_duration_s))
+    print("starting a fresh local cluster (SQLite) ...", file=sys.stderr, flush=True)
+    environment = {"payments": {"PAYSAGA_VELOCITY_LIMIT": str(10**9)}}  # many purchases per wallet, on purpose
+    with LocalCluster(work_dir / "cluster", certs_dir, ClusterPorts.free(), environment=environment) as cluster:
+        results, _ = asyncio.run(drive(cluster, arguments))
+        print("waiting for every purchase to end, then checking the invariants ...", file=sys.stderr, flush=True)
+        found = asyncio.run(settle(cluster))
+    return report.build(machine.describe(REPO), raw, results, found)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("nats").setLevel(logging.ERROR)
+    work_dir = arguments.work_dir or Path(tempfile.mkdtemp(prefix="paysaga-bench-"))
+    try:
+        result = run(arguments, work_dir.resolve())
+    finally:
+        if arguments.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    destination = arguments.json or REPO / ".run" / "bench" / f"bench-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(json.dumps(result, indent=2) + "\n")
+    print(report.table(result))
+    print(f"\nJSON report: {destination}")
+    return 0 if report.clean(result) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

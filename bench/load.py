@@ -1,0 +1,346 @@
+"""The load generator: purchases through the public gRPC API, each followed to its terminal status.
+
+A purchase is created with ``CreatePayment`` over mTLS with a bearer token, as any client would.
+Its end is observed on the payments service's own event stream (PaymentCompleted, PaymentFailed,
+...), which payments commits in the same transaction as the terminal status: the latency is the
+time from sending the create to seeing the terminal event, so it includes the outbox relay. One
+stream consumer for every purchase keeps the observer's cost out of the services (a
+``WatchPayment`` stream per purchase would add a server stream per saga to what is measured).
+
+Two ways to offer load:
+- closed loop: N workers, each creating a purchase and waiting for its end before the next;
+- open loop: purchases created at a fixed rate whatever happens to earlier ones (how latency
+  must be measured: a slow system does not slow the arrivals down).
+
+The mix decides each purchase's intended outcome: most complete, some ask for an item that is out
+of stock (the ledger's hold is released) and some come from a wallet without funds. Any other
+outcome, an RPC error or a purchase that does not end within the bound counts as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from paysaga import eventing, messaging, tls
+from paysaga.common.v1.money_pb2 import Money
+from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from paysaga.settings import TlsFiles
+
+CURRENCY = "EUR"
+PRICE_MINOR = 100
+WALLET_FUNDS_MINOR = 10**13
+STOCK_PER_SKU = 1_000_000
+RPC_TIMEOUT_S = 30.0
+# A purchase that has not ended this long after its create counts as an error.
+TERMINAL_TIMEOUT_S = 60.0
+SETUP_CONCURRENCY = 32
+OBSERVER_BATCH = 512
+MAX_IN_FLIGHT = 50_000
+PAYMENTS_STREAM = "PAYMENTS_EVENTS"
+TERMINAL_EVENTS = {
+    "PaymentCompleted": "COMPLETED",
+    "PaymentFailed": "FAILED",
+    "PaymentRejected": "REJECTED",
+    "PaymentCancelled": "CANCELLED",
+    "PaymentRefunded": "REFUNDED",
+}
+
+
+class Intent(enum.Enum):
+    SUCCESS = "success"
+    OUT_OF_STOCK = "out_of_stock"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+
+    @property
+    def expected_status(self) -> str:
+        return "COMPLETED" if self is Intent.SUCCESS else "FAILED"
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Shares of each intended outcome, in percent."""
+
+    success: int = 90
+    out_of_stock: int = 5
+    insufficient_funds: int = 5
+
+    @classmethod
+    def parse(cls, text: str) -> Mix:
+        parts = [int(part) for part in text.split(",")]
+        if len(parts) != 3 or any(part < 0 for part in parts) or sum(parts) != 100:
+            raise ValueError(f"the mix is three percentages adding up to 100 (success,out-of-stock,no-funds): {text!r}")
+        return cls(*parts)
+
+    def chooser(self, seed: int) -> Callable[[], Intent]:
+        generator = random.Random(seed)
+        intents = [Intent.SUCCESS, Intent.OUT_OF_STOCK, Intent.INSUFFICIENT_FUNDS]
+        weights = [self.success, self.out_of_stock, self.insufficient_funds]
+        return lambda: generator.choices(intents, weights)[0]
+
+
+@dataclass(frozen=True)
+class Fixtures:
+    """Accounts and items the purchases use, created through the API before the run."""
+
+    merchant: str
+    wallets: tuple[str, ...]
+    empty_wallets: tuple[str, ...]
+    skus: tuple[str, ...]
+    out_of_stock_sku: str
+
+
+@dataclass
+class Saga:
+    intent: Intent
+    created_s: float
+    ended_s: float | None = None
+    status: str = ""
+    error: str = ""
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.ended_s is None else self.ended_s - self.created_s
+
+
+class Clients:
+    """One channel per service, shared by every call (as a production client keeps them)."""
+
+    def __init__(self, targets: dict[str, str], files: TlsFiles, token: str) -> None:
+        self._channels = {service: tls.secure_channel(target, files, token) for service, target in targets.items()}
+        self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels["payments"])
+        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels["inventory"])
+        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channels["ledger"])
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+async def _bounded(concurrency: int, calls: list[Callable[[], object]]) -> None:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(call: Callable[[], object]) -> None:
+        async with semaphore:
+            await call()  # type: ignore[misc]
+
+    await asyncio.gather(*(one(call) for call in calls))
+
+
+async def create_fixtures(clients: Clients, *, wallets: int, empty_wallets: int, skus: int) -> Fixtures:
+    def account(kind: ledger_pb2.AccountKind.ValueType, funds_minor: int) -> tuple[str, Callable[[], object]]:
+        account_id = str(uuid.uuid4())
+
+        async def create() -> None:
+            await clients.ledger.OpenAccount(
+                ledger_pb2.OpenAccountRequest(account_id=account_id, kind=kind, currency=CURRENCY, owner="bench"),
+                timeout=RPC_TIMEOUT_S,
+            )
+            if funds_minor:
+                await clients.ledger.Deposit(
+                    ledger_pb2.DepositRequest(
+                        account_id=account_id,
+                        amount=Money(amount_minor=funds_minor, currency=CURRENCY),
+                        deposit_id=str(uuid.uuid4()),
+                    ),
+                    timeout=RPC_TIMEOUT_S,
+                )
+
+        return account_id, create
+
+    def item(stock: int) -> tuple[str, Callable[[], object]]:
+        sku = f"bench-{uuid.uuid4().hex[:12]}"
+
+        async def create() -> None:
+            await clients.inventory.AddItem(
+                inventory_pb2.AddItemRequest(
+                    sku=sku, name="bench item", unit_price=Money(amount_minor=PRICE_MINOR, currency=CURRENCY)
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            if stock:
+                await clients.inventory.ReceiveStock(
+                    inventory_pb2.ReceiveStockRequest(sku=sku, quantity=stock, receipt_id=str(uuid.uuid4())),
+                    timeout=RPC_TIMEOUT_S,
+                )
+
+        return sku, create
+
+    merchant = account(ledger_pb2.ACCOUNT_KIND_MERCHANT, 0)
+    funded = [account(ledger_pb2.ACCOUNT_KIND_WALLET, WALLET_FUNDS_MINOR) for _ in range(wallets)]
+    empty = [account(ledger_pb2.ACCOUNT_KIND_WALLET, 0) for _ in range(empty_wallets)]
+    stocked = [item(STOCK_PER_SKU) for _ in range(skus)]
+    missing = item(0)
+    everything = [merchant, *funded, *empty, *stocked, missing]
+    await _bounded(SETUP_CONCURRENCY, [create for _, create in everything])
+    return Fixtures(
+        merchant=merchant[0],
+        wallets=tuple(account_id for account_id, _ in funded),
+        empty_wallets=tuple(account_id for account_id, _ in empty),
+        skus=tuple(sku for sku, _ in stocked),
+        out_of_stock_sku=missing[0],
+    )
+
+
+class TerminalObserver:
+    """Follows the payments event stream and tells each waiting purchase how it ended."""
+
+    def __init__(self, client: NatsClient) -> None:
+        self._client = client
+        self._waiting: dict[str, tuple[Saga, asyncio.Future[None]]] = {}
+        self._ended: dict[str, tuple[float, str]] = {}  # ended before its create returned
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, nats_url: str, files: TlsFiles) -> TerminalObserver:
+        client = await messaging.connect(nats_url, files, name="bench-observer", timeout_s=30)
+        observer = cls(client)
+        await observer._start()
+        return observer
+
+    async def _start(self) -> None:
+        jetstream = self._client.jetstream()
+        name = f"bench-{uuid.uuid4().hex[:12]}"
+        await jetstream.add_consumer(
+            PAYMENTS_STREAM,
+            ConsumerConfig(
+                name=name,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.NONE,
+                filter_subjects=[eventing.event_subject("payments", event) for event in TERMINAL_EVENTS],
+                inactive_threshold=60.0,
+            ),
+        )
+        subscription = await jetstream.pull_subscribe_bind(consumer=name, stream=PAYMENTS_STREAM)
+        self._task = asyncio.create_task(self._follow(subscription))
+
+    async def _follow(self, subscription: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                messages = await subscription.fetch(OBSERVER_BATCH, timeout=1.0)
+            except TimeoutError:
+                continue
+            now = time.perf_counter()
+            for message in messages:
+                envelope = eventing.parse(message.data)
+                status = TERMINAL_EVENTS[envelope.event_type]
+                waiting = self._waiting.pop(envelope.saga_id, None)
+                if waiting is None:
+                    self._ended[envelope.saga_id] = (now, status)
+                    continue
+                saga, ended = waiting
+                saga.ended_s, saga.status = now, status
+                ended.set_result(None)
+
+    async def wait(self, payment_id: str, saga: Saga, deadline_s: float) -> None:
+        """Until the purchase has ended, or deadline_s (perf_counter) has passed."""
+        early = self._ended.pop(payment_id, None)
+        if early is not None:
+            saga.ended_s, saga.status = early
+            return
+        ended = asyncio.get_running_loop().create_future()
+        self._waiting[payment_id] = (saga, ended)
+        try:
+            await asyncio.wait_for(ended, timeout=max(0.0, deadline_s - time.perf_counter()))
+        except TimeoutError:
+            self._waiting.pop(payment_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._client.close()
+
+
+@dataclass
+class Run:
+    """Every purchase of one scenario, and the calls that failed."""
+
+    sagas: list[Saga] = field(default_factory=list)
+    rpc_errors: Counter[str] = field(default_factory=Counter)
+    not_sent: int = 0
+
+
+class LoadGenerator:
+    def __init__(self, clients: Clients, observer: TerminalObserver, fixtures: Fixtures, mix: Mix, seed: int) -> None:
+        self._clients = clients
+        self._observer = observer
+        self._fixtures = fixtures
+        self._choose = mix.chooser(seed)
+        self._pick = random.Random(seed + 1)
+
+    def _request(self, intent: Intent) -> payments_pb2.CreatePaymentRequest:
+        fixtures = self._fixtures
+        wallets = fixtures.empty_wallets if intent is Intent.INSUFFICIENT_FUNDS else fixtures.wallets
+        sku = fixtures.out_of_stock_sku if intent is Intent.OUT_OF_STOCK else self._pick.choice(fixtures.skus)
+        return payments_pb2.CreatePaymentRequest(
+            idempotency_key=str(uuid.uuid4()),
+            payer_account_id=self._pick.choice(wallets),
+            merchant_account_id=fixtures.merchant,
+            sku=sku,
+            quantity=1,
+            amount=Money(amount_minor=PRICE_MINOR, currency=CURRENCY),
+        )
+
+    async def one(self, run: Run) -> None:
+        """Create one purchase and wait for its end (or the bound)."""
+        intent = self._choose()
+        request = self._request(intent)
+        saga = Saga(intent, time.perf_counter())
+        run.sagas.append(saga)
+        try:
+            response = await self._clients.payments.CreatePayment(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            saga.error = error.code().name
+            run.rpc_errors[saga.error] += 1
+            return
+        await self._observer.wait(response.payment.payment_id, saga, saga.created_s + TERMINAL_TIMEOUT_S)
+        if saga.ended_s is None:
+            saga.error = "NOT_TERMINAL"
+        elif saga.status != intent.expected_status:
+            saga.error = f"UNEXPECTED_{saga.status}"
+
+    async def closed_loop(self, run: Run, concurrency: int, until_s: float) -> None:
+        async def worker() -> None:
+            while time.perf_counter() < until_s:
+                await self.one(run)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    async def open_loop(self, run: Run, rate_per_s: float, until_s: float) -> None:
+        """Start purchases at rate_per_s until until_s, whatever the earlier ones are doing."""
+        interval_s = 1.0 / rate_per_s
+        tasks: set[asyncio.Task[None]] = set()
+        due_s = time.perf_counter()
+        while due_s < until_s:
+            now = time.perf_counter()
+            while due_s <= now and due_s < until_s:
+                if len(tasks) >= MAX_IN_FLIGHT:
+                    run.not_sent += 1
+                else:
+                    task = asyncio.create_task(self.one(run))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                due_s += interval_s
+            await asyncio.sleep(max(0.0, due_s - time.perf_counter()))
+        if tasks:
+            await asyncio.gather(*tasks)

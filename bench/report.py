@@ -1,0 +1,123 @@
+"""The benchmark's report: a JSON document, and the same as tables for a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.limits import RawLimit
+from bench.scenarios import ScenarioResult
+from paysaga.invariants import Report
+
+ECHO = "mTLS echo RPC"
+
+
+def build(
+    machine: dict[str, Any], raw: Sequence[RawLimit], results: Sequence[ScenarioResult], found: Report
+) -> dict[str, Any]:
+    limits = [
+        {
+            "name": limit.name,
+            "concurrency": limit.concurrency,
+            "per_s": round(limit.rate_per_s, 1),
+            "latency_ms": {key: round(value, 3) for key, value in vars(limit.latency).items()},
+        }
+        for limit in raw
+    ]
+    echo_per_s = next(limit.rate_per_s for limit in raw if limit.name == ECHO)
+    publish_per_s = max(limit.rate_per_s for limit in raw if limit.name != ECHO)
+    scenarios = []
+    for result in results:
+        entry = result.as_json()
+        entry["ratios"] = {
+            "sagas_per_echo_rpc": round(result.sagas_per_s / echo_per_s, 4) if echo_per_s else None,
+            "sagas_per_jetstream_publish": round(result.sagas_per_s / publish_per_s, 4) if publish_per_s else None,
+        }
+        scenarios.append(entry)
+    return {
+        "machine": machine,
+        "raw_limits": limits,
+        "scenarios": scenarios,
+        "invariants": {"ok": found.ok, "violations": found.violations[:50], "payments": found.payments_by_status},
+    }
+
+
+def clean(result: dict[str, Any]) -> bool:
+    """No errors other than the intended business failures, and every invariant holds."""
+    return bool(result["invariants"]["ok"]) and not any(scenario["errors"] for scenario in result["scenarios"])
+
+
+def _rows(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    cells = [list(map(str, header)), *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[index]) for row in cells) for index in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if index else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return lines
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+
+
+def table(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    lines = [
+        f"paysaga benchmark at {machine['commit']}, {machine['measured_at']}",
+        f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB, {machine['os']}, "
+        f"Python {machine['python']}, {machine['nats_server']}",
+        "",
+        "Raw limits of this machine (same run)",
+    ]
+    lines += _rows(
+        ["", "concurrency", "per s", "p50 ms", "p99 ms"],
+        [
+            [
+                limit["name"],
+                limit["concurrency"],
+                f"{limit['per_s']:.0f}",
+                f"{limit['latency_ms']['p50_ms']:.2f}",
+                f"{limit['latency_ms']['p99_ms']:.2f}",
+            ]
+            for limit in result["raw_limits"]
+        ],
+    )
+    for scenario in result["scenarios"]:
+        latency = scenario["latency_ms"]
+        ratios = scenario["ratios"]
+        lines += [
+            "",
+            f"Scenario {scenario['name']}: {scenario['offered']}, {scenario['duration_s']:g} s measured "
+            f"after {scenario['warmup_s']:g} s warm-up",
+            f"  completed sagas/s   {scenario['sagas_per_s']:.1f}  ({scenario['ended_in_window']} ended in the window)",
+            f"  create->terminal    p50 {latency['p50_ms']:.1f} ms  p95 {latency['p95_ms']:.1f} ms  "
+            f"p99 {latency['p99_ms']:.1f} ms  max {latency['max_ms']:.1f} ms",
+            f"  ratios              {ratios['sagas_per_echo_rpc']} sagas per echo RPC, "
+            f"{ratios['sagas_per_jetstream_publish']} sagas per JetStream publish+ack",
+            f"  outcomes            {_counts(scenario['outcomes'])}",
+            f"  errors              {_counts(scenario['errors']) or 'none'}",
+        ]
+        processes = sorted(scenario["peak_rss_mib"])
+        lines += [
+            "  " + line
+            for line in _rows(
+                ["process", "CPU ms/saga", "peak RSS MiB"],
+                [
+                    [name, f"{scenario['cpu_ms_per_saga'][name]:.2f}", f"{scenario['peak_rss_mib'][name]:.0f}"]
+                    for name in processes
+                ]
+                + [["total", f"{scenario['cpu_ms_per_saga']['total']:.2f}", ""]],
+            )
+        ]
+    invariants = result["invariants"]
+    lines += [
+        "",
+        f"Invariants after the run: {'hold' if invariants['ok'] else 'VIOLATED'}; payments {invariants['payments']}",
+    ]
+    lines += [f"  {violation}" for violation in invariants["violations"]]
+    return "\n".join(lines)
