@@ -2,5 +2,5 @@
 
 ``python3 scripts/dev.py bench`` starts a fresh local cluster (SQLite, one process per service),
 measures the raw limits of this machine (an mTLS echo RPC, a JetStream publish+ack with fsync),
-drives purchases through the public gRPC API and prints a report; see bench/README.md.
+drives purchases through the public gRPC API and prints a report (README: "Benchmark").
 """

@@ -17,9 +17,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import limits, machine, report
 from bench.load import Clients, Fixtures, LoadGenerator, Mix, TerminalObserver, create_fixtures
@@ -27,8 +27,10 @@ from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga import invariants
 from paysaga.localcluster import ClusterPorts, LocalCluster
 from paysaga.pki import rotation
+from paysaga.service_process import event_loop_factory
 from paysaga.tokens import read_token_file
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 ECHO_CONCURRENCY = 16
 PUBLISH_IN_FLIGHT = (1, 16)
@@ -102,6 +104,12 @@ async def drive(cluster: LocalCluster, arguments: argparse.Namespace) -> tuple[l
         await clients.close()
 
 
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """On the services' event loop (uvloop where installed): the load generator shares their CPUs."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(coroutine)
+
+
 async def settle(cluster: LocalCluster) -> invariants.Report:
     """The invariants once every payment has ended (purchases the run gave up on may still be
     compensating), or as they stand after SETTLE_TIMEOUT_S."""
@@ -119,20 +127,21 @@ def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     for _ in rotation.bootstrap(certs_dir, certs_dir):
         pass
     print("measuring the raw limits of this machine ...", file=sys.stderr, flush=True)
-    raw = asyncio.run(measure_limits(certs_dir, work_dir, arguments.limits_duration_s))
+    raw = _run(measure_limits(certs_dir, work_dir, arguments.limits_duration_s))
     print("starting a fresh local cluster (SQLite) ...", file=sys.stderr, flush=True)
     environment = {"payments": {"PAYSAGA_VELOCITY_LIMIT": str(10**9)}}  # many purchases per wallet, on purpose
     with LocalCluster(work_dir / "cluster", certs_dir, ClusterPorts.free(), environment=environment) as cluster:
-        results, _ = asyncio.run(drive(cluster, arguments))
+        results, _ = _run(drive(cluster, arguments))
         print("waiting for every purchase to end, then checking the invariants ...", file=sys.stderr, flush=True)
-        found = asyncio.run(settle(cluster))
+        found = _run(settle(cluster))
     return report.build(machine.describe(REPO), raw, results, found)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("nats").setLevel(logging.ERROR)
+    for noisy in ("nats", "asyncio"):  # reconnect chatter and TLS close warnings of the clients
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     work_dir = arguments.work_dir or Path(tempfile.mkdtemp(prefix="paysaga-bench-"))
     try:
         result = run(arguments, work_dir.resolve())

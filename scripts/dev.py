@@ -3,7 +3,7 @@
 
   python3 scripts/dev.py run     # set up, then start the local cluster (Ctrl-C stops it)
   python3 scripts/dev.py test    # set up, then lint, type-check and run the whole test suite
-  python3 scripts/dev.py bench   # set up, then benchmark a fresh local cluster (see bench/README.md)
+  python3 scripts/dev.py bench   # set up, then benchmark a fresh local cluster (README: "Benchmark")
   python3 scripts/dev.py setup   # only the set-up: .venv, dependencies, protobuf stubs
   python3 scripts/dev.py stubs   # regenerate the committed protobuf stubs from protos/
   python3 scripts/dev.py lint    # ruff and mypy

@@ -1,0 +1,45 @@
+"""The benchmark runs end to end: raw limits, a fresh cluster, both scenarios, a clean report.
+
+A short run, so the harness cannot rot unnoticed; it asserts what the report promises (every
+purchase ended as intended, the invariants hold, every figure is there), never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path) -> None:
+    report_file = tmp_path / "report.json"
+    command = [sys.executable, "-m", "bench", "--duration-s", "4", "--warmup-s", "1", "--limits-duration-s", "0.5"]
+    command += ["--concurrency", "8", "--rate", "10", "--wallets", "8", "--skus", "4", "--mix", "80,10,10"]
+    command += ["--work-dir", str(tmp_path / "work"), "--json", str(report_file)]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    report = json.loads(report_file.read_text())
+    assert {limit["name"] for limit in report["raw_limits"]} == {"mTLS echo RPC", "JetStream publish+ack (fsync)"}
+    assert all(limit["per_s"] > 0 for limit in report["raw_limits"])
+    assert [scenario["name"] for scenario in report["scenarios"]] == ["throughput", "latency"]
+    for scenario in report["scenarios"]:
+        assert scenario["errors"] == {}
+        assert scenario["ended_in_window"] > 0 and scenario["sagas_per_s"] > 0
+        outcomes = scenario["outcomes"]
+        assert set(outcomes) <= {"success->COMPLETED", "out_of_stock->FAILED", "insufficient_funds->FAILED"}
+        assert outcomes.get("success->COMPLETED", 0) > 0
+        latency = scenario["latency_ms"]
+        assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+        assert set(scenario["cpu_ms_per_saga"]) == {"nats", "payments", "inventory", "ledger", "bench", "total"}
+        assert all(value > 0 for value in scenario["peak_rss_mib"].values())
+        assert scenario["ratios"]["sagas_per_echo_rpc"] > 0
+    assert report["invariants"]["ok"], report["invariants"]["violations"]
+    assert "completed sagas/s" in finished.stdout and "Raw limits of this machine" in finished.stdout
