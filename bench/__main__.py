@@ -100,8 +100,10 @@ async def drive(cluster: LocalCluster, arguments: argparse.Namespace) -> tuple[l
         pids["bench"] = os.getpid()
         return [await run_scenario(scenario, generator, observer, pids) for scenario in scenarios(arguments)], fixtures
     finally:
-        await observer.close()
-        await clients.close()
+        try:
+            await observer.close()
+        finally:
+            await clients.close()
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -59,9 +59,9 @@ async def closed_loop(
 
 @contextlib.asynccontextmanager
 async def _process(command: list[str], ready_line: str | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    # Only a process we wait for reports on stdout; others must never block on a full pipe.
+    output = asyncio.subprocess.PIPE if ready_line is not None else asyncio.subprocess.DEVNULL
+    process = await asyncio.create_subprocess_exec(*command, stdout=output, stderr=asyncio.subprocess.STDOUT)
     try:
         if ready_line is not None:
             assert process.stdout is not None

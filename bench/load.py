@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import random
 import time
 import uuid
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -41,6 +43,7 @@ from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.settings import TlsFiles
 
+log = logging.getLogger(__name__)
 CURRENCY = "EUR"
 PRICE_MINOR = 100
 WALLET_FUNDS_MINOR = 10**13
@@ -51,6 +54,8 @@ TERMINAL_TIMEOUT_S = 60.0
 SETUP_CONCURRENCY = 32
 OBSERVER_BATCH = 512
 MAX_IN_FLIGHT = 50_000
+MAX_EARLY_ENDINGS = 100_000
+OBSERVER_RETRY_S = 0.5
 PAYMENTS_STREAM = "PAYMENTS_EVENTS"
 TERMINAL_EVENTS = {
     "PaymentCompleted": "COMPLETED",
@@ -234,17 +239,24 @@ class TerminalObserver:
                 messages = await subscription.fetch(OBSERVER_BATCH, timeout=1.0)
             except TimeoutError:
                 continue
+            except nats.errors.Error as error:  # e.g. a reconnect: the consumer keeps our place
+                log.warning("observer.fetch_failed: %r", error)
+                await asyncio.sleep(OBSERVER_RETRY_S)
+                continue
             now = time.perf_counter()
             for message in messages:
                 envelope = eventing.parse(message.data)
                 status = TERMINAL_EVENTS[envelope.event_type]
                 waiting = self._waiting.pop(envelope.saga_id, None)
                 if waiting is None:
+                    if len(self._ended) >= MAX_EARLY_ENDINGS:  # purchases nobody waits for any more
+                        self._ended.pop(next(iter(self._ended)))
                     self._ended[envelope.saga_id] = (now, status)
                     continue
                 saga, ended = waiting
-                saga.ended_s, saga.status = now, status
-                ended.set_result(None)
+                if not ended.done():  # not given up on meanwhile
+                    saga.ended_s, saga.status = now, status
+                    ended.set_result(None)
 
     async def wait(self, payment_id: str, saga: Saga, deadline_s: float) -> None:
         """Until the purchase has ended, or deadline_s (perf_counter) has passed."""
@@ -301,11 +313,12 @@ class LoadGenerator:
             amount=Money(amount_minor=PRICE_MINOR, currency=CURRENCY),
         )
 
-    async def one(self, run: Run) -> None:
-        """Create one purchase and wait for its end (or the bound)."""
+    async def one(self, run: Run, due_s: float | None = None) -> None:
+        """Create one purchase and wait for its end (or the bound). Its latency counts from due_s
+        when given (the open loop's schedule), so a late start is measured too."""
         intent = self._choose()
         request = self._request(intent)
-        saga = Saga(intent, time.perf_counter())
+        saga = Saga(intent, time.perf_counter() if due_s is None else due_s)
         run.sagas.append(saga)
         try:
             response = await self._clients.payments.CreatePayment(request, timeout=RPC_TIMEOUT_S)
@@ -337,7 +350,7 @@ class LoadGenerator:
                 if len(tasks) >= MAX_IN_FLIGHT:
                     run.not_sent += 1
                 else:
-                    task = asyncio.create_task(self.one(run))
+                    task = asyncio.create_task(self.one(run, due_s))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 due_s += interval_s

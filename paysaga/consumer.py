@@ -3,8 +3,8 @@
 For every message: decode the envelope; in one transaction, skip it if its id is in the inbox,
 else run the handler (which changes state and emits events into the outbox) and record the id;
 commit; only then ack. So a crash anywhere means a redelivery, and a redelivery means no second
-effect. The messages of one fetch share that transaction (one commit, one fsync for all of them:
-a group commit); if any of them fails, the batch is rolled back and each message is handled in a
+effect. On SQLite the messages of one fetch share that transaction (one commit, one fsync for all
+of them: a group commit); if any of them fails, the batch is rolled back and each message is handled in a
 transaction of its own, so a failure only ever concerns its own message.
 
 Failures:
@@ -109,6 +109,10 @@ class EventConsumer:
         self._retry_delays_s = tuple(retry_delays_s)
         self._failures: dict[int, int] = {}  # stream sequence -> handler failures so far
         self._conflicts: dict[int, int] = {}  # stream sequence -> transaction conflicts so far
+        # Group commit on SQLite only: there writers take turns anyway. On PostgreSQL a batch would
+        # hold the row locks of many handlers, taken in no common order, until its one commit:
+        # replicas would wait on each other and could deadlock.
+        self._batching = database.single_writer
 
     def retry_delay_s(self, attempt: int) -> float:
         return self._retry_delays_s[min(attempt, len(self._retry_delays_s)) - 1]
@@ -179,10 +183,20 @@ class EventConsumer:
         If anything in the batch fails, nothing of it is kept and each message is handled on its own,
         so a failure is retried, counted or parked for its own message only."""
         decoded = [(message, envelope) for message in messages if (envelope := await self._decode(message))]
-        if len(decoded) > 1 and not any(message.metadata.sequence.stream in self._failures for message, _ in decoded):
+        if (
+            self._batching
+            and len(decoded) > 1
+            and not any(message.metadata.sequence.stream in self._failures for message, _ in decoded)
+        ):
             try:
                 await self._apply_batch([envelope for _, envelope in decoded])
             except Exception as error:  # noqa: BLE001 - each message gets its own verdict below
+                if is_operating_error(error):
+                    # The database or NATS is down: one by one, each would wait for it in turn.
+                    log.warning("event.retry_later", extra={"messages": len(decoded), "error": repr(error)})
+                    for message, _ in decoded:
+                        await message.nak(delay=self.retry_delay_s(message.metadata.num_delivered))
+                    return
                 log.info("consumer.batch_split", extra={"messages": len(decoded), "error": repr(error)})
             else:
                 for message, _ in decoded:

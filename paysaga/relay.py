@@ -5,10 +5,10 @@ JetStream acknowledged it (after fsync). If the process dies between the acknowl
 the mark, the event is published again on restart and JetStream drops it as a duplicate.
 
 A batch of events is published at once and its acknowledgements awaited together. They are sent
-in outbox order on one connection, so they are stored in that order; only when a publish fails
-may a later event of the batch be stored before it is retried (consumers never rely on the order
-of events across sagas, and a saga's next event is only emitted after its previous one was
-handled).
+in outbox order on one connection, so they are stored in that order, except when a publish fails:
+then later events of the batch may be stored before it is retried. Consumers must not rely on
+order, and do not: a saga's events can also arrive out of order when a delivery is retried (e.g.
+a cancel racing the saga's first steps), and every handler accepts that.
 """
 
 from __future__ import annotations
@@ -103,13 +103,16 @@ class OutboxRelay:
             ),
             return_exceptions=True,
         )
-        sent = [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled: not a failed publish
+        sent = [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
         if sent:
             async with self._database.transaction() as unit:
                 await unit.connection.execute(
                     outbox.update().where(outbox.c.id.in_(sent)).values(published_at=utc_now())
                 )
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, Exception):
                 raise result
         return len(sent)

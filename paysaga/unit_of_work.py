@@ -134,6 +134,11 @@ class Database:
         self._write_lock = asyncio.Lock()
         self._commit_listeners: list[Callable[[list[EventEnvelope]], None]] = []
 
+    @property
+    def single_writer(self) -> bool:
+        """SQLite: one write transaction at a time, so a long one blocks nobody it could deadlock with."""
+        return self._is_sqlite
+
     def on_commit(self, listener: Callable[[list[EventEnvelope]], None]) -> None:
         self._commit_listeners.append(listener)
 

@@ -139,6 +139,45 @@ async def test_the_same_event_delivered_twice_has_one_effect(rig: Rig) -> None:
     assert await consumer_idle(rig, consumer.name)
 
 
+async def test_a_fetched_batch_commits_once_and_a_failing_event_only_fails_itself(rig: Rig) -> None:
+    events = [funds_held(str(uuid.uuid4()), rig.producer) for _ in range(5)]
+    failing = events[2]
+    failed_once = asyncio.Event()
+    failing_applied = asyncio.Event()
+
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        if event.event_id == failing.event_id and not failed_once.is_set():
+            failed_once.set()
+            raise ValueError("not yet")
+        await unit.connection.execute(effects.insert().values(payment_id=event.saga_id))
+        if event.event_id == failing.event_id:
+            failing_applied.set()
+
+    commits: list[int] = []
+    rig.database.on_commit(lambda emitted: commits.append(1))
+    consumer = rig.consumer(handler, retry_delays_s=(0.05,))
+    for event in events:
+        await rig.publish(event)
+    await rig.publish(events[0])  # the same event again, in the same fetch
+
+    await run_until(consumer, failing_applied)
+    await asyncio.sleep(0.3)
+
+    assert sorted(await rig.effects()) == sorted(event.saga_id for event in events), "each event had one effect"
+    assert failed_once.is_set()
+    assert await consumer_idle(rig, consumer.name)
+
+    # Without a failure, all of a fetch is one transaction on SQLite (one commit); on PostgreSQL
+    # each message has its own.
+    more = [funds_held(str(uuid.uuid4()), rig.producer) for _ in range(4)]
+    for event in more:
+        await rig.publish(event)
+    commits.clear()
+    await run_until(consumer)
+    assert len(commits) == (1 if rig.database.single_writer else len(more))
+    assert len(await rig.effects()) == len(events) + len(more)
+
+
 async def test_a_handler_that_keeps_failing_is_parked_in_the_dead_letter_stream(rig: Rig) -> None:
     attempts: list[int] = []
     parked = asyncio.Event()
