@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench import limits, machine, report
-from bench.load import Clients, Fixtures, LoadGenerator, Mix, TerminalObserver, create_fixtures
+from bench.load import Fixtures, LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga import invariants
+from paysaga.clients import ServiceClients
 from paysaga.localcluster import ClusterPorts, LocalCluster
 from paysaga.pki import rotation
 from paysaga.service_process import event_loop_factory
@@ -90,7 +91,7 @@ async def measure_limits(certs_dir: Path, work_dir: Path, duration_s: float) -> 
 async def drive(cluster: LocalCluster, arguments: argparse.Namespace) -> tuple[list[ScenarioResult], Fixtures]:
     token = read_token_file(cluster.token_file("ops"))
     ops = cluster.tls_files("ops")
-    clients = Clients({service: cluster.targets(service) for service in cluster.services}, ops, token)
+    clients = ServiceClients({service: cluster.targets(service) for service in cluster.services}, ops, token)
     observer = await TerminalObserver.connect(cluster.nats_url, ops)
     try:
         print("setting up wallets and items ...", file=sys.stderr, flush=True)

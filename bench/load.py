@@ -36,11 +36,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from paysaga import eventing, messaging, tls
+from paysaga import eventing, messaging
+from paysaga.clients import ServiceClients
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from paysaga.ledger.v1 import ledger_pb2
+from paysaga.payments.v1 import payments_pb2
 from paysaga.settings import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -122,20 +122,6 @@ class Saga:
         return None if self.ended_s is None else self.ended_s - self.created_s
 
 
-class Clients:
-    """One channel per service, shared by every call (as a production client keeps them)."""
-
-    def __init__(self, targets: dict[str, str], files: TlsFiles, token: str) -> None:
-        self._channels = {service: tls.secure_channel(target, files, token) for service, target in targets.items()}
-        self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels["payments"])
-        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels["inventory"])
-        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channels["ledger"])
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-
-
 async def _bounded(concurrency: int, calls: list[Callable[[], object]]) -> None:
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -146,44 +132,23 @@ async def _bounded(concurrency: int, calls: list[Callable[[], object]]) -> None:
     await asyncio.gather(*(one(call) for call in calls))
 
 
-async def create_fixtures(clients: Clients, *, wallets: int, empty_wallets: int, skus: int) -> Fixtures:
+async def create_fixtures(clients: ServiceClients, *, wallets: int, empty_wallets: int, skus: int) -> Fixtures:
     def account(kind: ledger_pb2.AccountKind.ValueType, funds_minor: int) -> tuple[str, Callable[[], object]]:
         account_id = str(uuid.uuid4())
-
-        async def create() -> None:
-            await clients.ledger.OpenAccount(
-                ledger_pb2.OpenAccountRequest(account_id=account_id, kind=kind, currency=CURRENCY, owner="bench"),
-                timeout=RPC_TIMEOUT_S,
-            )
-            if funds_minor:
-                await clients.ledger.Deposit(
-                    ledger_pb2.DepositRequest(
-                        account_id=account_id,
-                        amount=Money(amount_minor=funds_minor, currency=CURRENCY),
-                        deposit_id=str(uuid.uuid4()),
-                    ),
-                    timeout=RPC_TIMEOUT_S,
-                )
-
-        return account_id, create
+        return account_id, lambda: clients.open_account(
+            kind,
+            currency=CURRENCY,
+            owner="bench",
+            funds_minor=funds_minor,
+            timeout_s=RPC_TIMEOUT_S,
+            account_id=account_id,
+        )
 
     def item(stock: int) -> tuple[str, Callable[[], object]]:
         sku = f"bench-{uuid.uuid4().hex[:12]}"
-
-        async def create() -> None:
-            await clients.inventory.AddItem(
-                inventory_pb2.AddItemRequest(
-                    sku=sku, name="bench item", unit_price=Money(amount_minor=PRICE_MINOR, currency=CURRENCY)
-                ),
-                timeout=RPC_TIMEOUT_S,
-            )
-            if stock:
-                await clients.inventory.ReceiveStock(
-                    inventory_pb2.ReceiveStockRequest(sku=sku, quantity=stock, receipt_id=str(uuid.uuid4())),
-                    timeout=RPC_TIMEOUT_S,
-                )
-
-        return sku, create
+        return sku, lambda: clients.add_item(
+            sku, name="bench item", price_minor=PRICE_MINOR, currency=CURRENCY, stock=stock, timeout_s=RPC_TIMEOUT_S
+        )
 
     merchant = account(ledger_pb2.ACCOUNT_KIND_MERCHANT, 0)
     funded = [account(ledger_pb2.ACCOUNT_KIND_WALLET, WALLET_FUNDS_MINOR) for _ in range(wallets)]
@@ -293,7 +258,9 @@ class Run:
 
 
 class LoadGenerator:
-    def __init__(self, clients: Clients, observer: TerminalObserver, fixtures: Fixtures, mix: Mix, seed: int) -> None:
+    def __init__(
+        self, clients: ServiceClients, observer: TerminalObserver, fixtures: Fixtures, mix: Mix, seed: int
+    ) -> None:
         self._clients = clients
         self._observer = observer
         self._fixtures = fixtures

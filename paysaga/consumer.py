@@ -206,11 +206,6 @@ class EventConsumer:
         for message, envelope in decoded:
             await self._handle_decoded(message, envelope)
 
-    async def handle(self, message: Msg) -> None:
-        envelope = await self._decode(message)
-        if envelope is not None:
-            await self._handle_decoded(message, envelope)
-
     async def _decode(self, message: Msg) -> EventEnvelope | None:
         """The message's event, or None when it can never be handled (then it is parked)."""
         try:
@@ -272,16 +267,11 @@ class EventConsumer:
         return self._conflicts[sequence]
 
     async def _apply(self, envelope: EventEnvelope) -> bool:
-        async with self._database.transaction() as unit:
-            if await unit.already_processed(envelope.event_id):
-                return False
-            await self._handlers[envelope.event_type](unit, envelope)
-            await unit.record_processed(envelope)
-        return True
+        return await self._apply_batch([envelope]) > 0
 
-    async def _apply_batch(self, envelopes: Sequence[EventEnvelope]) -> None:
+    async def _apply_batch(self, envelopes: Sequence[EventEnvelope]) -> int:
         """Every new event of the batch handled in one transaction, in stream order; duplicates
-        (already in the inbox, or twice in the batch) skipped."""
+        (already in the inbox, or twice in the batch) skipped. Returns how many were new."""
         async with self._database.transaction() as unit:
             seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
             handled = []
@@ -294,6 +284,7 @@ class EventConsumer:
                 handled.append(envelope)
             if handled:
                 await unit.record_all_processed(handled)
+        return len(handled)
 
     async def _park_or_retry(self, message: Msg, envelope: EventEnvelope | None, reason: str) -> None:
         try:

@@ -479,7 +479,7 @@ def _run_demo(cluster: LocalCluster) -> None:
             demo.run(
                 {service: cluster.grpc_target(service) for service in cluster.services},
                 cluster.tls_files("ops"),
-                cluster.token_file("ops").read_text().strip(),
+                tokens.read_token_file(cluster.token_file("ops")),
                 lambda line: say(f"demo      | {line}"),
             )
         )

@@ -24,7 +24,9 @@ from paysaga.messaging import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT, inb
 from paysaga.pki.authority import CLUSTER_CLIENTS, client_identity, service_identity
 from paysaga.settings import TlsFiles
 
-# Which producers' events each service consumes; mirrors the services' subscriptions (a test checks).
+# Which producers' events each service consumes: the producers of the SUBSCRIPTIONS in each
+# services/<name>/bootstrap.py. If they drift, NATS refuses the consumer and no saga completes, which
+# every end-to-end test notices.
 CONSUMES: Mapping[str, tuple[str, ...]] = {
     "payments": ("ledger", "inventory"),
     "inventory": ("ledger", "payments"),

@@ -129,22 +129,31 @@ class CertificateWatcher:
         self.material = read_tls_files(files)
         self._next_check_at = time.monotonic() + check_interval_s
 
-    def poll(self) -> TlsMaterial | None:
+    def poll_due(self) -> TlsMaterial | None:
+        """poll(), at most once per check interval: for callers not driven by a timer of their own
+        (gRPC asks before every handshake)."""
         with self._lock:
-            now = time.monotonic()
-            if now < self._next_check_at:
+            if time.monotonic() < self._next_check_at:
                 return None
-            self._next_check_at = now + self.check_interval_s
-            current = fingerprint(self.files)
-            if current == self._seen:
-                return None
-            try:
-                material = read_tls_files(self.files)
-            except (TlsConfigurationError, OSError) as error:
-                log.warning("tls.reload_waiting", extra={"error": str(error)})
-                return None
-            self._seen, self.material = current, material
-            return material
+            return self._poll()
+
+    def poll(self) -> TlsMaterial | None:
+        """The new material if the files changed since the last poll and form a valid set now."""
+        with self._lock:
+            return self._poll()
+
+    def _poll(self) -> TlsMaterial | None:
+        self._next_check_at = time.monotonic() + self.check_interval_s
+        current = fingerprint(self.files)
+        if current == self._seen:
+            return None
+        try:
+            material = read_tls_files(self.files)
+        except (TlsConfigurationError, OSError) as error:
+            log.warning("tls.reload_waiting", extra={"error": str(error)})
+            return None
+        self._seen, self.material = current, material
+        return material
 
 
 def _server_configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
@@ -160,7 +169,7 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     watcher = CertificateWatcher(files)
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:  # called by gRPC before every handshake
-        material = watcher.poll()
+        material = watcher.poll_due()
         if material is None:
             return None
         log.info("tls.reloaded", extra=material.describe())

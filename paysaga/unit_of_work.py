@@ -93,19 +93,12 @@ class UnitOfWork:
             ],
         )
 
-    async def already_processed(self, event_id: str) -> bool:
-        found = await self.connection.scalar(sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id == event_id))
-        return found is not None
-
     async def processed_among(self, event_ids: Sequence[str]) -> set[str]:
         """Which of these events were handled before (one query for a batch)."""
         rows = await self.connection.execute(
             sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id.in_(event_ids))
         )
         return {row.event_id for row in rows}
-
-    async def record_processed(self, envelope: EventEnvelope) -> None:
-        await self.record_all_processed([envelope])
 
     async def record_all_processed(self, envelopes: Sequence[EventEnvelope]) -> None:
         now = utc_now()

@@ -35,6 +35,7 @@ from pathlib import Path
 from paysaga import tokens
 from paysaga.pki import authority, rotation
 from paysaga.pki.authority import CertificateError, CertificateInfo, Kind
+from paysaga.settings import DEFAULT_GRPC_PORTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--audience",
         action="append",
         required=True,
-        choices=["payments", "inventory", "ledger"],
+        choices=list(DEFAULT_GRPC_PORTS),
         help="the service the token is for (repeatable)",
     )
     token_issue.add_argument(

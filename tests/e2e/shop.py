@@ -13,13 +13,14 @@ import sqlalchemy as sa
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from paysaga import eventing, invariants, tls
+from paysaga import eventing, invariants
+from paysaga.clients import ServiceClients
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.eventing import EventEnvelope
-from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.inventory.v1 import inventory_pb2
+from paysaga.ledger.v1 import ledger_pb2
 from paysaga.localcluster import SERVICES, LocalCluster
-from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from paysaga.payments.v1 import payments_pb2
 from paysaga.tokens import read_token_file
 from tests.helpers import connect_as
 
@@ -43,48 +44,27 @@ class Purchase:
 class Shop:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
-        # Calls spread over every replica of a service, as a production client's would.
         token = read_token_file(cluster.token_file("ops"))
-        self._channels = [
-            tls.secure_channel(cluster.targets(service), cluster.tls_files("ops"), token) for service in SERVICES
-        ]
-        self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels[0])
-        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels[1])
-        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channels[2])
+        self.clients = ServiceClients(
+            {service: cluster.targets(service) for service in SERVICES}, cluster.tls_files("ops"), token
+        )
+        self.payments = self.clients.payments
+        self.inventory = self.clients.inventory
+        self.ledger = self.clients.ledger
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        await self.clients.close()
 
     async def open_account(self, kind: ledger_pb2.AccountKind.ValueType, funds_minor: int = 0) -> str:
-        account_id = str(uuid.uuid4())
-        await self.ledger.OpenAccount(
-            ledger_pb2.OpenAccountRequest(account_id=account_id, kind=kind, currency=CURRENCY, owner="test"),
-            timeout=10,
+        return await self.clients.open_account(
+            kind, currency=CURRENCY, owner="test", funds_minor=funds_minor, timeout_s=10
         )
-        if funds_minor:
-            await self.ledger.Deposit(
-                ledger_pb2.DepositRequest(
-                    account_id=account_id,
-                    amount=Money(amount_minor=funds_minor, currency=CURRENCY),
-                    deposit_id=str(uuid.uuid4()),
-                ),
-                timeout=10,
-            )
-        return account_id
 
     async def add_item(self, stock: int, price_minor: int = 1250) -> str:
         sku = f"sku-{uuid.uuid4().hex[:12]}"
-        await self.inventory.AddItem(
-            inventory_pb2.AddItemRequest(
-                sku=sku, name="test item", unit_price=Money(amount_minor=price_minor, currency=CURRENCY)
-            ),
-            timeout=10,
+        await self.clients.add_item(
+            sku, name="test item", price_minor=price_minor, currency=CURRENCY, stock=stock, timeout_s=10
         )
-        if stock:
-            await self.inventory.ReceiveStock(
-                inventory_pb2.ReceiveStockRequest(sku=sku, quantity=stock, receipt_id=str(uuid.uuid4())), timeout=10
-            )
         return sku
 
     async def setup(self, *, funds_minor: int, stock: int, price_minor: int = 1250) -> Purchase:
