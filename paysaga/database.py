@@ -1,4 +1,7 @@
-"""The service's database engine (SQLAlchemy, async). SQLite by default, PostgreSQL later.
+"""The service's database engine (SQLAlchemy, async). SQLite by default, or PostgreSQL.
+
+SQLite goes through paysaga.sqlite_driver: statements run on the event loop's thread, and only
+what waits (for another writer, for fsync) on the connection's own thread.
 
 On SQLite every connection uses WAL (readers do not block the writer), synchronous=FULL (a
 commit is on disk before it returns) and a busy timeout instead of immediate "database is
@@ -18,6 +21,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from paysaga import sqlite_driver
+
 SQLITE_BUSY_TIMEOUT_MS = 5000
 # Set on a connection that will write; see paysaga.unit_of_work.
 WRITE_OPTION = "paysaga_write"
@@ -36,15 +41,18 @@ def create_engine(url: str) -> AsyncEngine:
             # Durable commits whatever the server's default: a commit returns once it is on disk.
             connect_args={"server_settings": {"synchronous_commit": "on"}},
         )
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url)
+    if parsed.query:
+        raise ValueError(f"SQLite URLs take no options here, got {sorted(parsed.query)}")
+    database = parsed.database or ":memory:"
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # The driver's own implicit transactions would start only at the first write, so a handler's
+    # reads would not be isolated from another writer: its connections are in autocommit mode and
+    # we issue BEGIN ourselves, below.
+    engine = create_async_engine(url, async_creator=sqlite_driver.connector(database))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure_sqlite(connection: Any, _record: Any) -> None:
-        # The driver's own implicit transactions start only at the first write, so a handler's
-        # reads would not be isolated from another writer: we issue BEGIN ourselves, below.
-        connection.isolation_level = None
         cursor = connection.cursor()
         for pragma in (
             "journal_mode=WAL",
