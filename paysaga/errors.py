@@ -22,3 +22,8 @@ class AlreadyExists(DomainError):
 
 class FailedPrecondition(DomainError):
     pass
+
+
+class ResourceExhausted(DomainError):
+    """Too busy to take this on now; nothing was changed, and the same request may be sent again
+    later."""

@@ -19,7 +19,14 @@ from grpc_reflection.v1alpha import reflection
 
 from paysaga.authz import AuthorizationInterceptor, Authorizer, Rule
 from paysaga.database import is_unavailable
-from paysaga.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
+from paysaga.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from paysaga.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,7 @@ STATUS_OF_ERROR: dict[type[DomainError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

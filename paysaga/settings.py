@@ -57,6 +57,9 @@ class PaymentLimits:
     max_amount_minor: int = 1_000_000
     velocity_limit: int = 20
     velocity_window_s: float = 60.0
+    # Purchases not yet ended above which new ones are refused (RESOURCE_EXHAUSTED) rather than
+    # queued until they time out.
+    max_in_flight: int = 500
 
 
 def _number(text: str, kind: type[int] | type[float]) -> float:
@@ -176,6 +179,13 @@ def load_settings(
             "the velocity rule's window",
             type=_positive_float,
         )
+        option(
+            "--max-in-flight",
+            "PAYSAGA_MAX_IN_FLIGHT",
+            str(limits.max_in_flight),
+            "purchases not yet ended above which CreatePayment refuses new ones (RESOURCE_EXHAUSTED)",
+            type=_positive_int,
+        )
     args = parser.parse_args(argv)
     if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         parser.error(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {args.log_level}")
@@ -196,6 +206,7 @@ def load_settings(
             int(args.max_amount_minor),
             int(args.velocity_limit),
             float(args.velocity_window_s),
+            int(args.max_in_flight),
         )
         if service == "payments"
         else PaymentLimits(),

@@ -15,10 +15,13 @@ from tests.e2e.shop import Shop
 SAGA_TIMEOUT_S = 6
 MAX_AMOUNT_MINOR = 100_000
 VELOCITY_LIMIT = 5
+# Above every other test's purchases at once (10), so only the admission test reaches it.
+MAX_IN_FLIGHT = 20
 PAYMENTS_SETTINGS = {
     "PAYSAGA_SAGA_TIMEOUT_S": str(SAGA_TIMEOUT_S),
     "PAYSAGA_MAX_AMOUNT_MINOR": str(MAX_AMOUNT_MINOR),
     "PAYSAGA_VELOCITY_LIMIT": str(VELOCITY_LIMIT),
+    "PAYSAGA_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
 }
 
 

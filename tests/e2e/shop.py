@@ -77,7 +77,13 @@ class Shop:
     async def pay(
         self, purchase: Purchase, *, amount_minor: int, quantity: int = 1, key: str | None = None
     ) -> payments_pb2.Payment:
-        response = await self.payments.CreatePayment(
+        response = await self.create(purchase, amount_minor=amount_minor, quantity=quantity, key=key)
+        return response.payment
+
+    async def create(
+        self, purchase: Purchase, *, amount_minor: int, quantity: int = 1, key: str | None = None
+    ) -> payments_pb2.CreatePaymentResponse:
+        response: payments_pb2.CreatePaymentResponse = await self.payments.CreatePayment(
             payments_pb2.CreatePaymentRequest(
                 idempotency_key=key or str(uuid.uuid4()),
                 payer_account_id=purchase.payer,
@@ -88,8 +94,7 @@ class Shop:
             ),
             timeout=10,
         )
-        payment: payments_pb2.Payment = response.payment
-        return payment
+        return response
 
     async def payment(self, payment_id: str) -> payments_pb2.Payment:
         payment: payments_pb2.Payment = await self.payments.GetPayment(

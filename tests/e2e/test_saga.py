@@ -12,8 +12,10 @@ import grpc
 import pytest
 
 from paysaga.common.v1.money_pb2 import Money
+from paysaga.ledger.v1 import ledger_pb2
 from paysaga.payments.v1 import payments_pb2
-from tests.e2e.conftest import MAX_AMOUNT_MINOR, SAGA_TIMEOUT_S, VELOCITY_LIMIT
+from services.payments.admission import REFRESH_S
+from tests.e2e.conftest import MAX_AMOUNT_MINOR, MAX_IN_FLIGHT, SAGA_TIMEOUT_S, VELOCITY_LIMIT
 from tests.e2e.shop import Purchase, Shop, status_name
 
 pytestmark = pytest.mark.e2e
@@ -403,3 +405,57 @@ async def test_cancel_racing_the_capture_ends_cancelled_with_everything_undone(s
     assert await shop.balance(purchase.merchant) == (0, 0, 0)
     await settled(shop)
     assert await shop.stock(purchase.sku) == (3, 0, 0)
+
+
+async def test_purchases_beyond_the_in_flight_limit_are_refused_and_change_nothing(shop: Shop) -> None:
+    merchant = await shop.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT)
+    sku = await shop.add_item(stock=MAX_IN_FLIGHT + 5)
+    accepted: list[payments_pb2.Payment] = []
+    refused: tuple[Purchase, str, grpc.aio.AioRpcError] | None = None
+    shop.cluster.pause("inventory")  # accepted purchases stay in flight at FUNDS_HELD
+    try:
+        for _ in range(MAX_IN_FLIGHT + 5):
+            purchase = Purchase(await shop.open_account(ledger_pb2.ACCOUNT_KIND_WALLET, PRICE), merchant, sku)
+            key = str(uuid.uuid4())
+            await asyncio.sleep(REFRESH_S * 1.2)  # every replica has counted the purchases before
+            try:
+                accepted.append(await shop.pay(purchase, amount_minor=PRICE, key=key))
+            except grpc.aio.AioRpcError as error:
+                refused = (purchase, key, error)
+                break
+        assert refused is not None, f"{len(accepted)} purchases in flight and none refused"
+        purchase, key, refusal = refused
+        assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "in flight" in (refusal.details() or "") and "retry" in (refusal.details() or "")
+        # Earlier tests' purchases may still be in flight too, so at most the limit got in.
+        assert 0 < len(accepted) <= MAX_IN_FLIGHT
+        # The refused request left nothing behind: no payment, no hold.
+        listed = await shop.payments.ListPayments(
+            payments_pb2.ListPaymentsRequest(payer_account_id=purchase.payer), timeout=10
+        )
+        assert list(listed.payments) == []
+        assert await shop.balance(purchase.payer) == (PRICE, 0, PRICE)
+    finally:
+        shop.cluster.resume("inventory")
+
+    for payment in accepted:
+        assert status_name(await shop.finish(payment.payment_id)) == "COMPLETED"
+    # Once the purchases in flight are done, the refused request, sent again as it was, goes through.
+    retried = await _create_when_admitted(shop, purchase, key)
+    assert not retried.replayed
+    assert status_name(await shop.finish(retried.payment.payment_id)) == "COMPLETED"
+    assert await shop.balance(purchase.payer) == (0, 0, 0)
+    await settled(shop)
+
+
+async def _create_when_admitted(
+    shop: Shop, purchase: Purchase, key: str, timeout_s: float = 20.0
+) -> payments_pb2.CreatePaymentResponse:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await shop.create(purchase, amount_minor=PRICE, key=key)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)

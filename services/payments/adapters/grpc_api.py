@@ -22,6 +22,7 @@ from services.payments import handlers
 from services.payments.adapters import repository
 from services.payments.adapters.repository import as_utc, payment_from_row
 from services.payments.adapters.tables import payments
+from services.payments.admission import Admission
 from services.payments.domain import TERMINAL, Payment, PurchaseRequest, Status
 
 # A watcher re-reads its payment after every commit of this process, and at least this often
@@ -49,6 +50,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self._database = database
         self._rules = rules
         self._changes = ChangeSignal()
+        self._admission = Admission(database, rules.max_in_flight)
         database.on_commit(self._changes.notify)
 
     @domain_errors_as_status
@@ -56,6 +58,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
         purchase = purchase_request(request)
+        await self._admission.admit()
         payment, replayed = await self._database.retrying(
             lambda unit: handlers.create_payment(unit, purchase, self._rules)
         )

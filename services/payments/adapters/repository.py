@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.payments.adapters.tables import payment_history, payments
-from services.payments.domain import Payment, PurchaseRequest, Status
+from services.payments.domain import IN_FLIGHT, Payment, PurchaseRequest, Status
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -150,14 +150,17 @@ async def stuck_compensations(connection: AsyncConnection, since: dt.datetime, l
     return list(rows)
 
 
+async def count_in_flight(connection: AsyncConnection) -> int:
+    """Payments the saga is still moving forward (an index range on status)."""
+    in_flight = [status.value for status in IN_FLIGHT]
+    query = sa.select(sa.func.count()).select_from(payments).where(payments.c.status.in_(in_flight))
+    return int(await connection.scalar(query) or 0)
+
+
 async def overdue(connection: AsyncConnection, now: dt.datetime, limit: int) -> list[str]:
     rows = await connection.execute(
         sa.select(payments.c.payment_id)
-        .where(
-            payments.c.status.in_(
-                [status.value for status in (Status.PENDING, Status.FUNDS_HELD, Status.STOCK_RESERVED)]
-            )
-        )
+        .where(payments.c.status.in_([status.value for status in IN_FLIGHT]))
         .where(payments.c.deadline_at < now)
         .order_by(payments.c.deadline_at)
         .limit(limit)
