@@ -18,7 +18,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
@@ -80,16 +79,9 @@ class OutboxRelay:
                 log.warning("outbox.stream_recreate_failed", extra={"stream": stream.name, "error": repr(error)})
 
     async def publish_pending(self) -> int:
-        outbox = self._database.outbox
+        statements = self._database.statements
         async with self._database.read() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(BATCH_SIZE)
-                )
-            ).all()
+            rows = (await connection.execute(statements.unpublished, {"limit": BATCH_SIZE})).all()
         if not rows:
             return 0
         # All of the batch in flight at once, the acknowledgements awaited together: one round trip
@@ -109,9 +101,7 @@ class OutboxRelay:
         sent = [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
         if sent:
             async with self._database.transaction() as unit:
-                await unit.connection.execute(
-                    outbox.update().where(outbox.c.id.in_(sent)).values(published_at=utc_now())
-                )
+                await unit.connection.execute(statements.mark_published, {"ids": sent, "published_at": utc_now()})
         for result in results:
             if isinstance(result, Exception):
                 raise result

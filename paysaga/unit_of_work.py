@@ -63,11 +63,32 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class MessagingStatements:
+    """The outbox and inbox statements, built once per database: SQLAlchemy memoizes a statement's
+    cache key, so a statement built once is found in the compiled cache without being rebuilt and
+    hashed on every call."""
+
+    def __init__(self, outbox: sa.Table, inbox: sa.Table) -> None:
+        self.insert_outbox = outbox.insert()
+        self.processed = sa.select(inbox.c.event_id).where(inbox.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+        self.insert_inbox = inbox.insert()
+        self.unpublished = (
+            sa.select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(sa.bindparam("limit"))
+        )
+        self.mark_published = (
+            outbox.update()
+            .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(published_at=sa.bindparam("published_at"))
+        )
+
+
 @dataclass
 class UnitOfWork:
     connection: AsyncConnection
-    outbox: sa.Table
-    inbox: sa.Table
+    statements: MessagingStatements
     emitted: list[EventEnvelope] = field(default_factory=list)
 
     async def emit(self, envelope: EventEnvelope) -> None:
@@ -79,7 +100,7 @@ class UnitOfWork:
             return
         now = utc_now()
         await self.connection.execute(
-            self.outbox.insert(),
+            self.statements.insert_outbox,
             [
                 {
                     "event_id": envelope.event_id,
@@ -95,15 +116,13 @@ class UnitOfWork:
 
     async def processed_among(self, event_ids: Sequence[str]) -> set[str]:
         """Which of these events were handled before (one query for a batch)."""
-        rows = await self.connection.execute(
-            sa.select(self.inbox.c.event_id).where(self.inbox.c.event_id.in_(event_ids))
-        )
+        rows = await self.connection.execute(self.statements.processed, {"ids": list(event_ids)})
         return {row.event_id for row in rows}
 
     async def record_all_processed(self, envelopes: Sequence[EventEnvelope]) -> None:
         now = utc_now()
         await self.connection.execute(
-            self.inbox.insert(),
+            self.statements.insert_inbox,
             [
                 {
                     "event_id": envelope.event_id,
@@ -123,6 +142,7 @@ class Database:
         self.engine = engine
         self.outbox = metadata.tables["outbox"]
         self.inbox = metadata.tables["inbox"]
+        self.statements = MessagingStatements(self.outbox, self.inbox)
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
         self._commit_listeners: list[Callable[[list[EventEnvelope]], None]] = []
@@ -142,7 +162,7 @@ class Database:
         async with lock, self.engine.connect() as connection:
             await connection.execution_options(**{WRITE_OPTION: True})
             async with connection.begin():
-                unit = UnitOfWork(connection, self.outbox, self.inbox)
+                unit = UnitOfWork(connection, self.statements)
                 yield unit
                 await unit.write_outbox()
         for listener in self._commit_listeners:

@@ -13,13 +13,23 @@ from services.inventory.domain import Item, Reservation, ReservationStatus
 
 QUANTITIES = ("quantity_available", "quantity_reserved", "quantity_sold", "quantity_received", "quantity_restocked_out")
 
+# The hot statements are built once (see services.payments.adapters.repository); an UPDATE's SET
+# takes the columns named by the parameters, and its key is bound under another name.
+_LOAD_ITEM = sa.select(items).where(items.c.sku == sa.bindparam("sku")).with_for_update()
+_UPDATE_ITEM = items.update().where(items.c.sku == sa.bindparam("b_sku"))
+_LOAD_RESERVATION = (
+    sa.select(reservations).where(reservations.c.payment_id == sa.bindparam("payment_id")).with_for_update()
+)
+_INSERT_RESERVATION = reservations.insert()
+_UPDATE_RESERVATION = reservations.update().where(reservations.c.reservation_id == sa.bindparam("b_reservation_id"))
+
 
 def item_from_row(row: Any) -> Item:
     return Item(row.sku, row.name, row.unit_price_minor, row.currency, *(getattr(row, name) for name in QUANTITIES))
 
 
 async def load_item(connection: AsyncConnection, sku: str) -> Item | None:
-    row = (await connection.execute(sa.select(items).where(items.c.sku == sku).with_for_update())).first()
+    row = (await connection.execute(_LOAD_ITEM, {"sku": sku})).first()
     return None if row is None else item_from_row(row)
 
 
@@ -40,18 +50,13 @@ async def insert_item(connection: AsyncConnection, item: Item) -> None:
 
 async def save_item(connection: AsyncConnection, item: Item) -> None:
     await connection.execute(
-        items.update()
-        .where(items.c.sku == item.sku)
-        .values(updated_at=utc_now(), **{name: getattr(item, name) for name in QUANTITIES})
+        _UPDATE_ITEM,
+        {"b_sku": item.sku, "updated_at": utc_now(), **{name: getattr(item, name) for name in QUANTITIES}},
     )
 
 
 async def load_reservation(connection: AsyncConnection, payment_id: str) -> Reservation | None:
-    row = (
-        await connection.execute(
-            sa.select(reservations).where(reservations.c.payment_id == payment_id).with_for_update()
-        )
-    ).first()
+    row = (await connection.execute(_LOAD_RESERVATION, {"payment_id": payment_id})).first()
     if row is None:
         return None
     return Reservation(row.reservation_id, row.payment_id, row.sku, row.quantity, ReservationStatus(row.status))
@@ -59,22 +64,22 @@ async def load_reservation(connection: AsyncConnection, payment_id: str) -> Rese
 
 async def insert_reservation(connection: AsyncConnection, reservation: Reservation) -> None:
     await connection.execute(
-        reservations.insert().values(
-            reservation_id=reservation.reservation_id,
-            payment_id=reservation.payment_id,
-            sku=reservation.sku,
-            quantity=reservation.quantity,
-            status=reservation.status.value,
-            updated_at=utc_now(),
-        )
+        _INSERT_RESERVATION,
+        {
+            "reservation_id": reservation.reservation_id,
+            "payment_id": reservation.payment_id,
+            "sku": reservation.sku,
+            "quantity": reservation.quantity,
+            "status": reservation.status.value,
+            "updated_at": utc_now(),
+        },
     )
 
 
 async def save_reservation(connection: AsyncConnection, reservation: Reservation) -> None:
     await connection.execute(
-        reservations.update()
-        .where(reservations.c.reservation_id == reservation.reservation_id)
-        .values(status=reservation.status.value, updated_at=utc_now())
+        _UPDATE_RESERVATION,
+        {"b_reservation_id": reservation.reservation_id, "status": reservation.status.value, "updated_at": utc_now()},
     )
 
 

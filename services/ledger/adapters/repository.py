@@ -12,13 +12,27 @@ from paysaga.unit_of_work import utc_now
 from services.ledger.adapters.tables import accounts, holds, journal_entries, journal_lines, statement_lines
 from services.ledger.domain import Account, AccountKind, Entry, EntryKind, Hold, HoldStatus
 
+# The hot statements are built once (see services.payments.adapters.repository); an UPDATE's SET
+# takes the columns named by the parameters, and its key is bound under another name.
+_LOAD_ACCOUNTS = (
+    sa.select(accounts)
+    .where(accounts.c.account_id.in_(sa.bindparam("account_ids", expanding=True)))
+    .order_by(accounts.c.account_id)
+    .with_for_update()
+)
+_UPDATE_ACCOUNT = accounts.update().where(accounts.c.account_id == sa.bindparam("b_account_id"))
+_LOAD_HOLD = sa.select(holds).where(holds.c.payment_id == sa.bindparam("payment_id")).with_for_update()
+_INSERT_HOLD = holds.insert()
+_UPDATE_HOLD = holds.update().where(holds.c.hold_id == sa.bindparam("b_hold_id"))
+_INSERT_ENTRY = journal_entries.insert()
+_INSERT_LINES = journal_lines.insert()
+_ENTRY_HASH = sa.select(journal_entries.c.request_hash).where(journal_entries.c.entry_id == sa.bindparam("entry_id"))
+_INSERT_STATEMENT_LINE = statement_lines.insert()
+
 
 async def load_accounts(connection: AsyncConnection, account_ids: Iterable[str]) -> dict[str, Account]:
     """The accounts that exist among account_ids, locked for update in id order (no deadlocks)."""
-    ids = sorted(set(account_ids))
-    rows = await connection.execute(
-        sa.select(accounts).where(accounts.c.account_id.in_(ids)).order_by(accounts.c.account_id).with_for_update()
-    )
+    rows = await connection.execute(_LOAD_ACCOUNTS, {"account_ids": sorted(set(account_ids))})
     return {row.account_id: account_from_row(row) for row in rows}
 
 
@@ -43,14 +57,17 @@ async def insert_account(connection: AsyncConnection, account: Account) -> None:
 async def save_accounts(connection: AsyncConnection, *changed: Account) -> None:
     for account in changed:
         await connection.execute(
-            accounts.update()
-            .where(accounts.c.account_id == account.account_id)
-            .values(balance_minor=account.balance_minor, held_minor=account.held_minor)
+            _UPDATE_ACCOUNT,
+            {
+                "b_account_id": account.account_id,
+                "balance_minor": account.balance_minor,
+                "held_minor": account.held_minor,
+            },
         )
 
 
 async def load_hold(connection: AsyncConnection, payment_id: str) -> Hold | None:
-    row = (await connection.execute(sa.select(holds).where(holds.c.payment_id == payment_id).with_for_update())).first()
+    row = (await connection.execute(_LOAD_HOLD, {"payment_id": payment_id})).first()
     if row is None:
         return None
     return Hold(
@@ -66,37 +83,39 @@ async def load_hold(connection: AsyncConnection, payment_id: str) -> Hold | None
 
 async def insert_hold(connection: AsyncConnection, hold: Hold) -> None:
     await connection.execute(
-        holds.insert().values(
-            hold_id=hold.hold_id,
-            payment_id=hold.payment_id,
-            payer_account_id=hold.payer_account_id,
-            merchant_account_id=hold.merchant_account_id,
-            amount_minor=hold.amount_minor,
-            currency=hold.currency,
-            status=hold.status.value,
-            updated_at=utc_now(),
-        )
+        _INSERT_HOLD,
+        {
+            "hold_id": hold.hold_id,
+            "payment_id": hold.payment_id,
+            "payer_account_id": hold.payer_account_id,
+            "merchant_account_id": hold.merchant_account_id,
+            "amount_minor": hold.amount_minor,
+            "currency": hold.currency,
+            "status": hold.status.value,
+            "updated_at": utc_now(),
+        },
     )
 
 
 async def save_hold(connection: AsyncConnection, hold: Hold) -> None:
     await connection.execute(
-        holds.update().where(holds.c.hold_id == hold.hold_id).values(status=hold.status.value, updated_at=utc_now())
+        _UPDATE_HOLD, {"b_hold_id": hold.hold_id, "status": hold.status.value, "updated_at": utc_now()}
     )
 
 
 async def insert_entry(connection: AsyncConnection, entry: Entry, request_hash: str | None = None) -> None:
     await connection.execute(
-        journal_entries.insert().values(
-            entry_id=entry.entry_id,
-            kind=entry.kind.value,
-            saga_id=entry.saga_id,
-            request_hash=request_hash,
-            created_at=utc_now(),
-        )
+        _INSERT_ENTRY,
+        {
+            "entry_id": entry.entry_id,
+            "kind": entry.kind.value,
+            "saga_id": entry.saga_id,
+            "request_hash": request_hash,
+            "created_at": utc_now(),
+        },
     )
     await connection.execute(
-        journal_lines.insert(),
+        _INSERT_LINES,
         [
             {"entry_id": entry.entry_id, "account_id": line.account_id, "amount_minor": line.amount_minor}
             for line in entry.lines
@@ -105,11 +124,7 @@ async def insert_entry(connection: AsyncConnection, entry: Entry, request_hash: 
 
 
 async def find_entry_hash(connection: AsyncConnection, entry_id: str) -> tuple[bool, str | None]:
-    row = (
-        await connection.execute(
-            sa.select(journal_entries.c.request_hash).where(journal_entries.c.entry_id == entry_id)
-        )
-    ).first()
+    row = (await connection.execute(_ENTRY_HASH, {"entry_id": entry_id})).first()
     return (row is not None, row.request_hash if row is not None else None)
 
 
@@ -124,15 +139,16 @@ async def add_statement_line(
     description: str,
 ) -> None:
     await connection.execute(
-        statement_lines.insert().values(
-            account_id=account.account_id,
-            entry_id=entry_id,
-            kind=kind.value,
-            amount_minor=amount_minor,
-            balance_after_minor=account.balance_minor,
-            held_after_minor=account.held_minor,
-            saga_id=saga_id,
-            description=description,
-            occurred_at=utc_now(),
-        )
+        _INSERT_STATEMENT_LINE,
+        {
+            "account_id": account.account_id,
+            "entry_id": entry_id,
+            "kind": kind.value,
+            "amount_minor": amount_minor,
+            "balance_after_minor": account.balance_minor,
+            "held_after_minor": account.held_minor,
+            "saga_id": saga_id,
+            "description": description,
+            "occurred_at": utc_now(),
+        },
     )

@@ -11,6 +11,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.payments.adapters.tables import payment_history, payments
 from services.payments.domain import IN_FLIGHT, Payment, PurchaseRequest, Status
 
+# The hot statements are built once: SQLAlchemy then finds each compiled form by a cache key it
+# memoizes on the statement, instead of building and hashing a new statement tree per call.
+_LOAD = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id")).with_for_update()
+_BY_IDEMPOTENCY_KEY = sa.select(payments).where(
+    payments.c.payer_account_id == sa.bindparam("payer"), payments.c.idempotency_key == sa.bindparam("key")
+)
+_COUNT_RECENT = (
+    sa.select(sa.func.count())
+    .select_from(payments)
+    .where(payments.c.payer_account_id == sa.bindparam("payer"), payments.c.created_at >= sa.bindparam("since"))
+)
+_INSERT = payments.insert()
+# SET takes the columns named by the parameters; the key is bound under another name.
+_UPDATE = payments.update().where(payments.c.payment_id == sa.bindparam("b_payment_id"))
+_INSERT_HISTORY = payment_history.insert()
+
 
 def as_utc(value: dt.datetime) -> dt.datetime:
     """SQLite returns naive datetimes; ours are always UTC."""
@@ -42,22 +58,14 @@ def payment_from_row(row: Any) -> Payment:
 
 
 async def load(connection: AsyncConnection, payment_id: str) -> Payment | None:
-    row = (
-        await connection.execute(sa.select(payments).where(payments.c.payment_id == payment_id).with_for_update())
-    ).first()
+    row = (await connection.execute(_LOAD, {"payment_id": payment_id})).first()
     return None if row is None else payment_from_row(row)
 
 
 async def find_by_idempotency_key(
     connection: AsyncConnection, payer_account_id: str, key: str
 ) -> tuple[Payment, str] | None:
-    row = (
-        await connection.execute(
-            sa.select(payments).where(
-                payments.c.payer_account_id == payer_account_id, payments.c.idempotency_key == key
-            )
-        )
-    ).first()
+    row = (await connection.execute(_BY_IDEMPOTENCY_KEY, {"payer": payer_account_id, "key": key})).first()
     return None if row is None else (payment_from_row(row), row.request_hash)
 
 
@@ -69,64 +77,62 @@ async def lock_payer(connection: AsyncConnection, payer_account_id: str) -> None
 
 
 async def count_recent(connection: AsyncConnection, payer_account_id: str, since: dt.datetime) -> int:
-    count = await connection.scalar(
-        sa.select(sa.func.count())
-        .select_from(payments)
-        .where(payments.c.payer_account_id == payer_account_id, payments.c.created_at >= since)
-    )
+    count = await connection.scalar(_COUNT_RECENT, {"payer": payer_account_id, "since": since})
     return int(count or 0)
 
 
 async def insert(connection: AsyncConnection, payment: Payment) -> None:
     request = payment.request
     await connection.execute(
-        payments.insert().values(
-            payment_id=payment.payment_id,
-            idempotency_key=request.idempotency_key,
-            request_hash=request.fingerprint(),
-            payer_account_id=request.payer_account_id,
-            merchant_account_id=request.merchant_account_id,
-            sku=request.sku,
-            quantity=request.quantity,
-            amount_minor=request.amount_minor,
-            currency=request.currency,
-            sla_tier=request.sla_tier,
-            status=payment.status.value,
-            reason=payment.reason,
-            version=payment.version,
-            timed_out=payment.timed_out,
-            created_at=payment.created_at,
-            updated_at=payment.updated_at,
-            deadline_at=payment.deadline_at,
-        )
+        _INSERT,
+        {
+            "payment_id": payment.payment_id,
+            "idempotency_key": request.idempotency_key,
+            "request_hash": request.fingerprint(),
+            "payer_account_id": request.payer_account_id,
+            "merchant_account_id": request.merchant_account_id,
+            "sku": request.sku,
+            "quantity": request.quantity,
+            "amount_minor": request.amount_minor,
+            "currency": request.currency,
+            "sla_tier": request.sla_tier,
+            "status": payment.status.value,
+            "reason": payment.reason,
+            "version": payment.version,
+            "timed_out": payment.timed_out,
+            "created_at": payment.created_at,
+            "updated_at": payment.updated_at,
+            "deadline_at": payment.deadline_at,
+        },
     )
     await _record_history(connection, payment)
 
 
 async def save(connection: AsyncConnection, payment: Payment) -> None:
     await connection.execute(
-        payments.update()
-        .where(payments.c.payment_id == payment.payment_id)
-        .values(
-            status=payment.status.value,
-            reason=payment.reason[:500],
-            version=payment.version,
-            timed_out=payment.timed_out,
-            updated_at=payment.updated_at,
-        )
+        _UPDATE,
+        {
+            "b_payment_id": payment.payment_id,
+            "status": payment.status.value,
+            "reason": payment.reason[:500],
+            "version": payment.version,
+            "timed_out": payment.timed_out,
+            "updated_at": payment.updated_at,
+        },
     )
     await _record_history(connection, payment)
 
 
 async def _record_history(connection: AsyncConnection, payment: Payment) -> None:
     await connection.execute(
-        payment_history.insert().values(
-            payment_id=payment.payment_id,
-            version=payment.version,
-            status=payment.status.value,
-            reason=payment.reason[:500],
-            changed_at=payment.updated_at,
-        )
+        _INSERT_HISTORY,
+        {
+            "payment_id": payment.payment_id,
+            "version": payment.version,
+            "status": payment.status.value,
+            "reason": payment.reason[:500],
+            "changed_at": payment.updated_at,
+        },
     )
 
 
