@@ -49,7 +49,7 @@ def create_engine(url: str) -> AsyncEngine:
     # The driver's own implicit transactions would start only at the first write, so a handler's
     # reads would not be isolated from another writer: its connections are in autocommit mode and
     # we issue BEGIN ourselves, below.
-    engine = create_async_engine(url, async_creator=sqlite_driver.connector(database))
+    engine = create_async_engine(url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _configure_sqlite(connection: Any, _record: Any) -> None:
@@ -58,7 +58,6 @@ def create_engine(url: str) -> AsyncEngine:
             "journal_mode=WAL",
             "synchronous=FULL",
             "foreign_keys=ON",
-            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()

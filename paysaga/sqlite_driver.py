@@ -6,10 +6,11 @@ statement of ours is an indexed lookup or a one-row write that SQLite does in me
 microseconds. So this connection runs statements on the event loop's thread, and hands to a
 thread only what can wait on something else:
 
-- ``BEGIN IMMEDIATE``, which waits (up to the busy timeout) while another process writes;
+- ``BEGIN IMMEDIATE``, when another process holds the write lock: it is tried here first with no
+  wait at all, and only if the lock is taken does the thread wait for it (up to the busy timeout);
 - the ``COMMIT`` of a transaction that wrote, which waits for the disk (fsync).
 
-That is two hand-offs per write transaction instead of one per call, and none for reads.
+That is one hand-off per write transaction instead of one per call, and none for reads.
 Each connection has one such thread, used by one call at a time; the event loop never touches
 the connection while its thread does. It plugs into the ``sqlite+aiosqlite`` dialect through
 ``async_creator`` and offers the part of aiosqlite's interface that the dialect uses.
@@ -63,8 +64,7 @@ class InlineCursor:
 
     async def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> InlineCursor:
         if sql.startswith(_WAITING_PREFIX):
-            await self._connection.on_thread(self._cursor.execute, sql, parameters)
-            self._connection.began_writing()
+            await self._connection.begin_writing(self._cursor, sql)
         else:
             self._cursor.execute(sql, parameters)
         return self
@@ -87,9 +87,10 @@ class InlineCursor:
 
 
 class InlineConnection:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
         # The dialect checks this attribute (aiosqlite's name for the driver connection).
         self._connection = connection
+        self._busy_timeout_ms = busy_timeout_ms
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._writing = False
         self._changes_before = connection.total_changes
@@ -101,7 +102,20 @@ class InlineConnection:
     def cursor(self) -> InlineCursor:
         return InlineCursor(self, self._connection.cursor())
 
-    def began_writing(self) -> None:
+    async def begin_writing(self, cursor: sqlite3.Cursor, sql: str) -> None:
+        """Take the write lock: at once if it is free (no hand-off), else wait for it on the thread."""
+        self._connection.execute("PRAGMA busy_timeout = 0")
+        try:
+            cursor.execute(sql)
+            taken = True
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            taken = False
+        finally:
+            self._connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        if not taken:
+            await self.on_thread(cursor.execute, sql)
         self._writing = True
 
     async def on_thread(self, function: Callable[..., T], *arguments: Any) -> T:
@@ -151,11 +165,15 @@ class InlineConnection:
         self._thread.shutdown(wait=False)
 
 
-def connector(path: str) -> Callable[[], Coroutine[Any, Any, InlineConnection]]:
+def connector(path: str, busy_timeout_ms: int) -> Callable[[], Coroutine[Any, Any, InlineConnection]]:
     """An ``async_creator`` for create_async_engine: connections in autocommit mode, so the
-    engine's own BEGIN starts every transaction (see paysaga.database)."""
+    engine's own BEGIN starts every transaction (see paysaga.database), that wait up to
+    busy_timeout_ms for another process's lock instead of failing at once."""
 
     async def connect() -> InlineConnection:
-        return InlineConnection(sqlite3.connect(path, isolation_level=None, check_same_thread=False))
+        connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+        )
+        return InlineConnection(connection, busy_timeout_ms)
 
     return connect

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
 
 from paysaga.database import create_engine
+from paysaga.errors import FailedPrecondition
 from paysaga.eventing import new_event
 from paysaga.events.v1 import events_pb2
+from paysaga.group_commit import GroupCommit
 from paysaga.unit_of_work import Database, UnitOfWork, messaging_tables
 
 metadata = sa.MetaData()
@@ -83,3 +86,47 @@ async def test_a_conflicting_insert_is_retried_and_then_sees_the_winner(database
     assert sorted(outcomes) == ["created", "replayed"]
     for database in databases:
         await database.engine.dispose()
+
+
+async def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(database_url: str) -> None:
+    engine = create_engine(database_url)
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    database = Database(engine, metadata)
+    commits: list[int] = []
+    database.on_commit(lambda emitted: commits.append(len(emitted)))
+    group: GroupCommit[str] = GroupCommit(database)
+
+    def insert(name: str) -> Callable[[UnitOfWork], Awaitable[str]]:
+        async def work(unit: UnitOfWork) -> str:
+            if name == "refused":
+                raise FailedPrecondition("refused before writing anything")
+            await unit.connection.execute(counters.insert().values(name=name, value=1))
+            if name == "broken":
+                raise RuntimeError("failed after writing")
+            await unit.emit(new_event(producer="t", saga_id=name, payload=events_pb2.PaymentCompleted(payment_id=name)))
+            return name
+
+        return work
+
+    names = [f"n{index}" for index in range(30)] + ["refused"]
+    answers = await asyncio.gather(*(group.run(insert(name)) for name in names), return_exceptions=True)
+    assert answers[:30] == names[:30]
+    assert isinstance(answers[30], FailedPrecondition)
+    # One transaction for the first request, then the rest that queued meanwhile (SQLite);
+    # one each on PostgreSQL, where transactions are not shared.
+    assert len(commits) < 10 if database.single_writer else len(commits) == 30
+    assert sum(commits) == 30  # every event in the outbox with its own row
+
+    # A request that fails after writing only fails itself: the others are done again alone.
+    answers = await asyncio.gather(
+        *(group.run(insert(name)) for name in ["m1", "broken", "m2"]), return_exceptions=True
+    )
+    assert answers[0] == "m1" and answers[2] == "m2" and isinstance(answers[1], RuntimeError)
+
+    async with database.read() as connection:
+        stored = set((await connection.scalars(sa.select(counters.c.name))).all())
+        outbox = await connection.scalar(sa.select(sa.func.count()).select_from(database.outbox))
+    assert stored == set(names[:30]) | {"m1", "m2"}
+    assert outbox == 32
+    await engine.dispose()

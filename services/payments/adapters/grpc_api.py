@@ -13,6 +13,7 @@ from paysaga.authz import Rule
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.errors import DomainError, InvalidArgument, NotFound
 from paysaga.eventing import EventEnvelope
+from paysaga.group_commit import GroupCommit
 from paysaga.grpc_server import STATUS_OF_ERROR, GrpcService, domain_errors_as_status
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.settings import PaymentLimits
@@ -51,6 +52,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self._rules = rules
         self._changes = ChangeSignal()
         self._admission = Admission(database, rules.max_in_flight)
+        self._creates: GroupCommit[tuple[Payment, bool]] = GroupCommit(database)
         database.on_commit(self._changes.notify)
 
     @domain_errors_as_status
@@ -59,9 +61,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.CreatePaymentResponse:
         purchase = purchase_request(request)
         await self._admission.admit()
-        payment, replayed = await self._database.retrying(
-            lambda unit: handlers.create_payment(unit, purchase, self._rules)
-        )
+        payment, replayed = await self._creates.run(lambda unit: handlers.create_payment(unit, purchase, self._rules))
         return payments_pb2.CreatePaymentResponse(payment=payment_message(payment), replayed=replayed)
 
     @domain_errors_as_status
