@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import limits, machine, report
+from bench import limits, machine, report, skeleton
 from bench.load import Fixtures, LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga import invariants
@@ -35,6 +35,7 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 ECHO_CONCURRENCY = 16
 PUBLISH_IN_FLIGHT = (1, 16)
+SKELETON_IN_FLIGHT = 64
 # Longer than the saga deadline plus its compensation, so every purchase has ended by then.
 SETTLE_TIMEOUT_S = 120.0
 SETTLE_POLL_S = 2.0
@@ -85,6 +86,11 @@ async def measure_limits(certs_dir: Path, work_dir: Path, duration_s: float) -> 
                 certs_dir, work_dir / f"raw-{in_flight}", in_flight=in_flight, duration_s=duration_s
             )
         )
+    found.append(
+        await skeleton.saga_messaging(
+            certs_dir, work_dir / "raw-skeleton", in_flight=SKELETON_IN_FLIGHT, duration_s=duration_s
+        )
+    )
     return found
 
 

@@ -5,38 +5,46 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.limits import RawLimit
+from bench.limits import ECHO_RPC, JETSTREAM_PUBLISH, RawLimit
 from bench.scenarios import ScenarioResult
+from bench.skeleton import NAME as SKELETON
 from paysaga.invariants import Report
 
-ECHO = "mTLS echo RPC"
+
+def _limit(limit: RawLimit) -> dict[str, Any]:
+    entry = {
+        "name": limit.name,
+        "concurrency": limit.concurrency,
+        "per_s": round(limit.rate_per_s, 1),
+        "latency_ms": {key: round(value, 3) for key, value in vars(limit.latency).items()},
+    }
+    if limit.cpu_percent:
+        entry["cpu_percent"] = dict(limit.cpu_percent)
+    return entry
+
+
+def _ratio(sagas_per_s: float, limit_per_s: float) -> float | None:
+    return round(sagas_per_s / limit_per_s, 4) if limit_per_s else None
 
 
 def build(
     machine: dict[str, Any], raw: Sequence[RawLimit], results: Sequence[ScenarioResult], found: Report
 ) -> dict[str, Any]:
-    limits = [
-        {
-            "name": limit.name,
-            "concurrency": limit.concurrency,
-            "per_s": round(limit.rate_per_s, 1),
-            "latency_ms": {key: round(value, 3) for key, value in vars(limit.latency).items()},
-        }
-        for limit in raw
-    ]
-    echo_per_s = next(limit.rate_per_s for limit in raw if limit.name == ECHO)
-    publish_per_s = max(limit.rate_per_s for limit in raw if limit.name != ECHO)
+    echo_per_s = max((limit.rate_per_s for limit in raw if limit.name == ECHO_RPC), default=0.0)
+    publish_per_s = max((limit.rate_per_s for limit in raw if limit.name == JETSTREAM_PUBLISH), default=0.0)
+    skeleton_per_s = max((limit.rate_per_s for limit in raw if limit.name == SKELETON), default=0.0)
     scenarios = []
     for result in results:
         entry = result.as_json()
         entry["ratios"] = {
-            "sagas_per_echo_rpc": round(result.sagas_per_s / echo_per_s, 4) if echo_per_s else None,
-            "sagas_per_jetstream_publish": round(result.sagas_per_s / publish_per_s, 4) if publish_per_s else None,
+            "sagas_per_echo_rpc": _ratio(result.sagas_per_s, echo_per_s),
+            "sagas_per_jetstream_publish": _ratio(result.sagas_per_s, publish_per_s),
+            "sagas_per_skeleton_saga": _ratio(result.sagas_per_s, skeleton_per_s),
         }
         scenarios.append(entry)
     return {
         "machine": machine,
-        "raw_limits": limits,
+        "raw_limits": [_limit(limit) for limit in raw],
         "scenarios": scenarios,
         "invariants": {"ok": found.ok, "violations": found.violations[:50], "payments": found.payments_by_status},
     }
@@ -65,6 +73,13 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
 
 
+def _cpu_line(limit: dict[str, Any], cpus: int) -> str:
+    """Whether the processes of a limit saturated the machine: their CPU against all it has."""
+    used = limit["cpu_percent"]
+    shares = ", ".join(f"{name} {percent:.0f}" for name, percent in sorted(used.items()))
+    return f"  {limit['name']} CPU, % of one core: {shares}; total {sum(used.values()):.0f} of {100 * cpus}"
+
+
 def table(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [
@@ -87,6 +102,7 @@ def table(result: dict[str, Any]) -> str:
             for limit in result["raw_limits"]
         ],
     )
+    lines += [_cpu_line(limit, machine["cpus"]) for limit in result["raw_limits"] if limit.get("cpu_percent")]
     for scenario in result["scenarios"]:
         latency = scenario["latency_ms"]
         ratios = scenario["ratios"]
@@ -98,7 +114,8 @@ def table(result: dict[str, Any]) -> str:
             f"  create->terminal    p50 {latency['p50_ms']:.1f} ms  p95 {latency['p95_ms']:.1f} ms  "
             f"p99 {latency['p99_ms']:.1f} ms  max {latency['max_ms']:.1f} ms",
             f"  ratios              {ratios['sagas_per_echo_rpc']} sagas per echo RPC, "
-            f"{ratios['sagas_per_jetstream_publish']} sagas per JetStream publish+ack",
+            f"{ratios['sagas_per_jetstream_publish']} sagas per JetStream publish+ack, "
+            f"{ratios['sagas_per_skeleton_saga']} sagas per skeleton saga",
             f"  outcomes            {_counts(scenario['outcomes'])}",
             f"  errors              {_counts(scenario['errors']) or 'none'}",
         ]

@@ -27,7 +27,11 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
 
     assert finished.returncode == 0, finished.stdout + finished.stderr
     report = json.loads(report_file.read_text())
-    assert {limit["name"] for limit in report["raw_limits"]} == {"mTLS echo RPC", "JetStream publish+ack (fsync)"}
+    assert {limit["name"] for limit in report["raw_limits"]} == {
+        "mTLS echo RPC",
+        "JetStream publish+ack (fsync)",
+        "saga messaging skeleton",
+    }
     assert all(limit["per_s"] > 0 for limit in report["raw_limits"])
     assert [scenario["name"] for scenario in report["scenarios"]] == ["throughput", "latency"]
     for scenario in report["scenarios"]:
@@ -41,5 +45,6 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
         assert set(scenario["cpu_ms_per_saga"]) == {"nats", "payments", "inventory", "ledger", "bench", "total"}
         assert all(value > 0 for value in scenario["peak_rss_mib"].values())
         assert scenario["ratios"]["sagas_per_echo_rpc"] > 0
+        assert scenario["ratios"]["sagas_per_skeleton_saga"] > 0
     assert report["invariants"]["ok"], report["invariants"]["violations"]
     assert "completed sagas/s" in finished.stdout and "Raw limits of this machine" in finished.stdout

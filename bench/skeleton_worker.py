@@ -1,0 +1,187 @@
+"""One service of the saga messaging skeleton (see bench.skeleton): it only receives, publishes
+and acks, with the messaging pattern of the real service and nothing else: no database, no
+business logic, no gRPC.
+
+``python -m bench.skeleton_worker --role ledger --nats tls://127.0.0.1:PORT --certs-dir DIR``
+connects over mTLS with the role's certificate, creates its durable consumers, writes ``ready``
+on stdout and runs until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from paysaga import messaging
+from paysaga.consumer import ACK_WAIT_S, FETCH_BATCH, FETCH_TIMEOUT_S
+from paysaga.relay import PUBLISH_TIMEOUT_S
+from paysaga.service_process import event_loop_factory
+from paysaga.settings import TlsFiles
+
+log = logging.getLogger("bench.skeleton")
+
+SUBJECT_ROOT = "skeleton.events"
+PRODUCERS = ("payments", "ledger", "inventory")
+CONNECT_TIMEOUT_S = 20.0
+# As large as the publish limit's events, about the size of a real event envelope.
+PAYLOAD_BYTES = 300
+SAGA_ID_CHARS = 32  # uuid4().hex
+
+
+@dataclass(frozen=True)
+class Feed:
+    """The events of one producer that a role consumes (one durable consumer, as the real services
+    have one per producer), each mapped to the event the role publishes in reply, or None when it
+    only acks it."""
+
+    producer: str
+    reactions: Mapping[str, str | None]
+
+    def durable_name(self, role: str) -> str:
+        return f"{role}-from-{self.producer}"
+
+
+# The purchase saga's happy path: 5 publishes, 7 deliveries to services (plus the generator's
+# observer of PaymentCompleted). The generator publishes PaymentRequested on payments' behalf.
+ROLES: dict[str, tuple[Feed, ...]] = {
+    "ledger": (
+        Feed("payments", {"PaymentRequested": "FundsHeld"}),
+        Feed("inventory", {"StockReserved": "FundsCaptured"}),
+    ),
+    "inventory": (Feed("ledger", {"FundsHeld": "StockReserved", "FundsCaptured": None}),),
+    "payments": (
+        Feed("ledger", {"FundsHeld": None, "FundsCaptured": "PaymentCompleted"}),
+        Feed("inventory", {"StockReserved": None}),
+    ),
+}
+
+
+def stream_name(producer: str) -> str:
+    return f"SKELETON_{producer.upper()}_EVENTS"
+
+
+def subject(producer: str, event_type: str) -> str:
+    return f"{SUBJECT_ROOT}.{producer}.{event_type}"
+
+
+def payload(saga_id: str) -> bytes:
+    return saga_id.encode().ljust(PAYLOAD_BYTES, b".")
+
+
+def saga_id_of(data: bytes) -> str:
+    return data[:SAGA_ID_CHARS].decode()
+
+
+def message_id(saga_id: str, event_type: str) -> str:
+    """Unique per event, and the same if it is published again: JetStream drops the duplicate."""
+    return f"{saga_id}:{event_type}"
+
+
+async def subscribe(jetstream: JetStreamContext, role: str, feed: Feed) -> JetStreamContext.PullSubscription:
+    """The role's durable pull consumer of feed, configured as paysaga.consumer's."""
+    durable = feed.durable_name(role)
+    config = ConsumerConfig(
+        durable_name=durable,
+        name=durable,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_deliver=-1,
+        filter_subjects=[subject(feed.producer, event_type) for event_type in feed.reactions],
+    )
+    await jetstream.add_consumer(stream_name(feed.producer), config)
+    return await jetstream.pull_subscribe_bind(durable=durable, stream=stream_name(feed.producer))
+
+
+async def consume(
+    jetstream: JetStreamContext, role: str, feed: Feed, subscription: JetStreamContext.PullSubscription
+) -> None:
+    """Fetch and react, batch after batch, until cancelled."""
+    while True:
+        try:
+            messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+        except TimeoutError:
+            continue
+        await react(jetstream, role, feed, messages)
+
+
+async def react(jetstream: JetStreamContext, role: str, feed: Feed, messages: Sequence[Msg]) -> None:
+    """Publish the batch's follow-up events at once and await their acknowledgements together (as
+    the outbox relay does), then ack each consumed message whose follow-up is stored; the others
+    are nak'ed, so they come back."""
+    results = await asyncio.gather(
+        *(_follow_up(jetstream, role, feed, message) for message in messages), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancelled: not a failed publish
+    for message, result in zip(messages, results, strict=True):
+        if isinstance(result, Exception):
+            log.warning("skeleton.publish_failed: %r", result)
+            await message.nak()
+        else:
+            await message.ack()
+
+
+async def _follow_up(jetstream: JetStreamContext, role: str, feed: Feed, message: Msg) -> None:
+    emits = feed.reactions[message.subject.rsplit(".", 1)[-1]]
+    if emits is None:
+        return
+    saga_id = saga_id_of(message.data)
+    await jetstream.publish(
+        subject(role, emits),
+        message.data,  # the saga id and the padding: the skeleton's events carry nothing else
+        headers={"Nats-Msg-Id": message_id(saga_id, emits)},
+        timeout=PUBLISH_TIMEOUT_S,
+    )
+
+
+async def serve(role: str, nats_url: str, files: TlsFiles) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    client = await messaging.connect(nats_url, files, name=f"skeleton-{role}", timeout_s=CONNECT_TIMEOUT_S)
+    try:
+        jetstream = client.jetstream()
+        feeds = [(feed, await subscribe(jetstream, role, feed)) for feed in ROLES[role]]
+        print("ready", flush=True)
+        consumers = [asyncio.create_task(consume(jetstream, role, feed, sub)) for feed, sub in feeds]
+        stopped = asyncio.create_task(stop.wait())
+        # Until told to stop, or a consumer fails (then its traceback tells the benchmark why).
+        await asyncio.wait([stopped, *consumers], return_when=asyncio.FIRST_COMPLETED)
+        for task in [stopped, *consumers]:
+            task.cancel()
+        for consumer in consumers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer  # re-raises a consumer's failure
+    finally:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", choices=sorted(ROLES), required=True)
+    parser.add_argument("--nats", required=True, help="the nats-server's URL, tls://host:port")
+    parser.add_argument("--certs-dir", type=Path, required=True, help="holds <role>.crt, <role>.key and ca.crt")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("nats", "asyncio"):  # reconnect chatter and TLS close warnings, as in the benchmark
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    files = TlsFiles.in_directory(arguments.certs_dir, arguments.role)
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(arguments.role, arguments.nats, files))
+
+
+if __name__ == "__main__":
+    main()
