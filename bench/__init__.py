@@ -4,3 +4,5 @@
 measures the raw limits of this machine (an mTLS echo RPC, a JetStream publish+ack with fsync),
 drives purchases through the public gRPC API and prints a report (README: "Benchmark").
 """
+
+import paysaga  # noqa: F401 - first, before any module imports grpc: see paysaga/__init__.py
