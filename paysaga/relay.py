@@ -1,37 +1,52 @@
-"""The outbox relay: publishes committed events to JetStream, oldest first, then marks them sent.
+"""The outbox relay: publishes committed events to JetStream, then marks them sent.
 
 Each event is published with ``Nats-Msg-Id`` = its event id, and only marked sent after
 JetStream acknowledged it (after fsync). If the process dies between the acknowledgement and
 the mark, the event is published again on restart and JetStream drops it as a duplicate.
 
+Two ways to find what to publish:
+- the fast path: each commit of this process hands its outbox rows to the relay in memory, so
+  publishing them needs no read of the table (a bounded queue: if it ever overflows, the relay
+  falls back to the table);
+- the table: at start, after a failure or an overflow, when idle, and at least every
+  SCAN_INTERVAL_S under load, the relay reads the unpublished rows, oldest first. That finds
+  what the fast path cannot know: events left by a process that died, or committed by another
+  replica that shares the database.
+An event may be published twice (by both paths, or by two replicas); JetStream drops the second.
+
 A batch of events is published at once and its acknowledgements awaited together. They are sent
-in outbox order on one connection, so they are stored in that order, except when a publish fails:
-then later events of the batch may be stored before it is retried. Consumers must not rely on
-order, and do not: a saga's events can also arrive out of order when a delivery is retried (e.g.
-a cancel racing the saga's first steps), and every handler accepts that.
+in order on one connection, so they are stored in that order, except when a publish fails (then
+later events of the batch may be stored before it is retried) or when a table read finds older
+events. Consumers must not rely on order, and do not: a saga's events can also arrive out of
+order when a delivery is retried (e.g. a cancel racing the saga's first steps), and every
+handler accepts that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
-from paysaga.eventing import EventEnvelope
 from paysaga.messaging import StreamSpec, ensure_stream
 from paysaga.tasks import sleep_or_stop, wait_any
-from paysaga.unit_of_work import Database, utc_now
+from paysaga.unit_of_work import Database, OutboxRow, utc_now
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
 IDLE_POLL_S = 1.0
+SCAN_INTERVAL_S = 1.0
 PUBLISH_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 1.0
+# Events committed and not yet published that the fast path keeps in memory.
+MAX_QUEUED = 10_000
 
 
 class OutboxRelay:
@@ -43,33 +58,47 @@ class OutboxRelay:
         self._streams = tuple(streams)
         self._replicas = replicas
         self._wake = asyncio.Event()
-        database.on_commit(self._on_commit)
+        self._queued: collections.deque[OutboxRow] = collections.deque()
+        self._scan_due = True  # whatever an earlier process left unpublished
+        self._scanned_at = time.monotonic()
+        database.on_outbox_commit(self._committed)
 
-    def _on_commit(self, emitted: list[EventEnvelope]) -> None:
-        if emitted:
-            self._wake.set()
+    def _committed(self, rows: list[OutboxRow]) -> None:
+        if not self._scan_due:
+            if len(self._queued) + len(rows) > MAX_QUEUED:
+                self._queued.clear()
+                self._scan_due = True  # the table has them all
+            else:
+                self._queued.extend(rows)
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until stop is set; a last pass after it makes sure nothing committed waits."""
         while not stop.is_set():
-            self._wake.clear()  # before reading: a commit during the read sets it again
+            self._wake.clear()  # before reading: a commit meanwhile sets it again
             try:
                 published = await self.publish_pending()
             except NoStreamResponseError:
                 # Nothing stores our subjects any more (a stream deleted, NATS restored empty).
                 log.error("outbox.stream_missing", extra={"alert": True})
+                self._scan_due = True
                 await self._recreate_streams()
                 await sleep_or_stop(stop, RETRY_DELAY_S)
                 continue
             except Exception as error:  # noqa: BLE001 - NATS or the database is down: keep trying
                 log.warning("outbox.publish_failed", extra={"error": repr(error)})
+                self._scan_due = True
                 await sleep_or_stop(stop, RETRY_DELAY_S)
                 continue
-            if published < BATCH_SIZE:
+            if published == 0 and not self._queued:
                 await wait_any([stop, self._wake], IDLE_POLL_S)
+                if not self._wake.is_set():
+                    self._scan_due = True  # idle: look at the table once in a while
         with contextlib.suppress(Exception):
-            while await self.publish_pending() == BATCH_SIZE:
-                pass
+            while True:
+                self._scan_due = True  # the table has everything committed
+                if await self.publish_pending() < BATCH_SIZE:
+                    break
 
     async def _recreate_streams(self) -> None:
         for stream in self._streams:
@@ -79,11 +108,30 @@ class OutboxRelay:
                 log.warning("outbox.stream_recreate_failed", extra={"stream": stream.name, "error": repr(error)})
 
     async def publish_pending(self) -> int:
-        statements = self._database.statements
-        async with self._database.read() as connection:
-            rows = (await connection.execute(statements.unpublished, {"limit": BATCH_SIZE})).all()
+        """Publish one batch: read from the table when a read is due (see the module's docstring),
+        else what commits have queued; returns how many were published."""
+        if self._scan_due or time.monotonic() - self._scanned_at >= SCAN_INTERVAL_S:
+            rows = await self._read_table()
+        else:
+            rows = [self._queued.popleft() for _ in range(min(BATCH_SIZE, len(self._queued)))]
         if not rows:
             return 0
+        return await self._publish(rows)
+
+    async def _read_table(self) -> list[OutboxRow]:
+        self._scan_due = False
+        self._scanned_at = time.monotonic()
+        statements = self._database.statements
+        async with self._database.read() as connection:
+            found = (await connection.execute(statements.unpublished, {"limit": BATCH_SIZE})).all()
+        rows = [OutboxRow(row.event_id, row.subject, row.payload) for row in found]
+        if rows and self._queued:
+            # Published now: not again from memory.
+            read = {row.event_id for row in rows}
+            self._queued = collections.deque(row for row in self._queued if row.event_id not in read)
+        return rows
+
+    async def _publish(self, rows: list[OutboxRow]) -> int:
         # All of the batch in flight at once, the acknowledgements awaited together: one round trip
         # and one JetStream fsync for many events instead of one each.
         results = await asyncio.gather(
@@ -98,11 +146,13 @@ class OutboxRelay:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # cancelled: not a failed publish
-        sent = [row.id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
+        sent = [row.event_id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
         if sent:
             async with self._database.transaction() as unit:
-                await unit.connection.execute(statements.mark_published, {"ids": sent, "published_at": utc_now()})
+                await unit.connection.execute(
+                    self._database.statements.mark_published, {"event_ids": sent, "published_at": utc_now()}
+                )
         for result in results:
             if isinstance(result, Exception):
-                raise result
+                raise result  # the failed ones stay unpublished in the table: the next read finds them
         return len(sent)

@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
@@ -63,6 +63,14 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class OutboxRow(NamedTuple):
+    """What the relay publishes: the event's id (its Nats-Msg-Id), subject and bytes."""
+
+    event_id: str
+    subject: str
+    payload: bytes
+
+
 class MessagingStatements:
     """The outbox and inbox statements, built once per database: SQLAlchemy memoizes a statement's
     cache key, so a statement built once is found in the compiled cache without being rebuilt and
@@ -80,7 +88,7 @@ class MessagingStatements:
         )
         self.mark_published = (
             outbox.update()
-            .where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .where(outbox.c.event_id.in_(sa.bindparam("event_ids", expanding=True)))
             .values(published_at=sa.bindparam("published_at"))
         )
 
@@ -90,6 +98,7 @@ class UnitOfWork:
     connection: AsyncConnection
     statements: MessagingStatements
     emitted: list[EventEnvelope] = field(default_factory=list)
+    written: list[OutboxRow] = field(default_factory=list)
 
     async def emit(self, envelope: EventEnvelope) -> None:
         """Add an event to the outbox; written with the transaction's other events at its end."""
@@ -99,18 +108,22 @@ class UnitOfWork:
         if not self.emitted:
             return
         now = utc_now()
+        self.written = [
+            OutboxRow(envelope.event_id, subject_of(envelope), envelope.SerializeToString(deterministic=True))
+            for envelope in self.emitted
+        ]
         await self.connection.execute(
             self.statements.insert_outbox,
             [
                 {
-                    "event_id": envelope.event_id,
+                    "event_id": row.event_id,
                     "event_type": envelope.event_type,
                     "saga_id": envelope.saga_id,
-                    "subject": subject_of(envelope),
-                    "payload": envelope.SerializeToString(deterministic=True),
+                    "subject": row.subject,
+                    "payload": row.payload,
                     "created_at": now,
                 }
-                for envelope in self.emitted
+                for envelope, row in zip(self.emitted, self.written, strict=True)
             ],
         )
 
@@ -146,6 +159,7 @@ class Database:
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
         self._commit_listeners: list[Callable[[list[EventEnvelope]], None]] = []
+        self._outbox_listeners: list[Callable[[list[OutboxRow]], None]] = []
 
     @property
     def single_writer(self) -> bool:
@@ -154,6 +168,10 @@ class Database:
 
     def on_commit(self, listener: Callable[[list[EventEnvelope]], None]) -> None:
         self._commit_listeners.append(listener)
+
+    def on_outbox_commit(self, listener: Callable[[list[OutboxRow]], None]) -> None:
+        """Told the outbox rows of each commit that wrote some (the relay's fast path)."""
+        self._outbox_listeners.append(listener)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
@@ -167,6 +185,9 @@ class Database:
                 await unit.write_outbox()
         for listener in self._commit_listeners:
             listener(unit.emitted)
+        if unit.written:
+            for outbox_listener in self._outbox_listeners:
+                outbox_listener(unit.written)
 
     async def retrying(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run work in a write transaction, again (a bounded number of times) if it conflicted with a

@@ -17,6 +17,7 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from paysaga import messaging
+from paysaga import relay as relay_module
 from paysaga.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.database import create_engine
 from paysaga.eventing import EventEnvelope, new_event
@@ -253,9 +254,10 @@ async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped
     stream = f"{rig.producer.upper()}_EVENTS"
 
     assert await relay.publish_pending() == 3
-    # A crash after JetStream acknowledged but before the rows were marked sent:
+    # A crash after JetStream acknowledged but before the rows were marked sent, then a restart:
     async with rig.database.transaction() as unit:
         await unit.connection.execute(rig.database.outbox.update().values(published_at=None))
+    relay = OutboxRelay(rig.database, rig.producer_jetstream)
     assert await relay.publish_pending() == 3
 
     info = await rig.ops.stream_info(stream)
@@ -268,6 +270,58 @@ async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped
         event.event_id for event in sent
     ]
     assert await relay.publish_pending() == 0
+
+
+async def test_relay_publishes_its_own_commits_others_commits_and_an_overflow_each_once(
+    rig: Rig, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = f"{rig.producer.upper()}_EVENTS"
+    monkeypatch.setattr(relay_module, "MAX_QUEUED", 5)
+    relay = OutboxRelay(rig.database, rig.producer_jetstream)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    other_engine = create_engine(database_url)  # another process (or replica) on the same database
+    other = Database(other_engine, metadata)
+    sent: list[EventEnvelope] = []
+    try:
+        await _commit_events(rig.database, 2, sent)  # this process's: queued in memory
+        await _commit_events(other, 3, sent)  # the relay can only find these in the table
+        for _ in range(3):
+            await _commit_events(rig.database, 4, sent)  # more than fit in the queue: the table again
+        await _wait_for_messages(rig, stream, len(sent))
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+        await other_engine.dispose()
+
+    stored = [await rig.ops.get_msg(stream, sequence) for sequence in range(1, len(sent) + 1)]
+    assert sorted(message.headers["Nats-Msg-Id"] for message in stored if message.headers) == sorted(
+        event.event_id for event in sent
+    )
+    assert (await rig.ops.stream_info(stream)).state.messages == len(sent), "each event stored once"
+    async with rig.database.read() as connection:
+        unpublished = await connection.scalar(
+            sa.select(sa.func.count())
+            .select_from(rig.database.outbox)
+            .where(rig.database.outbox.c.published_at.is_(None))
+        )
+    assert unpublished == 0
+
+
+async def _commit_events(database: Database, count: int, sent: list[EventEnvelope]) -> None:
+    async with database.transaction() as unit:
+        for _ in range(count):
+            event = funds_held(str(uuid.uuid4()), "ledger")
+            await unit.emit(event)
+            sent.append(event)
+
+
+async def _wait_for_messages(rig: Rig, stream: str, count: int, timeout_s: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (await rig.ops.stream_info(stream)).state.messages < count:
+        assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} events published"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # and no more than that: a duplicate would show up by now
 
 
 async def test_an_event_on_the_wrong_subject_or_from_the_wrong_producer_is_parked_not_handled(rig: Rig) -> None:
