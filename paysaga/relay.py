@@ -2,7 +2,9 @@
 
 Each event is published with ``Nats-Msg-Id`` = its event id, and only marked sent after
 JetStream acknowledged it (after fsync). If the process dies between the acknowledgement and
-the mark, the event is published again on restart and JetStream drops it as a duplicate.
+the mark, the event is published again on restart and JetStream drops it as a duplicate. So the
+marks are not urgent: they are written together, one transaction for everything published in
+the last MARK_DELAY_S (or BATCH_SIZE events), and always before the relay reads the table.
 
 Two ways to find what to publish:
 - the fast path: each commit of this process hands its outbox rows to the relay in memory, so
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 256
 IDLE_POLL_S = 1.0
 SCAN_INTERVAL_S = 1.0
+MARK_DELAY_S = 0.1
 PUBLISH_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 1.0
 # Events committed and not yet published that the fast path keeps in memory.
@@ -61,6 +64,8 @@ class OutboxRelay:
         self._queued: collections.deque[OutboxRow] = collections.deque()
         self._scan_due = True  # whatever an earlier process left unpublished
         self._scanned_at = time.monotonic()
+        self._unmarked: list[str] = []  # published, not yet marked sent
+        self._unmarked_since = 0.0
         database.on_outbox_commit(self._committed)
 
     def _committed(self, rows: list[OutboxRow]) -> None:
@@ -91,14 +96,15 @@ class OutboxRelay:
                 await sleep_or_stop(stop, RETRY_DELAY_S)
                 continue
             if published == 0 and not self._queued:
-                await wait_any([stop, self._wake], IDLE_POLL_S)
-                if not self._wake.is_set():
+                await wait_any([stop, self._wake], MARK_DELAY_S if self._unmarked else IDLE_POLL_S)
+                if not self._wake.is_set() and not self._unmarked:
                     self._scan_due = True  # idle: look at the table once in a while
         with contextlib.suppress(Exception):
             while True:
                 self._scan_due = True  # the table has everything committed
                 if await self.publish_pending() < BATCH_SIZE:
                     break
+            await self.flush_marks()
 
     async def _recreate_streams(self) -> None:
         for stream in self._streams:
@@ -110,7 +116,10 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish one batch: read from the table when a read is due (see the module's docstring),
         else what commits have queued; returns how many were published."""
-        if self._scan_due or time.monotonic() - self._scanned_at >= SCAN_INTERVAL_S:
+        now = time.monotonic()
+        if self._unmarked and now - self._unmarked_since >= MARK_DELAY_S:
+            await self.flush_marks()
+        if self._scan_due or now - self._scanned_at >= SCAN_INTERVAL_S:
             rows = await self._read_table()
         else:
             rows = [self._queued.popleft() for _ in range(min(BATCH_SIZE, len(self._queued)))]
@@ -118,7 +127,18 @@ class OutboxRelay:
             return 0
         return await self._publish(rows)
 
+    async def flush_marks(self) -> None:
+        """Mark sent what was published; kept for the next try if the database refuses."""
+        if not self._unmarked:
+            return
+        async with self._database.transaction() as unit:
+            await unit.connection.execute(
+                self._database.statements.mark_published, {"event_ids": self._unmarked, "published_at": utc_now()}
+            )
+        self._unmarked = []
+
     async def _read_table(self) -> list[OutboxRow]:
+        await self.flush_marks()  # else the read would find them unpublished and publish them again
         self._scan_due = False
         self._scanned_at = time.monotonic()
         statements = self._database.statements
@@ -147,11 +167,11 @@ class OutboxRelay:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # cancelled: not a failed publish
         sent = [row.event_id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
-        if sent:
-            async with self._database.transaction() as unit:
-                await unit.connection.execute(
-                    self._database.statements.mark_published, {"event_ids": sent, "published_at": utc_now()}
-                )
+        if sent and not self._unmarked:
+            self._unmarked_since = time.monotonic()
+        self._unmarked += sent
+        if len(self._unmarked) >= BATCH_SIZE:
+            await self.flush_marks()
         for result in results:
             if isinstance(result, Exception):
                 raise result  # the failed ones stay unpublished in the table: the next read finds them
