@@ -53,7 +53,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duration-s", type=float, default=60.0, help="measured seconds per scenario (default 60)")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="unmeasured seconds before each (default 5)")
-    parser.add_argument("--concurrency", type=int, default=64, help="closed-loop clients (default 64)")
+    parser.add_argument("--concurrency", type=int, default=256, help="closed-loop clients (default 256)")
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop purchases per second (default 200)")
     parser.add_argument("--mix", type=Mix.parse, default=Mix(), help="percent success,out-of-stock,no-funds (90,5,5)")
     parser.add_argument("--wallets", type=int, default=256, help="funded wallets the purchases spread over")

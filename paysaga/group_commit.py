@@ -3,12 +3,16 @@
 On SQLite writers take turns, so under load each request's own transaction queues behind the
 others, and each pays for its own BEGIN and its own fsync while holding the only write lock.
 Here requests that arrive while a transaction is running wait for the next one, and that one
-runs all of them (up to MAX_BATCH) back to back. Each request still gets its own answer:
+runs all of them (up to MAX_BATCH) back to back, each inside a savepoint of its own. Each
+request still gets its own answer:
 
-- a DomainError is that request's refusal. The work must raise it before writing anything, so
-  the others' writes commit and the refused request changed nothing;
-- any other failure rolls the whole batch back, and each request then runs in a transaction of
-  its own (``Database.retrying``), so a failure only ever reaches its own caller.
+- if its work raises, its savepoint is rolled back (its rows and its events are gone) and that
+  error is its answer; the others go on and commit;
+- if the database itself fails (unavailable, or the commit fails), every request of the batch
+  gets that error: nothing of the batch was kept.
+
+A request whose caller gave up before its turn is not run. A lone request runs in a plain
+transaction, with no savepoint to pay for.
 
 On PostgreSQL each request keeps its own transaction, as consumers do there: a shared one would
 hold many requests' row locks, in no common order, until its one commit.
@@ -17,15 +21,13 @@ hold many requests' row locks, in no common order, until its one commit.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from paysaga.errors import DomainError
+from paysaga.database import is_unavailable
 from paysaga.unit_of_work import Database, UnitOfWork
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 64
 
@@ -59,8 +61,12 @@ class GroupCommit(Generic[T]):
             while self._waiting:
                 batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
                 live = [request for request in batch if not request.answer.cancelled()]
-                if live:
+                try:
                     await self._commit(live)
+                except BaseException:
+                    for request in live:  # cancelled (shut down) mid-batch: nobody waits for ever
+                        request.answer.cancel()
+                    raise
         finally:
             self._committer = None
             for request in self._waiting:  # only if this task itself was cancelled (shutdown)
@@ -68,26 +74,38 @@ class GroupCommit(Generic[T]):
             self._waiting = []
 
     async def _commit(self, batch: list[_Request[T]]) -> None:
-        results: list[tuple[_Request[T], T]] = []
-        refusals: list[tuple[_Request[T], DomainError]] = []
+        if not batch:
+            return
+        if len(batch) == 1:
+            await self._alone(batch[0])
+            return
+        outcomes: list[tuple[_Request[T], T | Exception]] = []
         try:
             async with self._database.transaction() as unit:
                 for request in batch:
-                    try:
-                        results.append((request, await request.work(unit)))
-                    except DomainError as error:
-                        refusals.append((request, error))
-        except Exception as error:  # noqa: BLE001 - each request gets its own verdict below
-            if len(batch) == 1:
-                _fail(batch[0], error)
-                return
-            log.info("group_commit.split", extra={"requests": len(batch), "error": repr(error)})
-            await asyncio.gather(*(self._alone(request) for request in batch))
+                    outcomes.append((request, await self._in_savepoint(unit, request)))
+        except Exception as error:  # noqa: BLE001 - the database failed the whole batch
+            for request in batch:
+                _fail(request, error)
             return
-        for request, result in results:
-            _resolve(request, result)
-        for request, refused in refusals:
-            _fail(request, refused)
+        for request, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                _fail(request, outcome)
+            else:
+                _resolve(request, outcome)
+
+    async def _in_savepoint(self, unit: UnitOfWork, request: _Request[T]) -> T | Exception:
+        """The work's result, or its error with everything it wrote and emitted undone. An error of
+        the database itself is raised: it ends the batch."""
+        emitted = len(unit.emitted)
+        try:
+            async with unit.connection.begin_nested():
+                return await request.work(unit)
+        except Exception as error:
+            if is_unavailable(error):
+                raise
+            del unit.emitted[emitted:]
+            return error
 
     async def _alone(self, request: _Request[T]) -> None:
         try:

@@ -11,7 +11,8 @@ Two ways to find what to publish:
   publishing them needs no read of the table (a bounded queue: if it ever overflows, the relay
   falls back to the table);
 - the table: at start, after a failure or an overflow, when idle, and at least every
-  SCAN_INTERVAL_S under load, the relay reads the unpublished rows, oldest first. That finds
+  SCAN_INTERVAL_S under load, the relay reads the unpublished rows, oldest first, and goes on
+  reading while it finds full batches (a backlog). That finds
   what the fast path cannot know: events left by a process that died, or committed by another
   replica that shares the database.
 An event may be published twice (by both paths, or by two replicas); JetStream drops the second.
@@ -104,7 +105,8 @@ class OutboxRelay:
                 self._scan_due = True  # the table has everything committed
                 if await self.publish_pending() < BATCH_SIZE:
                     break
-            await self.flush_marks()
+        with contextlib.suppress(Exception):
+            await self.flush_marks()  # what was published, even if the last pass failed
 
     async def _recreate_streams(self) -> None:
         for stream in self._streams:
@@ -139,11 +141,12 @@ class OutboxRelay:
 
     async def _read_table(self) -> list[OutboxRow]:
         await self.flush_marks()  # else the read would find them unpublished and publish them again
-        self._scan_due = False
         self._scanned_at = time.monotonic()
         statements = self._database.statements
         async with self._database.read() as connection:
             found = (await connection.execute(statements.unpublished, {"limit": BATCH_SIZE})).all()
+        # A full batch means a backlog (after an outage, say): read on until it is cleared.
+        self._scan_due = len(found) == BATCH_SIZE
         rows = [OutboxRow(row.event_id, row.subject, row.payload) for row in found]
         if rows and self._queued:
             # Published now: not again from memory.

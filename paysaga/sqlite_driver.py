@@ -10,7 +10,10 @@ thread only what can wait on something else:
   wait at all, and only if the lock is taken does the thread wait for it (up to the busy timeout);
 - the ``COMMIT`` of a transaction that wrote, which waits for the disk (fsync).
 
-That is one hand-off per write transaction instead of one per call, and none for reads.
+That is one hand-off per write transaction instead of one per call, and none for reads. The
+price: while SQLite runs a statement, the event loop waits. Ours are indexed and bounded (a page
+of a list is at most 500 rows), so that is microseconds to a few milliseconds; a reader's rare
+wait for a busy lock (in WAL, only during recovery) would hold the loop up to the busy timeout.
 Each connection has one such thread, used by one call at a time; the event loop never touches
 the connection while its thread does. It plugs into the ``sqlite+aiosqlite`` dialect through
 ``async_creator`` and offers the part of aiosqlite's interface that the dialect uses.

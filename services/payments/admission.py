@@ -7,16 +7,19 @@ RESOURCE_EXHAUSTED keeps the purchases already accepted fast, and tells the clie
 
 In flight means not yet past the saga's forward steps (PENDING, FUNDS_HELD, STOCK_RESERVED), so
 the saga deadline bounds how long a purchase counts; compensations waiting on a parked event do
-not hold the door shut. The count is read from the database at most every REFRESH_S and grows
-by each purchase admitted in between; several replicas each add their own, so under a burst the
-limit is approximate by what they admit within one refresh.
+not hold the door shut. The count is read from the database at most every REFRESH_S, plus the
+purchases admitted and not yet stored, and grows by each purchase admitted in between; several
+replicas each add their own, so under a burst the limit is approximate by what they admit within
+one refresh. The check comes before the idempotency key is looked up, so while the service is
+full even a retry of a stored purchase is told to come back later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from paysaga.errors import ResourceExhausted
 from paysaga.unit_of_work import Database
@@ -38,12 +41,15 @@ class Admission:
         self._max_in_flight = max_in_flight
         self._refresh_s = refresh_s
         self._clock = clock
-        self._in_flight = 0
+        self._in_flight = 0  # as last counted, plus what was admitted since
+        self._creating = 0  # admitted and not yet stored (or refused): the database cannot see them
         self._refresh_at = float("-inf")
         self._refreshing = asyncio.Lock()
 
-    async def admit(self) -> None:
-        """Count one more purchase in flight, or raise ResourceExhausted (nothing is changed)."""
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """Count one more purchase in flight while the block stores it, or raise ResourceExhausted
+        (nothing is changed)."""
         if self._clock() >= self._refresh_at:
             await self._refresh()
         if self._in_flight >= self._max_in_flight:
@@ -52,11 +58,19 @@ class Admission:
                 "retry in a moment with the same idempotency key"
             )
         self._in_flight += 1
+        self._creating += 1
+        try:
+            yield
+        finally:
+            self._creating -= 1
 
     async def _refresh(self) -> None:
         async with self._refreshing:
             if self._clock() < self._refresh_at:
                 return  # refreshed while this call waited
             async with self._database.read() as connection:
-                self._in_flight = await repository.count_in_flight(connection)
+                stored = await repository.count_in_flight(connection)
+            # Those still being stored are not in the count yet (a few just stored may be counted
+            # twice until the next refresh: erring towards refusing).
+            self._in_flight = stored + self._creating
             self._refresh_at = self._clock() + self._refresh_s

@@ -60,8 +60,10 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
         purchase = purchase_request(request)
-        await self._admission.admit()
-        payment, replayed = await self._creates.run(lambda unit: handlers.create_payment(unit, purchase, self._rules))
+        async with self._admission.admitted():
+            payment, replayed = await self._creates.run(
+                lambda unit: handlers.create_payment(unit, purchase, self._rules)
+            )
         return payments_pb2.CreatePaymentResponse(payment=payment_message(payment), replayed=replayed)
 
     @domain_errors_as_status
