@@ -20,10 +20,9 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from paysaga import messaging
-from paysaga.consumer import ACK_WAIT_S, FETCH_BATCH, FETCH_TIMEOUT_S
+from paysaga.consumer import FETCH_BATCH, FETCH_TIMEOUT_S, consumer_config
 from paysaga.relay import PUBLISH_TIMEOUT_S
 from paysaga.service_process import event_loop_factory
 from paysaga.settings import TlsFiles
@@ -90,15 +89,7 @@ def message_id(saga_id: str, event_type: str) -> str:
 async def subscribe(jetstream: JetStreamContext, role: str, feed: Feed) -> JetStreamContext.PullSubscription:
     """The role's durable pull consumer of feed, configured as paysaga.consumer's."""
     durable = feed.durable_name(role)
-    config = ConsumerConfig(
-        durable_name=durable,
-        name=durable,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S,
-        max_deliver=-1,
-        filter_subjects=[subject(feed.producer, event_type) for event_type in feed.reactions],
-    )
+    config = consumer_config(durable, [subject(feed.producer, event_type) for event_type in feed.reactions])
     await jetstream.add_consumer(stream_name(feed.producer), config)
     return await jetstream.pull_subscribe_bind(durable=durable, stream=stream_name(feed.producer))
 

@@ -66,6 +66,19 @@ def is_operating_error(error: BaseException) -> bool:
     return isinstance(error, nats.errors.Error | TimeoutError) or is_unavailable(error)
 
 
+def consumer_config(durable: str, filter_subjects: list[str]) -> ConsumerConfig:
+    """A durable pull consumer that delivers every event of its subjects until it is acked."""
+    return ConsumerConfig(
+        durable_name=durable,
+        name=durable,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_deliver=-1,  # we count attempts ourselves and park the message; the server must never drop it
+        filter_subjects=filter_subjects,
+    )
+
+
 @dataclass(frozen=True)
 class Subscription:
     """The events of one producer that a service reacts to."""
@@ -156,15 +169,7 @@ class EventConsumer:
     async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """Create (or find) the durable consumer; waits for the producer's stream to exist."""
         durable = self._subscription.durable_name(self._service)
-        config = ConsumerConfig(
-            durable_name=durable,
-            name=durable,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
-            max_deliver=-1,  # we count attempts ourselves and park the message; the server must never drop it
-            filter_subjects=self._subscription.filter_subjects(),
-        )
+        config = consumer_config(durable, self._subscription.filter_subjects())
         while not stop.is_set():
             try:
                 await self._jetstream.add_consumer(self._subscription.stream, config)
