@@ -17,21 +17,18 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bench import limits, machine, report, skeleton
-from bench.load import Fixtures, LoadGenerator, Mix, TerminalObserver, create_fixtures
+from bench.load import LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga import invariants
-from paysaga.clients import ServiceClients
 from paysaga.localcluster import ClusterPorts, LocalCluster
 from paysaga.pki import rotation
-from paysaga.service_process import event_loop_factory
-from paysaga.tokens import read_token_file
+from paysaga.service_process import run_on_fast_loop
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 ECHO_CONCURRENCY = 16
 PUBLISH_IN_FLIGHT = (1, 16)
@@ -94,29 +91,21 @@ async def measure_limits(certs_dir: Path, work_dir: Path, duration_s: float) -> 
     return found
 
 
-async def drive(cluster: LocalCluster, arguments: argparse.Namespace) -> tuple[list[ScenarioResult], Fixtures]:
-    token = read_token_file(cluster.token_file("ops"))
-    ops = cluster.tls_files("ops")
-    clients = ServiceClients({service: cluster.targets(service) for service in cluster.services}, ops, token)
-    observer = await TerminalObserver.connect(cluster.nats_url, ops)
+async def drive(cluster: LocalCluster, arguments: argparse.Namespace) -> list[ScenarioResult]:
+    clients = cluster.service_clients()
+    observer = await TerminalObserver.connect(cluster.nats_url, cluster.tls_files("ops"))
     try:
         print("setting up wallets and items ...", file=sys.stderr, flush=True)
         fixtures = await create_fixtures(clients, wallets=arguments.wallets, empty_wallets=8, skus=arguments.skus)
         generator = LoadGenerator(clients, observer, fixtures, arguments.mix, arguments.seed)
         pids = {name: process.pid for name, process in cluster.processes.items()}
         pids["bench"] = os.getpid()
-        return [await run_scenario(scenario, generator, observer, pids) for scenario in scenarios(arguments)], fixtures
+        return [await run_scenario(scenario, generator, observer, pids) for scenario in scenarios(arguments)]
     finally:
         try:
             await observer.close()
         finally:
             await clients.close()
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """On the services' event loop (uvloop where installed): the load generator shares their CPUs."""
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(coroutine)
 
 
 async def settle(cluster: LocalCluster) -> invariants.Report:
@@ -132,17 +121,19 @@ async def settle(cluster: LocalCluster) -> invariants.Report:
 
 
 def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    # Each step on the services' kind of event loop (uvloop where installed): the load generator
+    # shares their CPUs.
     certs_dir = work_dir / "certs"
     for _ in rotation.bootstrap(certs_dir, certs_dir):
         pass
     print("measuring the raw limits of this machine ...", file=sys.stderr, flush=True)
-    raw = _run(measure_limits(certs_dir, work_dir, arguments.limits_duration_s))
+    raw = run_on_fast_loop(measure_limits(certs_dir, work_dir, arguments.limits_duration_s))
     print("starting a fresh local cluster (SQLite) ...", file=sys.stderr, flush=True)
     environment = {"payments": {"PAYSAGA_VELOCITY_LIMIT": str(10**9)}}  # many purchases per wallet, on purpose
     with LocalCluster(work_dir / "cluster", certs_dir, ClusterPorts.free(), environment=environment) as cluster:
-        results, _ = _run(drive(cluster, arguments))
+        results = run_on_fast_loop(drive(cluster, arguments))
         print("waiting for every purchase to end, then checking the invariants ...", file=sys.stderr, flush=True)
-        found = _run(settle(cluster))
+        found = run_on_fast_loop(settle(cluster))
     return report.build(machine.describe(REPO), raw, results, found)
 
 

@@ -26,7 +26,6 @@ import logging
 import random
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +38,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from paysaga import eventing, messaging
 from paysaga.clients import ServiceClients
 from paysaga.common.v1.money_pb2 import Money
+from paysaga.consumer import Subscription
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.payments.v1 import payments_pb2
 from paysaga.settings import TlsFiles
@@ -56,7 +56,6 @@ OBSERVER_BATCH = 512
 MAX_IN_FLIGHT = 50_000
 MAX_EARLY_ENDINGS = 100_000
 OBSERVER_RETRY_S = 0.5
-PAYMENTS_STREAM = "PAYMENTS_EVENTS"
 TERMINAL_EVENTS = {
     "PaymentCompleted": "COMPLETED",
     "PaymentFailed": "FAILED",
@@ -185,17 +184,18 @@ class TerminalObserver:
     async def _start(self) -> None:
         jetstream = self._client.jetstream()
         name = f"bench-{uuid.uuid4().hex[:12]}"
+        endings = Subscription("payments", tuple(TERMINAL_EVENTS))
         await jetstream.add_consumer(
-            PAYMENTS_STREAM,
+            endings.stream,
             ConsumerConfig(
                 name=name,
                 deliver_policy=DeliverPolicy.NEW,
                 ack_policy=AckPolicy.NONE,
-                filter_subjects=[eventing.event_subject("payments", event) for event in TERMINAL_EVENTS],
+                filter_subjects=endings.filter_subjects(),
                 inactive_threshold=60.0,
             ),
         )
-        subscription = await jetstream.pull_subscribe_bind(consumer=name, stream=PAYMENTS_STREAM)
+        subscription = await jetstream.pull_subscribe_bind(consumer=name, stream=endings.stream)
         self._task = asyncio.create_task(self._follow(subscription))
 
     async def _follow(self, subscription: JetStreamContext.PullSubscription) -> None:
@@ -253,7 +253,8 @@ class Run:
     """Every purchase of one scenario, and the calls that failed."""
 
     sagas: list[Saga] = field(default_factory=list)
-    rpc_errors: Counter[str] = field(default_factory=Counter)
+    ended: int = 0  # so far, for the progress bar
+    errors: int = 0
     not_sent: int = 0
 
 
@@ -288,10 +289,16 @@ class LoadGenerator:
         saga = Saga(intent, time.perf_counter() if due_s is None else due_s)
         run.sagas.append(saga)
         try:
+            await self._follow(saga, request, intent)
+        finally:
+            run.ended += saga.ended_s is not None
+            run.errors += bool(saga.error)
+
+    async def _follow(self, saga: Saga, request: payments_pb2.CreatePaymentRequest, intent: Intent) -> None:
+        try:
             response = await self._clients.payments.CreatePayment(request, timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
             saga.error = error.code().name
-            run.rpc_errors[saga.error] += 1
             return
         await self._observer.wait(response.payment.payment_id, saga, saga.created_s + TERMINAL_TIMEOUT_S)
         if saga.ended_s is None:

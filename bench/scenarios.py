@@ -80,8 +80,7 @@ async def _progress(scenario: Scenario, run: Run, observer: TerminalObserver, st
         await asyncio.sleep(PROGRESS_INTERVAL_S)
         ticks += 1
         elapsed_s = time.perf_counter() - started_s
-        ended = sum(1 for saga in run.sagas if saga.ended_s is not None)
-        errors = sum(1 for saga in run.sagas if saga.error) + run.not_sent
+        ended, errors = run.ended, run.errors + run.not_sent
         filled = min(PROGRESS_BAR_CHARS, int(PROGRESS_BAR_CHARS * elapsed_s / total_s))
         line = (
             f"{scenario.name:<10} [{'#' * filled}{'.' * (PROGRESS_BAR_CHARS - filled)}] "

@@ -151,10 +151,8 @@ async def cpu_percent(pids: Mapping[str, int], window: Window) -> dict[str, floa
     return {name: round(100 * process.cpu_s / elapsed_s, 1) for name, process in usage.processes.items()}
 
 
-async def saga_messaging(
-    certs_dir: Path, work_dir: Path, *, in_flight: int, duration_s: float, warmup_s: float = WARMUP_S
-) -> limits.RawLimit:
-    """Skeleton sagas completed per second over duration_s, after warmup_s, with in_flight going."""
+async def saga_messaging(certs_dir: Path, work_dir: Path, *, in_flight: int, duration_s: float) -> limits.RawLimit:
+    """Skeleton sagas completed per second over duration_s, after WARMUP_S, with in_flight going."""
     try:
         async with limits.nats_server(certs_dir, work_dir) as server:
             client = await limits.connect(server, certs_dir, name="bench-skeleton")
@@ -163,7 +161,7 @@ async def saga_messaging(
                 async with _workers(server, certs_dir) as workers:
                     generator = Generator(client, client.jetstream())
                     await generator.observe()
-                    window = Window.after(warmup_s, duration_s)
+                    window = Window.after(WARMUP_S, duration_s)
                     pids = {"nats": server.pid, "bench": os.getpid()}
                     pids |= {role: child.process.pid for role, child in workers.items()}
                     sagas, cpu = await _unless_a_worker_exits(_load(generator, in_flight, window, pids), workers)

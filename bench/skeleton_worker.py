@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from paysaga import messaging
 from paysaga.consumer import FETCH_BATCH, FETCH_TIMEOUT_S, consumer_config
 from paysaga.relay import PUBLISH_TIMEOUT_S
-from paysaga.service_process import event_loop_factory
+from paysaga.service_process import run_on_fast_loop
 from paysaga.settings import TlsFiles
 
 log = logging.getLogger("bench.skeleton")
@@ -170,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for noisy in ("nats", "asyncio"):  # reconnect chatter and TLS close warnings, as in the benchmark
         logging.getLogger(noisy).setLevel(logging.ERROR)
     files = TlsFiles.in_directory(arguments.certs_dir, arguments.role)
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(serve(arguments.role, arguments.nats, files))
+    run_on_fast_loop(serve(arguments.role, arguments.nats, files))
 
 
 if __name__ == "__main__":

@@ -20,15 +20,14 @@ class ServiceClients:
     target may list several replicas ("host:port,host:port"); calls spread over them."""
 
     def __init__(self, targets: Mapping[str, str], files: TlsFiles, token: str) -> None:
-        self._channels = [
-            tls.secure_channel(targets[service], files, token) for service in ("payments", "inventory", "ledger")
-        ]
-        self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels[0])
-        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels[1])
-        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channels[2])
+        credentials = tls.channel_credentials(files, token)  # the files read once, for every channel
+        self._channels = {service: tls.channel(targets[service], credentials) for service in targets}
+        self.payments = payments_pb2_grpc.PaymentServiceStub(self._channels["payments"])
+        self.inventory = inventory_pb2_grpc.InventoryServiceStub(self._channels["inventory"])
+        self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channels["ledger"])
 
     async def close(self) -> None:
-        for channel in self._channels:
+        for channel in self._channels.values():
             await channel.close()
 
     async def open_account(

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from paysaga import sqlite_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON")
 # Set on a connection that will write; see paysaga.unit_of_work.
 WRITE_OPTION = "paysaga_write"
 
@@ -49,18 +50,9 @@ def create_engine(url: str) -> AsyncEngine:
     # The driver's own implicit transactions would start only at the first write, so a handler's
     # reads would not be isolated from another writer: its connections are in autocommit mode and
     # we issue BEGIN ourselves, below.
-    engine = create_async_engine(url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS))
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _configure_sqlite(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=FULL",
-            "foreign_keys=ON",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
+    engine = create_async_engine(
+        url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS, SQLITE_PRAGMAS)
+    )
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Any) -> None:

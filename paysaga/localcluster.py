@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import IO, Any, TextIO, TypeVar
 
 from paysaga import demo, healthcheck, natsconf, tls, tokens
+from paysaga.clients import ServiceClients
 from paysaga.pki import rotation
 from paysaga.pki.authority import CertificateError
 from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
@@ -131,6 +132,14 @@ class LocalCluster:
 
     def token_file(self, client: str = "ops") -> Path:
         return self.certs_dir / f"{client}.token"
+
+    def service_clients(self, client: str = "ops") -> ServiceClients:
+        """Channels to every replica of every service, as client (its certificate and token)."""
+        return ServiceClients(
+            {service: self.targets(service) for service in self.services},
+            self.tls_files(client),
+            tokens.read_token_file(self.token_file(client)),
+        )
 
     def reload_nats(self) -> None:
         """Make nats-server re-read its configuration and certificates (SIGHUP); connections stay up."""

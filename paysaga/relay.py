@@ -67,9 +67,11 @@ class OutboxRelay:
         self._scanned_at = time.monotonic()
         self._unmarked: list[str] = []  # published, not yet marked sent
         self._unmarked_since = 0.0
-        database.on_outbox_commit(self._committed)
+        database.on_commit(self._committed)
 
     def _committed(self, rows: list[OutboxRow]) -> None:
+        if not rows:
+            return
         if not self._scan_due:
             if len(self._queued) + len(rows) > MAX_QUEUED:
                 self._queued.clear()
@@ -147,7 +149,7 @@ class OutboxRelay:
             found = (await connection.execute(statements.unpublished, {"limit": BATCH_SIZE})).all()
         # A full batch means a backlog (after an outage, say): read on until it is cleared.
         self._scan_due = len(found) == BATCH_SIZE
-        rows = [OutboxRow(row.event_id, row.subject, row.payload) for row in found]
+        rows = [OutboxRow(*row) for row in found]
         if rows and self._queued:
             # Published now: not again from memory.
             read = {row.event_id for row in rows}

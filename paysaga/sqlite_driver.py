@@ -157,26 +157,31 @@ class InlineConnection:
         self._connection.create_function(*arguments, **options)
 
     async def close(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Close at once (also the dialect's terminate): nothing of ours is ever pending on the thread
+        when the pool closes a connection."""
         try:
             self._connection.close()
         finally:
             self._thread.shutdown(wait=False)
 
-    def stop(self) -> None:
-        """Force-close (the dialect's terminate)."""
-        self._connection.close()
-        self._thread.shutdown(wait=False)
 
-
-def connector(path: str, busy_timeout_ms: int) -> Callable[[], Coroutine[Any, Any, InlineConnection]]:
+def connector(
+    path: str, busy_timeout_ms: int, pragmas: Sequence[str]
+) -> Callable[[], Coroutine[Any, Any, InlineConnection]]:
     """An ``async_creator`` for create_async_engine: connections in autocommit mode, so the
     engine's own BEGIN starts every transaction (see paysaga.database), that wait up to
-    busy_timeout_ms for another process's lock instead of failing at once."""
+    busy_timeout_ms for another process's lock instead of failing at once, with the given
+    PRAGMAs set."""
 
     async def connect() -> InlineConnection:
         connection = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
+        for pragma in pragmas:
+            connection.execute(f"PRAGMA {pragma}")
         return InlineConnection(connection, busy_timeout_ms)
 
     return connect

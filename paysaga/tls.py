@@ -114,11 +114,11 @@ def fingerprint(files: TlsFiles) -> tuple[FileStamp, ...]:
 class CertificateWatcher:
     """Follows a certificate, its key and the CA bundle across rotations.
 
-    poll() looks at the files at most once per check interval and returns the new material only
-    when they changed and form a valid set again; a half-finished rotation (new key, old
-    certificate) is kept out until it is whole. The files' stamps are taken before they are read,
-    so a rotation that lands during a read is seen at the next poll rather than missed. Safe to
-    call from any thread (gRPC calls it from its own).
+    poll() returns the new material only when the files changed and form a valid set again; a
+    half-finished rotation (new key, old certificate) is kept out until it is whole. The files'
+    stamps are taken before they are read, so a rotation that lands during a read is seen at the
+    next poll rather than missed. Safe to call from any thread (gRPC calls it from its own).
+    Callers decide how often to poll (check_interval_s is the usual period).
     """
 
     def __init__(self, files: TlsFiles, *, check_interval_s: float = RELOAD_CHECK_INTERVAL_S) -> None:
@@ -127,33 +127,20 @@ class CertificateWatcher:
         self._lock = threading.Lock()
         self._seen = fingerprint(files)
         self.material = read_tls_files(files)
-        self._next_check_at = time.monotonic() + check_interval_s
-
-    def poll_due(self) -> TlsMaterial | None:
-        """poll(), at most once per check interval: for callers not driven by a timer of their own
-        (gRPC asks before every handshake)."""
-        with self._lock:
-            if time.monotonic() < self._next_check_at:
-                return None
-            return self._poll()
 
     def poll(self) -> TlsMaterial | None:
         """The new material if the files changed since the last poll and form a valid set now."""
         with self._lock:
-            return self._poll()
-
-    def _poll(self) -> TlsMaterial | None:
-        self._next_check_at = time.monotonic() + self.check_interval_s
-        current = fingerprint(self.files)
-        if current == self._seen:
-            return None
-        try:
-            material = read_tls_files(self.files)
-        except (TlsConfigurationError, OSError) as error:
-            log.warning("tls.reload_waiting", extra={"error": str(error)})
-            return None
-        self._seen, self.material = current, material
-        return material
+            current = fingerprint(self.files)
+            if current == self._seen:
+                return None
+            try:
+                material = read_tls_files(self.files)
+            except (TlsConfigurationError, OSError) as error:
+                log.warning("tls.reload_waiting", extra={"error": str(error)})
+                return None
+            self._seen, self.material = current, material
+            return material
 
 
 def _server_configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
@@ -167,9 +154,15 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     a re-issued certificate, key or CA bundle is used from the next handshake on, without a
     restart; connections already open keep the certificate they were made with."""
     watcher = CertificateWatcher(files)
+    next_check_at = time.monotonic() + watcher.check_interval_s
 
-    def fetch() -> grpc.ServerCertificateConfiguration | None:  # called by gRPC before every handshake
-        material = watcher.poll_due()
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        # gRPC asks before every handshake: look at the files at most once per check interval.
+        nonlocal next_check_at
+        if time.monotonic() < next_check_at:
+            return None
+        next_check_at = time.monotonic() + watcher.check_interval_s
+        material = watcher.poll()
         if material is None:
             return None
         log.info("tls.reloaded", extra=material.describe())
@@ -195,13 +188,17 @@ def channel_credentials(files: TlsFiles, token: str | None = None) -> grpc.Chann
 
 
 def secure_channel(targets: str, files: TlsFiles, token: str | None = None) -> grpc.aio.Channel:
-    """An mTLS channel to one "host:port", or round-robin over several "host:port,host:port".
+    """An mTLS channel to one "host:port", or round-robin over several (see channel())."""
+    return channel(targets, channel_credentials(files, token))
+
+
+def channel(targets: str, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+    """A channel with credentials to one "host:port", or round-robin over "host:port,host:port".
 
     Several addresses must be IP addresses (gRPC's ipv4/ipv6 resolver); their certificates are
     checked against the first address. With DNS, give one name that resolves to every replica
     (e.g. "dns:///payments:50051"); calls then still spread over its addresses.
     """
-    credentials = channel_credentials(files, token)
     options = [("grpc.lb_policy_name", "round_robin")]
     addresses = [address.strip() for address in targets.split(",") if address.strip()]
     if len(addresses) == 1:

@@ -81,7 +81,7 @@ class MessagingStatements:
         self.processed = sa.select(inbox.c.event_id).where(inbox.c.event_id.in_(sa.bindparam("ids", expanding=True)))
         self.insert_inbox = inbox.insert()
         self.unpublished = (
-            sa.select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+            sa.select(outbox.c.event_id, outbox.c.subject, outbox.c.payload)
             .where(outbox.c.published_at.is_(None))
             .order_by(outbox.c.id)
             .limit(sa.bindparam("limit"))
@@ -158,20 +158,16 @@ class Database:
         self.statements = MessagingStatements(self.outbox, self.inbox)
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
-        self._commit_listeners: list[Callable[[list[EventEnvelope]], None]] = []
-        self._outbox_listeners: list[Callable[[list[OutboxRow]], None]] = []
+        self._commit_listeners: list[Callable[[list[OutboxRow]], None]] = []
 
     @property
     def single_writer(self) -> bool:
         """SQLite: one write transaction at a time, so a long one blocks nobody it could deadlock with."""
         return self._is_sqlite
 
-    def on_commit(self, listener: Callable[[list[EventEnvelope]], None]) -> None:
+    def on_commit(self, listener: Callable[[list[OutboxRow]], None]) -> None:
+        """Told after each commit, with the outbox rows it wrote (often none)."""
         self._commit_listeners.append(listener)
-
-    def on_outbox_commit(self, listener: Callable[[list[OutboxRow]], None]) -> None:
-        """Told the outbox rows of each commit that wrote some (the relay's fast path)."""
-        self._outbox_listeners.append(listener)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
@@ -184,10 +180,7 @@ class Database:
                 yield unit
                 await unit.write_outbox()
         for listener in self._commit_listeners:
-            listener(unit.emitted)
-        if unit.written:
-            for outbox_listener in self._outbox_listeners:
-                outbox_listener(unit.written)
+            listener(unit.written)
 
     async def retrying(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run work in a write transaction, again (a bounded number of times) if it conflicted with a

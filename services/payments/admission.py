@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from paysaga.errors import ResourceExhausted
 from paysaga.unit_of_work import Database
@@ -29,18 +29,9 @@ REFRESH_S = 0.1
 
 
 class Admission:
-    def __init__(
-        self,
-        database: Database,
-        max_in_flight: int,
-        *,
-        refresh_s: float = REFRESH_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, database: Database, max_in_flight: int) -> None:
         self._database = database
         self._max_in_flight = max_in_flight
-        self._refresh_s = refresh_s
-        self._clock = clock
         self._in_flight = 0  # as last counted, plus what was admitted since
         self._creating = 0  # admitted and not yet stored (or refused): the database cannot see them
         self._refresh_at = float("-inf")
@@ -50,7 +41,7 @@ class Admission:
     async def admitted(self) -> AsyncIterator[None]:
         """Count one more purchase in flight while the block stores it, or raise ResourceExhausted
         (nothing is changed)."""
-        if self._clock() >= self._refresh_at:
+        if time.monotonic() >= self._refresh_at:
             await self._refresh()
         if self._in_flight >= self._max_in_flight:
             raise ResourceExhausted(
@@ -66,11 +57,11 @@ class Admission:
 
     async def _refresh(self) -> None:
         async with self._refreshing:
-            if self._clock() < self._refresh_at:
+            if time.monotonic() < self._refresh_at:
                 return  # refreshed while this call waited
             async with self._database.read() as connection:
                 stored = await repository.count_in_flight(connection)
             # Those still being stored are not in the count yet (a few just stored may be counted
             # twice until the next refresh: erring towards refusing).
             self._in_flight = stored + self._creating
-            self._refresh_at = self._clock() + self._refresh_s
+            self._refresh_at = time.monotonic() + REFRESH_S

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import sqlalchemy as sa
@@ -14,15 +16,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from paysaga import eventing, invariants
-from paysaga.clients import ServiceClients
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.eventing import EventEnvelope
 from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.localcluster import SERVICES, LocalCluster
 from paysaga.payments.v1 import payments_pb2
-from paysaga.tokens import read_token_file
 from tests.helpers import connect_as
+
+T = TypeVar("T")
 
 TERMINAL = {
     payments_pb2.PAYMENT_STATUS_COMPLETED,
@@ -44,10 +46,7 @@ class Purchase:
 class Shop:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
-        token = read_token_file(cluster.token_file("ops"))
-        self.clients = ServiceClients(
-            {service: cluster.targets(service) for service in SERVICES}, cluster.tls_files("ops"), token
-        )
+        self.clients = cluster.service_clients()
         self.payments = self.clients.payments
         self.inventory = self.clients.inventory
         self.ledger = self.clients.ledger
@@ -111,14 +110,8 @@ class Shop:
     ) -> payments_pb2.Payment:
         deadline = time.monotonic() + timeout_s
         while True:
-            try:
-                payment = await self.payment(payment_id)
-            except grpc.aio.AioRpcError as error:
-                # A service being restarted answers UNAVAILABLE for a moment: keep polling.
-                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(poll_s)
-                continue
+            # A service being restarted answers UNAVAILABLE for a moment: keep polling.
+            payment = await retry_while(lambda: self.payment(payment_id), grpc.StatusCode.UNAVAILABLE, deadline, poll_s)
             if payment.status in statuses or time.monotonic() > deadline:
                 return payment
             await asyncio.sleep(poll_s)
@@ -224,3 +217,14 @@ def _decode(message: object) -> EventEnvelope:
 
 def status_name(payment: payments_pb2.Payment) -> str:
     return payments_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")
+
+
+async def retry_while(call: Callable[[], Awaitable[T]], code: grpc.StatusCode, deadline: float, poll_s: float) -> T:
+    """call's answer; while it fails with code (a passing condition), called again until deadline."""
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != code or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(poll_s)

@@ -16,7 +16,7 @@ from paysaga.ledger.v1 import ledger_pb2
 from paysaga.payments.v1 import payments_pb2
 from services.payments.admission import REFRESH_S
 from tests.e2e.conftest import MAX_AMOUNT_MINOR, MAX_IN_FLIGHT, SAGA_TIMEOUT_S, VELOCITY_LIMIT
-from tests.e2e.shop import Purchase, Shop, status_name
+from tests.e2e.shop import Purchase, Shop, retry_while, status_name
 
 pytestmark = pytest.mark.e2e
 PRICE = 1250
@@ -451,11 +451,9 @@ async def test_purchases_beyond_the_in_flight_limit_are_refused_and_change_nothi
 async def _create_when_admitted(
     shop: Shop, purchase: Purchase, key: str, timeout_s: float = 20.0
 ) -> payments_pb2.CreatePaymentResponse:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await shop.create(purchase, amount_minor=PRICE, key=key)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    return await retry_while(
+        lambda: shop.create(purchase, amount_minor=PRICE, key=key),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        time.monotonic() + timeout_s,
+        poll_s=0.2,
+    )

@@ -10,20 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from paysaga.database import create_engine
-from paysaga.unit_of_work import Database, messaging_tables
-
-metadata = sa.MetaData()
-messaging_tables(metadata)
-counters = sa.Table(
-    "counters", metadata, sa.Column("name", sa.String(16), primary_key=True), sa.Column("value", sa.Integer)
-)
+from paysaga.unit_of_work import Database
+from tests.integration.counters import counters, open_database
 
 
 async def _database(path: Path) -> Database:
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
-    return Database(engine, metadata)
+    return await open_database(f"sqlite+aiosqlite:///{path}")
 
 
 async def test_a_writer_waiting_for_another_process_lock_leaves_the_event_loop_free(tmp_path: Path) -> None:

@@ -12,13 +12,8 @@ from paysaga.errors import FailedPrecondition
 from paysaga.eventing import new_event
 from paysaga.events.v1 import events_pb2
 from paysaga.group_commit import GroupCommit
-from paysaga.unit_of_work import Database, UnitOfWork, messaging_tables
-
-metadata = sa.MetaData()
-messaging_tables(metadata)
-counters = sa.Table(
-    "counters", metadata, sa.Column("name", sa.String(16), primary_key=True), sa.Column("value", sa.Integer)
-)
+from paysaga.unit_of_work import Database, UnitOfWork
+from tests.integration.counters import counters, metadata, open_database
 
 
 async def test_two_writers_on_one_database_never_lose_an_update(database_url: str) -> None:
@@ -48,10 +43,7 @@ async def test_two_writers_on_one_database_never_lose_an_update(database_url: st
 
 
 async def test_a_failed_transaction_leaves_nothing_behind_not_even_its_events(database_url: str) -> None:
-    engine = create_engine(database_url)
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
-    database = Database(engine, metadata)
+    database = await open_database(database_url)
 
     try:
         async with database.transaction() as unit:
@@ -64,7 +56,7 @@ async def test_a_failed_transaction_leaves_nothing_behind_not_even_its_events(da
     async with database.read() as connection:
         assert await connection.scalar(sa.select(sa.func.count()).select_from(counters)) == 0
         assert await connection.scalar(sa.select(sa.func.count()).select_from(database.outbox)) == 0
-    await engine.dispose()
+    await database.engine.dispose()
 
 
 async def test_a_conflicting_insert_is_retried_and_then_sees_the_winner(database_url: str) -> None:
@@ -89,10 +81,7 @@ async def test_a_conflicting_insert_is_retried_and_then_sees_the_winner(database
 
 
 async def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(database_url: str) -> None:
-    engine = create_engine(database_url)
-    async with engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
-    database = Database(engine, metadata)
+    database = await open_database(database_url)
     commits: list[int] = []
     database.on_commit(lambda emitted: commits.append(len(emitted)))
     group: GroupCommit[str] = GroupCommit(database)
@@ -129,4 +118,4 @@ async def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(da
         outbox = await connection.scalar(sa.select(sa.func.count()).select_from(database.outbox))
     assert stored == set(names[:30]) | {"m1", "m2"}
     assert outbox == 32
-    await engine.dispose()
+    await database.engine.dispose()

@@ -12,13 +12,12 @@ from paysaga import validation
 from paysaga.authz import Rule
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.errors import DomainError, InvalidArgument, NotFound
-from paysaga.eventing import EventEnvelope
 from paysaga.group_commit import GroupCommit
 from paysaga.grpc_server import STATUS_OF_ERROR, GrpcService, domain_errors_as_status
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.settings import PaymentLimits
 from paysaga.tasks import wait_any
-from paysaga.unit_of_work import Database
+from paysaga.unit_of_work import Database, OutboxRow
 from services.payments import handlers
 from services.payments.adapters import repository
 from services.payments.adapters.repository import as_utc, payment_from_row
@@ -41,7 +40,7 @@ class ChangeSignal:
     def current(self) -> asyncio.Event:
         return self._changed
 
-    def notify(self, _emitted: list[EventEnvelope]) -> None:
+    def notify(self, _written: list[OutboxRow]) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
