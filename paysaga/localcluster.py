@@ -40,8 +40,6 @@ SERVICES = ("payments", "inventory", "ledger")
 T = TypeVar("T")
 STOP_TIMEOUT_S = 20.0
 PR_SET_PDEATHSIG = 1
-# The local cluster's ops token; paysaga-local issues a fresh one at every start.
-LOCAL_TOKEN_LIFETIME_S = 24 * 3600
 CERTIFICATE_CHECK_INTERVAL_S = 1.0
 POLL_INTERVAL_S = 0.2
 
@@ -180,12 +178,7 @@ class LocalCluster:
         for line in rotation.bootstrap(self.certs_dir, self.certs_dir):
             if self.echo:
                 say(f"certs     | {line}")
-        tokens.write_token_file(
-            self.token_file("ops"),
-            tokens.issue_client_token(
-                self.certs_dir, "ops", services=SERVICES, scopes=tokens.SCOPES, lifetime_s=LOCAL_TOKEN_LIFETIME_S
-            ),
-        )
+        rotation.write_ops_token(self.certs_dir, self.certs_dir, "ops")
         config_path = self.state_dir / "nats.conf"
         config_path.write_text(
             natsconf.render(

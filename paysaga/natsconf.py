@@ -140,7 +140,8 @@ def compose_config() -> str:
         host="0.0.0.0",  # noqa: S104 - inside the private compose network; mTLS still applies
         port=4222,
         tls=TlsFiles.in_directory(Path("/certs"), "nats"),
-        store_dir=Path("/data/jetstream"),
+        # nats-server keeps its streams in <store_dir>/jetstream: /data/jetstream in the volume.
+        store_dir=Path("/data"),
     )
 
 

@@ -9,6 +9,7 @@ back ends, ops tools) get client-only certificates with the identity spiffe://pa
 Typical use:
 
   paysaga-certs bootstrap                 # CA, cluster certificates, token signing key: what is missing or expiring
+  paysaga-certs bootstrap --client-tokens # ... and a fresh 24 h token for the ops client: certs/ops.token
   paysaga-certs issue client acme-shop    # a certificate for a new client: certs/acme-shop.{crt,key}
   paysaga-certs token issue acme-shop --audience payments --scope payments:write --scope payments:read
   paysaga-certs list                      # every certificate with its identity and expiry
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also copy each service's certificate, key, trust bundle and token keys into DIR/<service>/, "
         "so each host or container is given its own key only",
+    )
+    bootstrap.add_argument(
+        "--client-tokens",
+        action="store_true",
+        help="also write <dir>/<client>.token for each of --clients: a bearer token with every scope for every "
+        f"service, valid {rotation.OPS_TOKEN_LIFETIME_S // 3600} h (for ops clients; run bootstrap again to renew)",
     )
     check = commands.add_parser(
         "check", help="exit 1 (and say which) if a certificate is expiring, expired or not from the current CA"
@@ -224,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 renew_within_days=args.renew_within_days,
             ):
                 print(line)
+            if args.client_tokens:
+                for name in _names(args.clients):
+                    print(rotation.write_ops_token(Path(ca_dir), certs_dir, name))
             if args.export_to is not None:
                 for name in _names(args.services):
                     rotation.export(certs_dir, name, args.export_to / name)

@@ -31,6 +31,11 @@ from paysaga.pki.authority import (
     private_pem,
     publish_ca_certificate,
 )
+from paysaga.settings import DEFAULT_GRPC_PORTS
+
+# An ops client's token (every scope, every service): paysaga-local and the compose cluster's
+# certs job write a fresh one at every start.
+OPS_TOKEN_LIFETIME_S = 24 * 3600
 
 
 def expiry_problems(certs_dir: Path, now: dt.datetime, warn_within_days: int) -> list[str]:
@@ -149,3 +154,14 @@ def bootstrap(ca_dir: Path, certs_dir: Path, **options: Any) -> list[str]:
     report = ensure_certificates(ca_dir, certs_dir, **options)
     report.append(ensure_token_signing_key(ca_dir, certs_dir))
     return report
+
+
+def write_ops_token(ca_dir: Path, certs_dir: Path, client: str, *, lifetime_s: int = OPS_TOKEN_LIFETIME_S) -> str:
+    """Write <certs_dir>/<client>.token, a token for an ops client with every scope for every
+    service, next to its certificate, where the paysaga CLI looks by default."""
+    path = certs_dir / f"{check_name(client)}.token"
+    token = tokens.issue_client_token(
+        ca_dir, client, services=DEFAULT_GRPC_PORTS, scopes=tokens.SCOPES, lifetime_s=lifetime_s
+    )
+    tokens.write_token_file(path, token)
+    return f"wrote {path} (every scope for every service, valid {lifetime_s // 3600} h)"

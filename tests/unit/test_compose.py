@@ -1,4 +1,8 @@
-"""docker-compose.yml, checked without a Docker engine: the topology teams rely on in their tests."""
+"""The compose files, checked without a Docker engine: the topology teams rely on in their tests.
+
+`python3 scripts/dev.py compose-test` runs the same files for real; these checks catch at unit
+speed what would make it fail, e.g. a setting that resolves to a path no volume holds.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from paysaga import natsconf
-from paysaga.settings import DEFAULT_GRPC_PORTS
+from paysaga.healthcheck import default_client_tls
+from paysaga.settings import load_settings
+from tests.unit.compose_files import DEFAULT_FILES, PRODUCTION_FILES, REPO, load, mount_targets, outside_mounts
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("payments", "inventory", "ledger")
+PROFILES = {"default": DEFAULT_FILES, "production": PRODUCTION_FILES}
+
+
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def cluster(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load(PROFILES[request.param])
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    loaded = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert isinstance(loaded, dict)
-    return loaded
+def default() -> dict[str, Any]:
+    return load(DEFAULT_FILES)
+
+
+@pytest.fixture(scope="module")
+def production() -> dict[str, Any]:
+    return load(PRODUCTION_FILES)
 
 
 def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
@@ -29,89 +42,201 @@ def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def test_the_cluster_has_the_cert_job_nats_and_the_three_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"certs", "nats", *SERVICES}
+def files_read_by(name: str, spec: dict[str, Any]) -> list[Path]:
+    """Every file a service process resolves from its settings, and what its health check reads."""
+    environment = {key: str(value) for key, value in spec["environment"].items()}
+    settings = load_settings(name, argv=[], environ=environment)
+    health = default_client_tls(environment)
+    paths = [
+        settings.tls.cert_file,
+        settings.tls.key_file,
+        settings.tls.ca_file,
+        settings.token_keys_file,
+        health.cert_file,
+        health.key_file,
+        health.ca_file,
+    ]
+    if settings.database_url.startswith("sqlite"):
+        paths.append(Path(settings.database_url.split(":///", 1)[1]))
+    paths += [Path(environment[key]) for key in ("PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY") if key in environment]
+    return paths
 
 
-def test_only_the_payments_api_port_is_published(compose: dict[str, Any]) -> None:
-    published = {name: spec.get("ports", []) for name, spec in compose["services"].items() if spec.get("ports")}
-
-    assert published == {"payments": [f"{DEFAULT_GRPC_PORTS['payments']}:50051"]}
-    assert all("expose" not in spec for spec in compose["services"].values())
-
-
-def test_everything_but_payments_lives_only_on_the_internal_network(compose: dict[str, Any]) -> None:
-    assert compose["networks"]["internal"]["internal"] is True
-    assert service(compose, "certs")["network_mode"] == "none"
-    for name in ("nats", "inventory", "ledger"):
-        assert service(compose, name)["networks"] == ["internal"], name
-    assert set(service(compose, "payments")["networks"]) == {"internal", "edge"}
-    assert compose["networks"]["edge"].get("internal") is not True
-
-
-def test_a_one_shot_job_gives_each_container_its_own_certificate_volume_before_anything_starts(
-    compose: dict[str, Any],
+def test_the_default_cluster_is_the_cert_job_nats_the_three_services_and_the_ops_client(
+    default: dict[str, Any],
 ) -> None:
-    certs = service(compose, "certs")
-    assert certs["restart"] == "no"
-    assert certs["command"][0] == "paysaga-certs" and "bootstrap" in certs["command"]
-    assert "certs:/certs" in certs["volumes"] and "ca:/ca" in certs["volumes"]
-    export_dir = certs["command"][certs["command"].index("--export-to") + 1]
-    for name in ("nats", *SERVICES):
-        spec = service(compose, name)
-        assert spec["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
-        assert f"{name}-certs:{export_dir}/{name}" in certs["volumes"], name
-        # Each container sees its own key only: not the CA's, not another service's, not ops'.
-        assert [volume for volume in spec["volumes"] if volume.endswith(":/certs:ro")] == [f"{name}-certs:/certs:ro"]
-        assert not any(volume.startswith(("ca:", "certs:")) for volume in spec["volumes"]), name
+    assert set(default["services"]) == {"certs", "nats", *SERVICES, "ops"}
+    assert service(default, "ops")["profiles"] == ["tools"], "ops is a one-off client, not started by up"
 
 
-def test_nats_runs_the_tls_configuration_with_fsync(compose: dict[str, Any]) -> None:
-    nats = service(compose, "nats")
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_file_a_service_reads_is_in_a_volume_it_mounts(cluster: dict[str, Any], name: str) -> None:
+    spec = service(cluster, name)
+
+    assert outside_mounts(files_read_by(name, spec), spec) == []
+
+
+def test_the_mount_check_finds_a_setting_that_resolves_into_the_image() -> None:
+    """The blocker the first real run found: without PAYSAGA_CERTS_DIR, the token keys resolved to
+    certs/token-keys.json under the image's working directory, and every service restarted forever."""
+    spec = service(load(DEFAULT_FILES), "payments")
+    spec = {**spec, "environment": {k: v for k, v in spec["environment"].items() if k != "PAYSAGA_CERTS_DIR"}}
+
+    assert "/app/certs/token-keys.json" in outside_mounts(files_read_by("payments", spec), spec)
+
+
+def test_a_service_writes_its_database_to_a_writable_volume_and_nothing_else(default: dict[str, Any]) -> None:
+    for name in SERVICES:
+        spec = service(default, name)
+        assert spec["read_only"] is True, name
+        assert f"{name}-data:/data" in spec["volumes"], name
+        assert spec["environment"]["PAYSAGA_DATABASE_URL"] == f"sqlite+aiosqlite:////data/{name}.db"
+
+
+def test_nats_reads_its_certificates_and_keeps_its_streams_in_its_volumes(default: dict[str, Any]) -> None:
+    nats = service(default, "nats")
     config_mount = next(volume for volume in nats["volumes"] if volume.startswith("./deploy/nats/nats.conf:"))
-    container_path = config_mount.split(":")[1]
-    assert nats["command"] == ["nats-server", "--config", container_path]
+    assert nats["command"] == ["nats-server", "--config", config_mount.split(":")[1]]
     config = (REPO / "deploy" / "nats" / "nats.conf").read_text()
     assert config == natsconf.compose_config(), "stale: python -m paysaga.natsconf > deploy/nats/nats.conf"
     assert re.search(r"^\s*verify_and_map:\s*true\s*$", config, re.MULTILINE)
     assert re.search(r"^\s*sync_interval:\s*always\s*$", config, re.MULTILINE)
-    assert "/certs/nats.crt" in config and "/certs/ca.crt" in config
-    assert "tls://localhost:4222" in nats["healthcheck"]["test"]
+    paths = [
+        Path(found)
+        for found in re.findall(r'^\s*(?:cert_file|key_file|ca_file|store_dir):\s*"([^"]+)"', config, re.MULTILINE)
+    ]
+    assert len(paths) == 4
+    assert outside_mounts(paths, nats) == []
+    # nats-server keeps its streams in <store_dir>/jetstream: store_dir is the volume itself.
+    assert 'store_dir: "/data"' in config and "nats-data:/data" in nats["volumes"]
+    health = default_client_tls({key: str(value) for key, value in nats["environment"].items()})
+    assert outside_mounts([health.cert_file, health.key_file, health.ca_file], nats) == []
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_each_service_uses_its_own_certificate_tls_nats_and_a_health_check(compose: dict[str, Any], name: str) -> None:
-    spec = service(compose, name)
-    environment = spec["environment"]
+def test_only_payments_is_published_on_loopback_with_a_configurable_port() -> None:
+    published = {name: spec["ports"] for name, spec in load(DEFAULT_FILES)["services"].items() if spec.get("ports")}
+    moved = load(DEFAULT_FILES, {"PAYSAGA_PAYMENTS_PORT": "6051"})
 
-    assert spec["command"] == ["python", "-m", f"services.{name}"]
-    assert environment["PAYSAGA_TLS_CERT"] == f"/certs/{name}.crt"
-    assert environment["PAYSAGA_TLS_KEY"] == f"/certs/{name}.key"
-    assert environment["PAYSAGA_TLS_CA"] == "/certs/ca.crt"
-    assert environment["PAYSAGA_NATS_URL"].startswith("tls://nats:")
-    assert environment["PAYSAGA_DATABASE_URL"].endswith(f"/data/{name}.db")
-    assert f"{name}-data:/data" in spec["volumes"]
-    assert spec["depends_on"]["nats"]["condition"] == "service_healthy"
-    bind_port = environment["PAYSAGA_GRPC_BIND"].rsplit(":", 1)[1]
-    assert spec["healthcheck"]["test"] == ["CMD", "paysaga-health", "grpc", f"localhost:{bind_port}"]
-    assert spec["stop_grace_period"], "a graceful drain needs time before SIGKILL"
+    assert published == {"payments": ["127.0.0.1:50051:50051"]}
+    assert service(moved, "payments")["ports"] == ["127.0.0.1:6051:50051"]
+    assert all("expose" not in spec for spec in load(DEFAULT_FILES)["services"].values())
 
 
-def test_every_named_volume_is_declared(compose: dict[str, Any]) -> None:
+def test_everything_but_the_entry_point_lives_only_on_the_internal_network(cluster: dict[str, Any]) -> None:
+    assert cluster["networks"]["internal"]["internal"] is True
+    assert service(cluster, "certs")["network_mode"] == "none"
+    on_edge = {name for name, spec in cluster["services"].items() if "edge" in spec.get("networks", [])}
+    published = {name for name, spec in cluster["services"].items() if spec.get("ports")}
+    assert on_edge == published and len(published) == 1
+    assert cluster["networks"]["edge"].get("internal") is not True
+
+
+def test_a_one_shot_job_gives_each_container_its_own_certificate_volume_before_anything_starts(
+    cluster: dict[str, Any],
+) -> None:
+    certs = service(cluster, "certs")
+    command = certs["command"]
+    assert certs["restart"] == "no"
+    assert command[:2] == ["paysaga-certs", "bootstrap"] and "--client-tokens" in command
+    assert "certs:/certs" in certs["volumes"] and "ca:/ca" in certs["volumes"]
+    assert certs["environment"] == {"PAYSAGA_CERTS_DIR": "/certs", "PAYSAGA_CA_DIR": "/ca"}
+    for name, spec in cluster["services"].items():
+        certificates = [volume for volume in spec.get("volumes", []) if volume.endswith(":/certs:ro")]
+        if name in ("certs", "ops") or not certificates:
+            continue
+        assert spec["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
+        assert f"{name}-certs:/export/{name}" in certs["volumes"], name
+        # Each container sees its own key only: not the CA's, not another service's, not ops'.
+        assert certificates == [f"{name}-certs:/certs:ro"], name
+        assert not any(volume.startswith(("ca:", "certs:")) for volume in spec["volumes"]), name
+
+
+def test_the_ops_client_reads_only_the_ops_files_and_reaches_the_services_inside(default: dict[str, Any]) -> None:
+    ops = service(default, "ops")
+    environment = ops["environment"]
+    files = default_client_tls(environment)
+
+    assert ops["entrypoint"] == ["paysaga"] and ops["networks"] == ["internal"]
+    assert ops["volumes"] == ["certs:/certs:ro"]
+    assert outside_mounts([files.cert_file, files.key_file, files.cert_file.with_suffix(".token")], ops) == []
+    assert files.cert_file.name == "ops.crt"
+    assert {environment[f"PAYSAGA_{name.upper()}_TARGET"] for name in SERVICES} == {f"{n}:50051" for n in SERVICES}
+
+
+def test_the_image_is_built_once_from_a_configurable_base_without_certificates(cluster: dict[str, Any]) -> None:
+    builds = {name: spec["build"] for name, spec in cluster["services"].items() if "build" in spec}
+    ours = [name for name, spec in cluster["services"].items() if spec.get("image") == "paysaga:latest"]
+    assert builds["certs"]["dockerfile"] == "Dockerfile"
+    assert [name for name in ours if name in builds] == ["certs"]
+    assert all(service(cluster, name)["pull_policy"] == "never" for name in ours if name != "certs")
+    for name, build in builds.items():
+        assert build["args"] == {"BASE_IMAGE": "python:3.11-slim"}, name
+        dockerfile = (REPO / build["dockerfile"]).read_text()
+        assert "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\n" in dockerfile, name
+        assert not re.search(r"^COPY .*certs", dockerfile, re.MULTILINE), name
+    assert "certs" in (REPO / ".dockerignore").read_text().split()
+
+
+def test_the_image_user_has_a_group_and_owns_every_mount_point(cluster: dict[str, Any]) -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    created = re.search(r"mkdir -p ([^\n&]+)", dockerfile)
+    assert created is not None
+    owned = set(created[1].split())
+
+    assert "groupadd --system --gid 10001 paysaga" in dockerfile
+    assert "--uid 10001 --gid paysaga" in dockerfile and "USER paysaga:paysaga" in dockerfile
+    for name, spec in cluster["services"].items():
+        if spec.get("image") != "paysaga:latest":
+            continue
+        for target in mount_targets(spec):
+            # An empty volume takes the owner of its mount point; one missing from the image is root's.
+            assert target in owned or target == "/tmp" or target.startswith("/etc/"), (name, target)
+
+
+def test_every_named_volume_is_declared(cluster: dict[str, Any]) -> None:
     used = {
         volume.split(":")[0]
-        for spec in compose["services"].values()
+        for spec in cluster["services"].values()
         for volume in spec.get("volumes", [])
         if not volume.startswith(".")
     }
-    assert used == set(compose["volumes"])
+    assert used == set(cluster["volumes"])
 
 
-def test_image_is_built_from_the_dockerfile_without_certificates(compose: dict[str, Any]) -> None:
-    for name, spec in compose["services"].items():
-        assert spec["build"]["dockerfile"] == "Dockerfile", name
-    dockerfile = (REPO / "Dockerfile").read_text()
-    assert not re.search(r"^COPY .*certs", dockerfile, re.MULTILINE)
-    assert "USER 10001" in dockerfile
-    assert "certs" in (REPO / ".dockerignore").read_text().split()
-    assert (REPO / "deploy" / "nats" / "nats.conf").exists()
+def test_production_runs_two_replicas_of_each_service_on_postgresql(production: dict[str, Any]) -> None:
+    assert production["name"] != load(DEFAULT_FILES)["name"], "a project of its own, beside the default"
+    for name in SERVICES:
+        spec = service(production, name)
+        environment = spec["environment"]
+        assert spec["deploy"]["replicas"] == 2, name
+        assert spec["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        assert (
+            environment["PAYSAGA_DATABASE_URL"] == f"postgresql+asyncpg://{name}@postgres:5432/{name}?ssl=verify-full"
+        )
+        assert (environment["PGSSLCERT"], environment["PGSSLKEY"]) == (f"/certs/{name}.crt", f"/certs/{name}.key")
+        assert "PASSWORD" not in " ".join(environment), name
+
+
+def test_production_publishes_only_the_proxy_in_front_of_payments(production: dict[str, Any]) -> None:
+    published = {name: spec["ports"] for name, spec in production["services"].items() if spec.get("ports")}
+    edge = service(production, "edge")
+    config = (REPO / "deploy" / "edge" / "haproxy.cfg").read_text()
+
+    assert published == {"edge": ["127.0.0.1:50051:50051"]}
+    assert service(production, "payments")["networks"] == ["internal"]
+    assert edge["depends_on"]["payments"]["condition"] == "service_healthy"
+    assert "bind :50051" in config and "payments:50051" in config and "mode tcp" in config
+
+
+def test_postgres_takes_only_certificates_and_each_role_only_its_own_database(production: dict[str, Any]) -> None:
+    postgres = service(production, "postgres")
+    entrypoint = (REPO / "deploy" / "postgres" / "entrypoint.sh").read_text()
+
+    assert postgres["networks"] == ["internal"] and not postgres.get("ports")
+    assert "postgres-certs:/certs:ro" in postgres["volumes"]
+    assert "postgres-certs:/export/postgres" in service(production, "certs")["volumes"]
+    assert "--services=nats,payments,inventory,ledger,postgres" in service(production, "certs")["command"]
+    assert postgres["healthcheck"]["test"][1] == "pg_isready"
+    assert 'echo "hostssl $service $service all cert clientname=DN map=services"' in entrypoint
+    assert "--auth-host=reject" in entrypoint and "ssl = on" in entrypoint
+    assert set(re.findall(r"^services=\"([^\"]+)\"", entrypoint, re.MULTILINE)[0].split()) == set(SERVICES)
