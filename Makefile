@@ -1,11 +1,15 @@
 # Shortcuts for scripts/dev.py, which needs nothing but Python 3.11+.
 PYTHON ?= python3
 
-.PHONY: run test setup stubs lint clean
+.PHONY: run test compose-test compose-engine setup stubs lint clean
 run:
 	$(PYTHON) scripts/dev.py run
 test:
 	$(PYTHON) scripts/dev.py test
+compose-test:
+	$(PYTHON) scripts/dev.py compose-test
+compose-engine:
+	$(PYTHON) scripts/dev.py compose-engine
 setup:
 	$(PYTHON) scripts/dev.py setup
 stubs:

@@ -4,6 +4,8 @@
   python3 scripts/dev.py run     # set up, then start the local cluster (Ctrl-C stops it)
   python3 scripts/dev.py test    # set up, then lint, type-check and run the whole test suite
   python3 scripts/dev.py bench   # set up, then benchmark a fresh local cluster (README: "Benchmark")
+  python3 scripts/dev.py compose-test    # set up, then run the docker-compose cluster for real and check it
+  python3 scripts/dev.py compose-engine  # a Docker engine and the base image for docker compose (--stop: stop it)
   python3 scripts/dev.py setup   # only the set-up: .venv, dependencies, protobuf stubs
   python3 scripts/dev.py stubs   # regenerate the committed protobuf stubs from protos/
   python3 scripts/dev.py lint    # ruff and mypy
@@ -11,7 +13,9 @@
 Set-up is incremental: the virtualenv is created once, dependencies are reinstalled only when
 pyproject.toml or constraints.txt change. Arguments after ``test --`` go to pytest, arguments
 after ``run --`` go to paysaga-local (e.g. ``run -- --payments-port 6051``), arguments after
-``bench --`` to the benchmark (e.g. ``bench -- --duration-s 20``).
+``bench --`` to the benchmark (e.g. ``bench -- --duration-s 20``). compose-test and
+compose-engine take their own options directly (``--production``, ``--all``, ``--stop``,
+``--help``; README: "Running with docker-compose").
 """
 
 from __future__ import annotations
@@ -117,6 +121,11 @@ def main(argv: list[str]) -> int:
             str(BIN / "paysaga-local"),
             ["paysaga-local", "--state-dir", ".run", "--certs-dir", "certs", "--demo", *rest],
         )
+    if command in ("compose-test", "compose-engine"):
+        setup(refresh_stubs=False)
+        os.chdir(REPO)
+        action = command.removeprefix("compose-")
+        os.execv(str(PYTHON), [str(PYTHON), "-m", "paysaga.compose", action, *rest])  # noqa: S606 - our own module
     if command == "bench":
         setup(refresh_stubs=True)
         os.chdir(REPO)
