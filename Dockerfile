@@ -20,7 +20,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 paysaga \
     && useradd --system --uid 10001 --gid paysaga --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin paysaga \
-    && mkdir -p /certs /ca /data /export/nats /export/payments /export/inventory /export/ledger /export/postgres \
+    && mkdir -p /certs /ca /data \
+        /export/nats /export/payments /export/inventory /export/ledger /export/ops /export/postgres \
     && chown -R paysaga:paysaga /certs /ca /data /export
 
 WORKDIR /app

@@ -1,30 +1,36 @@
 #!/bin/sh
-# Start PostgreSQL for paysaga; at the first start, create the server and one database per service.
+# Start PostgreSQL for paysaga; the first time, create the server and one database per service.
 #
 # Nobody logs in with a password. Each service connects over TLS with its own client certificate
 # from the paysaga CA (the one it also uses for gRPC and NATS), and the certificate's subject
 # "CN=<service>,OU=service,O=paysaga" maps to the role of the same name, which may connect only
 # to its own database. The server's own certificate and key come from the certs job (/certs).
+#
+# Every step is safe to repeat, and the access rules are written at every start, so a first start
+# that was cut short is finished by the next one.
 set -eu
 
 services="payments inventory ledger"
+initialized="$PGDATA/paysaga-initialized"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    rm -rf "$PGDATA"
     # The superuser, named after the container's user, logs in only over the local socket.
     initdb --pgdata="$PGDATA" --username=paysaga --auth-local=peer --auth-host=reject \
         --encoding=UTF8 --locale=C.UTF-8
-    {
-        echo "# Written at the first start by paysaga-postgres."
-        echo "local all paysaga peer"
-        for service in $services; do
-            echo "hostssl $service $service all cert clientname=DN map=services"
-        done
-    } > "$PGDATA/pg_hba.conf"
-    # Quoted: a comma would otherwise split the pattern into a list.
-    printf '%s\n' 'services "/^CN=([a-z0-9-]+),OU=service,O=paysaga$" \1' > "$PGDATA/pg_ident.conf"
-    cat >> "$PGDATA/postgresql.conf" <<CONF
+fi
 
-# paysaga
+{
+    echo "# Written at every start by paysaga-postgres."
+    echo "local all paysaga peer"
+    for service in $services; do
+        echo "hostssl $service $service all cert clientname=DN map=services"
+    done
+} > "$PGDATA/pg_hba.conf"
+# Quoted: a comma would otherwise split the pattern into a list.
+printf '%s\n' 'services "/^CN=([a-z0-9-]+),OU=service,O=paysaga$" \1' > "$PGDATA/pg_ident.conf"
+cat > "$PGDATA/paysaga.conf" <<CONF
+# Written at every start by paysaga-postgres.
 listen_addresses = '*'
 unix_socket_directories = '/tmp'
 ssl = on
@@ -36,14 +42,21 @@ fsync = on
 synchronous_commit = on
 max_connections = 200
 CONF
+grep -q "^include 'paysaga.conf'" "$PGDATA/postgresql.conf" \
+    || echo "include 'paysaga.conf'" >> "$PGDATA/postgresql.conf"
+
+if [ ! -e "$initialized" ]; then
     pg_ctl --pgdata="$PGDATA" --options="-c listen_addresses=''" --wait start
     for service in $services; do
-        psql --host=/tmp --dbname=postgres --quiet --set=ON_ERROR_STOP=1 \
-            --command="CREATE ROLE $service LOGIN" \
-            --command="CREATE DATABASE $service OWNER $service" \
-            --command="REVOKE ALL ON DATABASE $service FROM PUBLIC"
+        psql --host=/tmp --dbname=postgres --quiet --set=ON_ERROR_STOP=1 <<SQL
+SELECT 'CREATE ROLE $service LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$service')\gexec
+SELECT 'CREATE DATABASE $service OWNER $service'
+    WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$service')\gexec
+REVOKE ALL ON DATABASE $service FROM PUBLIC;
+SQL
     done
     pg_ctl --pgdata="$PGDATA" --mode=fast --wait stop
+    touch "$initialized"
 fi
 
 exec postgres -D "$PGDATA"

@@ -1,11 +1,10 @@
 """A Docker engine for the compose test: the one already running, or one started for the test.
 
 Where no engine answers and we are root on Debian, Debian's docker.io is installed (its service
-is not started by the install) and ``dockerd`` is started in the background. dockerd changes the
-host: a docker0 bridge, nftables tables and chains, IP forwarding. So before it starts, what it
-would change is read; when the test ends, dockerd and every process it started are stopped by
-PID and the host is put back as it was. A record on disk lets ``compose-test --cleanup`` finish
-that job if the test itself was killed.
+is not started by the install) and ``dockerd`` is started in the background. Before it starts,
+what it would change on the host is read (paysaga.compose.host); when we are done, the
+containers on it are stopped, then dockerd and every process it started, by PID, and the host is
+put back. A record on disk lets ``compose-engine --stop`` finish that job if the run was killed.
 """
 
 from __future__ import annotations
@@ -23,25 +22,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from paysaga.compose.host import HostState, boot_id, read_host_state, restore_host
+from paysaga.files import write_file
+
 Say = Callable[[str], None]
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 45.0
 START_TIMEOUT_S = 60.0
-# The production file resets and overrides keys of the default one (!reset, !override).
-COMPOSE_VERSION_MIN = (2, 24)
-# What dockerd changes, as /proc/sys paths: forwarding (and, with it, accept_redirects) and the
-# bridge netfilter switches.
-SYSCTL_PATTERNS = (
-    "net/ipv4/ip_forward",
-    "net/ipv4/conf/*/forwarding",
-    "net/ipv4/conf/*/accept_redirects",
-    "net/ipv6/conf/*/forwarding",
-    "net/bridge/bridge-nf-call-*",
-)
-# Links and mounts dockerd makes; anything else new on the host is not ours to remove.
-DOCKER_LINK_PREFIXES = ("docker0", "br-", "veth")
-DOCKER_MOUNT_ROOTS = ("/var/lib/docker", "/run/docker", "/var/run/docker")
-DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# dockerd gives each container this long to stop when it shuts down, well within STOP_TIMEOUT_S.
+SHUTDOWN_TIMEOUT_S = 15
+# The production file resets and overrides keys of the default one: !override came in 2.24.4.
+COMPOSE_VERSION_MIN = (2, 24, 4)
+DEBIAN_MIRROR_DEFAULT = "http://deb.debian.org/debian"
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+# What a dockerd runs: any of these started after our dockerd is ours to stop.
+DOCKER_PROGRAMS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "docker-proxy", "runc")
 
 
 class EngineError(Exception):
@@ -51,11 +45,18 @@ class EngineError(Exception):
 def run(
     command: Iterable[str | Path], *, timeout_s: float, check: bool = True, environ: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command, capturing its output; with check, a failure raises EngineError with stderr."""
+    """Run a command, capturing its output; with check, a failure raises EngineError with stderr.
+    It runs in a session of its own: a Ctrl-C at the terminal reaches us, and we decide what stops."""
     arguments = [str(part) for part in command]
     try:
         result = subprocess.run(
-            arguments, capture_output=True, text=True, timeout=timeout_s, env=environ, stdin=subprocess.DEVNULL
+            arguments,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise EngineError(f"{arguments[0]} is not installed") from None
@@ -76,92 +77,13 @@ def engine_version() -> str | None:
     return version if result.returncode == 0 and version else None
 
 
-def compose_version() -> tuple[int, int] | None:
+def compose_version() -> tuple[int, int, int] | None:
     """The version of the `docker compose` plugin (v2), or None without one."""
     if shutil.which("docker") is None:
         return None
     result = run(["docker", "compose", "version", "--short"], timeout_s=30, check=False)
-    found = re.match(r"v?(\d+)\.(\d+)", result.stdout.strip())
-    return (int(found[1]), int(found[2])) if result.returncode == 0 and found else None
-
-
-# -- the host, before and after ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HostState:
-    """What dockerd changes on a host, as read from the host."""
-
-    sysctls: dict[str, str]
-    ruleset: str
-    links: list[str]
-    mounts: list[str]
-
-    def differences(self, other: HostState) -> list[str]:
-        """Human-readable differences from self (before) to other (now)."""
-        found = [
-            f"sysctl {key.replace('/', '.')} is {other.sysctls.get(key)!r}, was {value!r}"
-            for key, value in sorted(self.sysctls.items())
-            if key in other.sysctls and other.sysctls[key] != value
-        ]
-        if other.ruleset != self.ruleset:
-            found.append("the nftables ruleset differs")
-        found += [f"network link {name} is new" for name in sorted(set(other.links) - set(self.links))]
-        found += [f"mount {point} is new" for point in sorted(set(other.mounts) - set(self.mounts))]
-        return found
-
-
-def _read_sysctls() -> dict[str, str]:
-    root = Path("/proc/sys")
-    values = {}
-    for pattern in SYSCTL_PATTERNS:
-        for path in sorted(root.glob(pattern)):
-            with contextlib.suppress(OSError):
-                values[str(path.relative_to(root))] = path.read_text().strip()
-    return values
-
-
-def _read_ruleset() -> str:
-    if shutil.which("nft") is None:
-        return ""
-    # Stateless (-s): counters change all the time and are no part of what dockerd configured.
-    return run(["nft", "-s", "list", "ruleset"], timeout_s=30).stdout
-
-
-def _read_links() -> list[str]:
-    return sorted(path.name for path in Path("/sys/class/net").iterdir())
-
-
-def _read_mounts() -> list[str]:
-    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 1]
-
-
-def read_host_state() -> HostState:
-    return HostState(_read_sysctls(), _read_ruleset(), _read_links(), _read_mounts())
-
-
-def restore_host(before: HostState) -> list[str]:
-    """Undo what dockerd changed since `before`; return what still differs (empty: all restored)."""
-    now = read_host_state()
-    for point in reversed(now.mounts):
-        if point not in before.mounts and point.startswith(DOCKER_MOUNT_ROOTS):
-            run(["umount", "--lazy", point], timeout_s=30, check=False)
-    for name in set(now.links) - set(before.links):
-        if name.startswith(DOCKER_LINK_PREFIXES):
-            run(["ip", "link", "delete", name], timeout_s=30, check=False)
-    if now.ruleset != before.ruleset:
-        with tempfile.NamedTemporaryFile("w", suffix=".nft") as rules:
-            rules.write("flush ruleset\n" + before.ruleset)
-            rules.flush()
-            run(["nft", "-f", rules.name], timeout_s=30)
-    # ip_forward first: turning it off also resets every interface's forwarding and redirects.
-    keys = sorted(before.sysctls, key=lambda key: key != "net/ipv4/ip_forward")
-    for key in keys:
-        path = Path("/proc/sys") / key
-        with contextlib.suppress(OSError):
-            if path.read_text().strip() != before.sysctls[key]:
-                path.write_text(before.sysctls[key] + "\n")
-    return before.differences(read_host_state())
+    found = re.match(r"v?(\d+)\.(\d+)\.(\d+)", result.stdout.strip())
+    return (int(found[1]), int(found[2]), int(found[3])) if result.returncode == 0 and found else None
 
 
 # -- installing ---------------------------------------------------------------------------------
@@ -187,7 +109,7 @@ def debian_mirror() -> str:
     for path in paths:
         with contextlib.suppress(OSError):
             texts.append(path.read_text())
-    return mirror_in(texts) or DEFAULT_DEBIAN_MIRROR
+    return mirror_in(texts) or DEBIAN_MIRROR_DEFAULT
 
 
 def apt_install(packages: Iterable[str], say: Say) -> None:
@@ -197,7 +119,7 @@ def apt_install(packages: Iterable[str], say: Say) -> None:
     environ = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     added_policy = not POLICY_RC_D.exists()
     if added_policy:
-        POLICY_RC_D.write_text("#!/bin/sh\n# paysaga compose-test: no service starts during its install\nexit 101\n")
+        POLICY_RC_D.write_text("#!/bin/sh\n# paysaga: no service starts during this install\nexit 101\n")
         POLICY_RC_D.chmod(0o755)
     try:
         command = ["apt-get", "install", "-y", "--no-install-recommends", *wanted]
@@ -227,16 +149,17 @@ def install_compose_plugin(say: Say) -> None:
             "-o=APT::Sandbox::User=root",
         ]
         run(["apt-get", *options, "update"], timeout_s=600)
-        subprocess.run(
+        downloaded = subprocess.run(
             ["apt-get", *options, "download", "docker-compose"],
             cwd=root,
-            check=True,
             capture_output=True,
+            text=True,
             timeout=600,
+            start_new_session=True,
         )
         package = next(root.glob("docker-compose_*.deb"), None)
-        if package is None:
-            raise EngineError("apt-get download docker-compose from trixie gave no package")
+        if downloaded.returncode != 0 or package is None:
+            raise EngineError(f"apt-get download docker-compose (trixie) failed: {downloaded.stderr.strip()}")
         run(["dpkg", "-i", package], timeout_s=300)
 
 
@@ -251,10 +174,8 @@ def ensure_compose(say: Say) -> None:
             "(Debian trixie and later: apt-get install docker-compose; elsewhere: docker-compose-plugin)"
         )
     if version < COMPOSE_VERSION_MIN:
-        raise EngineError(
-            f"docker compose {version[0]}.{version[1]} is too old: the production file needs "
-            f"{COMPOSE_VERSION_MIN[0]}.{COMPOSE_VERSION_MIN[1]} or newer"
-        )
+        wanted = ".".join(map(str, COMPOSE_VERSION_MIN))
+        raise EngineError(f"docker compose {'.'.join(map(str, version))} is too old: the compose files need {wanted}")
 
 
 # -- a dockerd of our own ----------------------------------------------------------------------
@@ -262,8 +183,8 @@ def ensure_compose(say: Say) -> None:
 
 @dataclass(frozen=True)
 class StartedEngine:
-    """A dockerd this program started: its PID (and start time, so a reused PID is never taken for
-    it) and the host as it was before."""
+    """A dockerd this program started: its PID and start time (so a reused PID is never taken for
+    it), and the host as it was before, in this boot."""
 
     pid: int
     start_ticks: int
@@ -271,12 +192,14 @@ class StartedEngine:
 
     def save(self, record: Path) -> None:
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(asdict(self), indent=2))
+        write_file(record, json.dumps(asdict(self), indent=2).encode(), 0o600)
 
     @classmethod
-    def load(cls, record: Path) -> StartedEngine:
+    def load(cls, record: Path) -> StartedEngine | None:
+        """The recorded engine, or None when the record is from an earlier boot (nothing of it is left)."""
         data = json.loads(record.read_text())
-        return cls(data["pid"], data["start_ticks"], HostState(**data["before"]))
+        before = HostState(**data["before"])
+        return cls(data["pid"], data["start_ticks"], before) if before.boot_id == boot_id() else None
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -294,17 +217,36 @@ def _alive(pid: int, ticks: int) -> bool:
     return found is not None and found[2] == ticks and found[0] != "Z"
 
 
+def _processes() -> dict[int, tuple[str, int, int]]:
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            table[int(entry.name)] = stat
+    return table
+
+
 def descendants(pid: int) -> list[tuple[int, int]]:
     """Every process below pid, as (pid, start ticks)."""
-    table = {int(entry.name): _stat(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
+    table = _processes()
     found: list[tuple[int, int]] = []
     frontier = [pid]
     while frontier:
         current = frontier.pop()
         for child, stat in table.items():
-            if stat is not None and stat[1] == current:
+            if stat[1] == current:
                 found.append((child, stat[2]))
                 frontier.append(child)
+    return found
+
+
+def docker_programs_since(ticks: int) -> list[tuple[int, int]]:
+    """Docker's programs started since `ticks`: what our dockerd started, including what left its
+    tree on purpose (containerd-shim re-parents itself to init)."""
+    found = []
+    for pid, stat in _processes().items():
+        with contextlib.suppress(OSError):
+            if stat[2] >= ticks and Path(f"/proc/{pid}/exe").readlink().name in DOCKER_PROGRAMS:
+                found.append((pid, stat[2]))
     return found
 
 
@@ -315,9 +257,8 @@ def start_engine(record: Path, log: Path, say: Say) -> StartedEngine:
             "no Docker engine is running ('docker info' fails). Start one, or run this as root on "
             "Debian, where it installs Debian's docker.io and starts one for the test only"
         )
-    missing = [
-        package for package, program in (("docker.io", "dockerd"), ("nftables", "nft")) if not shutil.which(program)
-    ]
+    wanted = (("docker.io", "dockerd"), ("nftables", "nft"))
+    missing = [package for package, program in wanted if not shutil.which(program)]
     if missing:
         apt_install(missing, say)
     if "nf_tables" not in run(["iptables", "--version"], timeout_s=30).stdout:
@@ -327,18 +268,28 @@ def start_engine(record: Path, log: Path, say: Say) -> StartedEngine:
         )
     ensure_compose(say)
     if record.exists():
-        # A run that was killed before it could clean up: put the host back first.
-        problems = stop_engine(StartedEngine.load(record), record)
+        problems = stop_recorded(record)  # a run killed before it could clean up: undo that first
         if problems:
             raise EngineError(f"an earlier dockerd of ours left the host changed: {'; '.join(problems)}")
     before = read_host_state()
+    if before.unrestorable_tables():
+        raise EngineError(
+            f"nftables tables {', '.join(before.unrestorable_tables())} hold rules that could not be written "
+            "back after dockerd changed them: start a Docker engine yourself"
+        )
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as output:
         process = subprocess.Popen(
-            ["dockerd"], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            ["dockerd", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}"],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     stat = _stat(process.pid)
-    engine = StartedEngine(process.pid, stat[2] if stat else 0, before)
+    if stat is None:
+        raise EngineError(f"dockerd exited at once; see {log}")
+    engine = StartedEngine(process.pid, stat[2], before)
     engine.save(record)
     say(f"started dockerd (PID {process.pid}, log {log})")
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -367,14 +318,40 @@ def _stop(processes: list[tuple[int, int]], timeout_s: float) -> list[tuple[int,
     return [(pid, ticks) for pid, ticks in processes if _alive(pid, ticks)]
 
 
+def _bridges() -> list[str]:
+    """The host bridges of the engine's networks (br-<id>), which outlive the engine."""
+    listed = run(
+        ["docker", "network", "ls", "--quiet", "--no-trunc", "--filter", "driver=bridge"], timeout_s=60, check=False
+    )
+    return [f"br-{network[:12]}" for network in listed.stdout.split()]
+
+
 def stop_engine(engine: StartedEngine, record: Path) -> list[str]:
-    """Stop dockerd and everything it started, by PID, then put the host back; return what could
-    not be restored (empty: the host is as it was)."""
-    children = descendants(engine.pid) if _alive(engine.pid, engine.start_ticks) else []
-    left = _stop([(engine.pid, engine.start_ticks)], STOP_TIMEOUT_S)
-    left += _stop(children, 10.0)
-    problems = [f"process {pid} started by dockerd is still running" for pid, _ in left]
-    problems += restore_host(engine.before)
+    """Stop the containers on it, then dockerd and everything it started, by PID; then put the
+    host back. Returns what could not be stopped or restored (empty: the host is as it was)."""
+    bridges: list[str] = []
+    if _alive(engine.pid, engine.start_ticks):
+        running = run(["docker", "ps", "--quiet"], timeout_s=60, check=False).stdout.split()
+        if running:
+            run(["docker", "stop", "--time", "10", *running], timeout_s=120, check=False)
+        bridges = _bridges()
+        children = descendants(engine.pid)
+        _stop([(engine.pid, engine.start_ticks)], STOP_TIMEOUT_S)
+        _stop(children, 10.0)
+    left = _stop(docker_programs_since(engine.start_ticks), 10.0)
+    problems = [f"process {pid} started by our dockerd would not stop" for pid, _ in left]
+    if _alive(engine.pid, engine.start_ticks):
+        problems.append(f"dockerd (PID {engine.pid}) would not stop")
+    problems += restore_host(engine.before, bridges)
     if not problems:
         record.unlink(missing_ok=True)
     return problems
+
+
+def stop_recorded(record: Path) -> list[str]:
+    """stop_engine for the engine in the record, if it is from this boot; else just forget it."""
+    engine = StartedEngine.load(record)
+    if engine is None:
+        record.unlink(missing_ok=True)
+        return []
+    return stop_engine(engine, record)

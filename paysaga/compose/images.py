@@ -10,14 +10,17 @@ proxy's, e.g. from /usr/local/share/ca-certificates) and apt's Check-Valid-Until
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from paysaga.compose.engine import EngineError, Say, apt_install, debian_mirror, run
+from paysaga.compose.project import REPO
 
 OFFICIAL_BASE = "python:3.11-slim"
 DEBIAN_BASE = "paysaga-base/python:3.11-bookworm"
@@ -27,7 +30,6 @@ FINGERPRINT_LABEL = "dev.paysaga.base.fingerprint"
 # Every image the compose files build carries it, so a rebuild's leftovers can be pruned.
 PROJECT_LABEL = "dev.paysaga.image"
 HOST_EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
-REPO = Path(__file__).resolve().parents[2]
 BASE_DOCKERFILE = REPO / "deploy" / "base" / "Dockerfile"
 PULL_TIMEOUT_S = 600.0
 
@@ -45,9 +47,11 @@ class DebianBase:
         certificates = tuple(sorted(extra_ca_dir.glob("**/*.crt"))) if extra_ca_dir and extra_ca_dir.is_dir() else ()
         return cls(mirror or debian_mirror(), certificates, _host_checks_valid_until())
 
-    def fingerprint(self) -> str:
-        """Changes whenever what the image would contain changes, so a stale one is rebuilt."""
-        digest = hashlib.sha256(f"{self.mirror}\n{DEBIAN_SUITE}\n{self.check_valid_until}\n".encode())
+    def fingerprint(self, today: dt.date | None = None) -> str:
+        """Changes whenever what the image would contain changes, so a stale one is rebuilt, and
+        every week, so it gets the distribution's security updates."""
+        year, week, _ = (today or dt.date.today()).isocalendar()
+        digest = hashlib.sha256(f"{self.mirror}\n{DEBIAN_SUITE}\n{self.check_valid_until}\n{year}-{week}\n".encode())
         digest.update(BASE_DOCKERFILE.read_bytes())
         for path in self.extra_ca_certificates:
             digest.update(path.read_bytes())
@@ -76,9 +80,10 @@ def image_exists(image: str) -> bool:
     return run(["docker", "image", "inspect", image], timeout_s=60, check=False).returncode == 0
 
 
-def choose_base_image(mode: str, base: DebianBase, say: Say) -> str:
+def choose_base_image(mode: str, debian_base: Callable[[], DebianBase], say: Say) -> str:
     """The base image to build on. mode: auto (python:3.11-slim if present or pullable, else the
-    Debian stand-in), python (python:3.11-slim or fail) or debian (the stand-in)."""
+    Debian stand-in), python (python:3.11-slim or fail) or debian (the stand-in). debian_base is
+    asked only when the stand-in is wanted (it reads the host's apt settings)."""
     if mode in ("auto", "python"):
         if image_exists(OFFICIAL_BASE):
             say(f"base image {OFFICIAL_BASE}: present")
@@ -91,7 +96,7 @@ def choose_base_image(mode: str, base: DebianBase, say: Say) -> str:
         if mode == "python":
             raise EngineError(f"cannot pull {OFFICIAL_BASE}: {reason[0]}")
         say(f"no registry ({reason[0]}); building the base image from Debian packages instead")
-    return ensure_debian_base(base, say)
+    return ensure_debian_base(debian_base(), say)
 
 
 def ensure_debian_base(base: DebianBase, say: Say) -> str:

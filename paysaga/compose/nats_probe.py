@@ -1,56 +1,81 @@
-"""Runs inside the compose network (piped into `python -` in the ops container): can a client talk
-to NATS without a certificate from our CA? Standard library only, so it needs nothing installed.
+"""Runs inside the compose network (piped into `python -` in the ops container): who can talk to
+NATS? Standard library only, so it needs nothing installed.
 
-Prints one JSON object: for each way of connecting, "refused: <why>" or "connected". Only the
-ops client's own certificate should get "connected"; that one proves the probe can succeed.
+Prints one JSON object: for each way of connecting, "connected", "refused: <why>" (the server
+answered, then would not let the client in), or "error: <why>" (the server was never reached,
+which proves nothing). The ops client's own certificate must get "connected": that shows the
+probe can succeed. A certificate from another CA comes in PAYSAGA_PROBE_FOREIGN_CERT and _KEY.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import sys
+from pathlib import Path
 
 HOST, PORT = "nats", 4222
 TIMEOUT_S = 5.0
+CA_FILE = "/certs/ca.crt"
+
+
+class NotReached(Exception):
+    pass
 
 
 def _exchange(client_certificate: tuple[str, str] | None, use_tls: bool) -> str:
     """Connect, read INFO, (maybe) upgrade to TLS, send CONNECT and PING: "connected" on PONG."""
-    with socket.create_connection((HOST, PORT), timeout=TIMEOUT_S) as raw:
+    try:
+        raw = socket.create_connection((HOST, PORT), timeout=TIMEOUT_S)
         info = raw.recv(4096)
+    except OSError as error:
+        raise NotReached(str(error)) from None
+    with raw:
         if not info.startswith(b"INFO"):
-            return f"refused: no INFO from the server ({info[:40]!r})"
+            raise NotReached(f"no INFO from the server: {info[:40]!r}")
         stream: socket.socket = raw
         if use_tls:
-            context = ssl.create_default_context(cafile="/certs/ca.crt")
+            context = ssl.create_default_context(cafile=CA_FILE)
             if client_certificate:
                 context.load_cert_chain(*client_certificate)
             stream = context.wrap_socket(raw, server_hostname=HOST)
         stream.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
         answer = b""
-        while b"\r\n" not in answer:
+        while b"PONG" not in answer and b"-ERR" not in answer:
             chunk = stream.recv(4096)
             if not chunk:
                 break
             answer += chunk
-        if b"PONG" in answer:
-            return "connected"
-        return f"refused: {answer.decode(errors='replace').strip() or 'connection closed'}"
+    if b"PONG" in answer:
+        return "connected"
+    return f"refused: {answer.decode(errors='replace').strip() or 'connection closed'}"
 
 
 def attempt(client_certificate: tuple[str, str] | None, use_tls: bool) -> str:
     try:
         return _exchange(client_certificate, use_tls)
+    except NotReached as error:
+        return f"error: {error}"
     except (OSError, ssl.SSLError) as error:
         return f"refused: {error}"
+
+
+def foreign_certificate() -> tuple[str, str]:
+    directory = Path("/tmp/foreign")  # noqa: S108 - the one-off container's own tmpfs
+    directory.mkdir(mode=0o700, exist_ok=True)
+    files = (directory / "client.crt", directory / "client.key")
+    for path, variable in zip(files, ("PAYSAGA_PROBE_FOREIGN_CERT", "PAYSAGA_PROBE_FOREIGN_KEY"), strict=True):
+        path.write_text(os.environ[variable])
+    return str(files[0]), str(files[1])
 
 
 def main() -> int:
     results = {
         "plaintext": attempt(None, use_tls=False),
         "tls_without_certificate": attempt(None, use_tls=True),
+        "tls_with_foreign_certificate": attempt(foreign_certificate(), use_tls=True),
         "tls_with_ops_certificate": attempt(("/certs/ops.crt", "/certs/ops.key"), use_tls=True),
     }
     print(json.dumps(results))

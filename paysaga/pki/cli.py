@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="also copy each service's certificate, key, trust bundle and token keys into DIR/<service>/, "
-        "so each host or container is given its own key only",
+        help="also copy each service's and client's certificate, key (and token), trust bundle and token keys "
+        "into DIR/<name>/, so each host or container is given its own key only",
     )
     bootstrap.add_argument(
         "--client-tokens",
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name in _names(args.clients):
                     print(rotation.write_ops_token(Path(ca_dir), certs_dir, name))
             if args.export_to is not None:
-                for name in _names(args.services):
+                for name in _names(args.services) + _names(args.clients):
                     rotation.export(certs_dir, name, args.export_to / name)
                     print(f"exported {name} to {args.export_to / name}")
     except (CertificateError, tokens.TokenError) as error:

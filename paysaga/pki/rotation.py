@@ -94,16 +94,19 @@ def finish_ca_rollover(ca_dir: Path, certs_dir: Path, *, force: bool = False) ->
 
 
 def export(certs_dir: Path, name: str, target_dir: Path) -> list[Path]:
-    """Copy one identity's certificate and key, with the trust bundle and the token public keys,
-    into target_dir: what a single service's host or container needs, and nothing of the others'."""
+    """Copy one identity's certificate and key (and its bearer token, if it has one), with the
+    trust bundle and the token public keys, into target_dir: what a single service's or client's
+    host or container needs, and nothing of the others'."""
     check_name(name)
     target_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    token = (f"{name}.token", PRIVATE_KEY_MODE)
     for file_name, mode in (
         (f"{name}.crt", CERTIFICATE_MODE),
         (f"{name}.key", PRIVATE_KEY_MODE),
         (CA_CERT_FILE, CERTIFICATE_MODE),
         (tokens.PUBLIC_KEYS_FILE, CERTIFICATE_MODE),
+        *([token] if (certs_dir / token[0]).exists() else []),
     ):
         source = certs_dir / file_name
         if not source.exists():

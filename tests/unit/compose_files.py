@@ -47,9 +47,15 @@ def read(name: str) -> dict[str, Any]:
     return loaded
 
 
-def _merge(base: Any, overlay: Any, key: str = "") -> Any:
-    """Compose's merge rules for what our files use: mappings merge key by key, volumes and ports
-    append, environment variables merge, !reset drops, !override replaces, the rest replaces."""
+# Sequences that replace the earlier value when merged; every other sequence is appended to it.
+REPLACED_SEQUENCES = frozenset({"command", "entrypoint", "test"})
+
+
+def merge(base: Any, overlay: Any, key: str = "") -> Any:
+    """Compose's merge rules for what our files use: mappings merge key by key (environment
+    included); sequences append what is not there yet (volumes, ports, networks, tmpfs), except
+    command, entrypoint and healthcheck.test, which replace; !reset drops the earlier value,
+    !override replaces it; scalars replace."""
     if isinstance(overlay, Reset):
         return []
     if isinstance(overlay, Override):
@@ -57,10 +63,10 @@ def _merge(base: Any, overlay: Any, key: str = "") -> Any:
     if isinstance(base, dict) and isinstance(overlay, dict):
         merged = dict(base)
         for name, value in overlay.items():
-            merged[name] = _merge(base[name], value, name) if name in base else _strip(value)
+            merged[name] = merge(base[name], value, name) if name in base else _strip(value)
         return merged
-    if key in ("volumes", "ports") and isinstance(base, list) and isinstance(overlay, list):
-        return [*base, *overlay]
+    if isinstance(base, list) and isinstance(overlay, list) and key not in REPLACED_SEQUENCES:
+        return [*base, *(item for item in overlay if item not in base)]
     return _strip(overlay)
 
 
@@ -90,7 +96,7 @@ def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
 def load(files: tuple[str, ...], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for name in files:
-        merged = _merge(merged, read(name))
+        merged = merge(merged, read(name))
     result = interpolate(merged, environ or {})
     assert isinstance(result, dict)
     return result

@@ -15,7 +15,17 @@ import pytest
 from paysaga import natsconf
 from paysaga.healthcheck import default_client_tls
 from paysaga.settings import load_settings
-from tests.unit.compose_files import DEFAULT_FILES, PRODUCTION_FILES, REPO, load, mount_targets, outside_mounts
+from tests.unit.compose_files import (
+    DEFAULT_FILES,
+    PRODUCTION_FILES,
+    REPO,
+    Override,
+    Reset,
+    load,
+    merge,
+    mount_targets,
+    outside_mounts,
+)
 
 SERVICES = ("payments", "inventory", "ledger")
 PROFILES = {"default": DEFAULT_FILES, "production": PRODUCTION_FILES}
@@ -124,6 +134,8 @@ def test_only_payments_is_published_on_loopback_with_a_configurable_port() -> No
 
 def test_everything_but_the_entry_point_lives_only_on_the_internal_network(cluster: dict[str, Any]) -> None:
     assert cluster["networks"]["internal"]["internal"] is True
+    # Without it the host gets the network's gateway address and can reach every container on it.
+    assert cluster["networks"]["internal"]["driver_opts"] == {"com.docker.network.bridge.inhibit_ipv4": "true"}
     assert service(cluster, "certs")["network_mode"] == "none"
     on_edge = {name for name, spec in cluster["services"].items() if "edge" in spec.get("networks", [])}
     published = {name for name, spec in cluster["services"].items() if spec.get("ports")}
@@ -141,14 +153,15 @@ def test_a_one_shot_job_gives_each_container_its_own_certificate_volume_before_a
     assert "certs:/certs" in certs["volumes"] and "ca:/ca" in certs["volumes"]
     assert certs["environment"] == {"PAYSAGA_CERTS_DIR": "/certs", "PAYSAGA_CA_DIR": "/ca"}
     for name, spec in cluster["services"].items():
-        certificates = [volume for volume in spec.get("volumes", []) if volume.endswith(":/certs:ro")]
-        if name in ("certs", "ops") or not certificates:
+        if name == "certs" or (spec.get("image") != "paysaga:latest" and name != "postgres"):
             continue
-        assert spec["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
-        assert f"{name}-certs:/export/{name}" in certs["volumes"], name
+        certificates = [volume for volume in spec["volumes"] if volume.endswith(":/certs:ro")]
         # Each container sees its own key only: not the CA's, not another service's, not ops'.
         assert certificates == [f"{name}-certs:/certs:ro"], name
+        assert f"{name}-certs:/export/{name}" in certs["volumes"], name
         assert not any(volume.startswith(("ca:", "certs:")) for volume in spec["volumes"]), name
+        if name != "ops":  # a one-off client, run once the cluster is up
+            assert spec["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
 
 
 def test_the_ops_client_reads_only_the_ops_files_and_reaches_the_services_inside(default: dict[str, Any]) -> None:
@@ -157,7 +170,7 @@ def test_the_ops_client_reads_only_the_ops_files_and_reaches_the_services_inside
     files = default_client_tls(environment)
 
     assert ops["entrypoint"] == ["paysaga"] and ops["networks"] == ["internal"]
-    assert ops["volumes"] == ["certs:/certs:ro"]
+    assert ops["volumes"] == ["ops-certs:/certs:ro"] and ops["read_only"] is True
     assert outside_mounts([files.cert_file, files.key_file, files.cert_file.with_suffix(".token")], ops) == []
     assert files.cert_file.name == "ops.crt"
     assert {environment[f"PAYSAGA_{name.upper()}_TARGET"] for name in SERVICES} == {f"{n}:50051" for n in SERVICES}
@@ -178,7 +191,7 @@ def test_the_image_is_built_once_from_a_configurable_base_without_certificates(c
 
 
 def test_the_image_user_has_a_group_and_owns_every_mount_point(cluster: dict[str, Any]) -> None:
-    dockerfile = (REPO / "Dockerfile").read_text()
+    dockerfile = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
     created = re.search(r"mkdir -p ([^\n&]+)", dockerfile)
     assert created is not None
     owned = set(created[1].split())
@@ -226,6 +239,9 @@ def test_production_publishes_only_the_proxy_in_front_of_payments(production: di
     assert service(production, "payments")["networks"] == ["internal"]
     assert edge["depends_on"]["payments"]["condition"] == "service_healthy"
     assert "bind :50051" in config and "payments:50051" in config and "mode tcp" in config
+    # Healthy only while HAProxy sees a payments replica up, through its monitor on loopback.
+    assert "monitor fail if { nbsrv(payments) lt 1 }" in config and "bind 127.0.0.1:8405" in config
+    assert "/dev/tcp/127.0.0.1/8405" in edge["healthcheck"]["test"][-1]
 
 
 def test_postgres_takes_only_certificates_and_each_role_only_its_own_database(production: dict[str, Any]) -> None:
@@ -233,6 +249,7 @@ def test_postgres_takes_only_certificates_and_each_role_only_its_own_database(pr
     entrypoint = (REPO / "deploy" / "postgres" / "entrypoint.sh").read_text()
 
     assert postgres["networks"] == ["internal"] and not postgres.get("ports")
+    assert postgres["stop_signal"] == "SIGINT", "fast shutdown, not a wait for pooled connections"
     assert "postgres-certs:/certs:ro" in postgres["volumes"]
     assert "postgres-certs:/export/postgres" in service(production, "certs")["volumes"]
     assert "--services=nats,payments,inventory,ledger,postgres" in service(production, "certs")["command"]
@@ -240,3 +257,18 @@ def test_postgres_takes_only_certificates_and_each_role_only_its_own_database(pr
     assert 'echo "hostssl $service $service all cert clientname=DN map=services"' in entrypoint
     assert "--auth-host=reject" in entrypoint and "ssl = on" in entrypoint
     assert set(re.findall(r"^services=\"([^\"]+)\"", entrypoint, re.MULTILINE)[0].split()) == set(SERVICES)
+
+
+def test_the_merge_of_compose_files_follows_compose_rules() -> None:
+    """The production file relies on these: without !override payments would stay on the edge
+    network, without !reset it would still publish its port."""
+    base = {"networks": ["internal", "edge"], "ports": ["1:1"], "command": ["a"], "environment": {"A": "1"}}
+
+    assert merge(base, {"networks": ["internal"], "command": ["b"], "environment": {"B": "2"}}) == {
+        "networks": ["internal", "edge"],
+        "ports": ["1:1"],
+        "command": ["b"],
+        "environment": {"A": "1", "B": "2"},
+    }
+    assert merge(base, {"networks": Override(["internal"]), "ports": Reset()})["networks"] == ["internal"]
+    assert merge(base, {"ports": Reset()})["ports"] == []

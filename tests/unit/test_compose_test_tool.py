@@ -3,8 +3,10 @@ and that its checks fail when what they check is wrong."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-import socket
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.compose import checks, engine, images
+from paysaga.compose import checks, engine, host, images
+from paysaga.compose.__main__ import Interrupts
 from paysaga.payments.v1 import payments_pb2
+from paysaga.pki import authority
+from tests.unit.compose_files import REPO
 
 SHOP = checks.Shop(("wallet-a", "wallet-b"), 10_000, "merchant", "mug", 10, "scarce")
 
@@ -88,24 +94,6 @@ def test_the_books_check_fails_while_a_payment_has_not_ended() -> None:
 
 
 @pytest.mark.parametrize(
-    ("hex_address", "address"),
-    [("0100007F", "127.0.0.1"), ("00000000", "0.0.0.0"), ("00000000000000000000000001000000", "::1")],  # noqa: S104
-)
-def test_proc_net_addresses_are_read_as_the_kernel_writes_them(hex_address: str, address: str) -> None:
-    assert checks._address(hex_address) == address
-
-
-def test_the_listening_sockets_include_one_this_process_opens() -> None:
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-
-        assert ("127.0.0.1", port) in checks.listening_sockets()
-    assert ("127.0.0.1", port) not in checks.listening_sockets()
-
-
-@pytest.mark.parametrize(
     ("sources", "mirror"),
     [
         (["Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n"], "http://mirror.example/debian"),
@@ -118,23 +106,77 @@ def test_the_debian_mirror_is_read_from_apt_sources(sources: list[str], mirror: 
     assert engine.mirror_in(sources) == mirror
 
 
-def test_host_differences_name_what_dockerd_left() -> None:
-    before = engine.HostState({"net/ipv4/ip_forward": "0"}, "", ["eth0", "lo"], ["/"])
-    after = engine.HostState({"net/ipv4/ip_forward": "1"}, "table ip nat {}", ["docker0", "eth0", "lo"], ["/"])
+RULESET = """table ip nat {
+\tchain DOCKER {
+\t\tiifname "docker0" return
+\t}
+}
+table inet mine {
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t}
+}
+# Warning: table ip nat is managed by iptables-nft, do not touch!
+"""
+
+
+def state(**changes: Any) -> host.HostState:
+    fields: dict[str, Any] = {
+        "boot_id": host.boot_id(),
+        "sysctls": {"net/ipv4/ip_forward": "0"},
+        "tables": {},
+        "links": ["eth0", "lo"],
+        "mounts": ["/"],
+        "modules": [],
+    }
+    return host.HostState(**(fields | changes))
+
+
+def test_nft_listings_are_split_into_tables() -> None:
+    tables = host.parse_tables(RULESET)
+
+    assert set(tables) == {"ip nat", "inet mine"}
+    assert tables["ip nat"].startswith("table ip nat {\n") and tables["ip nat"].endswith("\n}\n")
+    assert "Warning" not in "".join(tables.values())
+
+
+def test_host_differences_name_what_dockerd_left_and_nothing_else() -> None:
+    before = state()
+    after = state(
+        sysctls={"net/ipv4/ip_forward": "1"},
+        tables={"ip nat": "table ip nat {\n}\n"},
+        links=["br-0123456789ab", "docker0", "eth0", "lo", "wlan0"],
+        mounts=["/", "/var/lib/docker", "/mnt/usb"],
+        modules=["br_netfilter", "loop"],
+    )
 
     assert before.differences(before) == []
     assert before.differences(after) == [
         "sysctl net.ipv4.ip_forward is '1', was '0'",
-        "the nftables ruleset differs",
+        "nftables table ip nat differs",
+        "network link br-0123456789ab is new",
         "network link docker0 is new",
+        "mount /var/lib/docker is new",
+        "kernel module br_netfilter is loaded",
     ]
 
 
-def test_a_started_engine_record_survives_a_round_trip(tmp_path: Path) -> None:
-    started = engine.StartedEngine(123, 456, engine.HostState({"a": "1"}, "rules", ["lo"], ["/"]))
-    started.save(tmp_path / "engine.json")
+def test_tables_with_rules_nft_cannot_express_are_not_promised_back() -> None:
+    translated = 'table ip filter {\n\tchain INPUT {\n\t\txt match "recent" counter\n\t}\n}\n'
 
-    assert engine.StartedEngine.load(tmp_path / "engine.json") == started
+    assert state(tables={"ip filter": translated}).unrestorable_tables() == ["ip filter"]
+    assert state(tables=host.parse_tables(RULESET)).unrestorable_tables() == []
+
+
+def test_a_started_engine_record_survives_a_round_trip_in_this_boot_only(tmp_path: Path) -> None:
+    record = tmp_path / "engine.json"
+    started = engine.StartedEngine(123, 456, state())
+    started.save(record)
+
+    assert engine.StartedEngine.load(record) == started
+    assert record.stat().st_mode & 0o777 == 0o600
+    engine.StartedEngine(123, 456, state(boot_id="another boot")).save(record)
+    assert engine.StartedEngine.load(record) is None
 
 
 def test_stopping_by_pid_stops_the_process_and_what_it_started() -> None:
@@ -169,12 +211,62 @@ def test_a_reused_pid_is_not_taken_for_the_process_that_had_it() -> None:
     assert not engine._alive(os.getpid(), stat[2] + 1)
 
 
-def test_the_base_image_is_rebuilt_when_a_trusted_certificate_changes(tmp_path: Path) -> None:
+def test_the_base_image_is_rebuilt_when_a_trusted_certificate_changes_and_every_week(tmp_path: Path) -> None:
+    monday, sunday, next_monday = dt.date(2026, 11, 30), dt.date(2026, 12, 6), dt.date(2026, 12, 7)
     certificate = tmp_path / "proxy.crt"
     certificate.write_text("one")
-    first = images.DebianBase("http://deb.example/debian", (certificate,), check_valid_until=False).fingerprint()
+    base = images.DebianBase("http://deb.example/debian", (certificate,), check_valid_until=False)
+    first = base.fingerprint(monday)
     certificate.write_text("two")
-    second = images.DebianBase("http://deb.example/debian", (certificate,), check_valid_until=False).fingerprint()
-    other_mirror = images.DebianBase("http://other.example/debian", (certificate,), False).fingerprint()
+    second = base.fingerprint(monday)
+    other_mirror = images.DebianBase("http://other.example/debian", (certificate,), False).fingerprint(monday)
 
     assert len({first, second, other_mirror}) == 3
+    assert base.fingerprint(sunday) == second != base.fingerprint(next_monday)
+
+
+def test_postgres_maps_a_service_certificate_to_its_role_and_nothing_else(tmp_path: Path) -> None:
+    """The subject PostgreSQL sees (RFC 2253, as cryptography writes it) against pg_ident's pattern:
+    a client certificate named like a service must not become that service's role."""
+    entrypoint = (REPO / "deploy" / "postgres" / "entrypoint.sh").read_text()
+    pattern = re.search(r'services "/(.+)" \\1', entrypoint)
+    assert pattern is not None
+    ca = authority.create_ca(tmp_path, tmp_path)
+    subjects = {}
+    for kind in (authority.Kind.SERVICE, authority.Kind.CLIENT):
+        directory = tmp_path / kind.value
+        authority.issue(ca, directory, "payments", kind)
+        certificate = x509.load_pem_x509_certificate((directory / "payments.crt").read_bytes())
+        subjects[kind] = certificate.subject.rfc4514_string()
+
+    service = re.fullmatch(pattern[1], subjects[authority.Kind.SERVICE])
+    assert service is not None and service[1] == "payments"
+    assert re.fullmatch(pattern[1], subjects[authority.Kind.CLIENT]) is None
+
+
+def test_a_signal_waits_for_a_teardown_then_ends_the_run() -> None:
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        interrupts = Interrupts()
+        with pytest.raises(KeyboardInterrupt, match="during a teardown"), interrupts.shielded():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            finished = True  # the teardown went on after the signal
+        assert finished
+        with interrupts.shielded(then_stop=False):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def test_the_books_check_refuses_a_record_it_cannot_read_as_the_api_message() -> None:
+    renamed = books()
+    renamed.item = {"sku": "mug", "available": "7", "quantity_sold": "3", "quantity_received": "10"}
+
+    with pytest.raises(checks.CheckFailed, match="not a Item"):
+        checks.check_books(renamed, SHOP, ENDED)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -307,14 +308,25 @@ def test_ca_rollover_trusts_both_cas_until_every_certificate_is_reissued(tmp_pat
 
 
 def test_export_gives_one_identity_its_own_files_only(tmp_path: Path) -> None:
-    certs = tmp_path / "certs"
-    assert certs_main(["--dir", str(certs), "bootstrap", "--export-to", str(tmp_path / "export")]) == 0
+    certs, export = tmp_path / "certs", tmp_path / "export"
+    assert certs_main(["--dir", str(certs), "bootstrap", "--client-tokens", "--export-to", str(export)]) == 0
 
-    exported = sorted(path.name for path in (tmp_path / "export" / "payments").iterdir())
+    exported = sorted(path.name for path in (export / "payments").iterdir())
 
     assert exported == ["ca.crt", "payments.crt", "payments.key", "token-keys.json"]
-    assert mode(tmp_path / "export" / "payments" / "payments.key") == 0o600
-    assert sorted(path.name for path in (tmp_path / "export").iterdir()) == ["inventory", "ledger", "nats", "payments"]
+    assert mode(export / "payments" / "payments.key") == 0o600
+    assert sorted(path.name for path in export.iterdir()) == ["inventory", "ledger", "nats", "ops", "payments"]
+    # The ops client gets its own key and its token, with every scope, and nothing of the services'.
+    assert sorted(path.name for path in (export / "ops").iterdir()) == [
+        "ca.crt",
+        "ops.crt",
+        "ops.key",
+        "ops.token",
+        "token-keys.json",
+    ]
+    assert mode(export / "ops" / "ops.token") == 0o600
+    claims = jwt.decode(tokens.read_token_file(export / "ops" / "ops.token"), options={"verify_signature": False})
+    assert claims["sub"] == "spiffe://paysaga/client/ops" and set(claims["scope"].split()) == set(tokens.SCOPES)
 
 
 def test_token_issue_prints_a_token_for_a_client_identity(tmp_path: Path) -> None:
