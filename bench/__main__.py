@@ -24,10 +24,10 @@ from typing import Any
 from bench import limits, machine, report, skeleton
 from bench.load import LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
-from paysaga import invariants
-from paysaga.localcluster import ClusterPorts, LocalCluster
-from paysaga.pki import rotation
-from paysaga.service_process import run_on_fast_loop
+from paysaga.ops.checks import invariants
+from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
+from paysaga.ops.pki import rotation
+from paysaga.runtime.service_process import run_on_fast_loop
 
 REPO = Path(__file__).resolve().parent.parent
 ECHO_CONCURRENCY = 16

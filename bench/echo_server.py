@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 
-from paysaga import tls
-from paysaga.settings import TlsFiles
+from paysaga.runtime.security import tls
+from paysaga.runtime.settings import TlsFiles
 
 SERVICE = "paysaga.bench.Echo"
 METHOD = f"/{SERVICE}/Echo"

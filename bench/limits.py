@@ -20,9 +20,10 @@ from nats.aio.client import Client as NatsClient
 
 from bench.echo_server import METHOD
 from bench.stats import Latency
-from paysaga import messaging, tls
-from paysaga.localcluster import find_nats_server, free_port
-from paysaga.settings import TlsFiles
+from paysaga.ops.cluster.localcluster import find_nats_server, free_port
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.security import tls
+from paysaga.runtime.settings import TlsFiles
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -171,7 +172,7 @@ class NatsServer:
 async def nats_server(certs_dir: Path, work_dir: Path) -> AsyncIterator[NatsServer]:
     """A nats-server of its own, configured as the cluster's where it matters for speed: TLS with
     client certificates required, file storage fsynced before every acknowledgement. Clients
-    connect with messaging.connect, which retries until it is up."""
+    connect with streams.connect, which retries until it is up."""
     port = free_port()
     config = _write_nats_config(work_dir, port, TlsFiles.in_directory(certs_dir, "nats"))
     async with running([find_nats_server(), "-c", str(config)]) as server:
@@ -179,7 +180,7 @@ async def nats_server(certs_dir: Path, work_dir: Path) -> AsyncIterator[NatsServ
 
 
 async def connect(server: NatsServer, certs_dir: Path, *, name: str) -> NatsClient:
-    return await messaging.connect(
+    return await streams.connect(
         server.url, TlsFiles.in_directory(certs_dir, "ops"), name=name, timeout_s=READY_TIMEOUT_S
     )
 

@@ -35,13 +35,14 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from paysaga import eventing, messaging
-from paysaga.clients import ServiceClients
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.consumer import Subscription
+from paysaga.core import eventing
 from paysaga.ledger.v1 import ledger_pb2
+from paysaga.ops.client.clients import ServiceClients
 from paysaga.payments.v1 import payments_pb2
-from paysaga.settings import TlsFiles
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging.consumer import Subscription
+from paysaga.runtime.settings import TlsFiles
 
 log = logging.getLogger(__name__)
 CURRENCY = "EUR"
@@ -176,7 +177,7 @@ class TerminalObserver:
 
     @classmethod
     async def connect(cls, nats_url: str, files: TlsFiles) -> TerminalObserver:
-        client = await messaging.connect(nats_url, files, name="bench-observer", timeout_s=30)
+        client = await streams.connect(nats_url, files, name="bench-observer", timeout_s=30)
         observer = cls(client)
         await observer._start()
         return observer

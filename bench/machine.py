@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from paysaga.localcluster import find_nats_server
+from paysaga.ops.cluster.localcluster import find_nats_server
 
 
 def _cpu_model() -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from bench.limits import ECHO_RPC, JETSTREAM_PUBLISH, RawLimit
 from bench.scenarios import ScenarioResult
 from bench.skeleton import NAME as SKELETON
-from paysaga.invariants import Report
+from paysaga.ops.checks.invariants import Report
 
 
 def _limit(limit: RawLimit) -> dict[str, Any]:

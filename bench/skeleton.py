@@ -6,8 +6,8 @@ sagas show how far they are from what their messaging pattern allows.
 Per saga, as the real system: 5 publishes (each with a unique Nats-Msg-Id, acknowledged by
 JetStream after fsync) into one stream per producer, and 8 deliveries: 7 to the services' durable
 pull consumers (explicit acks), 1 to the generator. Each role (bench.skeleton_worker) is a process
-of its own on uvloop with mTLS, and consumes as paysaga.consumer does (batches of up to 64)
-and publishes as paysaga.relay does (a batch's follow-ups at once, their acks awaited together);
+of its own on uvloop with mTLS, and consumes as paysaga.runtime.messaging.consumer does (batches of up to 64)
+and publishes as paysaga.runtime.messaging.relay does (a batch's follow-ups at once, their acks awaited together);
 it acks what it consumed only once its follow-ups are stored. The nats-server is the raw limits'
 own (bench.limits.nats_server): TLS with client certificates, file storage, ``sync_interval:
 always``.
@@ -49,8 +49,8 @@ from bench.skeleton_worker import (
     subject,
 )
 from bench.stats import Latency
-from paysaga import messaging
-from paysaga.relay import PUBLISH_TIMEOUT_S
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging.relay import PUBLISH_TIMEOUT_S
 
 T = TypeVar("T")
 NAME = "saga messaging skeleton"
@@ -177,8 +177,8 @@ async def saga_messaging(certs_dir: Path, work_dir: Path, *, in_flight: int, dur
 async def _create_streams(jetstream: JetStreamContext) -> None:
     """One per producer, configured as the real ones; before the workers start, as their consumers need them."""
     for producer in PRODUCERS:
-        spec = messaging.StreamSpec(stream_name(producer), (f"{SUBJECT_ROOT}.{producer}.>",), "skeleton events")
-        await messaging.ensure_stream(jetstream, spec, replicas=1)
+        spec = streams.StreamSpec(stream_name(producer), (f"{SUBJECT_ROOT}.{producer}.>",), "skeleton events")
+        await streams.ensure_stream(jetstream, spec, replicas=1)
 
 
 @contextlib.asynccontextmanager

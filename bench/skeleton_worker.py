@@ -21,11 +21,11 @@ from pathlib import Path
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from paysaga import messaging
-from paysaga.consumer import FETCH_BATCH, FETCH_TIMEOUT_S, consumer_config
-from paysaga.relay import PUBLISH_TIMEOUT_S
-from paysaga.service_process import run_on_fast_loop
-from paysaga.settings import TlsFiles
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging.consumer import FETCH_BATCH, FETCH_TIMEOUT_S, consumer_config
+from paysaga.runtime.messaging.relay import PUBLISH_TIMEOUT_S
+from paysaga.runtime.service_process import run_on_fast_loop
+from paysaga.runtime.settings import TlsFiles
 
 log = logging.getLogger("bench.skeleton")
 
@@ -87,7 +87,7 @@ def message_id(saga_id: str, event_type: str) -> str:
 
 
 async def subscribe(jetstream: JetStreamContext, role: str, feed: Feed) -> JetStreamContext.PullSubscription:
-    """The role's durable pull consumer of feed, configured as paysaga.consumer's."""
+    """The role's durable pull consumer of feed, configured as paysaga.runtime.messaging.consumer's."""
     durable = feed.durable_name(role)
     config = consumer_config(durable, [subject(feed.producer, event_type) for event_type in feed.reactions])
     await jetstream.add_consumer(stream_name(feed.producer), config)
@@ -142,7 +142,7 @@ async def serve(role: str, nats_url: str, files: TlsFiles) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    client = await messaging.connect(nats_url, files, name=f"skeleton-{role}", timeout_s=CONNECT_TIMEOUT_S)
+    client = await streams.connect(nats_url, files, name=f"skeleton-{role}", timeout_s=CONNECT_TIMEOUT_S)
     try:
         jetstream = client.jetstream()
         feeds = [(feed, await subscribe(jetstream, role, feed)) for feed in ROLES[role]]

@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
         setup(refresh_stubs=False)
         os.chdir(REPO)
         action = command.removeprefix("compose-")
-        os.execv(str(PYTHON), [str(PYTHON), "-m", "paysaga.compose", action, *rest])  # noqa: S606 - our own module
+        os.execv(str(PYTHON), [str(PYTHON), "-m", "paysaga.ops.compose", action, *rest])  # noqa: S606 - our own module
     if command == "bench":
         setup(refresh_stubs=True)
         os.chdir(REPO)

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from paysaga.files import write_file
-from paysaga.pki import authority
-from paysaga.settings import TlsFiles
+from paysaga.ops.pki import authority
+from paysaga.runtime.files import write_file
+from paysaga.runtime.settings import TlsFiles
 
 IDENTITY = "spiffe://paysaga/client/ops"
 CASES = ("self-signed", "other-ca", "expired", "not-yet-valid", "wrong-usage")

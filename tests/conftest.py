@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from paysaga.pki import rotation
-from paysaga.postgres import PostgresUnavailable, ThrowawayPostgres
+from paysaga.ops.cluster.postgres import PostgresUnavailable, ThrowawayPostgres
+from paysaga.ops.pki import rotation
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 from nats.aio.client import Client as NatsClient
 
-from paysaga import tls, tokens
-from paysaga.localcluster import LocalCluster
-from paysaga.messaging import inbox_prefix
-from paysaga.settings import TlsFiles
+from paysaga.ops.cluster.localcluster import LocalCluster
+from paysaga.runtime.messaging.streams import inbox_prefix
+from paysaga.runtime.security import tls, tokens
+from paysaga.runtime.settings import TlsFiles
 
 
 def secure_channel(target: str, files: TlsFiles, token: str | None = None) -> grpc.aio.Channel:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paysaga.consumer import Subscription
-from paysaga.service_process import ServiceDefinition
-from paysaga.settings import ServiceSettings
+from paysaga.runtime.messaging.consumer import Subscription
+from paysaga.runtime.service_process import ServiceDefinition
+from paysaga.runtime.settings import ServiceSettings
 from services.inventory import handlers
 from services.inventory.adapters import grpc_api, tables
 

@@ -12,10 +12,10 @@ import uuid
 
 from google.protobuf.message import Message
 
-from paysaga.errors import AlreadyExists, FailedPrecondition, NotFound
-from paysaga.eventing import EventEnvelope, new_event
+from paysaga.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from paysaga.core.eventing import EventEnvelope, new_event
 from paysaga.events.v1 import events_pb2
-from paysaga.unit_of_work import UnitOfWork
+from paysaga.runtime.storage.unit_of_work import UnitOfWork
 from services.inventory import domain
 from services.inventory.adapters import repository
 from services.inventory.domain import Item, Reservation, ReservationStatus

@@ -2,7 +2,7 @@
 
 import sys
 
-from paysaga.service_process import main
+from paysaga.runtime.service_process import main
 from services.ledger.bootstrap import bootstrap
 
 sys.exit(main("ledger", bootstrap))

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from paysaga.errors import FailedPrecondition
+from paysaga.core.errors import FailedPrecondition
 
 EXTERNAL_NAMESPACE = uuid.UUID("6d0b7a4e-6f1c-4b5e-9d7a-2b1c0e9f8a11")
 # No balance may come near int64 overflow.

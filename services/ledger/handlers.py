@@ -18,10 +18,10 @@ import uuid
 from google.protobuf.message import Message
 
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.errors import AlreadyExists, FailedPrecondition, NotFound
-from paysaga.eventing import EventEnvelope, new_event
+from paysaga.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from paysaga.core.eventing import EventEnvelope, new_event
 from paysaga.events.v1 import events_pb2
-from paysaga.unit_of_work import UnitOfWork
+from paysaga.runtime.storage.unit_of_work import UnitOfWork
 from services.ledger import domain
 from services.ledger.adapters import repository
 from services.ledger.domain import Account, AccountKind, EntryKind, Hold, HoldStatus

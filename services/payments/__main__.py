@@ -2,7 +2,7 @@
 
 import sys
 
-from paysaga.service_process import main
+from paysaga.runtime.service_process import main
 from services.payments.bootstrap import bootstrap
 
 sys.exit(main("payments", bootstrap))

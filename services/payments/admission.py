@@ -21,8 +21,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from paysaga.errors import ResourceExhausted
-from paysaga.unit_of_work import Database
+from paysaga.core.errors import ResourceExhausted
+from paysaga.runtime.storage.unit_of_work import Database
 from services.payments.adapters import repository
 
 REFRESH_S = 0.1

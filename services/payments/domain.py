@@ -21,9 +21,9 @@ from enum import StrEnum
 
 from google.protobuf.message import Message
 
-from paysaga.errors import FailedPrecondition
+from paysaga.core.errors import FailedPrecondition
 from paysaga.events.v1 import events_pb2
-from paysaga.settings import PaymentLimits
+from paysaga.runtime.settings import PaymentLimits
 
 
 class Status(StrEnum):

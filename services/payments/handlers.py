@@ -21,12 +21,12 @@ from collections.abc import Callable
 from google.protobuf.message import Message
 
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.consumer import EventHandler
-from paysaga.errors import FailedPrecondition, NotFound
-from paysaga.eventing import EventEnvelope, new_event
+from paysaga.core.errors import FailedPrecondition, NotFound
+from paysaga.core.eventing import EventEnvelope, new_event
 from paysaga.events.v1 import events_pb2
-from paysaga.settings import PaymentLimits
-from paysaga.unit_of_work import UnitOfWork, utc_now
+from paysaga.runtime.messaging.consumer import EventHandler
+from paysaga.runtime.settings import PaymentLimits
+from paysaga.runtime.storage.unit_of_work import UnitOfWork, utc_now
 from services.payments.adapters import repository
 from services.payments.domain import Payment, PurchaseRequest, Status, rule_violation
 

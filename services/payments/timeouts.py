@@ -14,10 +14,10 @@ import asyncio
 import datetime as dt
 import logging
 
-from paysaga.service_process import Worker
-from paysaga.settings import PaymentLimits
-from paysaga.tasks import sleep_or_stop
-from paysaga.unit_of_work import Database, utc_now
+from paysaga.runtime.service_process import Worker
+from paysaga.runtime.settings import PaymentLimits
+from paysaga.runtime.storage.unit_of_work import Database, utc_now
+from paysaga.runtime.tasks import sleep_or_stop
 from services.payments import handlers
 from services.payments.adapters import repository
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from paysaga.localcluster import SERVICES, ClusterPorts, LocalCluster
-from paysaga.postgres import ThrowawayPostgres
+from paysaga.ops.cluster.localcluster import SERVICES, ClusterPorts, LocalCluster
+from paysaga.ops.cluster.postgres import ThrowawayPostgres
 from tests.e2e.shop import Shop
 
 # Small limits so the rule, timeout and velocity branches are quick to reach.

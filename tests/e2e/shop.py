@@ -15,12 +15,13 @@ import sqlalchemy as sa
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from paysaga import eventing, invariants
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.eventing import EventEnvelope
+from paysaga.core import eventing
+from paysaga.core.eventing import EventEnvelope
 from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
-from paysaga.localcluster import SERVICES, LocalCluster
+from paysaga.ops.checks import invariants
+from paysaga.ops.cluster.localcluster import SERVICES, LocalCluster
 from paysaga.payments.v1 import payments_pb2
 from tests.helpers import connect_as
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from paysaga.localcluster import LocalCluster
+from paysaga.ops.cluster.localcluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,10 @@ def paysaga(cluster: LocalCluster) -> Callable[..., subprocess.CompletedProcess[
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "paysaga.cli", *connection, *args], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "paysaga.ops.client.cli", *connection, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     return run

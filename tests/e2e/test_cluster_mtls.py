@@ -10,11 +10,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from paysaga import healthcheck
-from paysaga.eventing import new_event, subject_of
+from paysaga.core.eventing import new_event, subject_of
 from paysaga.events.v1 import events_pb2
-from paysaga.localcluster import SERVICES, LocalCluster
-from paysaga.settings import TlsFiles
+from paysaga.ops.client import healthcheck
+from paysaga.ops.cluster.localcluster import SERVICES, LocalCluster
+from paysaga.runtime.settings import TlsFiles
 from tests.helpers import (
     channel_without_client_certificate,
     connect_as,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from paysaga.database import create_engine
 from paysaga.ledger.v1 import ledger_pb2
-from paysaga.localcluster import LocalCluster
+from paysaga.ops.cluster.localcluster import LocalCluster
+from paysaga.runtime.storage.database import create_engine
 from tests.e2e.conftest import backend_cluster
 from tests.e2e.shop import TERMINAL, Purchase, Shop, status_name
 from tests.e2e.test_saga import settled

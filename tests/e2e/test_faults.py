@@ -10,7 +10,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from paysaga.database import create_engine
+from paysaga.runtime.storage.database import create_engine
 from tests.e2e.shop import Shop, status_name
 from tests.e2e.test_saga import PRICE, settled
 from tests.helpers import connect_as

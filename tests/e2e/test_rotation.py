@@ -18,11 +18,11 @@ from cryptography import x509
 
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2
-from paysaga.localcluster import ClusterPorts, LocalCluster
+from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
+from paysaga.ops.pki import authority, rotation
+from paysaga.ops.pki.authority import Kind
 from paysaga.payments.v1 import payments_pb2
-from paysaga.pki import authority, rotation
-from paysaga.pki.authority import Kind
-from paysaga.settings import TlsFiles
+from paysaga.runtime.settings import TlsFiles
 from tests.e2e.shop import Purchase, Shop
 from tests.e2e.test_saga import settled
 from tests.helpers import client_token, secure_channel, wait_for_log

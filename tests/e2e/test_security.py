@@ -16,10 +16,10 @@ import pytest
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from paysaga.localcluster import LocalCluster
-from paysaga.pki import authority
-from paysaga.pki.authority import Kind
-from paysaga.settings import TlsFiles
+from paysaga.ops.cluster.localcluster import LocalCluster
+from paysaga.ops.pki import authority
+from paysaga.ops.pki.authority import Kind
+from paysaga.runtime.settings import TlsFiles
 from tests import badcerts
 from tests.e2e.shop import Shop
 from tests.helpers import client_token, connect_as, secure_channel, wait_for_log

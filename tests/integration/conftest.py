@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from paysaga.localcluster import ClusterPorts, LocalCluster
+from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from paysaga.database import create_engine
-from paysaga.unit_of_work import Database, messaging_tables
+from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.unit_of_work import Database, messaging_tables
 
 metadata = sa.MetaData()
 messaging_tables(metadata)

@@ -11,13 +11,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from paysaga import migrations, tls
-from paysaga.database import create_engine
-from paysaga.grpc_server import BuiltServer, create_server
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from paysaga.settings import TlsFiles
-from paysaga.tokens import PUBLIC_KEYS_FILE, TokenVerifier, audience_of
-from paysaga.unit_of_work import Database
+from paysaga.runtime.grpc_server import BuiltServer, create_server
+from paysaga.runtime.security import tls
+from paysaga.runtime.security.tokens import PUBLIC_KEYS_FILE, TokenVerifier, audience_of
+from paysaga.runtime.settings import TlsFiles
+from paysaga.runtime.storage import migrations
+from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.unit_of_work import Database
 from services.ledger.adapters import grpc_api, tables
 from tests.helpers import channel_without_client_certificate, client_token, secure_channel
 

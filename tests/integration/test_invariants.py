@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from paysaga import invariants, migrations
-from paysaga.database import create_engine
+from paysaga.ops.checks import invariants
+from paysaga.runtime.storage import migrations
+from paysaga.runtime.storage.database import create_engine
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 NOW = "2026-11-25 12:00:00"

@@ -16,15 +16,15 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from paysaga import messaging
-from paysaga import relay as relay_module
-from paysaga.consumer import EventConsumer, EventHandler, Subscription
-from paysaga.database import create_engine
-from paysaga.eventing import EventEnvelope, new_event
+from paysaga.core.eventing import EventEnvelope, new_event
 from paysaga.events.v1 import events_pb2
-from paysaga.localcluster import LocalCluster
-from paysaga.relay import OutboxRelay
-from paysaga.unit_of_work import Database, UnitOfWork, messaging_tables
+from paysaga.ops.cluster.localcluster import LocalCluster
+from paysaga.runtime.messaging import relay as relay_module
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
+from paysaga.runtime.messaging.relay import OutboxRelay
+from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork, messaging_tables
 from tests.helpers import connect_as
 
 metadata = sa.MetaData()
@@ -85,13 +85,13 @@ async def rig(nats_cluster: LocalCluster, database_url: str) -> AsyncIterator[Ri
     rig = Rig(Database(engine, metadata), consumer, producer, ops)
     # Each test starts from empty streams and no consumers (ops may administer JetStream).
     for name in ("ledger", "payments"):
-        for stream in messaging.owned_streams(name):
+        for stream in streams.owned_streams(name):
             with contextlib.suppress(NotFoundError):
                 await ops.delete_stream(stream.name)
-    for stream in messaging.owned_streams(rig.producer):
-        await messaging.ensure_stream(producer, stream, 1)
-    for stream in messaging.owned_streams(rig.service):
-        await messaging.ensure_stream(consumer, stream, 1)
+    for stream in streams.owned_streams(rig.producer):
+        await streams.ensure_stream(producer, stream, 1)
+    for stream in streams.owned_streams(rig.service):
+        await streams.ensure_stream(consumer, stream, 1)
     yield rig
     for client in clients:
         await client.close()
@@ -374,7 +374,7 @@ async def test_a_deleted_durable_consumer_is_recreated_and_nothing_is_missed(rig
 
 
 async def test_dead_letters_never_expire_while_events_keep_a_week(rig: Rig) -> None:
-    events, dead_letters = messaging.owned_streams(rig.service)
+    events, dead_letters = streams.owned_streams(rig.service)
 
     assert (await rig.ops.stream_info(dead_letters.name)).config.max_age == 0
-    assert (await rig.ops.stream_info(events.name)).config.max_age == messaging.STREAM_MAX_AGE_S
+    assert (await rig.ops.stream_info(events.name)).config.max_age == streams.STREAM_MAX_AGE_S

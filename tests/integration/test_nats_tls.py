@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from nats.js.api import StorageType
 
-from paysaga import messaging, natsconf
-from paysaga.localcluster import LocalCluster, find_nats_server
-from paysaga.settings import TlsFiles
+from paysaga.ops.cluster import natsconf
+from paysaga.ops.cluster.localcluster import LocalCluster, find_nats_server
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.settings import TlsFiles
 from tests.helpers import connect_as, connect_nats, ssl_context_without_client_certificate, wait_for_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,8 +25,8 @@ async def test_service_certificate_connects_and_can_publish_to_jetstream_with_de
     client = await connect_as(nats_cluster.nats_url, nats_cluster.tls_files("ledger"))
     try:
         jetstream = client.jetstream()
-        for stream in messaging.owned_streams("ledger"):
-            await messaging.ensure_stream(jetstream, stream, replicas=1)
+        for stream in streams.owned_streams("ledger"):
+            await streams.ensure_stream(jetstream, stream, replicas=1)
         event_id = str(uuid.uuid4())
 
         first = await jetstream.publish(
@@ -39,7 +40,7 @@ async def test_service_certificate_connects_and_can_publish_to_jetstream_with_de
         assert again.duplicate and again.seq == first.seq
         info = await jetstream.stream_info("LEDGER_EVENTS")
         assert StorageType(info.config.storage) is StorageType.FILE
-        assert info.config.duplicate_window == messaging.DUPLICATE_WINDOW_S
+        assert info.config.duplicate_window == streams.DUPLICATE_WINDOW_S
     finally:
         await client.close()
 
@@ -51,10 +52,10 @@ async def test_ensure_stream_creates_once_then_leaves_it_or_updates_a_changed_co
     client = await connect_as(nats_cluster.nats_url, nats_cluster.tls_files("ops"))
     try:
         jetstream = client.jetstream()
-        spec = messaging.StreamSpec("IDEMPOTENCE_CHECK", ("paysaga.events.idempotence-check.>",), "test stream")
-        drifted = messaging.StreamSpec(spec.name, spec.subjects, "someone edited this by hand")
+        spec = streams.StreamSpec("IDEMPOTENCE_CHECK", ("paysaga.events.idempotence-check.>",), "test stream")
+        drifted = streams.StreamSpec(spec.name, spec.subjects, "someone edited this by hand")
 
-        outcomes = [await messaging.ensure_stream(jetstream, stream, 1) for stream in (spec, spec, drifted, spec)]
+        outcomes = [await streams.ensure_stream(jetstream, stream, 1) for stream in (spec, spec, drifted, spec)]
 
         assert outcomes == ["created", "unchanged", "updated", "updated"]
         assert (await jetstream.stream_info(spec.name)).config.description == "test stream"

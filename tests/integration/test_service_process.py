@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from paysaga.localcluster import LocalCluster
+from paysaga.ops.cluster.localcluster import LocalCluster
 from tests.helpers import wait_for_log
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from paysaga.database import create_engine
-from paysaga.unit_of_work import Database
+from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.unit_of_work import Database
 from tests.integration.counters import counters, open_database
 
 

@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
 
-from paysaga.database import create_engine
-from paysaga.errors import FailedPrecondition
-from paysaga.eventing import new_event
+from paysaga.core.errors import FailedPrecondition
+from paysaga.core.eventing import new_event
 from paysaga.events.v1 import events_pb2
-from paysaga.group_commit import GroupCommit
-from paysaga.unit_of_work import Database, UnitOfWork
+from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.group_commit import GroupCommit
+from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 from tests.integration.counters import counters, metadata, open_database
 
 

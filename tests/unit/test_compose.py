@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from paysaga import natsconf
-from paysaga.healthcheck import default_client_tls
-from paysaga.settings import load_settings
+from paysaga.ops.client.healthcheck import default_client_tls
+from paysaga.ops.cluster import natsconf
+from paysaga.runtime.settings import load_settings
 from tests.unit.compose_files import (
     DEFAULT_FILES,
     PRODUCTION_FILES,
@@ -108,7 +108,7 @@ def test_nats_reads_its_certificates_and_keeps_its_streams_in_its_volumes(defaul
     config_mount = next(volume for volume in nats["volumes"] if volume.startswith("./deploy/nats/nats.conf:"))
     assert nats["command"] == ["nats-server", "--config", config_mount.split(":")[1]]
     config = (REPO / "deploy" / "nats" / "nats.conf").read_text()
-    assert config == natsconf.compose_config(), "stale: python -m paysaga.natsconf > deploy/nats/nats.conf"
+    assert config == natsconf.compose_config(), "stale: python -m paysaga.ops.cluster.natsconf > deploy/nats/nats.conf"
     assert re.search(r"^\s*verify_and_map:\s*true\s*$", config, re.MULTILINE)
     assert re.search(r"^\s*sync_interval:\s*always\s*$", config, re.MULTILINE)
     paths = [

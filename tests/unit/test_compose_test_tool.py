@@ -19,10 +19,10 @@ import pytest
 from cryptography import x509
 
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.compose import checks, engine, host, images
-from paysaga.compose.__main__ import Interrupts
+from paysaga.ops.compose import checks, engine, host, images
+from paysaga.ops.compose.__main__ import Interrupts
+from paysaga.ops.pki import authority
 from paysaga.payments.v1 import payments_pb2
-from paysaga.pki import authority
 from tests.unit.compose_files import REPO
 
 SHOP = checks.Shop(("wallet-a", "wallet-b"), 10_000, "merchant", "mug", 10, "scarce")

@@ -7,8 +7,8 @@ import socket
 import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from paysaga.consumer import is_operating_error
-from paysaga.database import is_retryable, is_unavailable
+from paysaga.runtime.messaging.consumer import is_operating_error
+from paysaga.runtime.storage.database import is_retryable, is_unavailable
 
 
 class DriverError(Exception):

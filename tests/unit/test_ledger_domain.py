@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from paysaga.errors import FailedPrecondition
+from paysaga.core.errors import FailedPrecondition
 from services.ledger import domain
 from services.ledger.domain import Account, AccountKind, Entry, EntryKind, Hold, HoldStatus, Line
 

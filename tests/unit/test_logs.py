@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from paysaga.logs import configure_logging, log_context
+from paysaga.runtime.logs import configure_logging, log_context
 
 
 @pytest.fixture

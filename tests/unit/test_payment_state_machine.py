@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from paysaga.errors import FailedPrecondition
-from paysaga.settings import PaymentLimits
+from paysaga.core.errors import FailedPrecondition
+from paysaga.runtime.settings import PaymentLimits
 from services.payments.domain import Payment, PurchaseRequest, Status, rule_violation
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)

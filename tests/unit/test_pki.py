@@ -15,10 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from paysaga import tokens
-from paysaga.pki import authority
-from paysaga.pki.authority import CertificateError, Kind
-from paysaga.pki.cli import main as certs_main
+from paysaga.ops.pki import authority
+from paysaga.ops.pki.authority import CertificateError, Kind
+from paysaga.ops.pki.cli import main as certs_main
+from paysaga.runtime.security import tokens
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from paysaga.settings import TlsFiles, load_settings
+from paysaga.runtime.settings import TlsFiles, load_settings
 
 
 def test_defaults_suit_the_local_cluster() -> None:

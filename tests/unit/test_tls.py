@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from paysaga import tls
-from paysaga.settings import TlsFiles
+from paysaga.runtime.security import tls
+from paysaga.runtime.settings import TlsFiles
 
 
 @pytest.mark.parametrize(

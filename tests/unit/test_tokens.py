@@ -9,11 +9,11 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from paysaga import tokens
-from paysaga.authz import AccessDenied, Authorizer, Rule
-from paysaga.cli import main as cli_main
-from paysaga.pki import rotation
-from paysaga.tokens import TokenError, TokenRejected, TokenVerifier
+from paysaga.ops.client.cli import main as cli_main
+from paysaga.ops.pki import rotation
+from paysaga.runtime.security import tokens
+from paysaga.runtime.security.authz import AccessDenied, Authorizer, Rule
+from paysaga.runtime.security.tokens import TokenError, TokenRejected, TokenVerifier
 
 OPS = "spiffe://paysaga/client/ops"
 DEPOSIT = "/paysaga.ledger.v1.LedgerService/Deposit"

@@ -7,13 +7,13 @@ from typing import Any
 import grpc
 import sqlalchemy as sa
 
-from paysaga import validation
-from paysaga.authz import Rule
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.errors import NotFound
-from paysaga.grpc_server import GrpcService, domain_errors_as_status
+from paysaga.core import validation
+from paysaga.core.errors import NotFound
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
-from paysaga.unit_of_work import Database
+from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status
+from paysaga.runtime.security.authz import Rule
+from paysaga.runtime.storage.unit_of_work import Database
 from services.inventory import handlers
 from services.inventory.adapters.repository import QUANTITIES
 from services.inventory.adapters.tables import items

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paysaga.unit_of_work import utc_now
+from paysaga.runtime.storage.unit_of_work import utc_now
 from services.inventory.adapters.tables import items, receipts, reservations
 from services.inventory.domain import Item, Reservation, ReservationStatus
 

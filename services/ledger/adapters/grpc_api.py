@@ -8,12 +8,12 @@ import grpc
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paysaga import validation
-from paysaga.authz import Rule
-from paysaga.errors import InvalidArgument, NotFound
-from paysaga.grpc_server import GrpcService, domain_errors_as_status
+from paysaga.core import validation
+from paysaga.core.errors import InvalidArgument, NotFound
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from paysaga.unit_of_work import Database
+from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status
+from paysaga.runtime.security.authz import Rule
+from paysaga.runtime.storage.unit_of_work import Database
 from services.ledger import handlers
 from services.ledger.adapters.repository import account_from_row
 from services.ledger.adapters.tables import accounts, statement_lines

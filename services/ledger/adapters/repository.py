@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paysaga.unit_of_work import utc_now
+from paysaga.runtime.storage.unit_of_work import utc_now
 from services.ledger.adapters.tables import accounts, holds, journal_entries, journal_lines, statement_lines
 from services.ledger.domain import Account, AccountKind, Entry, EntryKind, Hold, HoldStatus
 

@@ -1,3 +1,3 @@
-from paysaga.migrations import run_in_alembic
+from paysaga.runtime.storage.migrations import run_in_alembic
 
 run_in_alembic()

@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 import grpc
 import sqlalchemy as sa
 
-from paysaga import validation
-from paysaga.authz import Rule
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.errors import DomainError, InvalidArgument, NotFound
-from paysaga.group_commit import GroupCommit
-from paysaga.grpc_server import STATUS_OF_ERROR, GrpcService, domain_errors_as_status
+from paysaga.core import validation
+from paysaga.core.errors import DomainError, InvalidArgument, NotFound
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
-from paysaga.settings import PaymentLimits
-from paysaga.tasks import wait_any
-from paysaga.unit_of_work import Database, OutboxRow
+from paysaga.runtime.grpc_server import STATUS_OF_ERROR, GrpcService, domain_errors_as_status
+from paysaga.runtime.security.authz import Rule
+from paysaga.runtime.settings import PaymentLimits
+from paysaga.runtime.storage.group_commit import GroupCommit
+from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
+from paysaga.runtime.tasks import wait_any
 from services.payments import handlers
 from services.payments.adapters import repository
 from services.payments.adapters.repository import as_utc, payment_from_row

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from paysaga.unit_of_work import messaging_tables
+from paysaga.runtime.storage.unit_of_work import messaging_tables
 
 metadata = sa.MetaData()
 outbox, inbox = messaging_tables(metadata)

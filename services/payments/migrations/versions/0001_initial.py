@@ -6,7 +6,7 @@ Revision ID: 0001
 import sqlalchemy as sa
 from alembic import op
 
-from paysaga.migrations import create_messaging_tables
+from paysaga.runtime.storage.migrations import create_messaging_tables
 
 revision = "0001"
 down_revision = None

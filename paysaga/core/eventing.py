@@ -1,0 +1,66 @@
+"""Building and reading event envelopes (paysaga.events.v1.EventEnvelope)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from google.protobuf.message import DecodeError, Message
+
+from paysaga.events.v1 import events_pb2
+from paysaga.runtime.messaging.streams import EVENTS_SUBJECT_ROOT
+
+EventEnvelope = events_pb2.EventEnvelope
+
+# Payload message name (e.g. "FundsHeld") -> the envelope's oneof field ("funds_held").
+PAYLOAD_FIELDS: dict[str, str] = {
+    field.message_type.name: field.name
+    for field in EventEnvelope.DESCRIPTOR.oneofs_by_name["payload"].fields
+    if field.message_type is not None
+}
+
+
+def new_event(
+    *, producer: str, saga_id: str, payload: Message, causation_id: str = "", now: dt.datetime | None = None
+) -> EventEnvelope:
+    """A new envelope around payload, with a fresh event id chosen by the producer."""
+    event_type = payload.DESCRIPTOR.name
+    envelope = EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        event_type=event_type,
+        saga_id=saga_id,
+        causation_id=causation_id,
+        producer=producer,
+    )
+    envelope.occurred_at.FromDatetime(now or dt.datetime.now(dt.UTC))
+    getattr(envelope, PAYLOAD_FIELDS[event_type]).CopyFrom(payload)
+    return envelope
+
+
+def subject_of(envelope: EventEnvelope) -> str:
+    return event_subject(envelope.producer, envelope.event_type)
+
+
+def event_subject(producer: str, event_type: str) -> str:
+    return f"{EVENTS_SUBJECT_ROOT}.{producer}.{event_type}"
+
+
+def payload_of(envelope: EventEnvelope) -> Message:
+    field = envelope.WhichOneof("payload")
+    if field is None:
+        raise ValueError(f"event {envelope.event_id} has no payload")
+    payload: Message = getattr(envelope, field)
+    return payload
+
+
+def parse(data: bytes) -> EventEnvelope:
+    """Decode and check an envelope; ValueError if it can never be handled."""
+    try:
+        envelope = EventEnvelope.FromString(data)
+    except DecodeError as error:
+        raise ValueError(f"not an event envelope: {error}") from None
+    if not envelope.event_id or not envelope.saga_id:
+        raise ValueError("event without event_id or saga_id")
+    if PAYLOAD_FIELDS.get(envelope.event_type) != envelope.WhichOneof("payload"):
+        raise ValueError(f"event_type {envelope.event_type!r} does not match its payload")
+    return envelope

@@ -1,0 +1,362 @@
+"""What a user of the compose cluster relies on, checked for real.
+
+From the host, only through the published 127.0.0.1 port, with a client certificate and token
+made the documented way (streamed out of the certs container): purchases that complete and that
+fail with their compensation, and, with replicas, 50 purchases that all complete while one
+replica of every service is killed. Accounts, stock and balances go through the ops client
+inside the private network, as the README shows. Then that the host can reach nothing else, and
+that NATS refuses clients without a certificate of ours even inside the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from paysaga.common.v1.money_pb2 import Money
+from paysaga.inventory.v1 import inventory_pb2
+from paysaga.ledger.v1 import ledger_pb2
+from paysaga.ops.client.cli import TERMINAL
+from paysaga.ops.compose.engine import Say, run
+from paysaga.ops.compose.project import SERVICES, ComposeProject
+from paysaga.ops.pki import authority
+from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from paysaga.runtime.files import write_file
+from paysaga.runtime.security import tls
+from paysaga.runtime.settings import TlsFiles
+
+CURRENCY = "EUR"
+PRICE_MINOR = 1250
+# Transient on the way to a replica that was just killed: the same request is sent again.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+CALL_TIMEOUT_S = 10.0
+# Saga timeout (30 s) plus a redelivery after a consumer died (ack wait 10 s), with room to spare.
+PAYMENT_END_TIMEOUT_S = 120.0
+POLL_INTERVAL_S = 0.25
+CHAOS_PURCHASES = 50
+CHAOS_CONCURRENCY = 10
+NATS_PROBE = Path(__file__).with_name("nats_probe.py")
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+class CheckFailed(Exception):
+    """Something a user relies on does not hold; the message says what was expected and seen."""
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+# -- a client on the host ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostClient:
+    files: TlsFiles
+    token: str
+
+
+def issue_host_client(project: ComposeProject, directory: Path, name: str) -> HostClient:
+    """A client certificate, key and token for payments, streamed out of the certs container as the
+    README shows (the key and token created 0600)."""
+    project.one_off("certs", "paysaga-certs", "issue", "client", name)
+    files = TlsFiles(directory / f"{name}.crt", directory / f"{name}.key", directory / "ca.crt")
+    for path, mode in (
+        (files.ca_file, authority.CERTIFICATE_MODE),
+        (files.cert_file, authority.CERTIFICATE_MODE),
+        (files.key_file, authority.PRIVATE_KEY_MODE),
+    ):
+        write_file(path, project.one_off("certs", "cat", f"/certs/{path.name}").encode(), mode)
+    token = project.one_off(
+        "certs", "paysaga-certs", "token", "issue", name,
+        "--audience", "payments", "--scope", "payments:write", "--scope", "payments:read",
+    ).strip()  # fmt: skip
+    return HostClient(files, token)
+
+
+def status_name(payment: payments_pb2.Payment) -> str:
+    return payments_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")
+
+
+async def _retrying(call: Callable[[], Any], deadline: float, retries: Counter[str]) -> Any:
+    """The call's result; a transient failure is retried until the deadline, any other one fails the check."""
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRYABLE or time.monotonic() > deadline:
+                raise CheckFailed(f"payments answered {error.code().name}: {error.details()}") from None
+            retries[error.code().name] += 1
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def purchase(
+    stub: payments_pb2_grpc.PaymentServiceStub,
+    payer: str,
+    merchant: str,
+    sku: str,
+    retries: Counter[str],
+) -> payments_pb2.Payment:
+    """Buy one of sku (the same idempotency key on every retry) and poll until the payment ends;
+    calls sent again after a transient failure are counted in retries, by status."""
+    deadline = time.monotonic() + PAYMENT_END_TIMEOUT_S
+    request = payments_pb2.CreatePaymentRequest(
+        idempotency_key=str(uuid.uuid4()),
+        payer_account_id=payer,
+        merchant_account_id=merchant,
+        sku=sku,
+        quantity=1,
+        amount=Money(amount_minor=PRICE_MINOR, currency=CURRENCY),
+    )
+    created = await _retrying(lambda: stub.CreatePayment(request, timeout=CALL_TIMEOUT_S), deadline, retries)
+    lookup = payments_pb2.GetPaymentRequest(payment_id=created.payment.payment_id)
+    while True:
+        payment: payments_pb2.Payment = await _retrying(
+            lambda: stub.GetPayment(lookup, timeout=CALL_TIMEOUT_S), deadline, retries
+        )
+        if status_name(payment) in TERMINAL:
+            return payment
+        expect(
+            time.monotonic() < deadline,
+            f"payment {payment.payment_id} still {status_name(payment)} after {PAYMENT_END_TIMEOUT_S:.0f} s",
+        )
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+# -- accounts and stock, through ops ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shop:
+    """What the ops client set up: funded wallets, a merchant, an item in stock, one out of stock."""
+
+    wallets: tuple[str, ...]
+    deposit_minor: int
+    merchant: str
+    sku: str
+    received: int
+    scarce_sku: str
+
+
+class Ops(Protocol):
+    def ops(self, commands: Sequence[Sequence[str]]) -> list[dict[str, Any]]: ...
+
+
+def open_shop(project: Ops, wallets: int, deposit_minor: int, stock: int) -> Shop:
+    run_id = uuid.uuid4().hex[:8]
+    shop = Shop(
+        tuple(str(uuid.uuid4()) for _ in range(wallets)),
+        deposit_minor,
+        str(uuid.uuid4()),
+        f"mug-{run_id}",
+        stock,
+        f"scarce-{run_id}",
+    )
+
+    def account(account_id: str, kind: str, owner: str) -> list[str]:
+        return ["account", "open", "--id", account_id, "--kind", kind, "--currency", CURRENCY, "--owner", owner]
+
+    commands = [account(shop.merchant, "merchant", "Mug shop")]
+    for index, wallet in enumerate(shop.wallets):
+        commands += [
+            account(wallet, "wallet", f"Payer {index}"),
+            ["account", "deposit", wallet, str(deposit_minor), CURRENCY],
+        ]
+    for sku in (shop.sku, shop.scarce_sku):
+        commands.append(["item", "add", sku, "--name", "Mug", "--price", str(PRICE_MINOR), "--currency", CURRENCY])
+    commands.append(["item", "receive", shop.sku, str(stock)])
+    project.ops(commands)
+    return shop
+
+
+def _parsed(record: dict[str, Any], message: MessageT) -> MessageT:
+    """A record parsed as the API's own message: a field that is renamed cannot pass as a zero."""
+    try:
+        return json_format.ParseDict(record, message)
+    except json_format.ParseError as error:
+        raise CheckFailed(f"ops printed a record that is not a {type(message).__name__}: {error}") from None
+
+
+def check_books(project: Ops, shop: Shop, payments: Iterable[payments_pb2.Payment]) -> str:
+    """Money and stock agree with the payments' outcomes, exactly; nothing is left held or reserved."""
+    ended = list(payments)
+    expect(all(status_name(p) in TERMINAL for p in ended), "a payment has not ended")
+    completed = [p for p in ended if status_name(p) == "COMPLETED"]
+    accounts = [*shop.wallets, shop.merchant]
+    records = project.ops(
+        [
+            *(["account", "balance", account] for account in accounts),
+            ["item", "get", shop.sku],
+            ["item", "get", shop.scarce_sku],
+        ]
+    )
+    expect(len(records) == len(accounts) + 2, f"ops printed {len(records)} records for {len(accounts) + 2} commands")
+    balances = {record["account_id"]: _parsed(record, ledger_pb2.Balance()) for record in records[: len(accounts)]}
+    item, scarce = (_parsed(record, inventory_pb2.Item()) for record in records[len(accounts) :])
+    for wallet in shop.wallets:
+        spent = sum(p.amount.amount_minor for p in completed if p.payer_account_id == wallet)
+        balance = balances[wallet]
+        expect(
+            (balance.balance_minor, balance.held_minor) == (shop.deposit_minor - spent, 0),
+            f"wallet {wallet}: expected balance {shop.deposit_minor - spent} and nothing held, got {balance}",
+        )
+    earned = sum(p.amount.amount_minor for p in completed)
+    merchant = balances[shop.merchant]
+    expect((merchant.balance_minor, merchant.held_minor) == (earned, 0), f"merchant: expected {earned}, got {merchant}")
+    total = sum(balance.balance_minor for balance in balances.values())
+    expect(total == shop.deposit_minor * len(shop.wallets), f"money not conserved: {total} in all accounts")
+    sold = sum(p.quantity for p in completed)
+    stock = (item.quantity_available, item.quantity_reserved, item.quantity_sold, item.quantity_received)
+    expect(
+        stock == (shop.received - sold, 0, sold, shop.received),
+        f"{shop.sku}: expected {shop.received - sold} available, 0 reserved, {sold} sold, got {item}",
+    )
+    expect(
+        (scarce.quantity_available, scarce.quantity_reserved, scarce.quantity_sold) == (0, 0, 0),
+        f"{shop.scarce_sku}: expected no stock moved, got {scarce}",
+    )
+    outcomes = Counter(status_name(p) for p in ended)
+    return (
+        f"{len(ended)} payments ({', '.join(f'{count} {name}' for name, count in sorted(outcomes.items()))}); "
+        f"{len(accounts)} accounts hold {total} = the deposits, none held; {shop.sku}: "
+        f"{shop.received - sold} available + {sold} sold = {shop.received} received, none reserved"
+    )
+
+
+# -- the scenarios -------------------------------------------------------------------------------
+
+
+async def completed_and_compensated(
+    target: str, client: HostClient, shop: Shop, say: Say
+) -> list[payments_pb2.Payment]:
+    """One purchase that completes, and one the ledger holds funds for and inventory then refuses
+    (nothing in stock), so the hold is released: the compensation."""
+    retries: Counter[str] = Counter()
+    async with tls.secure_channel(target, client.files, client.token) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        wallet = shop.wallets[0]
+        completed = await purchase(stub, wallet, shop.merchant, shop.sku, retries)
+        expect(status_name(completed) == "COMPLETED", f"expected COMPLETED, got {completed}")
+        say(f"payment {completed.payment_id}: COMPLETED")
+        failed = await purchase(stub, wallet, shop.merchant, shop.scarce_sku, retries)
+        expect(
+            status_name(failed) == "FAILED" and "out of stock" in failed.reason,
+            f"expected FAILED (out of stock), got {failed}",
+        )
+        say(f"payment {failed.payment_id}: FAILED ({failed.reason}); its hold was released")
+    return [completed, failed]
+
+
+async def purchases_through_kills(
+    project: ComposeProject, target: str, client: HostClient, shop: Shop, say: Say
+) -> list[payments_pb2.Payment]:
+    """CHAOS_PURCHASES purchases from the host while one replica of every service is killed: funds
+    and stock suffice for all, so every one must complete."""
+    kill_at = CHAOS_CONCURRENCY * 2
+    started = 0
+    retries: Counter[str] = Counter()
+
+    async def one(
+        index: int, stub: payments_pb2_grpc.PaymentServiceStub, gate: asyncio.Semaphore
+    ) -> payments_pb2.Payment:
+        nonlocal started
+        async with gate:
+            started += 1
+            if started == kill_at:
+                await asyncio.to_thread(kill_one_replica_each, project, say)
+            return await purchase(stub, shop.wallets[index % len(shop.wallets)], shop.merchant, shop.sku, retries)
+
+    async with tls.secure_channel(target, client.files, client.token) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        gate = asyncio.Semaphore(CHAOS_CONCURRENCY)
+        ended = await asyncio.gather(*(one(index, stub, gate) for index in range(CHAOS_PURCHASES)))
+    outcomes = Counter(status_name(p) for p in ended)
+    say(f"all {len(ended)} purchases ended: {dict(outcomes)}")
+    say(f"calls sent again after a transient failure: {dict(retries) or 'none'}")
+    others = [f"{p.payment_id} {status_name(p)} ({p.reason})" for p in ended if status_name(p) != "COMPLETED"]
+    expect(not others, f"expected every purchase to complete; these did not: {others}")
+    return list(ended)
+
+
+def kill_one_replica_each(project: ComposeProject, say: Say) -> None:
+    for service in SERVICES:
+        replicas = [item["Id"] for item in project.inspect(service) if item["State"]["Running"]]
+        expect(len(replicas) == project.topology.replicas, f"{service}: {len(replicas)} replicas running")
+        project.kill(replicas[0])
+        say(f"killed one of {len(replicas)} {service} replicas ({replicas[0][:12]})")
+
+
+# -- what is reachable -------------------------------------------------------------------------------
+
+
+def check_exposure(project: ComposeProject, port: int) -> str:
+    """Only the entry service publishes a port, only on 127.0.0.1; and the host has no address on
+    the internal network, so it cannot reach the containers there at all."""
+    published = project.published_ports()
+    entry = project.topology.entry
+    expect(
+        published == [(entry, "127.0.0.1", str(port))],
+        f"expected only {entry} on 127.0.0.1:{port} to be published, got {published}",
+    )
+    internal = [
+        network
+        for item in project.inspect()
+        for name, network in item["NetworkSettings"]["Networks"].items()
+        if name.endswith("_internal") and network["IPAddress"]  # a stopped container has no address
+    ]
+    expect(bool(internal), "no container is on the internal network")
+    host = host_addresses()
+    for network in internal:
+        address = ipaddress.ip_address(network["IPAddress"])
+        subnet = ipaddress.ip_network(f"{address}/{network['IPPrefixLen']}", strict=False)
+        on_host = [found for found in host if found in subnet]
+        expect(not on_host, f"the host has {on_host} on the internal network {subnet}: it can reach its containers")
+    return f"only {entry} is published, on 127.0.0.1:{port}; the host has no address on the internal network"
+
+
+def host_addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every IP address the host's own interfaces have."""
+    listed = json.loads(run(["ip", "-json", "address"], timeout_s=30).stdout)
+    return [ipaddress.ip_address(entry["local"]) for link in listed for entry in link.get("addr_info", [])]
+
+
+def foreign_client() -> tuple[str, str]:
+    """A client certificate and key named like ours (ops) from a CA of its own: a stranger."""
+    with tempfile.TemporaryDirectory(prefix="paysaga-foreign-") as scratch:
+        directory = Path(scratch)
+        ca = authority.create_ca(directory, directory)
+        authority.issue(ca, directory, "ops", authority.Kind.CLIENT)
+        return (directory / "ops.crt").read_text(), (directory / "ops.key").read_text()
+
+
+def check_nats_refuses_strangers(project: ComposeProject) -> str:
+    """Inside the private network: NATS refuses plaintext, TLS without a client certificate and a
+    certificate from another CA, and accepts the ops client's (so the probe itself can succeed)."""
+    certificate, key = foreign_client()
+    output = project.one_off(
+        "ops",
+        "-",
+        entrypoint="python",
+        input_text=NATS_PROBE.read_text(),
+        environment={"PAYSAGA_PROBE_FOREIGN_CERT": certificate, "PAYSAGA_PROBE_FOREIGN_KEY": key},
+    )
+    results: dict[str, str] = json.loads(output.strip().splitlines()[-1])
+    expect(results["tls_with_ops_certificate"] == "connected", f"the ops client could not reach NATS: {results}")
+    strangers = ("plaintext", "tls_without_certificate", "tls_with_foreign_certificate")
+    for way in strangers:
+        expect(results[way].startswith("refused"), f"NATS did not refuse a client by {way}: {results}")
+    return "NATS refuses: " + "; ".join(f"{way.replace('_', ' ')} ({results[way][9:].strip()})" for way in strangers)

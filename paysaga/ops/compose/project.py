@@ -1,0 +1,166 @@
+"""One docker-compose project of paysaga, driven through the `docker compose` command line.
+
+compose-test runs each cluster as a project of its own, under a name of its own
+(paysaga-test-<random>), so it never touches a cluster someone runs under the files' names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[3]
+BUILD_TIMEOUT_S = 1800.0
+UP_TIMEOUT_S = 300.0
+CALL_TIMEOUT_S = 180.0
+# The user's own compose settings must not redirect what the test builds, starts and removes.
+IGNORED_ENVIRONMENT = ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES", "COMPOSE_PATH_SEPARATOR")
+
+
+class ComposeError(Exception):
+    """A docker or docker compose command failed; the message carries its output."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What differs between the default cluster and the production profile."""
+
+    label: str
+    files: tuple[str, ...]
+    # The service whose port is published: payments itself, or the proxy in front of its replicas.
+    entry: str
+    replicas: int
+
+
+DEFAULT = Topology("default", ("docker-compose.yml",), entry="payments", replicas=1)
+PRODUCTION = Topology("production", ("docker-compose.yml", "docker-compose.production.yml"), entry="edge", replicas=2)
+SERVICES = ("payments", "inventory", "ledger")
+
+
+def _run(
+    arguments: Sequence[str],
+    *,
+    timeout_s: float,
+    input_text: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["docker", *arguments],
+            input=input_text,
+            stdin=None if input_text is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=None if environ is None else dict(environ),
+            cwd=REPO,
+            # A session of its own: a Ctrl-C at the terminal reaches us, and we decide what stops.
+            start_new_session=True,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ComposeError(f"docker {shlex.join(arguments[:8])}: {error}") from None
+
+
+def _stdout(arguments: Sequence[str], result: subprocess.CompletedProcess[str]) -> str:
+    if result.returncode != 0:
+        detail = (result.stderr + result.stdout).strip()[-3000:]
+        raise ComposeError(f"docker {shlex.join(arguments)} failed (exit {result.returncode}):\n{detail}")
+    return result.stdout
+
+
+def docker(*arguments: str, timeout_s: float = CALL_TIMEOUT_S) -> str:
+    """Run a docker command; its stdout, or ComposeError with its output."""
+    return _stdout(arguments, _run(arguments, timeout_s=timeout_s))
+
+
+@dataclass
+class ComposeProject:
+    topology: Topology
+    # PAYSAGA_BASE_IMAGE, PAYSAGA_PAYMENTS_PORT: what the compose files read from the environment.
+    environment: Mapping[str, str]
+    log: Path
+    name: str = field(default_factory=lambda: f"paysaga-test-{uuid.uuid4().hex[:8]}")
+
+    def command(self, *arguments: str) -> list[str]:
+        files = [option for name in self.topology.files for option in ("--file", str(REPO / name))]
+        return ["compose", "--project-name", self.name, "--project-directory", str(REPO), *files, *arguments]
+
+    def call(self, *arguments: str, timeout_s: float = CALL_TIMEOUT_S, input_text: str | None = None) -> str:
+        """Run docker compose on this project; its stdout. The progress it prints goes to the log."""
+        environ = {key: value for key, value in os.environ.items() if key not in IGNORED_ENVIRONMENT}
+        command = self.command(*arguments)
+        result = _run(command, timeout_s=timeout_s, input_text=input_text, environ={**environ, **self.environment})
+        with self.log.open("a") as log:
+            log.write(f"$ docker {shlex.join(command)}\n{result.stderr}")
+        return _stdout(command, result)
+
+    def build(self) -> None:
+        self.call("build", timeout_s=BUILD_TIMEOUT_S)
+
+    def up(self) -> None:
+        """Start everything and wait until every container is healthy (or the one-shot job is done)."""
+        self.call("up", "--detach", "--wait", "--wait-timeout", f"{UP_TIMEOUT_S:.0f}", timeout_s=UP_TIMEOUT_S + 60)
+
+    def down(self) -> None:
+        """Remove the containers, the networks and the volumes."""
+        self.call("--profile", "tools", "down", "--volumes", "--remove-orphans", "--timeout", "30", timeout_s=300)
+
+    def one_off(
+        self,
+        service: str,
+        *arguments: str,
+        entrypoint: str | None = None,
+        input_text: str | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> str:
+        """A one-off container of service (not its dependencies), removed afterwards; its stdout."""
+        options = ["--rm", "-T", "--no-deps", *(["--entrypoint", entrypoint] if entrypoint else [])]
+        options += [f"--env={name}={value}" for name, value in (environment or {}).items()]
+        return self.call("run", *options, service, *arguments, input_text=input_text)
+
+    def ops(self, commands: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+        """Run `paysaga --json ...` commands in one ops container, in order; one JSON object each."""
+        script = "set -e\n" + "".join(f"paysaga --json {shlex.join(command)}\n" for command in commands)
+        output = self.one_off("ops", "-c", script, entrypoint="sh")
+        try:
+            return [json.loads(line) for line in output.splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise ComposeError(f"the ops client printed something other than JSON:\n{output[-2000:]}") from None
+
+    def inspect(self, service: str | None = None) -> list[dict[str, Any]]:
+        """`docker inspect` of the project's containers (of one service), first replica first."""
+        ids = self.call("ps", "--all", "--quiet", *([service] if service else [])).split()
+        if not ids:
+            return []
+        found: list[dict[str, Any]] = json.loads(docker("inspect", *ids))
+        return sorted(found, key=lambda item: int(item["Config"]["Labels"]["com.docker.compose.container-number"]))
+
+    def kill(self, container: str) -> None:
+        """SIGKILL one container; its restart policy leaves it down (docker treats a kill as meant)."""
+        docker("kill", "--signal", "KILL", container)
+
+    def published_ports(self) -> list[tuple[str, str, str]]:
+        """Every port any container of the project publishes on the host, as (service, address, port)."""
+        found = []
+        for item in self.inspect():
+            service = item["Config"]["Labels"]["com.docker.compose.service"]
+            for bindings in (item["NetworkSettings"]["Ports"] or {}).values():
+                found += [(service, binding["HostIp"], binding["HostPort"]) for binding in bindings or []]
+        return found
+
+    def diagnostics(self) -> str:
+        """What someone needs to see when a check failed: every container's state and its last logs."""
+        parts = []
+        for arguments in (("ps", "--all"), ("logs", "--no-color", "--tail", "40")):
+            try:
+                parts.append(self.call(*arguments))
+            except ComposeError as error:
+                parts.append(str(error))
+        return "\n".join(parts)

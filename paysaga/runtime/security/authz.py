@@ -1,0 +1,170 @@
+"""Who may call which gRPC method: identities from certificates, scopes from bearer tokens.
+
+The TLS handshake has already proven that the caller holds a certificate from our CA with client
+usage. Its identity is the certificate's SPIFFE URI: ``spiffe://paysaga/<service>`` for our own
+services, ``spiffe://paysaga/client/<name>`` for external clients. Every method of our APIs has a
+Rule listing the identities allowed to call it; an external client must also present a bearer
+token issued to that same identity, meant for this service, carrying the method's scope.
+
+Refusals: no identity or a bad token is UNAUTHENTICATED; an identity or a scope that is not
+allowed is PERMISSION_DENIED. The message names the identity and the method; it is logged too.
+Tokens themselves never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from paysaga.ops.pki.authority import client_identity, service_identity
+from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+TRUST_DOMAIN_PREFIX = service_identity("")
+CLIENT_PREFIX = client_identity("")
+ANY_CLIENT = CLIENT_PREFIX + "*"
+
+
+class AccessDenied(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Identities allowed to call a method; clients (spiffe://paysaga/client/...) also need scope."""
+
+    identities: tuple[str, ...]
+    scope: str
+
+    @classmethod
+    def clients(cls, scope: str, *services: str) -> Rule:
+        """Any external client whose token has scope, plus the named services of ours (certificate only)."""
+        return cls((ANY_CLIENT, *(TRUST_DOMAIN_PREFIX + service for service in services)), scope)
+
+    def allows(self, identity: str) -> bool:
+        return any(
+            identity.startswith(pattern[:-1]) if pattern.endswith("*") else identity == pattern
+            for pattern in self.identities
+        )
+
+
+class Authorizer:
+    """Decides one call: the caller's identity against the method's rule, then the client's token."""
+
+    def __init__(self, rules: Mapping[str, Rule], verifier: TokenVerifier | None) -> None:
+        self.rules = dict(rules)
+        self.verifier = verifier
+
+    def check(self, method: str, identity: str, metadata: Any) -> None:
+        """Return if the caller may go ahead; raise AccessDenied with the status and reason if not."""
+        if not identity.startswith(TRUST_DOMAIN_PREFIX):
+            raise AccessDenied(
+                grpc.StatusCode.UNAUTHENTICATED, f"calling {method}: the client certificate carries no paysaga identity"
+            )
+        rule = self.rules.get(method)
+        if rule is None or not rule.allows(identity):
+            raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {method}")
+        if not identity.startswith(CLIENT_PREFIX):
+            return  # one of our services: its certificate is its proof
+        try:
+            claims = self._verified_token(metadata, identity)
+        except AccessDenied as denied:
+            raise AccessDenied(denied.code, f"{identity} calling {method}: {denied}") from None
+        if rule.scope not in claims.scopes:
+            raise AccessDenied(
+                grpc.StatusCode.PERMISSION_DENIED, f"{identity} needs the scope {rule.scope} to call {method}"
+            )
+
+    def _verified_token(self, metadata: Any, identity: str) -> Claims:
+        values = [value for key, value in (metadata or ()) if key == "authorization"]
+        if len(values) != 1 or not isinstance(values[0], str) or not values[0].startswith("Bearer "):
+            raise AccessDenied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a bearer token is required (metadata 'authorization: Bearer <token>'); "
+                "ops issue one with 'paysaga-certs token issue'",
+            )
+        if self.verifier is None:
+            raise AccessDenied(grpc.StatusCode.UNAUTHENTICATED, "this service accepts no tokens")
+        try:
+            claims = self.verifier.verify(values[0].removeprefix("Bearer ").strip())
+        except TokenRejected as error:
+            raise AccessDenied(grpc.StatusCode.UNAUTHENTICATED, str(error)) from None
+        if claims.subject != identity:
+            raise AccessDenied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the token was issued to {claims.subject}, not to the certificate's identity {identity}",
+            )
+        return claims
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> str:
+    """The SPIFFE identity gRPC extracted from the verified client certificate ("" if none)."""
+    values = list(context.auth_context().get("peer_spiffe_id", []))
+    return values[0].decode() if len(values) == 1 else ""
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Applies an Authorizer to every method that has a rule; health and reflection stay open to
+    any holder of one of our certificates, so standard tools can probe every service."""
+
+    def __init__(self, authorizer: Authorizer, open_services: tuple[str, ...]) -> None:
+        self.authorizer = authorizer
+        self.open_prefixes = tuple(f"/{name}/" for name in open_services)
+        # The guarded handler of a method depends only on the method: build it once, not per call.
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(self.open_prefixes):
+            return handler
+        guarded = self._guard(method, handler)
+        self._guarded[method] = guarded
+        return guarded
+
+    async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        identity = peer_identity(context)
+        try:
+            self.authorizer.check(method, identity, context.invocation_metadata())
+        except AccessDenied as denied:
+            log.warning(
+                "grpc.refused",
+                extra={"peer": identity or "-", "method": method, "code": denied.code.name, "reason": str(denied)},
+            )
+            await context.abort(denied.code, str(denied))
+
+    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is not None:
+            inner_unary = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._authorize(method, context)
+                return await inner_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await self._authorize(method, context)
+                async for response in inner_stream(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        raise TypeError(f"{method}: client-streaming methods are not supported by the authorization interceptor")

@@ -1,0 +1,213 @@
+"""One frozen settings object per service process, read from flags and environment at start.
+
+Every setting has an environment variable (PAYSAGA_...) and a flag; a flag wins over the
+environment, which wins over the default. Defaults suit the local cluster started from the
+repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
+
+DEFAULT_GRPC_PORTS = {"payments": 50051, "inventory": 50052, "ledger": 50053}
+DEFAULT_NATS_URL = "tls://127.0.0.1:4222"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """This process's certificate and key, and the CA certificate it trusts for its peers."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    @classmethod
+    def in_directory(cls, certs_dir: Path, name: str) -> TlsFiles:
+        return cls(certs_dir / f"{name}.crt", certs_dir / f"{name}.key", certs_dir / "ca.crt")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    service: str
+    grpc_bind: str
+    nats_url: str
+    tls: TlsFiles
+    database_url: str
+    log_level: str
+    drain_timeout_s: float
+    startup_timeout_s: float
+    stream_replicas: int
+    token_keys_file: Path
+    token_issuer: str
+    payment_limits: PaymentLimits = field(default_factory=lambda: PaymentLimits())
+
+
+@dataclass(frozen=True)
+class PaymentLimits:
+    """The payments service's saga deadline and threshold rules (unused by the other services)."""
+
+    saga_timeout_s: float = 30.0
+    max_amount_minor: int = 1_000_000
+    velocity_limit: int = 20
+    velocity_window_s: float = 60.0
+    # Purchases not yet ended above which new ones are refused (RESOURCE_EXHAUSTED) rather than
+    # queued until they time out.
+    max_in_flight: int = 500
+
+
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'a whole' if kind is int else 'a'} number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _replicas(text: str) -> int:
+    value = int(_number(text, int))
+    if value not in (1, 3, 5):
+        raise argparse.ArgumentTypeError(f"must be 1, 3 or 5, got {text}")
+    return value
+
+
+def load_settings(
+    service: str, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServiceSettings:
+    env = os.environ if environ is None else environ
+    certs_dir = Path(env.get("PAYSAGA_CERTS_DIR", "certs"))
+    default_tls = TlsFiles.in_directory(certs_dir, service)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=f"Run the paysaga {service} service (gRPC over mTLS, events over NATS JetStream).",
+    )
+
+    def option(flag: str, variable: str, default: str, help_text: str, **kwargs: Any) -> None:
+        parser.add_argument(
+            flag,
+            default=env.get(variable, default),
+            help=f"{help_text} (env {variable}, default %(default)s)",
+            **kwargs,
+        )
+
+    option(
+        "--grpc-bind",
+        "PAYSAGA_GRPC_BIND",
+        f"127.0.0.1:{DEFAULT_GRPC_PORTS.get(service, 0)}",
+        "host:port to serve gRPC on",
+    )
+    option("--nats-url", "PAYSAGA_NATS_URL", DEFAULT_NATS_URL, "NATS server URL(s), comma-separated, tls:// scheme")
+    option("--tls-cert", "PAYSAGA_TLS_CERT", str(default_tls.cert_file), "this service's certificate")
+    option("--tls-key", "PAYSAGA_TLS_KEY", str(default_tls.key_file), "this service's private key")
+    option("--tls-ca", "PAYSAGA_TLS_CA", str(default_tls.ca_file), "CA certificate that peers must chain to")
+    option(
+        "--token-keys",
+        "PAYSAGA_TOKEN_KEYS",
+        str(certs_dir / PUBLIC_KEYS_FILE),
+        "public keys (JWKS) that client bearer tokens must be signed with",
+    )
+    option("--token-issuer", "PAYSAGA_TOKEN_ISSUER", DEFAULT_ISSUER, "the issuer (iss) client tokens must name")
+    option("--database-url", "PAYSAGA_DATABASE_URL", f"sqlite+aiosqlite:///var/{service}.db", "SQLAlchemy async URL")
+    option("--log-level", "PAYSAGA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", type=str.upper)
+    option(
+        "--drain-timeout-s",
+        "PAYSAGA_DRAIN_TIMEOUT_S",
+        "10",
+        "grace period for in-flight calls on SIGTERM",
+        type=_positive_float,
+    )
+    option(
+        "--startup-timeout-s",
+        "PAYSAGA_STARTUP_TIMEOUT_S",
+        "60",
+        "how long to wait for NATS at start",
+        type=_positive_float,
+    )
+    option(
+        "--stream-replicas",
+        "PAYSAGA_STREAM_REPLICAS",
+        "1",
+        "JetStream replicas of the streams this service owns",
+        type=_replicas,
+    )
+    if service == "payments":
+        limits = PaymentLimits()
+        option(
+            "--saga-timeout-s",
+            "PAYSAGA_SAGA_TIMEOUT_S",
+            str(limits.saga_timeout_s),
+            "a payment not done by then is undone and fails",
+            type=_positive_float,
+        )
+        option(
+            "--max-amount-minor",
+            "PAYSAGA_MAX_AMOUNT_MINOR",
+            str(limits.max_amount_minor),
+            "larger payments are REJECTED",
+            type=_positive_int,
+        )
+        option(
+            "--velocity-limit",
+            "PAYSAGA_VELOCITY_LIMIT",
+            str(limits.velocity_limit),
+            "payments per payer per window before REJECTED",
+            type=_positive_int,
+        )
+        option(
+            "--velocity-window-s",
+            "PAYSAGA_VELOCITY_WINDOW_S",
+            str(limits.velocity_window_s),
+            "the velocity rule's window",
+            type=_positive_float,
+        )
+        option(
+            "--max-in-flight",
+            "PAYSAGA_MAX_IN_FLIGHT",
+            str(limits.max_in_flight),
+            "purchases not yet ended above which CreatePayment refuses new ones (RESOURCE_EXHAUSTED)",
+            type=_positive_int,
+        )
+    args = parser.parse_args(argv)
+    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        parser.error(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {args.log_level}")
+    return ServiceSettings(
+        service=service,
+        grpc_bind=args.grpc_bind,
+        nats_url=args.nats_url,
+        tls=TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca)),
+        database_url=args.database_url,
+        log_level=args.log_level,
+        drain_timeout_s=float(args.drain_timeout_s),
+        startup_timeout_s=float(args.startup_timeout_s),
+        stream_replicas=int(args.stream_replicas),
+        token_keys_file=Path(args.token_keys),
+        token_issuer=args.token_issuer,
+        payment_limits=PaymentLimits(
+            float(args.saga_timeout_s),
+            int(args.max_amount_minor),
+            int(args.velocity_limit),
+            float(args.velocity_window_s),
+            int(args.max_in_flight),
+        )
+        if service == "payments"
+        else PaymentLimits(),
+    )

@@ -1,0 +1,127 @@
+"""Group commit for requests: concurrent writes share one transaction, one commit, one fsync.
+
+On SQLite writers take turns, so under load each request's own transaction queues behind the
+others, and each pays for its own BEGIN and its own fsync while holding the only write lock.
+Here requests that arrive while a transaction is running wait for the next one, and that one
+runs all of them (up to MAX_BATCH) back to back, each inside a savepoint of its own. Each
+request still gets its own answer:
+
+- if its work raises, its savepoint is rolled back (its rows and its events are gone) and that
+  error is its answer; the others go on and commit;
+- if the database itself fails (unavailable, or the commit fails), every request of the batch
+  gets that error: nothing of the batch was kept.
+
+A request whose caller gave up before its turn is not run. A lone request runs in a plain
+transaction, with no savepoint to pay for.
+
+On PostgreSQL each request keeps its own transaction, as consumers do there: a shared one would
+hold many requests' row locks, in no common order, until its one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from paysaga.runtime.storage.database import is_unavailable
+from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
+
+T = TypeVar("T")
+MAX_BATCH = 64
+
+
+@dataclass(frozen=True)
+class _Request(Generic[T]):
+    work: Callable[[UnitOfWork], Awaitable[T]]
+    answer: asyncio.Future[T]
+
+
+class GroupCommit(Generic[T]):
+    def __init__(self, database: Database, max_batch: int = MAX_BATCH) -> None:
+        self._database = database
+        self._max_batch = max_batch
+        self._waiting: list[_Request[T]] = []
+        self._committer: asyncio.Task[None] | None = None
+
+    async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """work's result, once the transaction it ran in has committed."""
+        if not self._database.single_writer:
+            return await self._database.retrying(work)
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Request(work, answer))
+        if self._committer is None:
+            # A task of its own: a caller that gives up must not stop the others' commit.
+            self._committer = asyncio.create_task(self._commit_all(), name="group-commit")
+        return await answer
+
+    async def _commit_all(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
+                live = [request for request in batch if not request.answer.cancelled()]
+                try:
+                    await self._commit(live)
+                except BaseException:
+                    for request in live:  # cancelled (shut down) mid-batch: nobody waits for ever
+                        request.answer.cancel()
+                    raise
+        finally:
+            self._committer = None
+            for request in self._waiting:  # only if this task itself was cancelled (shutdown)
+                request.answer.cancel()
+            self._waiting = []
+
+    async def _commit(self, batch: list[_Request[T]]) -> None:
+        if not batch:
+            return
+        if len(batch) == 1:
+            await self._alone(batch[0])
+            return
+        outcomes: list[tuple[_Request[T], T | Exception]] = []
+        try:
+            async with self._database.transaction() as unit:
+                for request in batch:
+                    outcomes.append((request, await self._in_savepoint(unit, request)))
+        except Exception as error:  # noqa: BLE001 - the database failed the whole batch
+            for request in batch:
+                _fail(request, error)
+            return
+        for request, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                _fail(request, outcome)
+            else:
+                _resolve(request, outcome)
+
+    async def _in_savepoint(self, unit: UnitOfWork, request: _Request[T]) -> T | Exception:
+        """The work's result, or its error with everything it wrote and emitted undone. An error of
+        the database itself is raised: it ends the batch."""
+        emitted = len(unit.emitted)
+        try:
+            async with unit.connection.begin_nested():
+                return await request.work(unit)
+        except Exception as error:
+            if is_unavailable(error):
+                raise
+            del unit.emitted[emitted:]
+            return error
+
+    async def _alone(self, request: _Request[T]) -> None:
+        try:
+            result = await self._database.retrying(request.work)
+        except Exception as error:  # noqa: BLE001 - handed to its caller
+            _fail(request, error)
+            return
+        _resolve(request, result)
+
+
+# A caller that stopped waiting (its answer cancelled) gets nothing.
+def _resolve(request: _Request[T], result: T) -> None:
+    if not request.answer.done():
+        request.answer.set_result(result)
+
+
+def _fail(request: _Request[T], error: Exception) -> None:
+    if not request.answer.done():
+        request.answer.set_exception(error)
