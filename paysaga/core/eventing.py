@@ -8,9 +8,12 @@ import uuid
 from google.protobuf.message import DecodeError, Message
 
 from paysaga.events.v1 import events_pb2
-from paysaga.runtime.messaging.streams import EVENTS_SUBJECT_ROOT
 
 EventEnvelope = events_pb2.EventEnvelope
+# A service publishes its events under paysaga.events.<service>.<EventType> and parks the ones it
+# cannot handle under paysaga.deadletter.<service>.<EventType>.
+EVENTS_SUBJECT_ROOT = "paysaga.events"
+DEAD_LETTER_SUBJECT_ROOT = "paysaga.deadletter"
 
 # Payload message name (e.g. "FundsHeld") -> the envelope's oneof field ("funds_held").
 PAYLOAD_FIELDS: dict[str, str] = {

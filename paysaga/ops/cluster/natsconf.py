@@ -19,9 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from paysaga.ops.pki.authority import CLUSTER_CLIENTS, client_identity, service_identity
+from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT
+from paysaga.core.identity import client_identity, service_identity
+from paysaga.ops.pki.authority import CLUSTER_CLIENTS
 from paysaga.runtime.messaging.consumer import Subscription
-from paysaga.runtime.messaging.streams import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT, inbox_prefix, owned_streams
+from paysaga.runtime.messaging.streams import inbox_prefix, owned_streams
 from paysaga.runtime.settings import TlsFiles
 
 # Which producers' events each service consumes: the producers of the SUBSCRIPTIONS in each

@@ -32,16 +32,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from paysaga.core.identity import TRUST_DOMAIN, InvalidName, client_identity, service_identity
+from paysaga.core.identity import check_name as check_identity_name
 from paysaga.runtime.files import write_file
+from paysaga.runtime.security.tls import uri_identity
 
-TRUST_DOMAIN = "paysaga"
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
 PREVIOUS_CA_CERT_FILE = "ca-previous.crt"
 CA_LIFETIME_DAYS = 3650
 LEAF_LIFETIME_DAYS = 30
 CLOCK_SKEW = dt.timedelta(minutes=5)
-NAME_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_PATTERN = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -108,23 +109,14 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def service_identity(name: str) -> str:
-    return f"spiffe://{TRUST_DOMAIN}/{name}"
-
-
-def client_identity(name: str) -> str:
-    return f"spiffe://{TRUST_DOMAIN}/client/{name}"
-
-
 def check_name(name: str) -> str:
+    """A name for a certificate's files and identity; CertificateError says what is wrong with it."""
     if name == CA_CERT_FILE.removesuffix(".crt"):
         raise CertificateError("the name 'ca' is reserved for the CA's own files")
-    if not NAME_PATTERN.fullmatch(name):
-        raise CertificateError(
-            f"invalid name {name!r}: use 1 to 63 characters of a-z, 0-9 and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return name
+    try:
+        return check_identity_name(name)
+    except InvalidName as error:
+        raise CertificateError(str(error)) from None
 
 
 def create_ca(
@@ -334,12 +326,6 @@ def _alternative_names(certificate: x509.Certificate) -> x509.SubjectAlternative
         return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return x509.SubjectAlternativeName([])
-
-
-def uri_identity(certificate: x509.Certificate) -> str:
-    """The identity a certificate proves: its first URI SAN (spiffe://paysaga/...), or "" if none."""
-    uris = _alternative_names(certificate).get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else ""
 
 
 def trust_bundle(certs_dir: Path) -> list[x509.Certificate]:

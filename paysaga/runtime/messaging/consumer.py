@@ -31,9 +31,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from paysaga.core import eventing
-from paysaga.core.eventing import EventEnvelope
+from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EventEnvelope
 from paysaga.runtime.logs import log_context
-from paysaga.runtime.messaging.streams import DEAD_LETTER_SUBJECT_ROOT
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop

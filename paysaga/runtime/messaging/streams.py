@@ -22,15 +22,14 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from paysaga.ops.pki.authority import service_identity
+from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT
+from paysaga.core.identity import service_identity
 from paysaga.runtime.security import tls
 from paysaga.runtime.settings import TlsFiles
 from paysaga.runtime.tasks import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
-EVENTS_SUBJECT_ROOT = "paysaga.events"
-DEAD_LETTER_SUBJECT_ROOT = "paysaga.deadletter"
 # Long enough for the nightly reconciliation's 48 h look-back, with room for a missed night.
 STREAM_MAX_AGE_S = 7 * 24 * 3600
 # Re-publishing an event (e.g. the outbox relay after a crash) within this window is dropped by

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from paysaga.ops.pki.authority import client_identity, service_identity
+from paysaga.core.identity import client_identity, service_identity
 from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier
 
 log = logging.getLogger(__name__)

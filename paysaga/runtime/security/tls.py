@@ -20,7 +20,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from paysaga.ops.pki.authority import uri_identity
 from paysaga.runtime.files import FileStamp, file_stamp
 from paysaga.runtime.security.tokens import bearer_credentials
 from paysaga.runtime.settings import TlsFiles
@@ -34,6 +33,16 @@ RELOAD_CHECK_INTERVAL_S = 1.0
 
 class TlsConfigurationError(Exception):
     """A certificate, key or CA file is missing or unreadable; the message names it."""
+
+
+def uri_identity(certificate: x509.Certificate) -> str:
+    """The identity a certificate proves: its first URI SAN (spiffe://paysaga/...), or "" if none."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else ""
 
 
 @dataclass(frozen=True)

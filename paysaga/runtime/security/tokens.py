@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from paysaga.ops.pki.authority import check_name, client_identity, service_identity
+from paysaga.core.identity import InvalidName, check_name, client_identity, service_identity
 from paysaga.runtime.files import FileStamp, file_stamp, write_file
 
 log = logging.getLogger(__name__)
@@ -179,9 +179,13 @@ def issue_client_token(
 ) -> str:
     """A token for the client certificate named client (spiffe://paysaga/client/<client>), for the
     named services, signed with the key in key_dir."""
+    try:
+        subject = client_identity(check_name(client))
+    except InvalidName as error:
+        raise TokenError(str(error)) from None
     return issue_token(
         load_signing_key(key_dir),
-        subject=client_identity(check_name(client)),
+        subject=subject,
         audiences=[audience_of(service) for service in services],
         scopes=scopes,
         lifetime_s=lifetime_s,
