@@ -27,7 +27,7 @@ from paysaga.runtime.messaging import streams
 from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.security import tls, tokens
-from paysaga.runtime.settings import ServiceSettings, load_settings
+from paysaga.runtime.settings import Option, ServiceSettings, load_settings
 from paysaga.runtime.storage import database, migrations
 from paysaga.runtime.storage.unit_of_work import Database
 from paysaga.runtime.tasks import sleep_or_stop
@@ -158,9 +158,13 @@ def run(definition: ServiceDefinition, settings: ServiceSettings) -> int:
 
 
 def main(
-    service: str, bootstrap: Callable[[ServiceSettings], ServiceDefinition], argv: Sequence[str] | None = None
+    service: str,
+    bootstrap: Callable[[ServiceSettings], ServiceDefinition],
+    argv: Sequence[str] | None = None,
+    options: Sequence[Option] = (),
 ) -> int:
-    """The entry point shared by ``python -m services.<name>``: settings, logging, then run."""
-    settings = load_settings(service, sys.argv[1:] if argv is None else argv)
+    """The entry point shared by ``python -m services.<name>``: settings (the common ones and the
+    service's own options), logging, then run."""
+    settings = load_settings(service, sys.argv[1:] if argv is None else argv, options=options)
     configure_logging(service, settings.log_level)
     return run(bootstrap(settings), settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,20 +46,25 @@ class ServiceSettings:
     stream_replicas: int
     token_keys_file: Path
     token_issuer: str
-    payment_limits: PaymentLimits = field(default_factory=lambda: PaymentLimits())
+    # The values of the service's own Options, parsed, by Option.key.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class PaymentLimits:
-    """The payments service's saga deadline and threshold rules (unused by the other services)."""
+class Option:
+    """A setting of one service, beside the common ones: a flag, an environment variable, a default
+    (text, as the environment gives it) and how to read the text."""
 
-    saga_timeout_s: float = 30.0
-    max_amount_minor: int = 1_000_000
-    velocity_limit: int = 20
-    velocity_window_s: float = 60.0
-    # Purchases not yet ended above which new ones are refused (RESOURCE_EXHAUSTED) rather than
-    # queued until they time out.
-    max_in_flight: int = 500
+    flag: str
+    variable: str
+    default: str
+    help: str
+    parse: Callable[[str], Any]
+
+    @property
+    def key(self) -> str:
+        """Where its value is in ServiceSettings.options: --saga-timeout-s is saga_timeout_s."""
+        return self.flag.removeprefix("--").replace("-", "_")
 
 
 def _number(text: str, kind: type[int] | type[float]) -> float:
@@ -69,14 +74,14 @@ def _number(text: str, kind: type[int] | type[float]) -> float:
         raise argparse.ArgumentTypeError(f"must be {'a whole' if kind is int else 'a'} number, got {text!r}") from None
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = _number(text, float)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(_number(text, int))
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
@@ -91,8 +96,12 @@ def _replicas(text: str) -> int:
 
 
 def load_settings(
-    service: str, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    service: str,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    options: Sequence[Option] = (),
 ) -> ServiceSettings:
+    """The common settings of every service, and the service's own options."""
     env = os.environ if environ is None else environ
     certs_dir = Path(env.get("PAYSAGA_CERTS_DIR", "certs"))
     default_tls = TlsFiles.in_directory(certs_dir, service)
@@ -133,14 +142,14 @@ def load_settings(
         "PAYSAGA_DRAIN_TIMEOUT_S",
         "10",
         "grace period for in-flight calls on SIGTERM",
-        type=_positive_float,
+        type=positive_float,
     )
     option(
         "--startup-timeout-s",
         "PAYSAGA_STARTUP_TIMEOUT_S",
         "60",
         "how long to wait for NATS at start",
-        type=_positive_float,
+        type=positive_float,
     )
     option(
         "--stream-replicas",
@@ -149,43 +158,8 @@ def load_settings(
         "JetStream replicas of the streams this service owns",
         type=_replicas,
     )
-    if service == "payments":
-        limits = PaymentLimits()
-        option(
-            "--saga-timeout-s",
-            "PAYSAGA_SAGA_TIMEOUT_S",
-            str(limits.saga_timeout_s),
-            "a payment not done by then is undone and fails",
-            type=_positive_float,
-        )
-        option(
-            "--max-amount-minor",
-            "PAYSAGA_MAX_AMOUNT_MINOR",
-            str(limits.max_amount_minor),
-            "larger payments are REJECTED",
-            type=_positive_int,
-        )
-        option(
-            "--velocity-limit",
-            "PAYSAGA_VELOCITY_LIMIT",
-            str(limits.velocity_limit),
-            "payments per payer per window before REJECTED",
-            type=_positive_int,
-        )
-        option(
-            "--velocity-window-s",
-            "PAYSAGA_VELOCITY_WINDOW_S",
-            str(limits.velocity_window_s),
-            "the velocity rule's window",
-            type=_positive_float,
-        )
-        option(
-            "--max-in-flight",
-            "PAYSAGA_MAX_IN_FLIGHT",
-            str(limits.max_in_flight),
-            "purchases not yet ended above which CreatePayment refuses new ones (RESOURCE_EXHAUSTED)",
-            type=_positive_int,
-        )
+    for extra in options:
+        option(extra.flag, extra.variable, extra.default, extra.help, type=extra.parse)
     args = parser.parse_args(argv)
     if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         parser.error(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {args.log_level}")
@@ -201,13 +175,5 @@ def load_settings(
         stream_replicas=int(args.stream_replicas),
         token_keys_file=Path(args.token_keys),
         token_issuer=args.token_issuer,
-        payment_limits=PaymentLimits(
-            float(args.saga_timeout_s),
-            int(args.max_amount_minor),
-            int(args.velocity_limit),
-            float(args.velocity_window_s),
-            int(args.max_in_flight),
-        )
-        if service == "payments"
-        else PaymentLimits(),
+        options={extra.key: getattr(args, extra.key) for extra in options},
     )

@@ -4,5 +4,6 @@ import sys
 
 from paysaga.runtime.service_process import main
 from services.payments.bootstrap import bootstrap
+from services.payments.config import OPTIONS
 
-sys.exit(main("payments", bootstrap))
+sys.exit(main("payments", bootstrap, options=OPTIONS))

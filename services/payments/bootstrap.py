@@ -7,7 +7,7 @@ from pathlib import Path
 from paysaga.runtime.messaging.consumer import Subscription
 from paysaga.runtime.service_process import ServiceDefinition
 from paysaga.runtime.settings import ServiceSettings
-from services.payments import handlers, timeouts
+from services.payments import config, handlers, timeouts
 from services.payments.adapters import grpc_api, tables
 
 SUBSCRIPTIONS = (
@@ -17,7 +17,7 @@ SUBSCRIPTIONS = (
 
 
 def bootstrap(settings: ServiceSettings) -> ServiceDefinition:
-    rules = settings.payment_limits
+    rules = config.payment_limits(settings)
     return ServiceDefinition(
         name=settings.service,
         metadata=tables.metadata,

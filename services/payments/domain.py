@@ -23,7 +23,6 @@ from google.protobuf.message import Message
 
 from paysaga.core.errors import FailedPrecondition
 from paysaga.events.v1 import events_pb2
-from paysaga.runtime.settings import PaymentLimits
 
 
 class Status(StrEnum):
@@ -165,6 +164,19 @@ class Payment:
             return None
         self._move(Status.REFUNDED, now)
         return events_pb2.PaymentRefunded(payment_id=self.payment_id)
+
+
+@dataclass(frozen=True)
+class PaymentLimits:
+    """The saga deadline and the threshold rules (services/payments/config.py reads them)."""
+
+    saga_timeout_s: float = 30.0
+    max_amount_minor: int = 1_000_000
+    velocity_limit: int = 20
+    velocity_window_s: float = 60.0
+    # Purchases not yet ended above which new ones are refused (RESOURCE_EXHAUSTED) rather than
+    # queued until they time out.
+    max_in_flight: int = 500
 
 
 def rule_violation(

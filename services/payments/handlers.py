@@ -25,10 +25,9 @@ from paysaga.core.errors import FailedPrecondition, NotFound
 from paysaga.core.eventing import EventEnvelope, new_event
 from paysaga.events.v1 import events_pb2
 from paysaga.runtime.messaging.consumer import EventHandler
-from paysaga.runtime.settings import PaymentLimits
 from paysaga.runtime.storage.unit_of_work import UnitOfWork, utc_now
 from services.payments.adapters import repository
-from services.payments.domain import Payment, PurchaseRequest, Status, rule_violation
+from services.payments.domain import Payment, PaymentLimits, PurchaseRequest, Status, rule_violation
 
 log = logging.getLogger(__name__)
 PRODUCER = "payments"

@@ -15,11 +15,11 @@ import datetime as dt
 import logging
 
 from paysaga.runtime.service_process import Worker
-from paysaga.runtime.settings import PaymentLimits
 from paysaga.runtime.storage.unit_of_work import Database, utc_now
 from paysaga.runtime.tasks import sleep_or_stop
 from services.payments import handlers
 from services.payments.adapters import repository
+from services.payments.domain import PaymentLimits
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,7 @@ import datetime as dt
 import pytest
 
 from paysaga.core.errors import FailedPrecondition
-from paysaga.runtime.settings import PaymentLimits
-from services.payments.domain import Payment, PurchaseRequest, Status, rule_violation
+from services.payments.domain import Payment, PaymentLimits, PurchaseRequest, Status, rule_violation
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 REQUEST = PurchaseRequest("key-1", "payer", "merchant", "mug", 1, 1250, "EUR", 1)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from paysaga.runtime.settings import TlsFiles, load_settings
+from services.payments import config
+from services.payments.domain import PaymentLimits
 
 
 def test_defaults_suit_the_local_cluster() -> None:
@@ -46,3 +48,29 @@ def test_bad_environment_values_stop_the_process_with_a_message(
 
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_payments_service_reads_its_own_limits_beside_the_common_settings() -> None:
+    environment = {"PAYSAGA_SAGA_TIMEOUT_S": "12", "PAYSAGA_VELOCITY_LIMIT": "7"}
+
+    settings = load_settings("payments", ["--max-in-flight", "9"], environment, options=config.OPTIONS)
+
+    assert config.payment_limits(settings) == PaymentLimits(
+        saga_timeout_s=12.0, max_amount_minor=1_000_000, velocity_limit=7, velocity_window_s=60.0, max_in_flight=9
+    )
+    assert settings.grpc_bind == "127.0.0.1:50051"
+
+
+def test_another_service_does_not_take_the_payments_limits(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_settings("ledger", ["--max-in-flight", "9"], {})
+
+    assert "unrecognized arguments: --max-in-flight 9" in capsys.readouterr().err
+
+
+def test_a_bad_payments_limit_stops_the_process_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        load_settings("payments", [], {"PAYSAGA_VELOCITY_LIMIT": "0"}, options=config.OPTIONS)
+
+    assert stopped.value.code == 2
+    assert "argument --velocity-limit: must be positive, got 0" in capsys.readouterr().err

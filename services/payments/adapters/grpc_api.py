@@ -14,7 +14,6 @@ from paysaga.core.errors import DomainError, InvalidArgument, NotFound
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.grpc_server import STATUS_OF_ERROR, GrpcService, domain_errors_as_status
 from paysaga.runtime.security.authz import Rule
-from paysaga.runtime.settings import PaymentLimits
 from paysaga.runtime.storage.group_commit import GroupCommit
 from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
 from paysaga.runtime.tasks import wait_any
@@ -23,7 +22,7 @@ from services.payments.adapters import repository
 from services.payments.adapters.repository import as_utc, payment_from_row
 from services.payments.adapters.tables import payments
 from services.payments.admission import Admission
-from services.payments.domain import TERMINAL, Payment, PurchaseRequest, Status
+from services.payments.domain import TERMINAL, Payment, PaymentLimits, PurchaseRequest, Status
 
 # A watcher re-reads its payment after every commit of this process, and at least this often
 # (another replica may have made the change).
