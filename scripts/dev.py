@@ -8,7 +8,7 @@
   python3 scripts/dev.py compose-engine  # a Docker engine and the base image for docker compose (--stop: stop it)
   python3 scripts/dev.py setup   # only the set-up: .venv, dependencies, protobuf stubs
   python3 scripts/dev.py stubs   # regenerate the committed protobuf stubs from protos/
-  python3 scripts/dev.py lint    # ruff and mypy
+  python3 scripts/dev.py lint    # ruff, mypy and the import contracts
 
 Set-up is incremental: the virtualenv is created once, dependencies are reinstalled only when
 pyproject.toml or constraints.txt change. Arguments after ``test --`` go to pytest, arguments
@@ -86,7 +86,9 @@ def lint() -> int:
     say("ruff")
     code = call(BIN / "ruff", "check", *LINT_TARGETS)
     say("mypy")
-    return call(BIN / "mypy") or code
+    code = call(BIN / "mypy") or code
+    say("import contracts (pyproject.toml: [tool.importlinter])")
+    return call(BIN / "lint-imports", "--no-cache") or code
 
 
 def main(argv: list[str]) -> int:
