@@ -10,10 +10,7 @@ from paysaga.runtime.settings import ServiceSettings
 from services.inventory import handlers
 from services.inventory.adapters import grpc_api, tables
 
-SUBSCRIPTIONS = (
-    Subscription("ledger", ("FundsHeld", "FundsCaptured")),
-    Subscription("payments", ("PaymentCancellationRequested", "PaymentRefundRequested")),
-)
+SUBSCRIPTIONS = (Subscription("ledger", ("FundsHeld", "FundsCaptured", "FundsReleased", "FundsRefunded")),)
 
 
 def bootstrap(settings: ServiceSettings) -> ServiceDefinition:

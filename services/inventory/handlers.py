@@ -1,9 +1,13 @@
 """Inventory's handlers: one function per command or event.
 
-FundsHeld                     -> reserve the stock                -> StockReserved | StockReservationFailed
-FundsCaptured                 -> the reservation becomes a sale   -> StockCommitted
-PaymentCancellationRequested  -> release (or restock a sale)      -> StockReleased | StockRestocked
-PaymentRefundRequested        -> restock the sale                 -> StockRestocked
+Inventory reacts only to the ledger, so stock goes back only once the money has:
+
+FundsHeld       -> reserve the stock                        -> StockReserved | StockReservationFailed
+FundsCaptured   -> the reservation becomes a sale           -> StockCommitted
+FundsReleased   -> the hold was voided: release any reservation -> StockReleased
+FundsRefunded   -> the money is back: restock the sale      -> StockRestocked
+
+A cancellation or a refund the ledger refuses (FundsRefundFailed) leaves the sale as it is.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ async def on_funds_captured(unit: UnitOfWork, event: EventEnvelope) -> None:
     payment_id = event.funds_captured.payment_id
     reservation = await repository.load_reservation(unit.connection, payment_id)
     if reservation is None or reservation.status is not ReservationStatus.RESERVED:
-        return  # restocked by a refund that overtook the capture, or already committed
+        return  # released or restocked by a compensation that overtook the capture, or already committed
     item = await _item_of(unit, reservation)
     domain.commit(item, reservation)
     await _save(unit, item, reservation)
@@ -63,37 +67,36 @@ async def on_funds_captured(unit: UnitOfWork, event: EventEnvelope) -> None:
     )
 
 
-async def on_payment_cancellation_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
-    cancellation = event.payment_cancellation_requested
-    reason = cancellation.reason or "cancelled"
-    reservation = await repository.load_reservation(unit.connection, cancellation.payment_id)
-    if reservation is None:
-        tombstone = Reservation(str(uuid.uuid4()), cancellation.payment_id, "", 0, ReservationStatus.CANCELLED)
-        await repository.insert_reservation(unit.connection, tombstone)
-        await _emit(unit, event, events_pb2.StockReleased(payment_id=cancellation.payment_id, reason=reason))
-        return
-    if reservation.status is ReservationStatus.RESERVED:
-        item = await _item_of(unit, reservation)
-        domain.release(item, reservation)
-        await _save(unit, item, reservation)
-        await _emit(
-            unit,
-            event,
-            events_pb2.StockReleased(
-                payment_id=reservation.payment_id, reservation_id=reservation.reservation_id, reason=reason
-            ),
-        )
-    elif reservation.status is ReservationStatus.COMMITTED:
+async def on_funds_released(unit: UnitOfWork, event: EventEnvelope) -> None:
+    released = event.funds_released
+    reservation = await _reservation_or_tombstone(unit, released.payment_id)
+    if reservation is None or reservation.status is not ReservationStatus.RESERVED:
+        return  # nothing was reserved (refused, or not reached yet), or already undone
+    item = await _item_of(unit, reservation)
+    domain.release(item, reservation)
+    await _save(unit, item, reservation)
+    await _emit(
+        unit,
+        event,
+        events_pb2.StockReleased(
+            payment_id=reservation.payment_id, reservation_id=reservation.reservation_id, reason=released.reason
+        ),
+    )
+
+
+async def on_funds_refunded(unit: UnitOfWork, event: EventEnvelope) -> None:
+    reservation = await _reservation_or_tombstone(unit, event.funds_refunded.payment_id)
+    if reservation is not None and reservation.status in (ReservationStatus.RESERVED, ReservationStatus.COMMITTED):
         await _restock(unit, event, reservation)
 
 
-async def on_payment_refund_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
-    payment_id = event.payment_refund_requested.payment_id
+async def _reservation_or_tombstone(unit: UnitOfWork, payment_id: str) -> Reservation | None:
+    """The payment's reservation; if it has none, a tombstone, so a late FundsHeld reserves nothing."""
     reservation = await repository.load_reservation(unit.connection, payment_id)
     if reservation is None:
-        raise FailedPrecondition(f"refund requested for payment {payment_id} that reserved no stock")
-    if reservation.status in (ReservationStatus.RESERVED, ReservationStatus.COMMITTED):
-        await _restock(unit, event, reservation)
+        tombstone = Reservation(str(uuid.uuid4()), payment_id, "", 0, ReservationStatus.CANCELLED)
+        await repository.insert_reservation(unit.connection, tombstone)
+    return reservation
 
 
 async def _restock(unit: UnitOfWork, event: EventEnvelope, reservation: Reservation) -> None:
@@ -121,8 +124,8 @@ async def _save(unit: UnitOfWork, item: Item, reservation: Reservation) -> None:
 EVENT_HANDLERS = {
     "FundsHeld": on_funds_held,
     "FundsCaptured": on_funds_captured,
-    "PaymentCancellationRequested": on_payment_cancellation_requested,
-    "PaymentRefundRequested": on_payment_refund_requested,
+    "FundsReleased": on_funds_released,
+    "FundsRefunded": on_funds_refunded,
 }
 
 
@@ -130,8 +133,16 @@ EVENT_HANDLERS = {
 
 
 async def add_item(unit: UnitOfWork, item: Item) -> Item:
-    if await repository.load_item(unit.connection, item.sku) is not None:
-        raise AlreadyExists(f"SKU {item.sku} already exists")
+    """Add a SKU; a retry with the same details returns it unchanged."""
+    existing = await repository.load_item(unit.connection, item.sku)
+    if existing is not None:
+        if (existing.name, existing.unit_price_minor, existing.currency) != (
+            item.name,
+            item.unit_price_minor,
+            item.currency,
+        ):
+            raise AlreadyExists(f"SKU {item.sku} already exists, with other details")
+        return existing
     await repository.insert_item(unit.connection, item)
     return item
 

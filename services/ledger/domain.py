@@ -142,13 +142,20 @@ def capture(hold: Hold, payer: Account, merchant: Account) -> Entry:
     return entry
 
 
+def refund_refusal(hold: Hold, merchant: Account) -> str | None:
+    """Why the capture cannot be reversed now (the merchant spent the money), or None if it can."""
+    if merchant.available_minor < hold.amount_minor:
+        return (
+            f"merchant {merchant.account_id} has {merchant.available_minor} available, "
+            f"the refund needs {hold.amount_minor}"
+        )
+    return None
+
+
 def refund(hold: Hold, payer: Account, merchant: Account) -> Entry:
     """Reverse a capture with a new entry; the original entry is never edited."""
     assert hold.status is HoldStatus.CAPTURED
-    if merchant.available_minor < hold.amount_minor:
-        raise FailedPrecondition(
-            f"merchant {merchant.account_id} has {merchant.available_minor} available, refund needs {hold.amount_minor}"
-        )
+    assert refund_refusal(hold, merchant) is None, f"refund of {hold.payment_id} without the money for it"
     entry = transfer(str(uuid.uuid4()), EntryKind.REFUND, hold.payment_id, merchant, payer, hold.amount_minor)
     hold.status = HoldStatus.REFUNDED
     return entry
@@ -159,6 +166,11 @@ def deposit(account: Account, external: Account, amount_minor: int, deposit_id: 
         raise FailedPrecondition("deposits go to wallets and merchant accounts")
     if account.balance_minor + amount_minor > MAX_BALANCE_MINOR:
         raise FailedPrecondition(f"deposit would take account {account.account_id} over {MAX_BALANCE_MINOR}")
+    if external.balance_minor - amount_minor < -MAX_BALANCE_MINOR:
+        # All money enters through the currency's one funding account, whose balance is bounded too.
+        raise FailedPrecondition(
+            f"deposits in {external.currency} have reached the ledger's limit of {MAX_BALANCE_MINOR} minor units"
+        )
     return transfer(deposit_id, EntryKind.DEPOSIT, "", external, account, amount_minor)
 
 

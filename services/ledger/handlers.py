@@ -6,8 +6,12 @@ emit. The ledger reacts to the saga like this:
     PaymentRequested              -> hold the payer's funds       -> FundsHeld | FundsHoldFailed
     StockReserved                 -> capture the hold              -> FundsCaptured
     StockReservationFailed        -> release the hold              -> FundsReleased
-    PaymentCancellationRequested  -> release, or refund a capture  -> FundsReleased | FundsRefunded
-    PaymentRefundRequested        -> refund the capture            -> FundsRefunded
+    PaymentCancellationRequested  -> release, or refund a capture  -> FundsReleased | FundsRefunded | FundsRefundFailed
+    PaymentRefundRequested        -> refund the capture            -> FundsRefunded | FundsRefundFailed
+
+Money moves first in every compensation: inventory puts stock back only once the ledger says the
+money is back (FundsReleased, FundsRefunded). A refund the merchant can no longer pay for moves
+nothing and says so (FundsRefundFailed).
 """
 
 from __future__ import annotations
@@ -164,6 +168,10 @@ async def _refund(unit: UnitOfWork, event: EventEnvelope, hold: Hold) -> None:
     if hold.status is HoldStatus.CAPTURED:
         accounts = await repository.load_accounts(unit.connection, [hold.payer_account_id, hold.merchant_account_id])
         payer, merchant = accounts[hold.payer_account_id], accounts[hold.merchant_account_id]
+        refusal = domain.refund_refusal(hold, merchant)
+        if refusal is not None:
+            await _emit(unit, event, events_pb2.FundsRefundFailed(payment_id=hold.payment_id, reason=refusal))
+            return
         entry = domain.refund(hold, payer, merchant)
         await repository.insert_entry(unit.connection, entry)
         await repository.save_hold(unit.connection, hold)
@@ -194,8 +202,12 @@ EVENT_HANDLERS = {
 
 
 async def open_account(unit: UnitOfWork, account: Account) -> Account:
-    if await repository.load_accounts(unit.connection, [account.account_id]):
-        raise AlreadyExists(f"account {account.account_id} already exists")
+    """Open an account; a retry with the same id and details returns it unchanged."""
+    existing = (await repository.load_accounts(unit.connection, [account.account_id])).get(account.account_id)
+    if existing is not None:
+        if (existing.kind, existing.currency, existing.owner) != (account.kind, account.currency, account.owner):
+            raise AlreadyExists(f"account {account.account_id} already exists, with other details")
+        return existing
     await repository.insert_account(unit.connection, account)
     return account
 

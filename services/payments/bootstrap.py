@@ -11,7 +11,10 @@ from services.payments import config, handlers, timeouts
 from services.payments.adapters import grpc_api, tables
 
 SUBSCRIPTIONS = (
-    Subscription("ledger", ("FundsHeld", "FundsHoldFailed", "FundsCaptured", "FundsReleased", "FundsRefunded")),
+    Subscription(
+        "ledger",
+        ("FundsHeld", "FundsHoldFailed", "FundsCaptured", "FundsReleased", "FundsRefunded", "FundsRefundFailed"),
+    ),
     Subscription("inventory", ("StockReserved", "StockReservationFailed")),
 )
 

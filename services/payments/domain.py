@@ -157,6 +157,18 @@ class Payment:
         self._move(Status.REFUNDING, now, reason)
         return events_pb2.PaymentRefundRequested(payment_id=self.payment_id, reason=reason)
 
+    def refund_refused(self, reason: str, now: dt.datetime) -> Message | None:
+        """The ledger could not give the money back: nothing moved, so the sale stands. A refund
+        ends COMPLETED again with the refusal as its reason (and may be asked for again); a
+        cancellation that came after the capture ends COMPLETED too."""
+        if self.status is Status.REFUNDING:
+            self._move(Status.COMPLETED, now, f"refund refused: {reason}")
+            return None  # PaymentCompleted was emitted when it first completed
+        if self.status is Status.CANCELLING:
+            self._move(Status.COMPLETED, now, f"cancellation refused, the purchase went through: {reason}")
+            return events_pb2.PaymentCompleted(payment_id=self.payment_id)
+        return None
+
     def conclude_refund(self, now: dt.datetime) -> Message | None:
         if self.status is Status.CANCELLING:
             return self.conclude_cancellation(now)

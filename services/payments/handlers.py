@@ -7,6 +7,7 @@ FundsHoldFailed               -> FAILED                           -> PaymentFail
 StockReservationFailed        -> remember why; wait for the ledger to release the hold
 FundsReleased                 -> FAILED, or CANCELLED after a cancel -> PaymentFailed | PaymentCancelled
 FundsRefunded                 -> REFUNDED, or CANCELLED after a cancel -> PaymentRefunded | PaymentCancelled
+FundsRefundFailed             -> COMPLETED again (refund refused), or COMPLETED after a cancel -> PaymentCompleted
 CancelPayment / the deadline  -> CANCELLING                       -> PaymentCancellationRequested
 RefundPayment                 -> REFUNDING                        -> PaymentRefundRequested
 """
@@ -114,7 +115,9 @@ async def time_out(unit: UnitOfWork, payment_id: str, timeout_s: float) -> None:
     step = {Status.PENDING: "the ledger to hold funds", Status.FUNDS_HELD: "inventory to reserve stock"}.get(
         payment.status, "the ledger to capture funds"
     )
-    reason = f"saga timed out after {timeout_s:g} s waiting for {step}"
+    # A step that already failed (e.g. inventory refused, the ledger has yet to release) is the
+    # reason, not the deadline that passed while waiting for the release.
+    reason = payment.reason or f"saga timed out after {timeout_s:g} s waiting for {step}"
     before = payment.version
     await _save_and_emit(unit, payment, before, payment.request_cancellation(reason, utc_now(), timed_out=True))
     log.warning("payment.timed_out", extra={"payment_id": payment_id, "reason": reason})
@@ -162,4 +165,7 @@ EVENT_HANDLERS = {
     ),
     "FundsReleased": _reacting(lambda payment, event, now: payment.fail(event.funds_released.reason, now)),
     "FundsRefunded": _reacting(lambda payment, _event, now: payment.conclude_refund(now)),
+    "FundsRefundFailed": _reacting(
+        lambda payment, event, now: payment.refund_refused(event.funds_refund_failed.reason, now)
+    ),
 }

@@ -169,7 +169,7 @@ CASES: list[tuple[str, Callable[[Purchase], Any], grpc.StatusCode, str]] = [
             account_id=p.payer, kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EUR", owner="x"
         ),
         EXISTS,
-        "account {payer} already exists",
+        "account {payer} already exists, with other details",
     ),
     (
         "OpenAccount",
@@ -255,7 +255,7 @@ CASES: list[tuple[str, Callable[[Purchase], Any], grpc.StatusCode, str]] = [
             sku=p.sku, name="again", unit_price=Money(amount_minor=1, currency="EUR")
         ),
         EXISTS,
-        "SKU {sku} already exists",
+        "SKU {sku} already exists, with other details",
     ),
     (
         "AddItem",

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from paysaga.common.v1.money_pb2 import Money
+from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.payments.v1 import payments_pb2
 from services.payments.admission import REFRESH_S
@@ -179,10 +180,9 @@ async def test_cancel_before_completion_undoes_the_hold_and_any_reservation(shop
         "FundsReleased",
         "PaymentCancelled",
     ]
-    assert [name for name in types if name.startswith("Stock")] in (
-        ["StockReserved", "StockReleased"],
-        ["StockReleased"],
-    )
+    # Inventory reserves when it sees FundsHeld and releases when it sees FundsReleased; if a
+    # replica handles the release first, nothing is ever reserved and there is nothing to release.
+    assert [name for name in types if name.startswith("Stock")] in (["StockReserved", "StockReleased"], [])
 
 
 async def test_saga_timeout_fails_the_payment_in_bounded_time_and_undoes_every_step(shop: Shop) -> None:
@@ -239,6 +239,72 @@ async def test_refund_after_completion_reverses_the_money_and_restocks(shop: Sho
         payments_pb2.RefundPaymentRequest(payment_id=payment.payment_id), timeout=10
     )
     assert status_name(again) == "REFUNDED"
+
+
+async def test_a_refund_the_merchant_can_no_longer_pay_moves_nothing_and_can_be_asked_again(shop: Shop) -> None:
+    # A wallet buys a mug from shop S1; S1 spends that money buying from shop S2; the wallet asks
+    # for a refund. The ledger cannot take the money back, so nothing may move: not the money,
+    # and not the mug back onto the shelf.
+    purchase = await shop.setup(funds_minor=5000, stock=3)
+    other_shop = await shop.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT)
+    gadget = await shop.add_item(stock=1)
+    bought = await shop.finish((await shop.pay(purchase, amount_minor=PRICE)).payment_id)
+    spent = await shop.finish(
+        (await shop.pay(Purchase(purchase.merchant, other_shop, gadget), amount_minor=PRICE)).payment_id
+    )
+    assert (status_name(bought), status_name(spent)) == ("COMPLETED", "COMPLETED")
+    await settled(shop)
+
+    refunding = await shop.payments.RefundPayment(
+        payments_pb2.RefundPaymentRequest(payment_id=bought.payment_id, reason="damaged"), timeout=10
+    )
+    refused = await shop.wait_for(bought.payment_id, {payments_pb2.PAYMENT_STATUS_COMPLETED})
+
+    assert status_name(refunding) == "REFUNDING"
+    assert status_name(refused) == "COMPLETED"
+    assert refused.reason == (f"refund refused: merchant {purchase.merchant} has 0 available, the refund needs {PRICE}")
+    assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
+    assert await shop.balance(purchase.merchant) == (0, 0, 0)
+    assert await shop.balance(other_shop) == (PRICE, 0, PRICE)
+    await settled(shop)
+    assert await shop.stock(purchase.sku) == (2, 0, 1)
+    types = await shop.event_types(bought.payment_id)
+    assert "FundsRefundFailed" in types
+    assert not {"FundsRefunded", "StockRestocked", "PaymentRefunded"} & set(types)
+
+    # Once the merchant has the money again, the same refund goes through, money first.
+    await shop.ledger.Deposit(
+        ledger_pb2.DepositRequest(
+            account_id=purchase.merchant, amount=Money(amount_minor=PRICE, currency="EUR"), deposit_id=str(uuid.uuid4())
+        ),
+        timeout=10,
+    )
+    await shop.payments.RefundPayment(payments_pb2.RefundPaymentRequest(payment_id=bought.payment_id), timeout=10)
+    refunded = await shop.wait_for(bought.payment_id, {payments_pb2.PAYMENT_STATUS_REFUNDED})
+
+    assert status_name(refunded) == "REFUNDED"
+    assert await shop.balance(purchase.payer) == (5000, 0, 5000)
+    assert await shop.balance(purchase.merchant) == (0, 0, 0)
+    await settled(shop)
+    assert await shop.stock(purchase.sku) == (3, 0, 0)
+    types = await shop.event_types(bought.payment_id)
+    assert types.index("FundsRefunded") < types.index("StockRestocked")
+
+
+async def test_an_identical_retry_of_open_account_or_add_item_returns_what_the_first_made(shop: Shop) -> None:
+    account_id, sku = str(uuid.uuid4()), f"sku-{uuid.uuid4().hex[:12]}"
+    opening = ledger_pb2.OpenAccountRequest(
+        account_id=account_id, kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EUR", owner="Ada"
+    )
+    adding = inventory_pb2.AddItemRequest(sku=sku, name="Mug", unit_price=Money(amount_minor=PRICE, currency="EUR"))
+
+    first_account = await shop.ledger.OpenAccount(opening, timeout=10)
+    second_account = await shop.ledger.OpenAccount(opening, timeout=10)
+    first_item = await shop.inventory.AddItem(adding, timeout=10)
+    second_item = await shop.inventory.AddItem(adding, timeout=10)
+
+    assert first_account == second_account and second_account.owner == "Ada"
+    assert first_item == second_item and second_item.unit_price.amount_minor == PRICE
 
 
 async def test_cancel_after_completion_and_refund_before_it_are_refused(shop: Shop) -> None:

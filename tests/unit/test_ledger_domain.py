@@ -91,7 +91,8 @@ def test_refund_that_would_overdraw_the_merchant_is_refused_and_changes_nothing(
     domain.capture(hold, payer, merchant)
     merchant.held_minor = 1000  # e.g. the merchant's own purchase is pending
 
-    with pytest.raises(FailedPrecondition, match="has 250 available, refund needs 1250"):
+    assert domain.refund_refusal(hold, merchant) == "merchant merchant has 250 available, the refund needs 1250"
+    with pytest.raises(AssertionError, match="without the money for it"):
         domain.refund(hold, payer, merchant)
 
     assert (payer.balance_minor, merchant.balance_minor, hold.status) == (3750, 1250, HoldStatus.CAPTURED)
@@ -114,3 +115,16 @@ def test_deposits_come_from_the_external_account_which_alone_may_go_negative() -
     assert domain.external_account_id("EUR") == domain.external_account_id("EUR") != domain.external_account_id("USD")
     with pytest.raises(FailedPrecondition):
         domain.deposit(external, payer, 1, "d2")
+
+
+def test_deposits_stop_with_a_clear_refusal_at_the_funding_accounts_limit() -> None:
+    wallet, _ = accounts(wallet_minor=0)
+    external = Account(domain.external_account_id("EUR"), AccountKind.EXTERNAL, "EUR", "external funding EUR")
+    external.balance_minor = -domain.MAX_BALANCE_MINOR + 10
+
+    with pytest.raises(FailedPrecondition, match="deposits in EUR have reached the ledger's limit"):
+        domain.deposit(wallet, external, 11, "d1")
+
+    assert (wallet.balance_minor, external.balance_minor) == (0, -domain.MAX_BALANCE_MINOR + 10)
+    domain.deposit(wallet, external, 10, "d2")
+    assert external.balance_minor == -domain.MAX_BALANCE_MINOR

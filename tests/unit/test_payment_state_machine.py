@@ -96,3 +96,41 @@ def test_the_fingerprint_tells_a_retry_from_a_different_request_under_the_same_k
     same = PurchaseRequest("key-1", "payer", "merchant", "mug", 1, 1250, "EUR", 1)
     different = PurchaseRequest("key-1", "payer", "merchant", "mug", 2, 1250, "EUR", 1)
     assert REQUEST.fingerprint() == same.fingerprint() != different.fingerprint()
+
+
+def completed() -> Payment:
+    payment = pending()
+    payment.advance(Status.STOCK_RESERVED, NOW)
+    payment.complete(NOW)
+    return payment
+
+
+def test_a_refund_the_ledger_refuses_leaves_it_completed_with_the_refusal_and_refundable_again() -> None:
+    payment = completed()
+    assert payment.request_refund("damaged", NOW) is not None
+
+    emitted = payment.refund_refused("merchant m has 0 available, the refund needs 1250", NOW)
+
+    assert emitted is None, "it completed once: no second PaymentCompleted"
+    assert (payment.status, payment.reason) == (
+        Status.COMPLETED,
+        "refund refused: merchant m has 0 available, the refund needs 1250",
+    )
+    again = payment.request_refund("damaged", NOW)
+    assert (again is not None, payment.status) == (True, Status.REFUNDING)
+    concluded = payment.conclude_refund(NOW)
+    assert (concluded is not None, payment.status) == (True, Status.REFUNDED)
+
+
+def test_a_cancel_the_ledger_cannot_undo_ends_completed() -> None:
+    payment = pending()
+    payment.advance(Status.STOCK_RESERVED, NOW)
+    payment.request_cancellation("changed my mind", NOW)
+    assert payment.complete(NOW) is None, "the capture reported while cancelling waits for the ledger"
+
+    emitted = payment.refund_refused("merchant m has 0 available, the refund needs 1250", NOW)
+
+    assert payment.status is Status.COMPLETED
+    assert payment.reason.startswith("cancellation refused, the purchase went through: merchant m has 0")
+    assert emitted is not None and type(emitted).__name__ == "PaymentCompleted"
+    assert completed().refund_refused("late", NOW) is None, "a refusal nobody waits for changes nothing"

@@ -54,6 +54,7 @@ class EventEnvelope(_message.Message):
     FUNDS_REFUNDED_FIELD_NUMBER: _builtins.int
     STOCK_RESTOCKED_FIELD_NUMBER: _builtins.int
     PAYMENT_REFUNDED_FIELD_NUMBER: _builtins.int
+    FUNDS_REFUND_FAILED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUID chosen by the producer when the event is written to its outbox."""
     event_type: _builtins.str
@@ -102,6 +103,8 @@ class EventEnvelope(_message.Message):
     def stock_restocked(self) -> Global___StockRestocked: ...
     @_builtins.property
     def payment_refunded(self) -> Global___PaymentRefunded: ...
+    @_builtins.property
+    def funds_refund_failed(self) -> Global___FundsRefundFailed: ...
     def __init__(
         self,
         *,
@@ -129,12 +132,13 @@ class EventEnvelope(_message.Message):
         funds_refunded: Global___FundsRefunded | None = ...,
         stock_restocked: Global___StockRestocked | None = ...,
         payment_refunded: Global___PaymentRefunded | None = ...,
+        funds_refund_failed: Global___FundsRefundFailed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -579,6 +583,32 @@ class FundsRefunded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FundsRefunded: _TypeAlias = FundsRefunded  # noqa: Y015
+
+@_typing.final
+class FundsRefundFailed(_message.Message):
+    """ledger: the capture could not be reversed (the merchant no longer has the money); nothing moved.
+    The payment stays (or ends) COMPLETED with this reason; a refund may be asked for again later.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_id", b"payment_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FundsRefundFailed: _TypeAlias = FundsRefundFailed  # noqa: Y015
 
 @_typing.final
 class StockRestocked(_message.Message):

@@ -31,7 +31,7 @@ from paysaga.runtime.settings import TlsFiles
 # every end-to-end test notices.
 CONSUMES: Mapping[str, tuple[str, ...]] = {
     "payments": ("ledger", "inventory"),
-    "inventory": ("ledger", "payments"),
+    "inventory": ("ledger",),
     "ledger": ("payments", "inventory"),
 }
 OPS_CLIENTS = CLUSTER_CLIENTS
