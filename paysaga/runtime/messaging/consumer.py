@@ -96,6 +96,27 @@ class Subscription:
         return [eventing.event_subject(self.producer, event_type) for event_type in self.event_types]
 
 
+async def apply_events(
+    database: Database, handlers: Mapping[str, EventHandler], envelopes: Sequence[EventEnvelope]
+) -> int:
+    """Every new event handled in one transaction, in order, and recorded in the inbox with its
+    effects; duplicates (already in the inbox, or twice in the list) skipped. Returns how many were
+    new. What a consumer does with each fetch, and what the saga simulator does with each delivery."""
+    async with database.transaction() as unit:
+        seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
+        handled = []
+        for envelope in envelopes:
+            if envelope.event_id in seen:
+                continue
+            seen.add(envelope.event_id)
+            with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
+                await handlers[envelope.event_type](unit, envelope)
+            handled.append(envelope)
+        if handled:
+            await unit.record_all_processed(handled)
+    return len(handled)
+
+
 class EventConsumer:
     def __init__(
         self,
@@ -274,21 +295,7 @@ class EventConsumer:
         return await self._apply_batch([envelope]) > 0
 
     async def _apply_batch(self, envelopes: Sequence[EventEnvelope]) -> int:
-        """Every new event of the batch handled in one transaction, in stream order; duplicates
-        (already in the inbox, or twice in the batch) skipped. Returns how many were new."""
-        async with self._database.transaction() as unit:
-            seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
-            handled = []
-            for envelope in envelopes:
-                if envelope.event_id in seen:
-                    continue
-                seen.add(envelope.event_id)
-                with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
-                    await self._handlers[envelope.event_type](unit, envelope)
-                handled.append(envelope)
-            if handled:
-                await unit.record_all_processed(handled)
-        return len(handled)
+        return await apply_events(self._database, self._handlers, envelopes)
 
     async def _park_or_retry(self, message: Msg, envelope: EventEnvelope | None, reason: str) -> None:
         try:
