@@ -13,6 +13,23 @@ EventEnvelope = events_pb2.EventEnvelope
 # A service publishes its events under paysaga.events.<service>.<EventType> and parks the ones it
 # cannot handle under paysaga.deadletter.<service>.<EventType>.
 EVENTS_SUBJECT_ROOT = "paysaga.events"
+# Who emits each event: a service subscribes to the producers of the events it handles, and may
+# publish only its own (paysaga.runtime.messaging.consumer.subscriptions_for, ops.cluster.natsconf).
+PRODUCED_BY: dict[str, tuple[str, ...]] = {
+    "payments": (
+        "PaymentRequested",
+        "PaymentRejected",
+        "PaymentCancellationRequested",
+        "PaymentRefundRequested",
+        "PaymentCompleted",
+        "PaymentFailed",
+        "PaymentCancelled",
+        "PaymentRefunded",
+    ),
+    "ledger": ("FundsHeld", "FundsHoldFailed", "FundsCaptured", "FundsReleased", "FundsRefunded", "FundsRefundFailed"),
+    "inventory": ("StockReserved", "StockReservationFailed", "StockCommitted", "StockReleased", "StockRestocked"),
+}
+PRODUCER_OF: dict[str, str] = {event: producer for producer, events in PRODUCED_BY.items() for event in events}
 DEAD_LETTER_SUBJECT_ROOT = "paysaga.deadletter"
 
 # Payload message name (e.g. "FundsHeld") -> the envelope's oneof field ("funds_held").

@@ -53,6 +53,15 @@ STATUS_OF_ERROR: dict[type[DomainError], grpc.StatusCode] = {
 }
 
 
+def status_of(error: DomainError) -> grpc.StatusCode:
+    """The status of the nearest class in error's hierarchy that has one: a new subclass of
+    NotFound is NOT_FOUND without a line here. A DomainError of no kind above is INTERNAL."""
+    for kind in type(error).__mro__:
+        if kind in STATUS_OF_ERROR:
+            return STATUS_OF_ERROR[kind]
+    return grpc.StatusCode.INTERNAL
+
+
 def domain_errors_as_status(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Wrap a unary servicer method: a DomainError becomes its gRPC status with the error's message."""
 
@@ -61,7 +70,7 @@ def domain_errors_as_status(method: Callable[..., Awaitable[Any]]) -> Callable[.
         try:
             return await method(self, request, context)
         except DomainError as error:
-            await context.abort(STATUS_OF_ERROR[type(error)], str(error))
+            await context.abort(status_of(error), str(error))
         except Exception as error:
             if not is_unavailable(error):
                 raise

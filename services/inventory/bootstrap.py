@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paysaga.runtime.messaging.consumer import Subscription
+from paysaga.runtime.messaging.consumer import subscriptions_for
 from paysaga.runtime.service_process import ServiceDefinition
 from paysaga.runtime.settings import ServiceSettings
 from services.inventory import handlers
 from services.inventory.adapters import grpc_api, tables
 
-SUBSCRIPTIONS = (Subscription("ledger", ("FundsHeld", "FundsCaptured", "FundsReleased", "FundsRefunded")),)
+# The producers and event types this service consumes: whatever its handlers handle.
+SUBSCRIPTIONS = subscriptions_for(handlers.EVENT_HANDLERS)
 
 
 def bootstrap(settings: ServiceSettings) -> ServiceDefinition:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paysaga.runtime.messaging.consumer import Subscription
+from paysaga.runtime.messaging.consumer import subscriptions_for
 from paysaga.runtime.service_process import ServiceDefinition
 from paysaga.runtime.settings import ServiceSettings
 from services.ledger import handlers
 from services.ledger.adapters import grpc_api, tables
 
-SUBSCRIPTIONS = (
-    Subscription("payments", ("PaymentRequested", "PaymentCancellationRequested", "PaymentRefundRequested")),
-    Subscription("inventory", ("StockReserved", "StockReservationFailed")),
-)
+# The producers and event types this service consumes: whatever its handlers handle.
+SUBSCRIPTIONS = subscriptions_for(handlers.EVENT_HANDLERS)
 
 
 def bootstrap(settings: ServiceSettings) -> ServiceDefinition:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paysaga.runtime.messaging.consumer import Subscription
+from paysaga.runtime.messaging.consumer import subscriptions_for
 from paysaga.runtime.service_process import ServiceDefinition
 from paysaga.runtime.settings import ServiceSettings
 from services.payments import config, handlers, timeouts
 from services.payments.adapters import grpc_api, tables
 
-SUBSCRIPTIONS = (
-    Subscription(
-        "ledger",
-        ("FundsHeld", "FundsHoldFailed", "FundsCaptured", "FundsReleased", "FundsRefunded", "FundsRefundFailed"),
-    ),
-    Subscription("inventory", ("StockReserved", "StockReservationFailed")),
-)
+# The producers and event types this service consumes: whatever its handlers handle.
+SUBSCRIPTIONS = subscriptions_for(handlers.EVENT_HANDLERS)
 
 
 def bootstrap(settings: ServiceSettings) -> ServiceDefinition:

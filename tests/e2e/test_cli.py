@@ -5,13 +5,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
 from paysaga.ops.cluster.localcluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
+T = TypeVar("T")
+
+
+def eventually(look: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 10.0) -> T:
+    """What look() shows once done() says so, or at the deadline (for the assertion to show)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shown = look()
+        if done(shown) or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -58,7 +71,10 @@ def test_a_purchase_from_the_command_line(paysaga: Callable[..., subprocess.Comp
     listed = json.loads(paysaga("--json", "payment", "list", "--payer", wallet).stdout)
     [payment] = listed["payments"]
     assert payment["status"] == "PAYMENT_STATUS_COMPLETED"
-    assert "available 2, reserved 0, sold 1" in paysaga("item", "get", sku).stdout
+    # Inventory commits the sale when it sees the capture, independently of payments: wait for it.
+    assert "available 2, reserved 0, sold 1" in eventually(
+        lambda: paysaga("item", "get", sku).stdout, lambda shown: "sold 1" in shown
+    )
     statement = paysaga("account", "statement", wallet).stdout
     assert [line.split()[2] for line in statement.splitlines()[1:]] == ["DEPOSIT", "HOLD", "CAPTURE"]
 

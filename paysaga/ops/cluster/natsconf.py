@@ -25,14 +25,19 @@ from paysaga.ops.pki.authority import CLUSTER_CLIENTS
 from paysaga.runtime.messaging.consumer import Subscription
 from paysaga.runtime.messaging.streams import inbox_prefix, owned_streams
 from paysaga.runtime.settings import TlsFiles
+from services.inventory import bootstrap as inventory_bootstrap
+from services.ledger import bootstrap as ledger_bootstrap
+from services.payments import bootstrap as payments_bootstrap
 
-# Which producers' events each service consumes: the producers of the SUBSCRIPTIONS in each
-# services/<name>/bootstrap.py. If they drift, NATS refuses the consumer and no saga completes, which
-# every end-to-end test notices.
+# Which producers' events each service consumes: derived from its handlers (its bootstrap's
+# SUBSCRIPTIONS), so the permissions cannot drift from what the service subscribes to.
 CONSUMES: Mapping[str, tuple[str, ...]] = {
-    "payments": ("ledger", "inventory"),
-    "inventory": ("ledger",),
-    "ledger": ("payments", "inventory"),
+    service: tuple(subscription.producer for subscription in subscriptions)
+    for service, subscriptions in (
+        ("payments", payments_bootstrap.SUBSCRIPTIONS),
+        ("inventory", inventory_bootstrap.SUBSCRIPTIONS),
+        ("ledger", ledger_bootstrap.SUBSCRIPTIONS),
+    )
 }
 OPS_CLIENTS = CLUSTER_CLIENTS
 JS_API = "$JS.API"

@@ -117,6 +117,15 @@ async def apply_events(
     return len(handled)
 
 
+def subscriptions_for(handlers: Mapping[str, EventHandler]) -> tuple[Subscription, ...]:
+    """What a service must consume to feed its handlers: one subscription per producer, for the
+    event types it handles (the one place that says which events a service reacts to)."""
+    by_producer: dict[str, list[str]] = {}
+    for event_type in handlers:
+        by_producer.setdefault(eventing.PRODUCER_OF[event_type], []).append(event_type)
+    return tuple(Subscription(producer, tuple(types)) for producer, types in sorted(by_producer.items()))
+
+
 class EventConsumer:
     def __init__(
         self,

@@ -12,7 +12,7 @@ from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
 from paysaga.core.errors import DomainError, InvalidArgument, NotFound
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
-from paysaga.runtime.grpc_server import STATUS_OF_ERROR, GrpcService, domain_errors_as_status
+from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status, status_of
 from paysaga.runtime.security.authz import Rule
 from paysaga.runtime.storage.group_commit import GroupCommit
 from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
@@ -101,7 +101,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
             payment_id = validation.uuid_text(request.payment_id, "payment_id")
             payment = await self._read(payment_id)
         except DomainError as error:
-            await context.abort(STATUS_OF_ERROR[type(error)], str(error))
+            await context.abort(status_of(error), str(error))
             return
         seen_version = 0
         while True:

@@ -1,0 +1,39 @@
+"""One fact, one place: which events each service reacts to comes from its handler table; the
+subscriptions and the NATS permissions follow from it."""
+
+from __future__ import annotations
+
+from paysaga.core.eventing import PAYLOAD_FIELDS, PRODUCED_BY, PRODUCER_OF
+from paysaga.ops.cluster import natsconf
+from paysaga.runtime.messaging.consumer import Subscription, subscriptions_for
+from services.inventory import bootstrap as inventory
+from services.ledger import bootstrap as ledger
+from services.payments import bootstrap as payments
+
+
+def test_every_event_of_the_envelope_has_exactly_one_producer() -> None:
+    listed = [event for events in PRODUCED_BY.values() for event in events]
+
+    assert sorted(listed) == sorted(PAYLOAD_FIELDS)
+    assert len(listed) == len(set(listed))
+
+
+def test_subscriptions_are_the_producers_of_the_handled_events() -> None:
+    async def handler(*_: object) -> None:
+        pass
+
+    subscriptions = subscriptions_for({"StockReserved": handler, "FundsHeld": handler, "FundsCaptured": handler})
+
+    assert subscriptions == (
+        Subscription("inventory", ("StockReserved",)),
+        Subscription("ledger", ("FundsHeld", "FundsCaptured")),
+    )
+
+
+def test_no_service_consumes_its_own_events_and_nats_lets_each_read_what_it_consumes() -> None:
+    for name, bootstrap in (("payments", payments), ("inventory", inventory), ("ledger", ledger)):
+        producers = tuple(subscription.producer for subscription in bootstrap.SUBSCRIPTIONS)
+        assert name not in producers
+        assert natsconf.CONSUMES[name] == producers
+        handled = {event for subscription in bootstrap.SUBSCRIPTIONS for event in subscription.event_types}
+        assert all(PRODUCER_OF[event] != name for event in handled)
