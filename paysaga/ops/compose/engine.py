@@ -18,7 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +43,12 @@ class EngineError(Exception):
 
 
 def run(
-    command: Iterable[str | Path], *, timeout_s: float, check: bool = True, environ: dict[str, str] | None = None
+    command: Iterable[str | Path],
+    *,
+    timeout_s: float,
+    check: bool = True,
+    environ: Mapping[str, str] | None = None,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing its output; with check, a failure raises EngineError with stderr.
     It runs in a session of its own: a Ctrl-C at the terminal reaches us, and we decide what stops."""
@@ -51,11 +56,12 @@ def run(
     try:
         result = subprocess.run(
             arguments,
+            input=input_text,
+            stdin=None if input_text is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=timeout_s,
-            env=environ,
-            stdin=subprocess.DEVNULL,
+            env=None if environ is None else dict(environ),
             start_new_session=True,
         )
     except FileNotFoundError:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paysaga.ops.compose.engine import EngineError, run
+
 REPO = Path(__file__).resolve().parents[3]
 BUILD_TIMEOUT_S = 1800.0
 UP_TIMEOUT_S = 300.0
@@ -24,7 +26,7 @@ CALL_TIMEOUT_S = 180.0
 IGNORED_ENVIRONMENT = ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES", "COMPOSE_PATH_SEPARATOR")
 
 
-class ComposeError(Exception):
+class ComposeError(EngineError):
     """A docker or docker compose command failed; the message carries its output."""
 
 
@@ -51,21 +53,7 @@ def _run(
     input_text: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            ["docker", *arguments],
-            input=input_text,
-            stdin=None if input_text is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=None if environ is None else dict(environ),
-            cwd=REPO,
-            # A session of its own: a Ctrl-C at the terminal reaches us, and we decide what stops.
-            start_new_session=True,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise ComposeError(f"docker {shlex.join(arguments[:8])}: {error}") from None
+    return run(["docker", *arguments], timeout_s=timeout_s, check=False, environ=environ, input_text=input_text)
 
 
 def _stdout(arguments: Sequence[str], result: subprocess.CompletedProcess[str]) -> str:
