@@ -270,3 +270,19 @@ def test_the_books_check_refuses_a_record_it_cannot_read_as_the_api_message() ->
 
     with pytest.raises(checks.CheckFailed, match="not a Item"):
         checks.check_books(renamed, SHOP, ENDED)
+
+
+def test_the_books_wait_for_inventory_to_commit_a_sale_it_is_late_with() -> None:
+    class LateInventory:
+        def __init__(self) -> None:
+            self.readings = [{"sku": "mug", "quantity_reserved": "1"}, {"sku": "mug", "quantity_sold": "1"}]
+            self.calls = 0
+
+        def ops(self, commands: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+            self.calls += 1
+            return [self.readings[min(self.calls, len(self.readings)) - 1]]
+
+    inventory = LateInventory()
+    checks.await_stock_settled(inventory, SHOP, timeout_s=5)
+
+    assert inventory.calls == 2

@@ -147,6 +147,7 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
             with stages(f"{label}: {checks.CHAOS_PURCHASES} purchases while one replica of each service is killed"):
                 ended += asyncio.run(checks.purchases_through_kills(project, target, client, shop, detail))
         with stages(f"{label}: money and stock agree with the payments"):
+            checks.await_stock_settled(project, shop)
             detail(checks.check_books(project, shop, ended))
         with stages(f"{label}: nothing else reachable; NATS refuses strangers"):
             detail(checks.check_exposure(project, port))

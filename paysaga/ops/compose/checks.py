@@ -46,6 +46,8 @@ CALL_TIMEOUT_S = 10.0
 # Saga timeout (30 s) plus a redelivery after a consumer died (ack wait 10 s), with room to spare.
 PAYMENT_END_TIMEOUT_S = 120.0
 POLL_INTERVAL_S = 0.25
+# The consumers' ack wait (10 s) for a redelivery after a kill, with room to spare.
+STOCK_SETTLE_TIMEOUT_S = 30.0
 CHAOS_PURCHASES = 50
 CHAOS_CONCURRENCY = 10
 NATS_PROBE = Path(__file__).with_name("nats_probe.py")
@@ -191,8 +193,21 @@ def _parsed(record: dict[str, Any], message: MessageT) -> MessageT:
         raise CheckFailed(f"ops printed a record that is not a {type(message).__name__}: {error}") from None
 
 
+def await_stock_settled(project: Ops, shop: Shop, timeout_s: float = STOCK_SETTLE_TIMEOUT_S) -> None:
+    """Wait until nothing of the item is reserved. Inventory commits a sale when it sees the
+    ledger's capture, apart from payments completing the purchase; after a replica was killed, a
+    capture it had not acknowledged comes again only after the ack wait (10 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        [record] = project.ops([["item", "get", shop.sku]])
+        if not _parsed(record, inventory_pb2.Item()).quantity_reserved:
+            return
+        time.sleep(POLL_INTERVAL_S)
+
+
 def check_books(project: Ops, shop: Shop, payments: Iterable[payments_pb2.Payment]) -> str:
-    """Money and stock agree with the payments' outcomes, exactly; nothing is left held or reserved."""
+    """Money and stock agree with the payments' outcomes, exactly; nothing is left held or reserved.
+    Call it once the stock has settled (await_stock_settled): money settles before a payment ends."""
     ended = list(payments)
     expect(all(status_name(p) in TERMINAL for p in ended), "a payment has not ended")
     completed = [p for p in ended if status_name(p) == "COMPLETED"]
