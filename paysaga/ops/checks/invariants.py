@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paysaga.runtime.storage.backends import backend_of
 from paysaga.runtime.storage.database import create_engine
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED")
@@ -144,9 +145,8 @@ async def check(ledger_url: str, inventory_url: str, payments_url: str, *, requi
     engines = [create_engine(url) for url in (ledger_url, inventory_url, payments_url)]
     try:
         async with engines[0].connect() as ledger, engines[1].connect() as inventory, engines[2].connect() as payments:
-            for connection in (ledger, inventory, payments):
-                if connection.dialect.name == "postgresql":
-                    await connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            for engine, connection in zip(engines, (ledger, inventory, payments), strict=True):
+                await backend_of(engine).snapshot(connection)
             holds = await check_ledger(ledger, report)
             reservations = await check_inventory(inventory, report)
             query = "SELECT payment_id, status, amount_minor, currency FROM payments"

@@ -17,6 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paysaga.runtime.storage.backends import backend_of
+
 log = logging.getLogger(__name__)
 # Any constant shared by all replicas of a service (each service has its own database).
 MIGRATION_LOCK_KEY = 0x70617973
@@ -31,21 +33,12 @@ def _config(script_location: Path, connection: Connection) -> Config:
 
 async def upgrade(engine: AsyncEngine, script_location: Path) -> None:
     """Apply every migration not yet applied, in one transaction where the backend allows it."""
-    async with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            # Replicas starting together: one migrates, the others wait, then find nothing to do.
-            await connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            await connection.commit()
-        try:
-            before = await connection.run_sync(_current_revision)
-            await connection.run_sync(lambda sync: command.upgrade(_config(script_location, sync), "head"))
-            await connection.commit()
-            after = await connection.run_sync(_current_revision)
-        finally:
-            if connection.dialect.name == "postgresql":
-                await connection.rollback()
-                await connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-                await connection.commit()
+    async with engine.connect() as connection, backend_of(engine).exclusive(connection, MIGRATION_LOCK_KEY):
+        # Replicas starting together: one migrates, the others wait, then find nothing to do.
+        before = await connection.run_sync(_current_revision)
+        await connection.run_sync(lambda sync: command.upgrade(_config(script_location, sync), "head"))
+        await connection.commit()
+        after = await connection.run_sync(_current_revision)
     if before != after:
         log.info("database.migrated", extra={"from_revision": before, "to_revision": after})
 
@@ -65,7 +58,6 @@ def run_in_alembic() -> None:
 def create_messaging_tables() -> None:
     """Revision 1 of the outbox and inbox tables (paysaga.runtime.storage.unit_of_work), for a
     service's first migration."""
-    import sqlalchemy as sa
     from alembic import op
 
     op.create_table(
