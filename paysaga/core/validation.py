@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import pycountry
 
@@ -65,21 +64,18 @@ def text(value: str, field: str, *, required: bool = False, max_chars: int = MAX
     return value
 
 
-def page_size(value: int) -> int:
-    if value < 0 or value > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {value}")
-    return value or DEFAULT_PAGE_SIZE
+@dataclass(frozen=True)
+class PageRequest:
+    """Which page a List call asks for: up to size rows after the row number after."""
+
+    size: int
+    after: int
 
 
-def page_token(value: str) -> int:
-    """Tokens are opaque to clients; ours are the last seen row number."""
-    if not value:
-        return 0
-    if not value.isdigit() or len(value) > 18:
+def page_request(page_size: int, page_token: str) -> PageRequest:
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {page_size}")
+    # Tokens are opaque to clients; ours are the last row number seen.
+    if page_token and (not page_token.isdigit() or len(page_token) > 18):
         raise InvalidArgument("page_token is not one this service issued")
-    return int(value)
-
-
-def next_page_token(rows: Sequence[Any], size: int, number_column: str) -> str:
-    """The token of the page after rows (fetched with one row to spare), or "" on the last page."""
-    return str(getattr(rows[size - 1], number_column)) if len(rows) > size else ""
+    return PageRequest(page_size or DEFAULT_PAGE_SIZE, int(page_token or 0))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paysaga.runtime.grpc_server import GrpcService, create_server
 from paysaga.runtime.logs import configure_logging
@@ -29,7 +30,7 @@ from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.settings import Option, ServiceSettings, load_settings
 from paysaga.runtime.storage import database, migrations
-from paysaga.runtime.storage.unit_of_work import Database
+from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop
 
 T = TypeVar("T")
@@ -49,11 +50,13 @@ class ServiceDefinition:
     name: str
     metadata: sa.MetaData
     migrations: Path
-    grpc_services: Callable[[Database], Sequence[GrpcService]]
+    # The service's unit of work (its repositories on the transaction's connection).
+    unit: Callable[[AsyncConnection, Database[UnitOfWork]], UnitOfWork]
+    grpc_services: Callable[[Database[Any]], Sequence[GrpcService]]
     subscriptions: Sequence[Subscription] = ()
-    handlers: Mapping[str, EventHandler] = field(default_factory=dict)
+    handlers: Mapping[str, EventHandler[Any]] = field(default_factory=dict)
     # Background loops of the service's own (e.g. a timeout sweeper); each runs until its event is set.
-    workers: Callable[[Database], Sequence[Worker]] = lambda _database: ()
+    workers: Callable[[Database[Any]], Sequence[Worker]] = lambda _database: ()
 
 
 async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: asyncio.Event) -> None:
@@ -66,7 +69,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: 
     nats_client = None
     try:
         await migrations.upgrade(engine, definition.migrations)
-        store = Database(engine, definition.metadata)
+        store = Database(engine, definition.metadata, definition.unit, producer=settings.service)
         certificate = tls.CertificateWatcher(settings.tls, check_interval_s=NATS_CERTIFICATE_CHECK_INTERVAL_S)
         nats_client = await streams.connect(
             settings.nats_url, settings.tls, name=settings.service, timeout_s=settings.startup_timeout_s

@@ -9,6 +9,7 @@ from paysaga.runtime.service_process import ServiceDefinition
 from paysaga.runtime.settings import ServiceSettings
 from services.ledger import handlers
 from services.ledger.adapters import grpc_api, tables
+from services.ledger.adapters.repository import LedgerUnit
 
 # The producers and event types this service consumes: whatever its handlers handle.
 SUBSCRIPTIONS = subscriptions_for(handlers.EVENT_HANDLERS)
@@ -19,6 +20,7 @@ def bootstrap(settings: ServiceSettings) -> ServiceDefinition:
         name=settings.service,
         metadata=tables.metadata,
         migrations=Path(__file__).parent / "migrations",
+        unit=LedgerUnit,
         grpc_services=lambda database: [grpc_api.grpc_service(database)],
         subscriptions=SUBSCRIPTIONS,
         handlers=handlers.EVENT_HANDLERS,

@@ -19,26 +19,17 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from google.protobuf.message import Message
-
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core.errors import AlreadyExists, FailedPrecondition, NotFound
-from paysaga.core.eventing import EventEnvelope, new_event
+from paysaga.core.eventing import EventEnvelope
 from paysaga.events.v1 import events_pb2
-from paysaga.runtime.storage.unit_of_work import UnitOfWork
 from services.ledger import domain
-from services.ledger.adapters import repository
+from services.ledger.adapters.repository import LedgerUnit
 from services.ledger.domain import Account, AccountKind, EntryKind, Hold, HoldStatus
-
-PRODUCER = "ledger"
-
-
-async def _emit(unit: UnitOfWork, cause: EventEnvelope, payload: Message) -> None:
-    await unit.emit(new_event(producer=PRODUCER, saga_id=cause.saga_id, causation_id=cause.event_id, payload=payload))
 
 
 async def _record(
-    unit: UnitOfWork,
+    unit: LedgerUnit,
     account: Account,
     kind: EntryKind,
     amount_minor: int,
@@ -46,8 +37,7 @@ async def _record(
     saga_id: str,
     description: str,
 ) -> None:
-    await repository.add_statement_line(
-        unit.connection,
+    await unit.ledger.add_statement_line(
         account,
         entry_id=entry_id,
         kind=kind,
@@ -57,20 +47,20 @@ async def _record(
     )
 
 
-async def on_payment_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
+async def on_payment_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
     request = event.payment_requested
-    existing = await repository.load_hold(unit.connection, request.payment_id)
+    existing = await unit.ledger.load_hold(request.payment_id)
     if existing is not None:
         if existing.status is HoldStatus.CANCELLED:
-            await _emit(
-                unit, event, events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason="payment was cancelled")
+            unit.emit(
+                events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason="payment was cancelled"), cause=event
             )
         return
-    loaded = await repository.load_accounts(unit.connection, [request.payer_account_id, request.merchant_account_id])
+    loaded = await unit.ledger.load_accounts([request.payer_account_id, request.merchant_account_id])
     payer, merchant = loaded.get(request.payer_account_id), loaded.get(request.merchant_account_id)
     refusal = domain.hold_refusal(payer, merchant, request.amount.amount_minor, request.amount.currency)
     if refusal is not None:
-        await _emit(unit, event, events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason=refusal))
+        unit.emit(events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason=refusal), cause=event)
         return
     assert payer is not None
     hold = Hold(
@@ -83,14 +73,12 @@ async def on_payment_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
         HoldStatus.HELD,
     )
     domain.place_hold(payer, hold)
-    await repository.insert_hold(unit.connection, hold)
-    await repository.save_accounts(unit.connection, payer)
+    await unit.ledger.insert_hold(hold)
+    await unit.ledger.save_accounts(payer)
     await _record(
         unit, payer, EntryKind.HOLD, hold.amount_minor, hold.hold_id, hold.payment_id, "funds held for purchase"
     )
-    await _emit(
-        unit,
-        event,
+    unit.emit(
         events_pb2.FundsHeld(
             payment_id=hold.payment_id,
             hold_id=hold.hold_id,
@@ -98,91 +86,90 @@ async def on_payment_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
             sku=request.sku,
             quantity=request.quantity,
         ),
+        cause=event,
     )
 
 
-async def on_stock_reserved(unit: UnitOfWork, event: EventEnvelope) -> None:
-    hold = await repository.load_hold(unit.connection, event.stock_reserved.payment_id)
+async def on_stock_reserved(unit: LedgerUnit, event: EventEnvelope) -> None:
+    hold = await unit.ledger.load_hold(event.stock_reserved.payment_id)
     if hold is None or hold.status is not HoldStatus.HELD:
         return  # cancelled or timed out meanwhile: the cancellation released the hold
-    accounts = await repository.load_accounts(unit.connection, [hold.payer_account_id, hold.merchant_account_id])
+    accounts = await unit.ledger.load_accounts([hold.payer_account_id, hold.merchant_account_id])
     payer, merchant = accounts[hold.payer_account_id], accounts[hold.merchant_account_id]
     entry = domain.capture(hold, payer, merchant)
-    await repository.insert_entry(unit.connection, entry)
-    await repository.save_hold(unit.connection, hold)
-    await repository.save_accounts(unit.connection, payer, merchant)
+    await unit.ledger.insert_entry(entry)
+    await unit.ledger.save_hold(hold)
+    await unit.ledger.save_accounts(payer, merchant)
     await _record(unit, payer, EntryKind.CAPTURE, -hold.amount_minor, entry.entry_id, hold.payment_id, "purchase paid")
     await _record(
         unit, merchant, EntryKind.CAPTURE, hold.amount_minor, entry.entry_id, hold.payment_id, "purchase received"
     )
-    await _emit(
-        unit, event, events_pb2.FundsCaptured(payment_id=hold.payment_id, hold_id=hold.hold_id, amount=_money(hold))
+    unit.emit(
+        events_pb2.FundsCaptured(payment_id=hold.payment_id, hold_id=hold.hold_id, amount=_money(hold)), cause=event
     )
 
 
-async def on_stock_reservation_failed(unit: UnitOfWork, event: EventEnvelope) -> None:
+async def on_stock_reservation_failed(unit: LedgerUnit, event: EventEnvelope) -> None:
     failed = event.stock_reservation_failed
     # The same words whichever of the two events reaches payments first.
     await _release(unit, event, failed.payment_id, failed.reason)
 
 
-async def on_payment_cancellation_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
+async def on_payment_cancellation_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
     cancellation = event.payment_cancellation_requested
     reason = cancellation.reason or ("saga timed out" if cancellation.timed_out else "cancelled")
-    hold = await repository.load_hold(unit.connection, cancellation.payment_id)
+    hold = await unit.ledger.load_hold(cancellation.payment_id)
     if hold is not None and hold.status in (HoldStatus.CAPTURED, HoldStatus.REFUNDED):
         await _refund(unit, event, hold)
         return
     await _release(unit, event, cancellation.payment_id, reason)
 
 
-async def on_payment_refund_requested(unit: UnitOfWork, event: EventEnvelope) -> None:
-    hold = await repository.load_hold(unit.connection, event.payment_refund_requested.payment_id)
+async def on_payment_refund_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
+    hold = await unit.ledger.load_hold(event.payment_refund_requested.payment_id)
     if hold is None or hold.status not in (HoldStatus.CAPTURED, HoldStatus.REFUNDED):
         raise FailedPrecondition(f"refund requested for payment {event.saga_id} whose funds were never captured")
     await _refund(unit, event, hold)
 
 
-async def _release(unit: UnitOfWork, event: EventEnvelope, payment_id: str, reason: str) -> None:
+async def _release(unit: LedgerUnit, event: EventEnvelope, payment_id: str, reason: str) -> None:
     """Void the hold if there is one; always answer, so the payment can conclude."""
-    hold = await repository.load_hold(unit.connection, payment_id)
+    hold = await unit.ledger.load_hold(payment_id)
     if hold is None:
         # Nothing held yet: leave a marker so a late PaymentRequested does not hold.
-        await repository.insert_hold(
-            unit.connection, Hold(str(uuid.uuid4()), payment_id, "", "", 0, "", HoldStatus.CANCELLED)
-        )
-        await _emit(unit, event, events_pb2.FundsReleased(payment_id=payment_id, hold_id="", reason=reason))
+        await unit.ledger.insert_hold(Hold(str(uuid.uuid4()), payment_id, "", "", 0, "", HoldStatus.CANCELLED))
+        unit.emit(events_pb2.FundsReleased(payment_id=payment_id, hold_id="", reason=reason), cause=event)
         return
     if hold.status is HoldStatus.HELD:
-        payer = (await repository.load_accounts(unit.connection, [hold.payer_account_id]))[hold.payer_account_id]
+        payer = (await unit.ledger.load_accounts([hold.payer_account_id]))[hold.payer_account_id]
         domain.release(hold, payer)
-        await repository.save_hold(unit.connection, hold)
-        await repository.save_accounts(unit.connection, payer)
+        await unit.ledger.save_hold(hold)
+        await unit.ledger.save_accounts(payer)
         await _record(
             unit, payer, EntryKind.RELEASE, hold.amount_minor, hold.hold_id, payment_id, f"hold released: {reason}"
         )
-    await _emit(unit, event, events_pb2.FundsReleased(payment_id=payment_id, hold_id=hold.hold_id, reason=reason))
+    unit.emit(events_pb2.FundsReleased(payment_id=payment_id, hold_id=hold.hold_id, reason=reason), cause=event)
 
 
-async def _refund(unit: UnitOfWork, event: EventEnvelope, hold: Hold) -> None:
+async def _refund(unit: LedgerUnit, event: EventEnvelope, hold: Hold) -> None:
     if hold.status is HoldStatus.CAPTURED:
-        accounts = await repository.load_accounts(unit.connection, [hold.payer_account_id, hold.merchant_account_id])
+        accounts = await unit.ledger.load_accounts([hold.payer_account_id, hold.merchant_account_id])
         payer, merchant = accounts[hold.payer_account_id], accounts[hold.merchant_account_id]
         refusal = domain.refund_refusal(hold, merchant)
         if refusal is not None:
-            await _emit(unit, event, events_pb2.FundsRefundFailed(payment_id=hold.payment_id, reason=refusal))
+            unit.emit(events_pb2.FundsRefundFailed(payment_id=hold.payment_id, reason=refusal), cause=event)
             return
         entry = domain.refund(hold, payer, merchant)
-        await repository.insert_entry(unit.connection, entry)
-        await repository.save_hold(unit.connection, hold)
-        await repository.save_accounts(unit.connection, payer, merchant)
+        await unit.ledger.insert_entry(entry)
+        await unit.ledger.save_hold(hold)
+        await unit.ledger.save_accounts(payer, merchant)
         await _record(
             unit, merchant, EntryKind.REFUND, -hold.amount_minor, entry.entry_id, hold.payment_id, "purchase refunded"
         )
         await _record(
             unit, payer, EntryKind.REFUND, hold.amount_minor, entry.entry_id, hold.payment_id, "purchase refunded"
         )
-    await _emit(unit, event, events_pb2.FundsRefunded(payment_id=hold.payment_id, amount=_money(hold)))
+    unit.emit(events_pb2.FundsRefunded(payment_id=hold.payment_id, amount=_money(hold)), cause=event)
 
 
 def _money(hold: Hold) -> Money:
@@ -201,25 +188,25 @@ EVENT_HANDLERS = {
 # Commands from the gRPC API.
 
 
-async def open_account(unit: UnitOfWork, account: Account) -> Account:
+async def open_account(unit: LedgerUnit, account: Account) -> Account:
     """Open an account; a retry with the same id and details returns it unchanged."""
-    existing = (await repository.load_accounts(unit.connection, [account.account_id])).get(account.account_id)
+    existing = (await unit.ledger.load_accounts([account.account_id])).get(account.account_id)
     if existing is not None:
         if (existing.kind, existing.currency, existing.owner) != (account.kind, account.currency, account.owner):
             raise AlreadyExists(f"account {account.account_id} already exists, with other details")
         return existing
-    await repository.insert_account(unit.connection, account)
+    await unit.ledger.insert_account(account)
     return account
 
 
 async def deposit(
-    unit: UnitOfWork, account_id: str, amount_minor: int, currency: str, deposit_id: str
+    unit: LedgerUnit, account_id: str, amount_minor: int, currency: str, deposit_id: str
 ) -> tuple[Account, bool]:
     """Fund an account; a retry with the same deposit_id and body returns the account unchanged."""
     request_hash = hashlib.sha256(f"{account_id}|{amount_minor}|{currency}".encode()).hexdigest()
-    exists, earlier_hash = await repository.find_entry_hash(unit.connection, deposit_id)
+    exists, earlier_hash = await unit.ledger.find_entry_hash(deposit_id)
     external_id = domain.external_account_id(currency)
-    accounts = await repository.load_accounts(unit.connection, [account_id, external_id])
+    accounts = await unit.ledger.load_accounts([account_id, external_id])
     account = accounts.get(account_id)
     if account is None:
         raise NotFound(f"account {account_id} does not exist")
@@ -232,9 +219,9 @@ async def deposit(
     external = accounts.get(external_id)
     if external is None:
         external = Account(external_id, AccountKind.EXTERNAL, currency, f"external funding {currency}")
-        await repository.insert_account(unit.connection, external)
+        await unit.ledger.insert_account(external)
     entry = domain.deposit(account, external, amount_minor, deposit_id)
-    await repository.insert_entry(unit.connection, entry, request_hash)
-    await repository.save_accounts(unit.connection, account, external)
+    await unit.ledger.insert_entry(entry, request_hash)
+    await unit.ledger.save_accounts(account, external)
     await _record(unit, account, EntryKind.DEPOSIT, amount_minor, deposit_id, "", "deposit")
     return account, False

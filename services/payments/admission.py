@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 
 from paysaga.core.errors import ResourceExhausted
 from paysaga.runtime.storage.unit_of_work import Database
-from services.payments.adapters import repository
+from services.payments.adapters import views
 
 REFRESH_S = 0.1
 
@@ -59,8 +59,7 @@ class Admission:
         async with self._refreshing:
             if time.monotonic() < self._refresh_at:
                 return  # refreshed while this call waited
-            async with self._database.read() as connection:
-                stored = await repository.count_in_flight(connection)
+            stored = await views.count_in_flight(self._database)
             # Those still being stored are not in the count yet (a few just stored may be counted
             # twice until the next refresh: erring towards refusing).
             self._in_flight = stored + self._creating

@@ -23,28 +23,19 @@ from google.protobuf.message import Message
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core.errors import FailedPrecondition, NotFound
-from paysaga.core.eventing import EventEnvelope, new_event
+from paysaga.core.eventing import EventEnvelope
 from paysaga.events.v1 import events_pb2
 from paysaga.runtime.messaging.consumer import EventHandler
-from paysaga.runtime.storage.unit_of_work import UnitOfWork, utc_now
-from services.payments.adapters import repository
+from services.payments.adapters.repository import PaymentsUnit
 from services.payments.domain import Payment, PaymentLimits, PurchaseRequest, Status, rule_violation
 
 log = logging.getLogger(__name__)
-PRODUCER = "payments"
 
 
-async def _emit(unit: UnitOfWork, payment_id: str, payload: Message | None, causation_id: str = "") -> None:
-    if payload is not None:
-        await unit.emit(new_event(producer=PRODUCER, saga_id=payment_id, causation_id=causation_id, payload=payload))
-
-
-async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: PaymentLimits) -> tuple[Payment, bool]:
+async def create_payment(unit: PaymentsUnit, request: PurchaseRequest, rules: PaymentLimits) -> tuple[Payment, bool]:
     """Store and start a purchase; a retry with the same key and body returns the first one."""
-    await repository.lock_payer(unit.connection, request.payer_account_id)
-    existing = await repository.find_by_idempotency_key(
-        unit.connection, request.payer_account_id, request.idempotency_key
-    )
+    await unit.payments.lock_payer(request.payer_account_id)
+    existing = await unit.payments.find_by_idempotency_key(request.payer_account_id, request.idempotency_key)
     if existing is not None:
         payment, fingerprint = existing
         if fingerprint != request.fingerprint():
@@ -53,9 +44,9 @@ async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: Paym
                 "payment; use a new key for a new payment"
             )
         return payment, True
-    now = utc_now()
-    recent = await repository.count_recent(
-        unit.connection, request.payer_account_id, now - dt.timedelta(seconds=rules.velocity_window_s)
+    now = unit.now()
+    recent = await unit.payments.count_recent(
+        request.payer_account_id, now - dt.timedelta(seconds=rules.velocity_window_s)
     )
     violation = rule_violation(request, rules, recent)
     payment = Payment(
@@ -68,14 +59,13 @@ async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: Paym
         now,
         now + dt.timedelta(seconds=rules.saga_timeout_s),
     )
-    await repository.insert(unit.connection, payment)
+    await unit.payments.insert(payment)
     if violation is not None:
         rule, reason = violation
         log.info("payment.rejected", extra={"payment_id": payment.payment_id, "rule": rule, "reason": reason})
-        await _emit(
-            unit,
-            payment.payment_id,
+        unit.emit(
             events_pb2.PaymentRejected(payment_id=payment.payment_id, rule=rule, reason=reason),
+            saga_id=payment.payment_id,
         )
         return payment, False
     requested = events_pb2.PaymentRequested(
@@ -88,27 +78,27 @@ async def create_payment(unit: UnitOfWork, request: PurchaseRequest, rules: Paym
         sla_tier=request.sla_tier,
     )
     requested.deadline.FromDatetime(payment.deadline_at)
-    await _emit(unit, payment.payment_id, requested)
+    unit.emit(requested, saga_id=payment.payment_id)
     return payment, False
 
 
-async def cancel_payment(unit: UnitOfWork, payment_id: str, reason: str) -> Payment:
+async def cancel_payment(unit: PaymentsUnit, payment_id: str, reason: str) -> Payment:
     payment = await _existing(unit, payment_id)
     await _save_and_emit(
-        unit, payment, payment.version, payment.request_cancellation(reason or "cancelled by the client", utc_now())
+        unit, payment, payment.version, payment.request_cancellation(reason or "cancelled by the client", unit.now())
     )
     return payment
 
 
-async def refund_payment(unit: UnitOfWork, payment_id: str, reason: str) -> Payment:
+async def refund_payment(unit: PaymentsUnit, payment_id: str, reason: str) -> Payment:
     payment = await _existing(unit, payment_id)
     await _save_and_emit(
-        unit, payment, payment.version, payment.request_refund(reason or "refund requested by the client", utc_now())
+        unit, payment, payment.version, payment.request_refund(reason or "refund requested by the client", unit.now())
     )
     return payment
 
 
-async def time_out(unit: UnitOfWork, payment_id: str, timeout_s: float) -> None:
+async def time_out(unit: PaymentsUnit, payment_id: str, timeout_s: float) -> None:
     payment = await _existing(unit, payment_id)
     if payment.status not in (Status.PENDING, Status.FUNDS_HELD, Status.STOCK_RESERVED):
         return
@@ -119,22 +109,26 @@ async def time_out(unit: UnitOfWork, payment_id: str, timeout_s: float) -> None:
     # reason, not the deadline that passed while waiting for the release.
     reason = payment.reason or f"saga timed out after {timeout_s:g} s waiting for {step}"
     before = payment.version
-    await _save_and_emit(unit, payment, before, payment.request_cancellation(reason, utc_now(), timed_out=True))
+    await _save_and_emit(unit, payment, before, payment.request_cancellation(reason, unit.now(), timed_out=True))
     log.warning("payment.timed_out", extra={"payment_id": payment_id, "reason": reason})
 
 
 async def _save_and_emit(
-    unit: UnitOfWork, payment: Payment, version_before: int, outcome: Message | bool | None, causation_id: str = ""
+    unit: PaymentsUnit,
+    payment: Payment,
+    version_before: int,
+    outcome: Message | bool | None,
+    cause: EventEnvelope | None = None,
 ) -> None:
     """Save the payment if the change moved it (one history row per version), then emit its event."""
     if payment.version != version_before:
-        await repository.save(unit.connection, payment)
+        await unit.payments.save(payment)
     if isinstance(outcome, Message):
-        await _emit(unit, payment.payment_id, outcome, causation_id)
+        unit.emit(outcome, saga_id=payment.payment_id, cause=cause)
 
 
-async def _existing(unit: UnitOfWork, payment_id: str) -> Payment:
-    payment = await repository.load(unit.connection, payment_id)
+async def _existing(unit: PaymentsUnit, payment_id: str) -> Payment:
+    payment = await unit.payments.load(payment_id)
     if payment is None:
         raise NotFound(f"payment {payment_id} does not exist")
     return payment
@@ -142,15 +136,15 @@ async def _existing(unit: UnitOfWork, payment_id: str) -> Payment:
 
 def _reacting(
     change: Callable[[Payment, EventEnvelope, dt.datetime], Message | bool | None],
-) -> EventHandler:
+) -> EventHandler[PaymentsUnit]:
     """An event handler: load the saga's payment, apply change, save, emit what it returned."""
 
-    async def handle(unit: UnitOfWork, event: EventEnvelope) -> None:
-        payment = await repository.load(unit.connection, event.saga_id)
+    async def handle(unit: PaymentsUnit, event: EventEnvelope) -> None:
+        payment = await unit.payments.load(event.saga_id)
         if payment is None:
             raise NotFound(f"event {event.event_type} for unknown payment {event.saga_id}")
         before = payment.version
-        await _save_and_emit(unit, payment, before, change(payment, event, utc_now()), event.event_id)
+        await _save_and_emit(unit, payment, before, change(payment, event, unit.now()), event)
 
     return handle
 

@@ -15,10 +15,11 @@ import datetime as dt
 import logging
 
 from paysaga.runtime.service_process import Worker
-from paysaga.runtime.storage.unit_of_work import Database, utc_now
+from paysaga.runtime.storage.unit_of_work import Database
 from paysaga.runtime.tasks import sleep_or_stop
 from services.payments import handlers
-from services.payments.adapters import repository
+from services.payments.adapters import views
+from services.payments.adapters.repository import PaymentsUnit
 from services.payments.domain import PaymentLimits
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,12 @@ STUCK_AFTER_TIMEOUTS = 4
 STUCK_ALERT_INTERVAL_S = 60.0
 
 
-def deadline_sweeper(database: Database, rules: PaymentLimits) -> Worker:
+def deadline_sweeper(database: Database[PaymentsUnit], rules: PaymentLimits) -> Worker:
     async def sweep(stop: asyncio.Event) -> None:
         last_alert = -STUCK_ALERT_INTERVAL_S
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            async with database.read() as connection:
-                overdue = await repository.overdue(connection, utc_now(), SWEEP_BATCH)
+            overdue = await views.overdue(database, database.clock(), SWEEP_BATCH)
             for payment_id in overdue:
                 async with database.transaction() as unit:
                     await handlers.time_out(unit, payment_id, rules.saga_timeout_s)
@@ -49,10 +49,8 @@ def deadline_sweeper(database: Database, rules: PaymentLimits) -> Worker:
 
 
 async def _report_stuck(database: Database, rules: PaymentLimits) -> None:
-    since = utc_now() - dt.timedelta(seconds=rules.saga_timeout_s * STUCK_AFTER_TIMEOUTS)
-    async with database.read() as connection:
-        stuck = await repository.stuck_compensations(connection, since, SWEEP_BATCH)
-    for row in stuck:
+    since = database.clock() - dt.timedelta(seconds=rules.saga_timeout_s * STUCK_AFTER_TIMEOUTS)
+    for row in await views.stuck_compensations(database, since, SWEEP_BATCH):
         log.error(
             "payment.compensation_overdue",
             extra={"alert": True, "payment_id": row.payment_id, "status": row.status, "since": row.updated_at},

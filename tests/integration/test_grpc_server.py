@@ -20,6 +20,7 @@ from paysaga.runtime.storage import migrations
 from paysaga.runtime.storage.database import create_engine
 from paysaga.runtime.storage.unit_of_work import Database
 from services.ledger.adapters import grpc_api, tables
+from services.ledger.adapters.repository import LedgerUnit
 from tests.helpers import channel_without_client_certificate, client_token, secure_channel
 
 LEDGER_MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
@@ -32,7 +33,7 @@ async def ledger_server(certs_dir: Path, tmp_path: Path) -> AsyncIterator[BuiltS
     built = create_server(
         "127.0.0.1:0",
         tls.server_credentials(TlsFiles.in_directory(certs_dir, "ledger")),
-        [grpc_api.grpc_service(Database(engine, tables.metadata))],
+        [grpc_api.grpc_service(Database(engine, tables.metadata, LedgerUnit, producer="ledger"))],
         TokenVerifier(certs_dir / PUBLIC_KEYS_FILE, audience=audience_of("ledger")),
     )
     await built.set_serving(False)

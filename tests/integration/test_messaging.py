@@ -249,7 +249,7 @@ async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped
     sent = [funds_held(saga_id, rig.producer) for _ in range(3)]
     async with rig.database.transaction() as unit:
         for event in sent:
-            await unit.emit(event)
+            unit.emit_envelope(event)
     relay = OutboxRelay(rig.database, rig.producer_jetstream)
     stream = f"{rig.producer.upper()}_EVENTS"
 
@@ -312,7 +312,7 @@ async def _commit_events(database: Database, count: int, sent: list[EventEnvelop
     async with database.transaction() as unit:
         for _ in range(count):
             event = funds_held(str(uuid.uuid4()), "ledger")
-            await unit.emit(event)
+            unit.emit_envelope(event)
             sent.append(event)
 
 

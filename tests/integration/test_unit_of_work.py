@@ -48,7 +48,9 @@ async def test_a_failed_transaction_leaves_nothing_behind_not_even_its_events(da
     try:
         async with database.transaction() as unit:
             await unit.connection.execute(counters.insert().values(name="x", value=1))
-            await unit.emit(new_event(producer="t", saga_id="s", payload=events_pb2.PaymentCompleted(payment_id="s")))
+            unit.emit_envelope(
+                new_event(producer="t", saga_id="s", payload=events_pb2.PaymentCompleted(payment_id="s"))
+            )
             raise RuntimeError("the handler failed half-way")
     except RuntimeError:
         pass
@@ -84,12 +86,14 @@ async def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(da
     database = await open_database(database_url)
     commits: list[int] = []
     database.on_commit(lambda emitted: commits.append(len(emitted)))
-    group: GroupCommit[str] = GroupCommit(database)
+    group: GroupCommit[UnitOfWork, str] = GroupCommit(database)
 
     def insert(name: str) -> Callable[[UnitOfWork], Awaitable[str]]:
         async def work(unit: UnitOfWork) -> str:
             await unit.connection.execute(counters.insert().values(name=name, value=1))
-            await unit.emit(new_event(producer="t", saga_id=name, payload=events_pb2.PaymentCompleted(payment_id=name)))
+            unit.emit_envelope(
+                new_event(producer="t", saga_id=name, payload=events_pb2.PaymentCompleted(payment_id=name))
+            )
             if name == "refused":
                 raise FailedPrecondition("refused after writing and emitting: none of it may stay")
             if name == "broken":

@@ -15,33 +15,39 @@ every payment terminal, the invariants of paysaga.ops.checks.invariants, nothing
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paysaga.core import eventing
 from paysaga.core.errors import DomainError
 from paysaga.core.eventing import EventEnvelope
 from paysaga.ops.checks import invariants
-from paysaga.runtime.messaging.consumer import MAX_ATTEMPTS, EventHandler, Subscription, apply_events
+from paysaga.runtime.messaging.consumer import MAX_ATTEMPTS, EventHandler, Subscription, apply_event
 from paysaga.runtime.storage.database import create_engine
-from paysaga.runtime.storage.unit_of_work import Database, utc_now
+from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 from services.inventory import bootstrap as inventory_bootstrap
 from services.inventory import handlers as inventory_handlers
 from services.inventory.adapters import tables as inventory_tables
+from services.inventory.adapters.repository import InventoryUnit
 from services.inventory.domain import Item
 from services.ledger import bootstrap as ledger_bootstrap
 from services.ledger import handlers as ledger_handlers
 from services.ledger.adapters import tables as ledger_tables
+from services.ledger.adapters.repository import LedgerUnit
 from services.ledger.domain import Account, AccountKind
 from services.payments import bootstrap as payments_bootstrap
 from services.payments import handlers as payments_handlers
 from services.payments.adapters import tables as payments_tables
+from services.payments.adapters.repository import PaymentsUnit
 from services.payments.domain import PaymentLimits, PurchaseRequest
 
 CURRENCY = "EUR"
@@ -66,19 +72,26 @@ class ServiceCode:
     """What the simulator runs of one service: its tables, its event handlers, what it consumes."""
 
     metadata: sa.MetaData
-    handlers: Mapping[str, EventHandler]
+    unit: Callable[[AsyncConnection, Database[UnitOfWork]], UnitOfWork]
+    handlers: Mapping[str, EventHandler[Any]]
     subscriptions: Sequence[Subscription]
 
 
 CURRENT_CODE: Mapping[str, ServiceCode] = {
     "payments": ServiceCode(
-        payments_tables.metadata, payments_handlers.EVENT_HANDLERS, payments_bootstrap.SUBSCRIPTIONS
+        payments_tables.metadata, PaymentsUnit, payments_handlers.EVENT_HANDLERS, payments_bootstrap.SUBSCRIPTIONS
     ),
-    "ledger": ServiceCode(ledger_tables.metadata, ledger_handlers.EVENT_HANDLERS, ledger_bootstrap.SUBSCRIPTIONS),
+    "ledger": ServiceCode(
+        ledger_tables.metadata, LedgerUnit, ledger_handlers.EVENT_HANDLERS, ledger_bootstrap.SUBSCRIPTIONS
+    ),
     "inventory": ServiceCode(
-        inventory_tables.metadata, inventory_handlers.EVENT_HANDLERS, inventory_bootstrap.SUBSCRIPTIONS
+        inventory_tables.metadata, InventoryUnit, inventory_handlers.EVENT_HANDLERS, inventory_bootstrap.SUBSCRIPTIONS
     ),
 }
+# The world's own clock: it starts here and moves on by STEP_TIME each step, the same in every
+# run of a seed.
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+STEP_TIME = dt.timedelta(milliseconds=10)
 
 
 @dataclass
@@ -93,7 +106,7 @@ class World:
     directory: Path
     code: Mapping[str, ServiceCode] = field(default_factory=lambda: CURRENT_CODE)
     random: random.Random = field(init=False)
-    databases: dict[str, Database] = field(init=False, default_factory=dict)
+    databases: dict[str, Database[Any]] = field(init=False, default_factory=dict)
     published: set[str] = field(init=False, default_factory=set)
     # Per consumer (service, producer), the events delivered and not yet acknowledged, in order.
     pending: dict[tuple[str, str], list[Delivery]] = field(init=False, default_factory=dict)
@@ -102,6 +115,7 @@ class World:
     # Per service, whether it committed events its relay has not marked sent yet.
     unrelayed: dict[str, bool] = field(init=False, default_factory=dict)
     trace: list[str] = field(init=False, default_factory=list)
+    clock: dt.datetime = field(init=False, default=EPOCH)
     problems: list[str] = field(init=False, default_factory=list)
     wallets: tuple[str, ...] = field(init=False, default=())
     merchants: tuple[str, ...] = field(init=False, default=())
@@ -111,6 +125,9 @@ class World:
         for service, code in self.code.items():
             for subscription in code.subscriptions:
                 self.pending[(service, subscription.producer)] = []
+
+    def now(self) -> dt.datetime:
+        return self.clock
 
     def url(self, service: str) -> str:
         return f"sqlite+aiosqlite:///{self.directory / f'{service}.db'}"
@@ -122,7 +139,7 @@ class World:
             engine = create_engine(self.url(service))
             async with engine.begin() as connection:
                 await connection.run_sync(code.metadata.create_all)
-            database = Database(engine, code.metadata)
+            database = Database(engine, code.metadata, code.unit, producer=service, clock=self.now)
             database.on_commit(functools.partial(self._committed, service))
             self.databases[service] = database
         self.wallets = (str(uuid.uuid4()), str(uuid.uuid4()))
@@ -172,7 +189,7 @@ class World:
             if rows:
                 await unit.connection.execute(
                     statements.mark_published,
-                    {"event_ids": [row.event_id for row in rows], "published_at": utc_now()},
+                    {"event_ids": [row.event_id for row in rows], "published_at": self.now()},
                 )
         self.unrelayed[service] = False
 
@@ -192,7 +209,7 @@ class World:
         delivery = queue[index]
         service = consumer[0]
         try:
-            await apply_events(self.databases[service], self.code[service].handlers, [delivery.envelope])
+            await apply_event(self.databases[service], self.code[service].handlers, delivery.envelope)
         except Exception as error:  # noqa: BLE001 - a handler's failure: retried, then parked, as in production
             delivery.failures += 1
             queue.append(queue.pop(index))
@@ -225,6 +242,7 @@ class World:
             (4.0, self._relay_someone),
             (10.0 if busy else 0.0, self._deliver_something),
         ]
+        self.clock += STEP_TIME
         action = self.random.choices([action for _, action in choices], [weight for weight, _ in choices])[0]
         self.trace.append(await action())
 

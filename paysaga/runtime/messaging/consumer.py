@@ -4,8 +4,8 @@ For every message: decode the envelope; in one transaction, skip it if its id is
 else run the handler (which changes state and emits events into the outbox) and record the id;
 commit; only then ack. So a crash anywhere means a redelivery, and a redelivery means no second
 effect. On SQLite the messages of one fetch share that transaction (one commit, one fsync for all
-of them: a group commit); if any of them fails, the batch is rolled back and each message is handled in a
-transaction of its own, so a failure only ever concerns its own message.
+of them: a group commit, paysaga.runtime.storage.group_commit), each in a savepoint of its own, so
+a failure only ever undoes and concerns its own message.
 
 Failures:
 - the database or NATS is unavailable (an operating error): ``nak`` with a growing delay, for as
@@ -20,26 +20,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from typing_extensions import TypeVar
 
 from paysaga.core import eventing
 from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EventEnvelope
 from paysaga.runtime.logs import log_context
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
+from paysaga.runtime.storage.group_commit import each_in_savepoint
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
-EventHandler = Callable[[UnitOfWork, EventEnvelope], Awaitable[None]]
+U = TypeVar("U", bound=UnitOfWork, default=UnitOfWork)
+# A service's reaction to one event, inside the unit of work that records it as handled.
+EventHandler = Callable[[U, EventEnvelope], Awaitable[None]]
 
 # Messages handled per transaction: one commit (one fsync) for all of them, so it bounds both the
 # transaction's length (others wait for SQLite's single writer meanwhile) and the redone work
@@ -96,28 +102,48 @@ class Subscription:
         return [eventing.event_subject(self.producer, event_type) for event_type in self.event_types]
 
 
-async def apply_events(
-    database: Database, handlers: Mapping[str, EventHandler], envelopes: Sequence[EventEnvelope]
-) -> int:
-    """Every new event handled in one transaction, in order, and recorded in the inbox with its
-    effects; duplicates (already in the inbox, or twice in the list) skipped. Returns how many were
-    new. What a consumer does with each fetch, and what the saga simulator does with each delivery."""
+async def apply_event(database: Database[U], handlers: Mapping[str, EventHandler[U]], envelope: EventEnvelope) -> bool:
+    """Handle one event in a transaction of its own and record it in the inbox with its effects;
+    False if it was handled before. Raises what the handler raised (then nothing is kept). What a
+    consumer does with one message, and what the saga simulator does with each delivery."""
+    async with database.transaction() as unit:
+        if await unit.processed_among([envelope.event_id]):
+            return False
+        await _handle(handlers, unit, envelope)
+        await unit.record_all_processed([envelope])
+    return True
+
+
+async def apply_each(
+    database: Database[U], handlers: Mapping[str, EventHandler[U]], envelopes: Sequence[EventEnvelope]
+) -> list[Exception | bool]:
+    """Every event handled in one transaction, in order, each in a savepoint of its own (a group
+    commit): per event, True if handled, False if a duplicate (in the inbox, or earlier in the
+    list), or the handler's error (its effects undone, the others' kept). An error of the database
+    itself is raised, and then nothing is kept."""
     async with database.transaction() as unit:
         seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
-        handled = []
-        for envelope in envelopes:
-            if envelope.event_id in seen:
-                continue
-            seen.add(envelope.event_id)
-            with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
-                await handlers[envelope.event_type](unit, envelope)
-            handled.append(envelope)
+        new: list[int] = []
+        for index, envelope in enumerate(envelopes):
+            if envelope.event_id not in seen:
+                seen.add(envelope.event_id)
+                new.append(index)
+        works = [functools.partial(_handle, handlers, envelope=envelopes[index]) for index in new]
+        outcomes: list[Exception | bool] = [False] * len(envelopes)
+        for index, result in zip(new, await each_in_savepoint(unit, works), strict=True):
+            outcomes[index] = result if isinstance(result, Exception) else True
+        handled = [envelopes[index] for index in new if outcomes[index] is True]
         if handled:
             await unit.record_all_processed(handled)
-    return len(handled)
+    return outcomes
 
 
-def subscriptions_for(handlers: Mapping[str, EventHandler]) -> tuple[Subscription, ...]:
+async def _handle(handlers: Mapping[str, EventHandler[U]], unit: U, envelope: EventEnvelope) -> None:
+    with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
+        await handlers[envelope.event_type](unit, envelope)
+
+
+def subscriptions_for(handlers: Mapping[str, object]) -> tuple[Subscription, ...]:
     """What a service must consume to feed its handlers: one subscription per producer, for the
     event types it handles (the one place that says which events a service reacts to)."""
     by_producer: dict[str, list[str]] = {}
@@ -131,9 +157,9 @@ class EventConsumer:
         self,
         service: str,
         jetstream: JetStreamContext,
-        database: Database,
+        database: Database[Any],
         subscription: Subscription,
-        handlers: Mapping[str, EventHandler],
+        handlers: Mapping[str, EventHandler[Any]],
         *,
         max_attempts: int = MAX_ATTEMPTS,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
@@ -213,18 +239,14 @@ class EventConsumer:
         return None
 
     async def handle_batch(self, messages: Sequence[Msg]) -> None:
-        """Handle fetched messages in one transaction and one commit (one fsync), then ack them all.
-        If anything in the batch fails, nothing of it is kept and each message is handled on its own,
-        so a failure is retried, counted or parked for its own message only."""
+        """Handle fetched messages, then ack each one handled. On SQLite they share one transaction
+        and one commit (one fsync), each in a savepoint, so a failure is undone, retried, counted or
+        parked for its own message only; on PostgreSQL each has a transaction of its own."""
         decoded = [(message, envelope) for message in messages if (envelope := await self._decode(message))]
-        if (
-            self._batching
-            and len(decoded) > 1
-            and not any(message.metadata.sequence.stream in self._failures for message, _ in decoded)
-        ):
+        if self._batching and len(decoded) > 1:
             try:
-                await self._apply_batch([envelope for _, envelope in decoded])
-            except Exception as error:  # noqa: BLE001 - each message gets its own verdict below
+                outcomes = await apply_each(self._database, self._handlers, [envelope for _, envelope in decoded])
+            except Exception as error:  # noqa: BLE001 - the database failed the whole batch
                 if is_operating_error(error):
                     # The database or NATS is down: one by one, each would wait for it in turn.
                     log.warning("event.retry_later", extra={"messages": len(decoded), "error": repr(error)})
@@ -233,12 +255,17 @@ class EventConsumer:
                     return
                 log.info("consumer.batch_split", extra={"messages": len(decoded), "error": repr(error)})
             else:
-                for message, _ in decoded:
-                    self._conflicts.pop(message.metadata.sequence.stream, None)
-                    await message.ack()
+                for (message, envelope), outcome in zip(decoded, outcomes, strict=True):
+                    await self._conclude(message, envelope, outcome)
                 return
         for message, envelope in decoded:
-            await self._handle_decoded(message, envelope)
+            await self._conclude(message, envelope, await self._apply_alone(envelope))
+
+    async def _apply_alone(self, envelope: EventEnvelope) -> Exception | bool:
+        try:
+            return await apply_event(self._database, self._handlers, envelope)
+        except Exception as error:  # noqa: BLE001 - its verdict is in _conclude
+            return error
 
     async def _decode(self, message: Msg) -> EventEnvelope | None:
         """The message's event, or None when it can never be handled (then it is parked)."""
@@ -256,29 +283,28 @@ class EventConsumer:
             return None
         return envelope
 
-    async def _handle_decoded(self, message: Msg, envelope: EventEnvelope) -> None:
+    async def _conclude(self, message: Msg, envelope: EventEnvelope, outcome: Exception | bool) -> None:
+        """Ack a message handled (True) or a duplicate (False); for an error, retry or park it."""
         attempt = message.metadata.num_delivered
         sequence = message.metadata.sequence.stream
         with log_context(saga_id=envelope.saga_id, event_id=envelope.event_id, event_type=envelope.event_type):
-            try:
-                applied = await self._apply(envelope)
-            except Exception as error:  # noqa: BLE001 - sorted below: operating errors, conflicts, the rest
-                conflict = is_retryable(error) and self._count_conflict(sequence) <= MAX_CONFLICT_RETRIES
-                if is_operating_error(error) or conflict:
+            if isinstance(outcome, Exception):
+                conflict = is_retryable(outcome) and self._count_conflict(sequence) <= MAX_CONFLICT_RETRIES
+                if is_operating_error(outcome) or conflict:
                     # The database or NATS is unavailable, or the transaction conflicted with a
                     # concurrent one: not the handler's fault, so it does not count.
-                    log.warning("event.retry_later", extra={"delivery": attempt, "error": repr(error)})
+                    log.warning("event.retry_later", extra={"delivery": attempt, "error": repr(outcome)})
                     await message.nak(delay=self.retry_delay_s(attempt))
                     return
                 # Only the handler's own failures count towards parking: deliveries during an
                 # outage or after an ack timeout do not. Kept in memory, so a restart only ever
                 # gives an event more attempts, never fewer.
-                await self._handler_failed(message, envelope, sequence, error)
+                await self._handler_failed(message, envelope, sequence, outcome)
                 return
             self._failures.pop(sequence, None)
             self._conflicts.pop(sequence, None)
             await message.ack()
-            log.debug("event.handled" if applied else "event.duplicate_skipped")
+            log.debug("event.handled" if outcome else "event.duplicate_skipped")
 
     async def _handler_failed(self, message: Msg, envelope: EventEnvelope, sequence: int, error: Exception) -> None:
         failures = self._failures.pop(sequence, 0) + 1
@@ -299,12 +325,6 @@ class EventConsumer:
             self._conflicts.pop(next(iter(self._conflicts)))
         self._conflicts[sequence] = self._conflicts.get(sequence, 0) + 1
         return self._conflicts[sequence]
-
-    async def _apply(self, envelope: EventEnvelope) -> bool:
-        return await self._apply_batch([envelope]) > 0
-
-    async def _apply_batch(self, envelopes: Sequence[EventEnvelope]) -> int:
-        return await apply_events(self._database, self._handlers, envelopes)
 
     async def _park_or_retry(self, message: Msg, envelope: EventEnvelope | None, reason: str) -> None:
         try:

@@ -38,7 +38,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from paysaga.runtime.messaging.streams import StreamSpec, ensure_stream
-from paysaga.runtime.storage.unit_of_work import Database, OutboxRow, utc_now
+from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
 from paysaga.runtime.tasks import sleep_or_stop, wait_any
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ class OutboxRelay:
             return
         async with self._database.transaction() as unit:
             await unit.connection.execute(
-                self._database.statements.mark_published, {"event_ids": self._unmarked, "published_at": utc_now()}
+                self._database.statements.mark_published,
+                {"event_ids": self._unmarked, "published_at": self._database.clock()},
             )
         self._unmarked = []
 

@@ -1,4 +1,7 @@
-"""Group commit for requests: concurrent writes share one transaction, one commit, one fsync.
+"""Group commit: many writes share one transaction, one commit, one fsync, each in a savepoint.
+
+The one mechanism for both kinds of write: requests (GroupCommit, below) and the events of one
+consumer fetch (paysaga.runtime.messaging.consumer) run through each_in_savepoint().
 
 On SQLite writers take turns, so under load each request's own transaction queues behind the
 others, and each pays for its own BEGIN and its own fsync while holding the only write lock.
@@ -21,7 +24,7 @@ hold many requests' row locks, in no common order, until its one commit.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -29,23 +32,26 @@ from paysaga.runtime.storage.database import is_unavailable
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 
 T = TypeVar("T")
+U = TypeVar("U", bound=UnitOfWork)
 MAX_BATCH = 64
 
 
 @dataclass(frozen=True)
-class _Request(Generic[T]):
-    work: Callable[[UnitOfWork], Awaitable[T]]
+class _Request(Generic[U, T]):
+    work: Callable[[U], Awaitable[T]]
     answer: asyncio.Future[T]
 
 
-class GroupCommit(Generic[T]):
-    def __init__(self, database: Database, max_batch: int = MAX_BATCH) -> None:
+class GroupCommit(Generic[U, T]):
+    """Requests' writes, each answered with its own result once it has committed."""
+
+    def __init__(self, database: Database[U], max_batch: int = MAX_BATCH) -> None:
         self._database = database
         self._max_batch = max_batch
-        self._waiting: list[_Request[T]] = []
+        self._waiting: list[_Request[U, T]] = []
         self._committer: asyncio.Task[None] | None = None
 
-    async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[U], Awaitable[T]]) -> T:
         """work's result, once the transaction it ran in has committed."""
         if not self._database.single_writer:
             return await self._database.retrying(work)
@@ -73,41 +79,26 @@ class GroupCommit(Generic[T]):
                 request.answer.cancel()
             self._waiting = []
 
-    async def _commit(self, batch: list[_Request[T]]) -> None:
+    async def _commit(self, batch: list[_Request[U, T]]) -> None:
         if not batch:
             return
         if len(batch) == 1:
             await self._alone(batch[0])
             return
-        outcomes: list[tuple[_Request[T], T | Exception]] = []
         try:
             async with self._database.transaction() as unit:
-                for request in batch:
-                    outcomes.append((request, await self._in_savepoint(unit, request)))
+                outcomes = await each_in_savepoint(unit, [request.work for request in batch])
         except Exception as error:  # noqa: BLE001 - the database failed the whole batch
             for request in batch:
                 _fail(request, error)
             return
-        for request, outcome in outcomes:
+        for request, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 _fail(request, outcome)
             else:
                 _resolve(request, outcome)
 
-    async def _in_savepoint(self, unit: UnitOfWork, request: _Request[T]) -> T | Exception:
-        """The work's result, or its error with everything it wrote and emitted undone. An error of
-        the database itself is raised: it ends the batch."""
-        emitted = len(unit.emitted)
-        try:
-            async with unit.connection.begin_nested():
-                return await request.work(unit)
-        except Exception as error:
-            if is_unavailable(error):
-                raise
-            del unit.emitted[emitted:]
-            return error
-
-    async def _alone(self, request: _Request[T]) -> None:
+    async def _alone(self, request: _Request[U, T]) -> None:
         try:
             result = await self._database.retrying(request.work)
         except Exception as error:  # noqa: BLE001 - handed to its caller
@@ -116,12 +107,30 @@ class GroupCommit(Generic[T]):
         _resolve(request, result)
 
 
+async def each_in_savepoint(unit: U, works: Sequence[Callable[[U], Awaitable[T]]]) -> list[T | Exception]:
+    """Run each work in a savepoint of unit's transaction, in order: its result, or its error with
+    everything it wrote and emitted undone while the others' stays. An error of the database
+    itself (unavailable, connection lost) is raised: the transaction is lost for all of them."""
+    outcomes: list[T | Exception] = []
+    for work in works:
+        emitted = len(unit.emitted)
+        try:
+            async with unit.connection.begin_nested():
+                outcomes.append(await work(unit))
+        except Exception as error:
+            if is_unavailable(error):
+                raise
+            del unit.emitted[emitted:]
+            outcomes.append(error)
+    return outcomes
+
+
 # A caller that stopped waiting (its answer cancelled) gets nothing.
-def _resolve(request: _Request[T], result: T) -> None:
+def _resolve(request: _Request[U, T], result: T) -> None:
     if not request.answer.done():
         request.answer.set_result(result)
 
 
-def _fail(request: _Request[T], error: Exception) -> None:
+def _fail(request: _Request[U, T], error: Exception) -> None:
     if not request.answer.done():
         request.answer.set_exception(error)

@@ -7,7 +7,8 @@ records the id of the event it handled in the inbox table in that transaction, w
 handling idempotent: a redelivered event finds its id and is skipped.
 
 On SQLite, one writer at a time: write transactions take a process-wide lock and start with
-``BEGIN IMMEDIATE`` (other processes wait up to the busy timeout instead of failing on commit).
+``BEGIN IMMEDIATE`` (other processes wait up to the busy timeout instead of failing on commit);
+see paysaga.runtime.storage.backends for what else differs between the databases.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypeVar
+from typing import Generic, NamedTuple
 
 import sqlalchemy as sa
+from google.protobuf.message import Message
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from typing_extensions import TypeVar
 
-from paysaga.core.eventing import EventEnvelope, subject_of
+from paysaga.core.eventing import EventEnvelope, new_event, subject_of
+from paysaga.runtime.storage.backends import backend_of
 from paysaga.runtime.storage.database import WRITE_OPTION, is_retryable
 
 log = logging.getLogger(__name__)
@@ -95,25 +99,55 @@ class MessagingStatements:
 
 @dataclass
 class UnitOfWork:
+    """One write transaction: its connection, and the events it emits (written to the outbox at
+    commit). A service's own unit (a subclass) adds its repositories, bound to this connection, in
+    the style of ``unit.payments.load(payment_id)``."""
+
     connection: AsyncConnection
-    statements: MessagingStatements
+    database: Database[UnitOfWork]
     emitted: list[EventEnvelope] = field(default_factory=list)
     written: list[OutboxRow] = field(default_factory=list)
 
-    async def emit(self, envelope: EventEnvelope) -> None:
-        """Add an event to the outbox; written with the transaction's other events at its end."""
+    def now(self) -> dt.datetime:
+        """The database's clock (injected: the saga simulator and tests can run their own)."""
+        return self.database.clock()
+
+    async def serialize(self, key: str) -> None:
+        """Until commit, nobody else (in any process) gets past serialize(key) for the same key."""
+        await self.database.backend.serialize(self.connection, key)
+
+    def emit(self, payload: Message, *, cause: EventEnvelope | None = None, saga_id: str = "") -> None:
+        """A new event of this service's, in the saga of the event that caused it (or saga_id);
+        written with the transaction's other events at its end."""
+        if cause is not None:
+            saga_id = saga_id or cause.saga_id
+        if not saga_id:
+            raise ValueError(f"{payload.DESCRIPTOR.name} needs a saga: a cause or a saga_id")
+        self.emitted.append(
+            new_event(
+                producer=self.database.producer,
+                saga_id=saga_id,
+                causation_id=cause.event_id if cause is not None else "",
+                payload=payload,
+                now=self.now(),
+            )
+        )
+
+    def emit_envelope(self, envelope: EventEnvelope) -> None:
+        """An event built elsewhere (e.g. relayed), added to the outbox as it is."""
         self.emitted.append(envelope)
 
     async def write_outbox(self) -> None:
         if not self.emitted:
             return
-        now = utc_now()
+        now = self.now()
+        statements = self.database.statements
         self.written = [
             OutboxRow(envelope.event_id, subject_of(envelope), envelope.SerializeToString(deterministic=True))
             for envelope in self.emitted
         ]
         await self.connection.execute(
-            self.statements.insert_outbox,
+            statements.insert_outbox,
             [
                 {
                     "event_id": row.event_id,
@@ -129,13 +163,13 @@ class UnitOfWork:
 
     async def processed_among(self, event_ids: Sequence[str]) -> set[str]:
         """Which of these events were handled before (one query for a batch)."""
-        rows = await self.connection.execute(self.statements.processed, {"ids": list(event_ids)})
+        rows = await self.connection.execute(self.database.statements.processed, {"ids": list(event_ids)})
         return {row.event_id for row in rows}
 
     async def record_all_processed(self, envelopes: Sequence[EventEnvelope]) -> None:
-        now = utc_now()
+        now = self.now()
         await self.connection.execute(
-            self.statements.insert_inbox,
+            self.database.statements.insert_inbox,
             [
                 {
                     "event_id": envelope.event_id,
@@ -148,41 +182,56 @@ class UnitOfWork:
         )
 
 
-class Database:
-    """A service's engine and its write discipline; tells listeners after each commit."""
+U = TypeVar("U", bound=UnitOfWork, default=UnitOfWork, covariant=True)
 
-    def __init__(self, engine: AsyncEngine, metadata: sa.MetaData) -> None:
+
+class Database(Generic[U]):
+    """A service's engine and its write discipline; tells listeners after each commit.
+
+    unit is the service's UnitOfWork class (with its repositories), producer the name its events
+    carry, clock what "now" is in its transactions."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metadata: sa.MetaData,
+        unit: Callable[[AsyncConnection, Database[UnitOfWork]], U] = UnitOfWork,  # type: ignore[assignment]
+        *,
+        producer: str = "",
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
         self.engine = engine
+        self.backend = backend_of(engine)
+        self.producer = producer
+        self.clock = clock
         self.outbox = metadata.tables["outbox"]
         self.inbox = metadata.tables["inbox"]
         self.statements = MessagingStatements(self.outbox, self.inbox)
-        self._is_sqlite = engine.dialect.name == "sqlite"
-        self._write_lock = asyncio.Lock()
+        self._unit = unit
         self._commit_listeners: list[Callable[[list[OutboxRow]], None]] = []
 
     @property
     def single_writer(self) -> bool:
-        """SQLite: one write transaction at a time, so a long one blocks nobody it could deadlock with."""
-        return self._is_sqlite
+        """One write transaction at a time (SQLite): group commit pays, and blocks nobody it could deadlock with."""
+        return self.backend.single_writer
 
     def on_commit(self, listener: Callable[[list[OutboxRow]], None]) -> None:
         """Told after each commit, with the outbox rows it wrote (often none)."""
         self._commit_listeners.append(listener)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+    async def transaction(self) -> AsyncIterator[U]:
         """A write transaction; commits when the block ends, rolls back if it raises."""
-        lock = self._write_lock if self._is_sqlite else contextlib.nullcontext()
-        async with lock, self.engine.connect() as connection:
+        async with self.backend.write_turn(), self.engine.connect() as connection:
             await connection.execution_options(**{WRITE_OPTION: True})
             async with connection.begin():
-                unit = UnitOfWork(connection, self.statements)
+                unit = self._unit(connection, self)
                 yield unit
                 await unit.write_outbox()
         for listener in self._commit_listeners:
             listener(unit.written)
 
-    async def retrying(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    async def retrying(self, work: Callable[[U], Awaitable[T]]) -> T:
         """Run work in a write transaction, again (a bounded number of times) if it conflicted with a
         concurrent transaction: a deadlock, a serialization failure, or a unique key inserted
         meanwhile."""
@@ -201,7 +250,6 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction (a consistent snapshot on both backends)."""
         async with self.engine.connect() as connection:
-            if not self._is_sqlite:  # SQLite's BEGIN already reads one snapshot
-                await connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            await self.backend.snapshot(connection)
             async with connection.begin():
                 yield connection

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paysaga.runtime.storage.unit_of_work import utc_now
+from paysaga.runtime.storage.unit_of_work import UnitOfWork
 from services.inventory.adapters.tables import items, receipts, reservations
 from services.inventory.domain import Item, Reservation, ReservationStatus
 
@@ -28,66 +28,78 @@ def item_from_row(row: Any) -> Item:
     return Item(row.sku, row.name, row.unit_price_minor, row.currency, *(getattr(row, name) for name in QUANTITIES))
 
 
-async def load_item(connection: AsyncConnection, sku: str) -> Item | None:
-    row = (await connection.execute(_LOAD_ITEM, {"sku": sku})).first()
-    return None if row is None else item_from_row(row)
+class InventoryRepository:
+    """Items, reservations and receipts; rows loaded for update are locked until commit."""
 
+    def __init__(self, unit: UnitOfWork) -> None:
+        self._unit = unit
+        self._connection = unit.connection
 
-async def insert_item(connection: AsyncConnection, item: Item) -> None:
-    now = utc_now()
-    await connection.execute(
-        items.insert().values(
-            sku=item.sku,
-            name=item.name,
-            unit_price_minor=item.unit_price_minor,
-            currency=item.currency,
-            created_at=now,
-            updated_at=now,
-            **{name: getattr(item, name) for name in QUANTITIES},
+    async def load_item(self, sku: str) -> Item | None:
+        row = (await self._connection.execute(_LOAD_ITEM, {"sku": sku})).first()
+        return None if row is None else item_from_row(row)
+
+    async def insert_item(self, item: Item) -> None:
+        now = self._unit.now()
+        await self._connection.execute(
+            items.insert().values(
+                sku=item.sku,
+                name=item.name,
+                unit_price_minor=item.unit_price_minor,
+                currency=item.currency,
+                created_at=now,
+                updated_at=now,
+                **{name: getattr(item, name) for name in QUANTITIES},
+            )
         )
-    )
+
+    async def save_item(self, item: Item) -> None:
+        await self._connection.execute(
+            _UPDATE_ITEM,
+            {"b_sku": item.sku, "updated_at": self._unit.now(), **{name: getattr(item, name) for name in QUANTITIES}},
+        )
+
+    async def load_reservation(self, payment_id: str) -> Reservation | None:
+        row = (await self._connection.execute(_LOAD_RESERVATION, {"payment_id": payment_id})).first()
+        if row is None:
+            return None
+        return Reservation(row.reservation_id, row.payment_id, row.sku, row.quantity, ReservationStatus(row.status))
+
+    async def insert_reservation(self, reservation: Reservation) -> None:
+        await self._connection.execute(
+            _INSERT_RESERVATION,
+            {
+                "reservation_id": reservation.reservation_id,
+                "payment_id": reservation.payment_id,
+                "sku": reservation.sku,
+                "quantity": reservation.quantity,
+                "status": reservation.status.value,
+                "updated_at": self._unit.now(),
+            },
+        )
+
+    async def save_reservation(self, reservation: Reservation) -> None:
+        await self._connection.execute(
+            _UPDATE_RESERVATION,
+            {
+                "b_reservation_id": reservation.reservation_id,
+                "status": reservation.status.value,
+                "updated_at": self._unit.now(),
+            },
+        )
+
+    async def find_receipt(self, receipt_id: str) -> Any:
+        return (await self._connection.execute(sa.select(receipts).where(receipts.c.receipt_id == receipt_id))).first()
+
+    async def insert_receipt(self, receipt_id: str, sku: str, quantity: int) -> None:
+        await self._connection.execute(
+            receipts.insert().values(receipt_id=receipt_id, sku=sku, quantity=quantity, received_at=self._unit.now())
+        )
 
 
-async def save_item(connection: AsyncConnection, item: Item) -> None:
-    await connection.execute(
-        _UPDATE_ITEM,
-        {"b_sku": item.sku, "updated_at": utc_now(), **{name: getattr(item, name) for name in QUANTITIES}},
-    )
+class InventoryUnit(UnitOfWork):
+    """The inventory service's unit of work."""
 
-
-async def load_reservation(connection: AsyncConnection, payment_id: str) -> Reservation | None:
-    row = (await connection.execute(_LOAD_RESERVATION, {"payment_id": payment_id})).first()
-    if row is None:
-        return None
-    return Reservation(row.reservation_id, row.payment_id, row.sku, row.quantity, ReservationStatus(row.status))
-
-
-async def insert_reservation(connection: AsyncConnection, reservation: Reservation) -> None:
-    await connection.execute(
-        _INSERT_RESERVATION,
-        {
-            "reservation_id": reservation.reservation_id,
-            "payment_id": reservation.payment_id,
-            "sku": reservation.sku,
-            "quantity": reservation.quantity,
-            "status": reservation.status.value,
-            "updated_at": utc_now(),
-        },
-    )
-
-
-async def save_reservation(connection: AsyncConnection, reservation: Reservation) -> None:
-    await connection.execute(
-        _UPDATE_RESERVATION,
-        {"b_reservation_id": reservation.reservation_id, "status": reservation.status.value, "updated_at": utc_now()},
-    )
-
-
-async def find_receipt(connection: AsyncConnection, receipt_id: str) -> Any:
-    return (await connection.execute(sa.select(receipts).where(receipts.c.receipt_id == receipt_id))).first()
-
-
-async def insert_receipt(connection: AsyncConnection, receipt_id: str, sku: str, quantity: int) -> None:
-    await connection.execute(
-        receipts.insert().values(receipt_id=receipt_id, sku=sku, quantity=quantity, received_at=utc_now())
-    )
+    @functools.cached_property
+    def inventory(self) -> InventoryRepository:
+        return InventoryRepository(self)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paysaga.core import validation
-from paysaga.core.errors import InvalidArgument, NotFound
+from paysaga.core.errors import InvalidArgument
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status
 from paysaga.runtime.security.authz import Rule
 from paysaga.runtime.storage.unit_of_work import Database
 from services.ledger import handlers
-from services.ledger.adapters.repository import account_from_row
-from services.ledger.adapters.tables import accounts, statement_lines
+from services.ledger.adapters import views
+from services.ledger.adapters.repository import LedgerUnit
 from services.ledger.domain import Account, AccountKind
 
 KINDS = {ledger_pb2.ACCOUNT_KIND_WALLET: AccountKind.WALLET, ledger_pb2.ACCOUNT_KIND_MERCHANT: AccountKind.MERCHANT}
@@ -24,34 +23,29 @@ KIND_TO_PROTO = {kind: number for number, kind in KINDS.items()}
 
 
 class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database[LedgerUnit]) -> None:
         self._database = database
 
     @domain_errors_as_status
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Account:
-        if request.kind not in KINDS:
-            raise InvalidArgument("kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT")
-        account = Account(
-            validation.uuid_text(request.account_id, "account_id"),
-            KINDS[request.kind],
-            validation.currency(request.currency),
-            validation.text(request.owner, "owner", required=True),
-        )
+        account = new_account(request)
         await self._database.retrying(lambda unit: handlers.open_account(unit, account))
-        return await self._account(account.account_id)
+        _, row = await views.account(self._database, account.account_id)
+        message = ledger_pb2.Account(
+            account_id=row.account_id, kind=KIND_TO_PROTO[AccountKind(row.kind)], currency=row.currency, owner=row.owner
+        )
+        message.created_at.FromDatetime(row.created_at)
+        return message
 
     @domain_errors_as_status
     async def Deposit(
         self, request: ledger_pb2.DepositRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.DepositResponse:
-        account_id = validation.uuid_text(request.account_id, "account_id")
-        deposit_id = validation.uuid_text(request.deposit_id, "deposit_id")
-        amount_minor = validation.positive_amount(request.amount.amount_minor)
-        currency = validation.currency(request.amount.currency, "amount.currency")
+        deposit = deposit_of(request)
         account, replayed = await self._database.retrying(
-            lambda unit: handlers.deposit(unit, account_id, amount_minor, currency, deposit_id)
+            lambda unit: handlers.deposit(unit, deposit.account_id, deposit.amount_minor, deposit.currency, deposit.id)
         )
         return ledger_pb2.DepositResponse(balance=_balance(account), replayed=replayed)
 
@@ -59,30 +53,18 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetBalance(
         self, request: ledger_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Balance:
-        account_id = validation.uuid_text(request.account_id, "account_id")
-        async with self._database.read() as connection:
-            row = await _account_row(connection, account_id)
-        return _balance(account_from_row(row))
+        account, _ = await views.account(self._database, account_id_of(request))
+        return _balance(account)
 
     @domain_errors_as_status
     async def GetStatement(
         self, request: ledger_pb2.GetStatementRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Statement:
-        account_id = validation.uuid_text(request.account_id, "account_id")
-        size = validation.page_size(request.page_size)
-        after = validation.page_token(request.page_token)
-        async with self._database.read() as connection:
-            account = await _account_row(connection, account_id)
-            rows = (
-                await connection.execute(
-                    sa.select(statement_lines)
-                    .where(statement_lines.c.account_id == account_id, statement_lines.c.line_id > after)
-                    .order_by(statement_lines.c.line_id)
-                    .limit(size + 1)
-                )
-            ).all()
-        statement = ledger_pb2.Statement(account_id=account_id, currency=account.currency)
-        for row in rows[:size]:
+        account_id = account_id_of(request)
+        page = validation.page_request(request.page_size, request.page_token)
+        account, rows, next_token = await views.statement_page(self._database, account_id, page)
+        statement = ledger_pb2.Statement(account_id=account_id, currency=account.currency, next_page_token=next_token)
+        for row in rows:
             line = statement.lines.add(
                 entry_id=row.entry_id,
                 kind=ledger_pb2.EntryKind.Value(f"ENTRY_KIND_{row.kind}"),
@@ -93,24 +75,46 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 description=row.description,
             )
             line.occurred_at.FromDatetime(row.occurred_at)
-        statement.next_page_token = validation.next_page_token(rows, size, "line_id")
         return statement
 
-    async def _account(self, account_id: str) -> ledger_pb2.Account:
-        async with self._database.read() as connection:
-            row = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).one()
-        message = ledger_pb2.Account(
-            account_id=row.account_id, kind=KIND_TO_PROTO[AccountKind(row.kind)], currency=row.currency, owner=row.owner
-        )
-        message.created_at.FromDatetime(row.created_at)
-        return message
+
+# The request parsers: a request in, checked values out, or InvalidArgument; no I/O.
 
 
-async def _account_row(connection: AsyncConnection, account_id: str) -> sa.Row[Any]:
-    row = (await connection.execute(sa.select(accounts).where(accounts.c.account_id == account_id))).first()
-    if row is None:
-        raise NotFound(f"account {account_id} does not exist")
-    return row
+class _HasAccountId(Protocol):
+    account_id: str
+
+
+def account_id_of(request: _HasAccountId) -> str:
+    return validation.uuid_text(request.account_id, "account_id")
+
+
+def new_account(request: ledger_pb2.OpenAccountRequest) -> Account:
+    if request.kind not in KINDS:
+        raise InvalidArgument("kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT")
+    return Account(
+        account_id_of(request),
+        KINDS[request.kind],
+        validation.currency(request.currency),
+        validation.text(request.owner, "owner", required=True),
+    )
+
+
+@dataclass(frozen=True)
+class DepositOrder:
+    account_id: str
+    amount_minor: int
+    currency: str
+    id: str
+
+
+def deposit_of(request: ledger_pb2.DepositRequest) -> DepositOrder:
+    return DepositOrder(
+        account_id_of(request),
+        validation.positive_amount(request.amount.amount_minor),
+        validation.currency(request.amount.currency, "amount.currency"),
+        validation.uuid_text(request.deposit_id, "deposit_id"),
+    )
 
 
 def _balance(account: Account) -> ledger_pb2.Balance:
@@ -123,7 +127,7 @@ def _balance(account: Account) -> ledger_pb2.Balance:
     )
 
 
-def grpc_service(database: Database) -> GrpcService:
+def grpc_service(database: Database[LedgerUnit]) -> GrpcService:
     return GrpcService.of(
         LedgerServiceServicer(database),
         ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],

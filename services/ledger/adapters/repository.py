@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paysaga.runtime.storage.unit_of_work import utc_now
+from paysaga.runtime.storage.unit_of_work import UnitOfWork
 from services.ledger.adapters.tables import accounts, holds, journal_entries, journal_lines, statement_lines
 from services.ledger.domain import Account, AccountKind, Entry, EntryKind, Hold, HoldStatus
 
@@ -30,125 +30,132 @@ _ENTRY_HASH = sa.select(journal_entries.c.request_hash).where(journal_entries.c.
 _INSERT_STATEMENT_LINE = statement_lines.insert()
 
 
-async def load_accounts(connection: AsyncConnection, account_ids: Iterable[str]) -> dict[str, Account]:
-    """The accounts that exist among account_ids, locked for update in id order (no deadlocks)."""
-    rows = await connection.execute(_LOAD_ACCOUNTS, {"account_ids": sorted(set(account_ids))})
-    return {row.account_id: account_from_row(row) for row in rows}
-
-
 def account_from_row(row: Any) -> Account:
     return Account(row.account_id, AccountKind(row.kind), row.currency, row.owner, row.balance_minor, row.held_minor)
 
 
-async def insert_account(connection: AsyncConnection, account: Account) -> None:
-    await connection.execute(
-        accounts.insert().values(
-            account_id=account.account_id,
-            kind=account.kind.value,
-            currency=account.currency,
-            owner=account.owner,
-            balance_minor=account.balance_minor,
-            held_minor=account.held_minor,
-            created_at=utc_now(),
+class LedgerRepository:
+    """Accounts, holds, journal entries and statement lines; rows loaded for update are locked until commit."""
+
+    def __init__(self, unit: UnitOfWork) -> None:
+        self._unit = unit
+        self._connection = unit.connection
+
+    async def load_accounts(self, account_ids: Iterable[str]) -> dict[str, Account]:
+        """The accounts that exist among account_ids, locked for update in id order (no deadlocks)."""
+        rows = await self._connection.execute(_LOAD_ACCOUNTS, {"account_ids": sorted(set(account_ids))})
+        return {row.account_id: account_from_row(row) for row in rows}
+
+    async def insert_account(self, account: Account) -> None:
+        await self._connection.execute(
+            accounts.insert().values(
+                account_id=account.account_id,
+                kind=account.kind.value,
+                currency=account.currency,
+                owner=account.owner,
+                balance_minor=account.balance_minor,
+                held_minor=account.held_minor,
+                created_at=self._unit.now(),
+            )
         )
-    )
 
+    async def save_accounts(self, *changed: Account) -> None:
+        for account in changed:
+            await self._connection.execute(
+                _UPDATE_ACCOUNT,
+                {
+                    "b_account_id": account.account_id,
+                    "balance_minor": account.balance_minor,
+                    "held_minor": account.held_minor,
+                },
+            )
 
-async def save_accounts(connection: AsyncConnection, *changed: Account) -> None:
-    for account in changed:
-        await connection.execute(
-            _UPDATE_ACCOUNT,
+    async def load_hold(self, payment_id: str) -> Hold | None:
+        row = (await self._connection.execute(_LOAD_HOLD, {"payment_id": payment_id})).first()
+        if row is None:
+            return None
+        return Hold(
+            row.hold_id,
+            row.payment_id,
+            row.payer_account_id,
+            row.merchant_account_id,
+            row.amount_minor,
+            row.currency,
+            HoldStatus(row.status),
+        )
+
+    async def insert_hold(self, hold: Hold) -> None:
+        await self._connection.execute(
+            _INSERT_HOLD,
             {
-                "b_account_id": account.account_id,
-                "balance_minor": account.balance_minor,
-                "held_minor": account.held_minor,
+                "hold_id": hold.hold_id,
+                "payment_id": hold.payment_id,
+                "payer_account_id": hold.payer_account_id,
+                "merchant_account_id": hold.merchant_account_id,
+                "amount_minor": hold.amount_minor,
+                "currency": hold.currency,
+                "status": hold.status.value,
+                "updated_at": self._unit.now(),
+            },
+        )
+
+    async def save_hold(self, hold: Hold) -> None:
+        await self._connection.execute(
+            _UPDATE_HOLD, {"b_hold_id": hold.hold_id, "status": hold.status.value, "updated_at": self._unit.now()}
+        )
+
+    async def insert_entry(self, entry: Entry, request_hash: str | None = None) -> None:
+        await self._connection.execute(
+            _INSERT_ENTRY,
+            {
+                "entry_id": entry.entry_id,
+                "kind": entry.kind.value,
+                "saga_id": entry.saga_id,
+                "request_hash": request_hash,
+                "created_at": self._unit.now(),
+            },
+        )
+        await self._connection.execute(
+            _INSERT_LINES,
+            [
+                {"entry_id": entry.entry_id, "account_id": line.account_id, "amount_minor": line.amount_minor}
+                for line in entry.lines
+            ],
+        )
+
+    async def find_entry_hash(self, entry_id: str) -> tuple[bool, str | None]:
+        row = (await self._connection.execute(_ENTRY_HASH, {"entry_id": entry_id})).first()
+        return (row is not None, row.request_hash if row is not None else None)
+
+    async def add_statement_line(
+        self,
+        account: Account,
+        *,
+        entry_id: str,
+        kind: EntryKind,
+        amount_minor: int,
+        saga_id: str,
+        description: str,
+    ) -> None:
+        await self._connection.execute(
+            _INSERT_STATEMENT_LINE,
+            {
+                "account_id": account.account_id,
+                "entry_id": entry_id,
+                "kind": kind.value,
+                "amount_minor": amount_minor,
+                "balance_after_minor": account.balance_minor,
+                "held_after_minor": account.held_minor,
+                "saga_id": saga_id,
+                "description": description,
+                "occurred_at": self._unit.now(),
             },
         )
 
 
-async def load_hold(connection: AsyncConnection, payment_id: str) -> Hold | None:
-    row = (await connection.execute(_LOAD_HOLD, {"payment_id": payment_id})).first()
-    if row is None:
-        return None
-    return Hold(
-        row.hold_id,
-        row.payment_id,
-        row.payer_account_id,
-        row.merchant_account_id,
-        row.amount_minor,
-        row.currency,
-        HoldStatus(row.status),
-    )
+class LedgerUnit(UnitOfWork):
+    """The ledger service's unit of work."""
 
-
-async def insert_hold(connection: AsyncConnection, hold: Hold) -> None:
-    await connection.execute(
-        _INSERT_HOLD,
-        {
-            "hold_id": hold.hold_id,
-            "payment_id": hold.payment_id,
-            "payer_account_id": hold.payer_account_id,
-            "merchant_account_id": hold.merchant_account_id,
-            "amount_minor": hold.amount_minor,
-            "currency": hold.currency,
-            "status": hold.status.value,
-            "updated_at": utc_now(),
-        },
-    )
-
-
-async def save_hold(connection: AsyncConnection, hold: Hold) -> None:
-    await connection.execute(
-        _UPDATE_HOLD, {"b_hold_id": hold.hold_id, "status": hold.status.value, "updated_at": utc_now()}
-    )
-
-
-async def insert_entry(connection: AsyncConnection, entry: Entry, request_hash: str | None = None) -> None:
-    await connection.execute(
-        _INSERT_ENTRY,
-        {
-            "entry_id": entry.entry_id,
-            "kind": entry.kind.value,
-            "saga_id": entry.saga_id,
-            "request_hash": request_hash,
-            "created_at": utc_now(),
-        },
-    )
-    await connection.execute(
-        _INSERT_LINES,
-        [
-            {"entry_id": entry.entry_id, "account_id": line.account_id, "amount_minor": line.amount_minor}
-            for line in entry.lines
-        ],
-    )
-
-
-async def find_entry_hash(connection: AsyncConnection, entry_id: str) -> tuple[bool, str | None]:
-    row = (await connection.execute(_ENTRY_HASH, {"entry_id": entry_id})).first()
-    return (row is not None, row.request_hash if row is not None else None)
-
-
-async def add_statement_line(
-    connection: AsyncConnection,
-    account: Account,
-    *,
-    entry_id: str,
-    kind: EntryKind,
-    amount_minor: int,
-    saga_id: str,
-    description: str,
-) -> None:
-    await connection.execute(
-        _INSERT_STATEMENT_LINE,
-        {
-            "account_id": account.account_id,
-            "entry_id": entry_id,
-            "kind": kind.value,
-            "amount_minor": amount_minor,
-            "balance_after_minor": account.balance_minor,
-            "held_after_minor": account.held_minor,
-            "saga_id": saga_id,
-            "description": description,
-            "occurred_at": utc_now(),
-        },
-    )
+    @functools.cached_property
+    def ledger(self) -> LedgerRepository:
+        return LedgerRepository(self)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
-import sqlalchemy as sa
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
-from paysaga.core.errors import DomainError, InvalidArgument, NotFound
+from paysaga.core.errors import DomainError, InvalidArgument
+from paysaga.core.validation import PageRequest
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status, status_of
 from paysaga.runtime.security.authz import Rule
@@ -18,9 +20,8 @@ from paysaga.runtime.storage.group_commit import GroupCommit
 from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
 from paysaga.runtime.tasks import wait_any
 from services.payments import handlers
-from services.payments.adapters import repository
-from services.payments.adapters.repository import as_utc, payment_from_row
-from services.payments.adapters.tables import payments
+from services.payments.adapters import views
+from services.payments.adapters.repository import PaymentsUnit, as_utc
 from services.payments.admission import Admission
 from services.payments.domain import TERMINAL, Payment, PaymentLimits, PurchaseRequest, Status
 
@@ -45,12 +46,12 @@ class ChangeSignal:
 
 
 class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, database: Database, rules: PaymentLimits) -> None:
+    def __init__(self, database: Database[PaymentsUnit], rules: PaymentLimits) -> None:
         self._database = database
         self._rules = rules
         self._changes = ChangeSignal()
         self._admission = Admission(database, rules.max_in_flight)
-        self._creates: GroupCommit[tuple[Payment, bool]] = GroupCommit(database)
+        self._creates: GroupCommit[PaymentsUnit, tuple[Payment, bool]] = GroupCommit(database)
         database.on_commit(self._changes.notify)
 
     @domain_errors_as_status
@@ -68,47 +69,34 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        return payment_message(await self._read(validation.uuid_text(request.payment_id, "payment_id")))
+        return payment_message(await views.payment(self._database, payment_id_of(request)))
 
     @domain_errors_as_status
     async def ListPayments(
         self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ListPaymentsResponse:
-        size = validation.page_size(request.page_size)
-        query = sa.select(payments).where(payments.c.payment_number > validation.page_token(request.page_token))
-        if request.payer_account_id:
-            query = query.where(
-                payments.c.payer_account_id == validation.uuid_text(request.payer_account_id, "payer_account_id")
-            )
-        if request.merchant_account_id:
-            merchant = validation.uuid_text(request.merchant_account_id, "merchant_account_id")
-            query = query.where(payments.c.merchant_account_id == merchant)
-        if request.status:
-            query = query.where(payments.c.status == status_of_proto(request.status).value)
-        async with self._database.read() as connection:
-            rows = (await connection.execute(query.order_by(payments.c.payment_number).limit(size + 1))).all()
-        response = payments_pb2.ListPaymentsResponse(
-            payments=[payment_message(payment_from_row(row)) for row in rows[:size]]
+        query = list_query(request)
+        found, next_token = await views.payments_page(
+            self._database, query.page, payer=query.payer, merchant=query.merchant, status=query.status
         )
-        response.next_page_token = validation.next_page_token(rows, size, "payment_number")
-        return response
+        return payments_pb2.ListPaymentsResponse(
+            payments=[payment_message(payment) for payment in found], next_page_token=next_token
+        )
 
     async def WatchPayment(
         self, request: payments_pb2.WatchPaymentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[payments_pb2.PaymentUpdate]:
         """Every status change in order, from the first, until the payment's latest status is terminal."""
         try:
-            payment_id = validation.uuid_text(request.payment_id, "payment_id")
-            payment = await self._read(payment_id)
+            payment_id = payment_id_of(request)
+            payment = await views.payment(self._database, payment_id)
         except DomainError as error:
             await context.abort(status_of(error), str(error))
             return
         seen_version = 0
         while True:
             changed = self._changes.current()
-            async with self._database.read() as connection:
-                changes = await repository.history_after(connection, payment_id, seen_version)
-            for change in changes:
+            for change in await views.history_after(self._database, payment_id, seen_version):
                 payment.status, payment.reason, payment.version = Status(change.status), change.reason, change.version
                 payment.updated_at = as_utc(change.changed_at)
                 yield payments_pb2.PaymentUpdate(payment=payment_message(payment))
@@ -122,8 +110,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def CancelPayment(
         self, request: payments_pb2.CancelPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        payment_id = validation.uuid_text(request.payment_id, "payment_id")
-        reason = validation.text(request.reason, "reason")
+        payment_id, reason = payment_id_of(request), reason_of(request)
         payment = await self._database.retrying(lambda unit: handlers.cancel_payment(unit, payment_id, reason))
         return payment_message(payment)
 
@@ -131,17 +118,45 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def RefundPayment(
         self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        payment_id = validation.uuid_text(request.payment_id, "payment_id")
-        reason = validation.text(request.reason, "reason")
+        payment_id, reason = payment_id_of(request), reason_of(request)
         payment = await self._database.retrying(lambda unit: handlers.refund_payment(unit, payment_id, reason))
         return payment_message(payment)
 
-    async def _read(self, payment_id: str) -> Payment:
-        async with self._database.read() as connection:
-            row = (await connection.execute(sa.select(payments).where(payments.c.payment_id == payment_id))).first()
-        if row is None:
-            raise NotFound(f"payment {payment_id} does not exist")
-        return payment_from_row(row)
+
+# The request parsers: a request in, checked values out, or InvalidArgument; no I/O.
+
+
+class _HasPaymentId(Protocol):
+    payment_id: str
+
+
+class _HasReason(Protocol):
+    reason: str
+
+
+def payment_id_of(request: _HasPaymentId) -> str:
+    return validation.uuid_text(request.payment_id, "payment_id")
+
+
+def reason_of(request: _HasReason) -> str:
+    return validation.text(request.reason, "reason")
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    page: PageRequest
+    payer: str = ""
+    merchant: str = ""
+    status: Status | None = None
+
+
+def list_query(request: payments_pb2.ListPaymentsRequest) -> ListQuery:
+    return ListQuery(
+        validation.page_request(request.page_size, request.page_token),
+        validation.uuid_text(request.payer_account_id, "payer_account_id") if request.payer_account_id else "",
+        validation.uuid_text(request.merchant_account_id, "merchant_account_id") if request.merchant_account_id else "",
+        status_of_proto(request.status) if request.status else None,
+    )
 
 
 def purchase_request(request: payments_pb2.CreatePaymentRequest) -> PurchaseRequest:
@@ -194,7 +209,7 @@ def payment_message(payment: Payment) -> payments_pb2.Payment:
     return message
 
 
-def grpc_service(database: Database, rules: PaymentLimits) -> GrpcService:
+def grpc_service(database: Database[PaymentsUnit], rules: PaymentLimits) -> GrpcService:
     return GrpcService.of(
         PaymentServiceServicer(database, rules),
         payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],

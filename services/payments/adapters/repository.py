@@ -1,15 +1,16 @@
-"""Loading and saving payments inside a unit of work."""
+"""Loading and saving payments inside a unit of work: ``unit.payments.load(payment_id)``."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paysaga.runtime.storage.unit_of_work import UnitOfWork
 from services.payments.adapters.tables import payment_history, payments
-from services.payments.domain import IN_FLIGHT, Payment, PurchaseRequest, Status
+from services.payments.domain import Payment, PurchaseRequest, Status
 
 # The hot statements are built once: SQLAlchemy then finds each compiled form by a cache key it
 # memoizes on the statement, instead of building and hashing a new statement tree per call.
@@ -57,118 +58,86 @@ def payment_from_row(row: Any) -> Payment:
     )
 
 
-async def load(connection: AsyncConnection, payment_id: str) -> Payment | None:
-    row = (await connection.execute(_LOAD, {"payment_id": payment_id})).first()
-    return None if row is None else payment_from_row(row)
+class PaymentRepository:
+    """Payments, locked for update when loaded; every saved version also goes to the history."""
+
+    def __init__(self, unit: UnitOfWork) -> None:
+        self._unit = unit
+        self._connection = unit.connection
+
+    async def load(self, payment_id: str) -> Payment | None:
+        row = (await self._connection.execute(_LOAD, {"payment_id": payment_id})).first()
+        return None if row is None else payment_from_row(row)
+
+    async def find_by_idempotency_key(self, payer_account_id: str, key: str) -> tuple[Payment, str] | None:
+        row = (await self._connection.execute(_BY_IDEMPOTENCY_KEY, {"payer": payer_account_id, "key": key})).first()
+        return None if row is None else (payment_from_row(row), row.request_hash)
+
+    async def lock_payer(self, payer_account_id: str) -> None:
+        """Serialise new payments of one payer until commit, so replicas cannot both pass the
+        velocity rule on the same count."""
+        await self._unit.serialize(f"payer:{payer_account_id}")
+
+    async def count_recent(self, payer_account_id: str, since: dt.datetime) -> int:
+        count = await self._connection.scalar(_COUNT_RECENT, {"payer": payer_account_id, "since": since})
+        return int(count or 0)
+
+    async def insert(self, payment: Payment) -> None:
+        request = payment.request
+        await self._connection.execute(
+            _INSERT,
+            {
+                "payment_id": payment.payment_id,
+                "idempotency_key": request.idempotency_key,
+                "request_hash": request.fingerprint(),
+                "payer_account_id": request.payer_account_id,
+                "merchant_account_id": request.merchant_account_id,
+                "sku": request.sku,
+                "quantity": request.quantity,
+                "amount_minor": request.amount_minor,
+                "currency": request.currency,
+                "sla_tier": request.sla_tier,
+                "status": payment.status.value,
+                "reason": payment.reason,
+                "version": payment.version,
+                "timed_out": payment.timed_out,
+                "created_at": payment.created_at,
+                "updated_at": payment.updated_at,
+                "deadline_at": payment.deadline_at,
+            },
+        )
+        await self._record_history(payment)
+
+    async def save(self, payment: Payment) -> None:
+        await self._connection.execute(
+            _UPDATE,
+            {
+                "b_payment_id": payment.payment_id,
+                "status": payment.status.value,
+                "reason": payment.reason[:500],
+                "version": payment.version,
+                "timed_out": payment.timed_out,
+                "updated_at": payment.updated_at,
+            },
+        )
+        await self._record_history(payment)
+
+    async def _record_history(self, payment: Payment) -> None:
+        await self._connection.execute(
+            _INSERT_HISTORY,
+            {
+                "payment_id": payment.payment_id,
+                "version": payment.version,
+                "status": payment.status.value,
+                "reason": payment.reason[:500],
+                "changed_at": payment.updated_at,
+            },
+        )
 
 
-async def find_by_idempotency_key(
-    connection: AsyncConnection, payer_account_id: str, key: str
-) -> tuple[Payment, str] | None:
-    row = (await connection.execute(_BY_IDEMPOTENCY_KEY, {"payer": payer_account_id, "key": key})).first()
-    return None if row is None else (payment_from_row(row), row.request_hash)
+class PaymentsUnit(UnitOfWork):
+    """The payments service's unit of work."""
 
-
-async def lock_payer(connection: AsyncConnection, payer_account_id: str) -> None:
-    """Serialise new payments of one payer until commit, so replicas cannot both pass the velocity
-    rule on the same count. (SQLite already has one writer at a time.)"""
-    if connection.dialect.name == "postgresql":
-        await connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:payer))"), {"payer": payer_account_id})
-
-
-async def count_recent(connection: AsyncConnection, payer_account_id: str, since: dt.datetime) -> int:
-    count = await connection.scalar(_COUNT_RECENT, {"payer": payer_account_id, "since": since})
-    return int(count or 0)
-
-
-async def insert(connection: AsyncConnection, payment: Payment) -> None:
-    request = payment.request
-    await connection.execute(
-        _INSERT,
-        {
-            "payment_id": payment.payment_id,
-            "idempotency_key": request.idempotency_key,
-            "request_hash": request.fingerprint(),
-            "payer_account_id": request.payer_account_id,
-            "merchant_account_id": request.merchant_account_id,
-            "sku": request.sku,
-            "quantity": request.quantity,
-            "amount_minor": request.amount_minor,
-            "currency": request.currency,
-            "sla_tier": request.sla_tier,
-            "status": payment.status.value,
-            "reason": payment.reason,
-            "version": payment.version,
-            "timed_out": payment.timed_out,
-            "created_at": payment.created_at,
-            "updated_at": payment.updated_at,
-            "deadline_at": payment.deadline_at,
-        },
-    )
-    await _record_history(connection, payment)
-
-
-async def save(connection: AsyncConnection, payment: Payment) -> None:
-    await connection.execute(
-        _UPDATE,
-        {
-            "b_payment_id": payment.payment_id,
-            "status": payment.status.value,
-            "reason": payment.reason[:500],
-            "version": payment.version,
-            "timed_out": payment.timed_out,
-            "updated_at": payment.updated_at,
-        },
-    )
-    await _record_history(connection, payment)
-
-
-async def _record_history(connection: AsyncConnection, payment: Payment) -> None:
-    await connection.execute(
-        _INSERT_HISTORY,
-        {
-            "payment_id": payment.payment_id,
-            "version": payment.version,
-            "status": payment.status.value,
-            "reason": payment.reason[:500],
-            "changed_at": payment.updated_at,
-        },
-    )
-
-
-async def history_after(connection: AsyncConnection, payment_id: str, version: int) -> list[Any]:
-    rows = await connection.execute(
-        sa.select(payment_history)
-        .where(payment_history.c.payment_id == payment_id, payment_history.c.version > version)
-        .order_by(payment_history.c.version)
-    )
-    return list(rows)
-
-
-async def stuck_compensations(connection: AsyncConnection, since: dt.datetime, limit: int) -> list[Any]:
-    """Payments waiting for a compensation (CANCELLING, REFUNDING) without a change since `since`."""
-    rows = await connection.execute(
-        sa.select(payments.c.payment_id, payments.c.status, payments.c.updated_at)
-        .where(payments.c.status.in_([Status.CANCELLING.value, Status.REFUNDING.value]))
-        .where(payments.c.updated_at < since)
-        .limit(limit)
-    )
-    return list(rows)
-
-
-async def count_in_flight(connection: AsyncConnection) -> int:
-    """Payments the saga is still moving forward (an index range on status)."""
-    in_flight = [status.value for status in IN_FLIGHT]
-    query = sa.select(sa.func.count()).select_from(payments).where(payments.c.status.in_(in_flight))
-    return int(await connection.scalar(query) or 0)
-
-
-async def overdue(connection: AsyncConnection, now: dt.datetime, limit: int) -> list[str]:
-    rows = await connection.execute(
-        sa.select(payments.c.payment_id)
-        .where(payments.c.status.in_([status.value for status in IN_FLIGHT]))
-        .where(payments.c.deadline_at < now)
-        .order_by(payments.c.deadline_at)
-        .limit(limit)
-    )
-    return [row.payment_id for row in rows]
+    @functools.cached_property
+    def payments(self) -> PaymentRepository:
+        return PaymentRepository(self)

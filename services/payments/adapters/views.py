@@ -1,0 +1,88 @@
+"""The payments service's read queries: each in a read-only snapshot, none of them locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+from paysaga.core.errors import NotFound
+from paysaga.core.validation import PageRequest
+from paysaga.runtime.storage.pages import page
+from paysaga.runtime.storage.unit_of_work import Database
+from services.payments.adapters.repository import payment_from_row
+from services.payments.adapters.tables import payment_history, payments
+from services.payments.domain import IN_FLIGHT, Payment, Status
+
+_GET = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id"))
+_HISTORY_AFTER = (
+    sa.select(payment_history)
+    .where(payment_history.c.payment_id == sa.bindparam("payment_id"), payment_history.c.version > sa.bindparam("v"))
+    .order_by(payment_history.c.version)
+)
+_COUNT_IN_FLIGHT = (
+    sa.select(sa.func.count()).select_from(payments).where(payments.c.status.in_([s.value for s in IN_FLIGHT]))
+)
+
+
+async def payment(database: Database, payment_id: str) -> Payment:
+    async with database.read() as connection:
+        row = (await connection.execute(_GET, {"payment_id": payment_id})).first()
+    if row is None:
+        raise NotFound(f"payment {payment_id} does not exist")
+    return payment_from_row(row)
+
+
+async def payments_page(
+    database: Database, request: PageRequest, *, payer: str = "", merchant: str = "", status: Status | None = None
+) -> tuple[list[Payment], str]:
+    """A page of payments in the order they were created, optionally only a payer's, a
+    merchant's or those in one status; and the next page's token."""
+    query = sa.select(payments)
+    if payer:
+        query = query.where(payments.c.payer_account_id == payer)
+    if merchant:
+        query = query.where(payments.c.merchant_account_id == merchant)
+    if status is not None:
+        query = query.where(payments.c.status == status.value)
+    async with database.read() as connection:
+        found = await page(connection, query, payments.c.payment_number, request)
+    return [payment_from_row(row) for row in found.rows], found.next_page_token
+
+
+async def history_after(database: Database, payment_id: str, version: int) -> list[Any]:
+    """The payment's status changes after version, oldest first."""
+    async with database.read() as connection:
+        return list(await connection.execute(_HISTORY_AFTER, {"payment_id": payment_id, "v": version}))
+
+
+async def overdue(database: Database, now: dt.datetime, limit: int) -> list[str]:
+    """Payments still in flight past their deadline, the most overdue first."""
+    async with database.read() as connection:
+        rows = await connection.execute(
+            sa.select(payments.c.payment_id)
+            .where(payments.c.status.in_([status.value for status in IN_FLIGHT]))
+            .where(payments.c.deadline_at < now)
+            .order_by(payments.c.deadline_at)
+            .limit(limit)
+        )
+        return [row.payment_id for row in rows]
+
+
+async def stuck_compensations(database: Database, since: dt.datetime, limit: int) -> list[Any]:
+    """Payments waiting for a compensation (CANCELLING, REFUNDING) without a change since `since`."""
+    async with database.read() as connection:
+        rows = await connection.execute(
+            sa.select(payments.c.payment_id, payments.c.status, payments.c.updated_at)
+            .where(payments.c.status.in_([Status.CANCELLING.value, Status.REFUNDING.value]))
+            .where(payments.c.updated_at < since)
+            .limit(limit)
+        )
+        return list(rows)
+
+
+async def count_in_flight(database: Database) -> int:
+    """Payments the saga is still moving forward (an index range on status)."""
+    async with database.read() as connection:
+        return int(await connection.scalar(_COUNT_IN_FLIGHT) or 0)
