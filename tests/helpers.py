@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -45,6 +46,15 @@ def ssl_context_without_client_certificate(ca_file: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
+    """Poll condition until it holds; fail saying what did not happen within timeout_s."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.05)
 
 
 def wait_for_log(cluster: LocalCluster, name: str, text: str, timeout_s: float = 10.0) -> str:

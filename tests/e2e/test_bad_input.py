@@ -1,4 +1,11 @@
-"""Bad input to every RPC: the right status code, a readable message, and nothing changed."""
+"""Bad input through the whole cluster: the right status code, a readable message, and nothing
+changed, for one case of each kind (a refused field on each service, on a unary and a streaming
+call; an unknown id; a conflicting retry; a broken precondition).
+
+Every rule, one case each, is tested on the request parsers (tests/unit/test_request_parsers.py)
+and on the handlers over both databases (tests/integration/test_handlers.py); here the point is
+that a refusal reaches the client as the right status and leaves balances, stock and payments as
+they were."""
 
 from __future__ import annotations
 
@@ -45,97 +52,8 @@ CASES: list[tuple[str, Callable[[Purchase], Any], grpc.StatusCode, str]] = [
         "amount.amount_minor must be positive, got 0",
     ),
     (
-        "CreatePayment",
-        lambda p: payment(p, amount=Money(amount_minor=-5, currency="EUR")),
-        INVALID,
-        "amount.amount_minor must be positive, got -5",
-    ),
-    (
-        "CreatePayment",
-        lambda p: payment(p, amount=Money(amount_minor=2**62, currency="EUR")),
-        INVALID,
-        f"amount.amount_minor must be at most {10**15}, got {2**62}",
-    ),
-    (
-        "CreatePayment",
-        lambda p: payment(p, amount=Money(amount_minor=100, currency="XYZ")),
-        INVALID,
-        "amount.currency must be an ISO 4217 code such as EUR, got 'XYZ'",
-    ),
-    (
-        "CreatePayment",
-        lambda p: payment(p, amount=Money(amount_minor=100, currency="eur")),
-        INVALID,
-        "amount.currency must be an ISO 4217 code such as EUR, got 'eur'",
-    ),
-    ("CreatePayment", lambda p: payment(p, idempotency_key=""), INVALID, "idempotency_key is required"),
-    (
-        "CreatePayment",
-        lambda p: payment(p, idempotency_key="k" * 129),
-        INVALID,
-        "idempotency_key must be at most 128 characters, got 129",
-    ),
-    ("CreatePayment", lambda p: payment(p, payer_account_id=""), INVALID, "payer_account_id is required"),
-    (
-        "CreatePayment",
-        lambda p: payment(p, merchant_account_id="shop"),
-        INVALID,
-        "merchant_account_id must be a UUID, got 'shop'",
-    ),
-    (
-        "CreatePayment",
-        lambda p: payment(p, merchant_account_id=p.payer),
-        INVALID,
-        "payer_account_id and merchant_account_id must differ",
-    ),
-    (
-        "CreatePayment",
-        lambda p: payment(p, sku=""),
-        INVALID,
-        "sku must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-', got ''",
-    ),
-    (
-        "CreatePayment",
-        lambda p: payment(p, sku="x" * 65),
-        INVALID,
-        "sku must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-', got '" + "x" * 65 + "'",
-    ),
-    ("CreatePayment", lambda p: payment(p, quantity=0), INVALID, "quantity must be between 1 and 1000000, got 0"),
-    ("CreatePayment", lambda p: payment(p, sla_tier=42), INVALID, "sla_tier 42 is not a known tier"),
-    ("GetPayment", lambda p: payments_pb2.GetPaymentRequest(payment_id=""), INVALID, "payment_id is required"),
-    (
         "GetPayment",
         lambda p: payments_pb2.GetPaymentRequest(payment_id=UNKNOWN_ID),
-        NOT_FOUND,
-        f"payment {UNKNOWN_ID} does not exist",
-    ),
-    (
-        "ListPayments",
-        lambda p: payments_pb2.ListPaymentsRequest(page_size=501),
-        INVALID,
-        "page_size must be between 0 and 500, got 501",
-    ),
-    (
-        "ListPayments",
-        lambda p: payments_pb2.ListPaymentsRequest(page_token="abc"),  # noqa: S106
-        INVALID,
-        "page_token is not one this service issued",
-    ),
-    (
-        "ListPayments",
-        lambda p: payments_pb2.ListPaymentsRequest(status=99),  # type: ignore[arg-type]
-        INVALID,
-        "status 99 is not a known payment status",
-    ),
-    (
-        "ListPayments",
-        lambda p: payments_pb2.ListPaymentsRequest(payer_account_id="me"),
-        INVALID,
-        "payer_account_id must be a UUID, got 'me'",
-    ),
-    (
-        "WatchPayment",
-        lambda p: payments_pb2.WatchPaymentRequest(payment_id=UNKNOWN_ID),
         NOT_FOUND,
         f"payment {UNKNOWN_ID} does not exist",
     ),
@@ -146,68 +64,12 @@ CASES: list[tuple[str, Callable[[Purchase], Any], grpc.StatusCode, str]] = [
         "payment_id must be a UUID, got 'x'",
     ),
     (
-        "CancelPayment",
-        lambda p: payments_pb2.CancelPaymentRequest(payment_id=UNKNOWN_ID),
-        NOT_FOUND,
-        f"payment {UNKNOWN_ID} does not exist",
-    ),
-    (
-        "CancelPayment",
-        lambda p: payments_pb2.CancelPaymentRequest(payment_id=UNKNOWN_ID, reason="r" * 201),
-        INVALID,
-        "reason must be at most 200 characters, got 201",
-    ),
-    (
-        "RefundPayment",
-        lambda p: payments_pb2.RefundPaymentRequest(payment_id=UNKNOWN_ID),
-        NOT_FOUND,
-        f"payment {UNKNOWN_ID} does not exist",
-    ),
-    (
         "OpenAccount",
         lambda p: ledger_pb2.OpenAccountRequest(
             account_id=p.payer, kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EUR", owner="x"
         ),
         EXISTS,
         "account {payer} already exists, with other details",
-    ),
-    (
-        "OpenAccount",
-        lambda p: ledger_pb2.OpenAccountRequest(account_id=str(uuid.uuid4()), currency="EUR", owner="x"),
-        INVALID,
-        "kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT",
-    ),
-    (
-        "OpenAccount",
-        lambda p: ledger_pb2.OpenAccountRequest(
-            account_id=str(uuid.uuid4()), kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EURO", owner="x"
-        ),
-        INVALID,
-        "currency must be an ISO 4217 code such as EUR, got 'EURO'",
-    ),
-    (
-        "OpenAccount",
-        lambda p: ledger_pb2.OpenAccountRequest(
-            account_id=str(uuid.uuid4()), kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EUR", owner=" "
-        ),
-        INVALID,
-        "owner is required",
-    ),
-    (
-        "OpenAccount",
-        lambda p: ledger_pb2.OpenAccountRequest(
-            account_id="", kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EUR", owner="x"
-        ),
-        INVALID,
-        "account_id is required",
-    ),
-    (
-        "Deposit",
-        lambda p: ledger_pb2.DepositRequest(
-            account_id=p.payer, amount=Money(amount_minor=0, currency="EUR"), deposit_id=str(uuid.uuid4())
-        ),
-        INVALID,
-        "amount.amount_minor must be positive, got 0",
     ),
     (
         "Deposit",
@@ -218,44 +80,10 @@ CASES: list[tuple[str, Callable[[Purchase], Any], grpc.StatusCode, str]] = [
         "account {payer} holds EUR, not USD",
     ),
     (
-        "Deposit",
-        lambda p: ledger_pb2.DepositRequest(
-            account_id=UNKNOWN_ID, amount=Money(amount_minor=10, currency="EUR"), deposit_id=str(uuid.uuid4())
-        ),
-        NOT_FOUND,
-        f"account {UNKNOWN_ID} does not exist",
-    ),
-    (
-        "Deposit",
-        lambda p: ledger_pb2.DepositRequest(account_id=p.payer, amount=Money(amount_minor=10, currency="EUR")),
-        INVALID,
-        "deposit_id is required",
-    ),
-    (
-        "GetBalance",
-        lambda p: ledger_pb2.GetBalanceRequest(account_id=UNKNOWN_ID),
-        NOT_FOUND,
-        f"account {UNKNOWN_ID} does not exist",
-    ),
-    (
         "GetStatement",
         lambda p: ledger_pb2.GetStatementRequest(account_id=p.payer, page_size=-1),
         INVALID,
         "page_size must be between 0 and 500, got -1",
-    ),
-    (
-        "GetStatement",
-        lambda p: ledger_pb2.GetStatementRequest(account_id=UNKNOWN_ID),
-        NOT_FOUND,
-        f"account {UNKNOWN_ID} does not exist",
-    ),
-    (
-        "AddItem",
-        lambda p: inventory_pb2.AddItemRequest(
-            sku=p.sku, name="again", unit_price=Money(amount_minor=1, currency="EUR")
-        ),
-        EXISTS,
-        "SKU {sku} already exists, with other details",
     ),
     (
         "AddItem",
@@ -266,56 +94,10 @@ CASES: list[tuple[str, Callable[[Purchase], Any], grpc.StatusCode, str]] = [
         "sku must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-', got 'bad sku'",
     ),
     (
-        "AddItem",
-        lambda p: inventory_pb2.AddItemRequest(sku="ok-sku", name="", unit_price=Money(amount_minor=1, currency="EUR")),
-        INVALID,
-        "name is required",
-    ),
-    (
-        "AddItem",
-        lambda p: inventory_pb2.AddItemRequest(
-            sku="ok-sku", name="x" * 201, unit_price=Money(amount_minor=1, currency="EUR")
-        ),
-        INVALID,
-        "name must be at most 200 characters, got 201",
-    ),
-    (
-        "AddItem",
-        lambda p: inventory_pb2.AddItemRequest(
-            sku="ok-sku", name="x", unit_price=Money(amount_minor=0, currency="EUR")
-        ),
-        INVALID,
-        "unit_price.amount_minor must be positive, got 0",
-    ),
-    (
-        "ReceiveStock",
-        lambda p: inventory_pb2.ReceiveStockRequest(sku=p.sku, quantity=0, receipt_id=str(uuid.uuid4())),
-        INVALID,
-        "quantity must be between 1 and 1000000, got 0",
-    ),
-    (
         "ReceiveStock",
         lambda p: inventory_pb2.ReceiveStockRequest(sku="nothing-here", quantity=1, receipt_id=str(uuid.uuid4())),
         NOT_FOUND,
         "SKU nothing-here does not exist",
-    ),
-    (
-        "ReceiveStock",
-        lambda p: inventory_pb2.ReceiveStockRequest(sku=p.sku, quantity=1, receipt_id="r1"),
-        INVALID,
-        "receipt_id must be a UUID, got 'r1'",
-    ),
-    (
-        "GetItem",
-        lambda p: inventory_pb2.GetItemRequest(sku="nothing-here"),
-        NOT_FOUND,
-        "SKU nothing-here does not exist",
-    ),
-    (
-        "ListItems",
-        lambda p: inventory_pb2.ListItemsRequest(page_token="-1"),  # noqa: S106
-        INVALID,
-        "page_token is not one this service issued",
     ),
 ]
 

@@ -25,7 +25,7 @@ from paysaga.payments.v1 import payments_pb2
 from paysaga.runtime.settings import TlsFiles
 from tests.e2e.shop import Purchase, Shop
 from tests.e2e.test_saga import settled
-from tests.helpers import client_token, secure_channel, wait_for_log
+from tests.helpers import client_token, eventually, secure_channel, wait_for_log
 
 pytestmark = pytest.mark.e2e
 PURCHASES = 40
@@ -75,6 +75,34 @@ def wait_until(condition: object, timeout_s: float = 15.0) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError("condition not met in time")
+
+
+# What each process logs once it has re-read changed certificate files: a service's NATS client
+# (its gRPC server re-reads them at its next handshake), and nats-server on the reload its
+# supervisor signals.
+RELOADED = {
+    "payments": '"event":"tls.client_reloaded"',
+    "ledger": '"event":"tls.client_reloaded"',
+    "inventory": '"event":"tls.client_reloaded"',
+    "nats": "Reloaded server configuration",
+}
+
+
+def reloads(cluster: LocalCluster) -> dict[str, int]:
+    counts = {}
+    for name, text in RELOADED.items():
+        path = cluster.log_path(name)
+        counts[name] = path.read_text(errors="replace").count(text) if path.exists() else 0
+    return counts
+
+
+async def every_process_reloaded(cluster: LocalCluster, before: dict[str, int]) -> None:
+    """Wait (bounded) until every process has re-read the certificate files since before."""
+
+    async def done() -> bool:
+        return all(count > before[name] for name, count in reloads(cluster).items())
+
+    await eventually(done, f"every process reloaded its certificates (before: {before}, now: {reloads(cluster)})")
 
 
 async def test_reissuing_certificates_under_load_fails_nothing_and_new_connections_see_them(
@@ -136,8 +164,9 @@ async def test_a_ca_rollover_trusts_both_cas_in_between_and_only_the_new_one_aft
             return error.code()
         return grpc.StatusCode.OK
 
+    before = reloads(cluster)
     rotation.begin_ca_rollover(certs, certs)
-    await asyncio.sleep(2)  # every process re-reads the bundle at its next handshake or reload
+    await every_process_reloaded(cluster, before)
     # Clients too must hold the new bundle before servers switch to certificates of the new CA.
     shop = Shop(cluster)
     report = rotation.bootstrap(certs, certs)
@@ -154,8 +183,9 @@ async def test_a_ca_rollover_trusts_both_cas_in_between_and_only_the_new_one_aft
     finally:
         await shop.close()
 
+    before = reloads(cluster)
     assert rotation.finish_ca_rollover(certs, certs) == []
-    await asyncio.sleep(2)
+    await every_process_reloaded(cluster, before)
 
     assert await list_items(old_ops) == grpc.StatusCode.UNAVAILABLE, "the old CA is no longer trusted"
     assert await list_items(cluster.tls_files("ops")) == grpc.StatusCode.OK

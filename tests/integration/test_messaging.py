@@ -25,7 +25,7 @@ from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subs
 from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.storage.database import create_engine
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork, messaging_tables
-from tests.helpers import connect_as
+from tests.helpers import connect_as, eventually
 
 metadata = sa.MetaData()
 messaging_tables(metadata)
@@ -102,22 +102,27 @@ def funds_held(payment_id: str, producer: str) -> EventEnvelope:
     return new_event(producer=producer, saga_id=payment_id, payload=events_pb2.FundsHeld(payment_id=payment_id))
 
 
-async def run_until(consumer: EventConsumer, done: asyncio.Event | None = None, timeout_s: float = 20.0) -> None:
-    """Run the consumer until done is set (or, without done, for a moment), then stop it."""
+async def run_until(
+    rig: Rig, consumer: EventConsumer, done: asyncio.Event | None = None, timeout_s: float = 20.0
+) -> None:
+    """Run the consumer until done is set (if given) and it has nothing left to deliver or to be
+    acknowledged (every message handled, skipped or parked), then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        if done is None:
-            await asyncio.sleep(1.5)
-        else:
+        if done is not None:
             await asyncio.wait_for(done.wait(), timeout=timeout_s)
+        await eventually(lambda: consumer_idle(rig, consumer.name), f"{consumer.name} is idle", timeout_s)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
 
 
 async def consumer_idle(rig: Rig, consumer_name: str) -> bool:
-    info = await rig.ops.consumer_info(f"{rig.producer.upper()}_EVENTS", consumer_name)
+    try:
+        info = await rig.ops.consumer_info(f"{rig.producer.upper()}_EVENTS", consumer_name)
+    except NotFoundError:
+        return False  # not created yet
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
@@ -133,7 +138,7 @@ async def test_the_same_event_delivered_twice_has_one_effect(rig: Rig) -> None:
     await rig.publish(event)
     await rig.publish(event)  # a different message id: JetStream stores and delivers it again
 
-    await run_until(consumer)
+    await run_until(rig, consumer)
 
     assert await rig.effects() == [event.saga_id]
     assert calls == [event.event_id], "the duplicate was skipped by the inbox, the handler never ran twice"
@@ -146,11 +151,14 @@ async def test_a_fetched_batch_commits_once_and_a_failing_event_only_fails_itsel
     failed_once = asyncio.Event()
     failing_applied = asyncio.Event()
 
+    calls: list[str] = []
+
     async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        calls.append(event.event_id)
+        await unit.connection.execute(effects.insert().values(payment_id=event.saga_id))
         if event.event_id == failing.event_id and not failed_once.is_set():
             failed_once.set()
-            raise ValueError("not yet")
-        await unit.connection.execute(effects.insert().values(payment_id=event.saga_id))
+            raise ValueError("not yet")  # after writing: that write must be undone
         if event.event_id == failing.event_id:
             failing_applied.set()
 
@@ -161,11 +169,13 @@ async def test_a_fetched_batch_commits_once_and_a_failing_event_only_fails_itsel
         await rig.publish(event)
     await rig.publish(events[0])  # the same event again, in the same fetch
 
-    await run_until(consumer, failing_applied)
-    await asyncio.sleep(0.3)
+    await run_until(rig, consumer, failing_applied)
 
     assert sorted(await rig.effects()) == sorted(event.saga_id for event in events), "each event had one effect"
     assert failed_once.is_set()
+    # The failing event ran twice (failed, then succeeded); each other event once: a failure in a
+    # batch undoes only its own savepoint, the others commit without being handled again.
+    assert sorted(calls) == sorted([event.event_id for event in events] + [failing.event_id])
     assert await consumer_idle(rig, consumer.name)
 
     # Without a failure, all of a fetch is one transaction on SQLite (one commit); on PostgreSQL
@@ -174,7 +184,7 @@ async def test_a_fetched_batch_commits_once_and_a_failing_event_only_fails_itsel
     for event in more:
         await rig.publish(event)
     commits.clear()
-    await run_until(consumer)
+    await run_until(rig, consumer)
     assert len(commits) == (1 if rig.database.single_writer else len(more))
     assert len(await rig.effects()) == len(events) + len(more)
 
@@ -193,8 +203,7 @@ async def test_a_handler_that_keeps_failing_is_parked_in_the_dead_letter_stream(
     event = funds_held(str(uuid.uuid4()), rig.producer)
     await rig.publish(event)
 
-    await run_until(consumer, parked)
-    await asyncio.sleep(0.5)
+    await run_until(rig, consumer, parked)
 
     assert len(attempts) == 3
     assert await rig.effects() == []
@@ -212,7 +221,7 @@ async def test_an_undecodable_message_is_parked_at_once(rig: Rig) -> None:
     consumer = rig.consumer(handler)
     await rig.producer_jetstream.publish(f"paysaga.events.{rig.producer}.FundsHeld", b"\xff not a protobuf", timeout=5)
 
-    await run_until(consumer)
+    await run_until(rig, consumer)
 
     dead = await rig.dead_letter("undecodable")
     assert dead.data == b"\xff not a protobuf"
@@ -236,8 +245,7 @@ async def test_an_operating_error_is_retried_without_counting_towards_parking(ri
     event = funds_held(str(uuid.uuid4()), rig.producer)
     await rig.publish(event)
 
-    await run_until(consumer, done)
-    await asyncio.sleep(0.3)
+    await run_until(rig, consumer, done)
 
     assert failures == 3
     assert await rig.effects() == [event.saga_id]
@@ -321,7 +329,6 @@ async def _wait_for_messages(rig: Rig, stream: str, count: int, timeout_s: float
     while (await rig.ops.stream_info(stream)).state.messages < count:
         assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} events published"
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)  # and no more than that: a duplicate would show up by now
 
 
 async def test_an_event_on_the_wrong_subject_or_from_the_wrong_producer_is_parked_not_handled(rig: Rig) -> None:
@@ -332,7 +339,7 @@ async def test_an_event_on_the_wrong_subject_or_from_the_wrong_producer_is_parke
     forged = funds_held(str(uuid.uuid4()), "someone-else")  # claims another producer
     await rig.publish(forged)
 
-    await run_until(consumer)
+    await run_until(rig, consumer)
 
     assert await rig.effects() == []
     dead = await rig.dead_letter("FundsHeld")
@@ -357,10 +364,7 @@ async def test_a_deleted_durable_consumer_is_recreated_and_nothing_is_missed(rig
     try:
         first = funds_held(str(uuid.uuid4()), rig.producer)
         await rig.publish(first)
-        for _ in range(100):
-            if handled:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: _true(bool(handled)), "the first event is handled")
         await rig.ops.delete_consumer(f"{rig.producer.upper()}_EVENTS", consumer.name)
         later = funds_held(str(uuid.uuid4()), rig.producer)
         await rig.publish(later)
@@ -371,6 +375,10 @@ async def test_a_deleted_durable_consumer_is_recreated_and_nothing_is_missed(rig
 
     # The recreated consumer starts from the beginning of the stream; the inbox skips the first.
     assert handled == [first.saga_id, later.saga_id]
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_dead_letters_never_expire_while_events_keep_a_week(rig: Rig) -> None:
