@@ -11,7 +11,16 @@ Every place that would ask "which database is this?" asks the engine's Backend i
 - ``snapshot(connection)``: a read transaction sees one consistent snapshot (PostgreSQL:
   REPEATABLE READ, read-only; SQLite: its BEGIN already does).
 - ``exclusive(connection, key)``: a session-level lock around schema migrations, so replicas
-  starting together migrate once.
+  starting together migrate once;
+- ``create_engine(url)``: how its engine is made.
+
+SQLite goes through paysaga.runtime.storage.sqlite_driver: statements run on the event loop's
+thread, and only what waits (for another writer, for fsync) on the connection's own thread. Every
+connection uses WAL (readers do not block the writer), synchronous=FULL (a commit is on disk
+before it returns) and a busy timeout instead of immediate "database is locked" errors. We issue
+BEGIN ourselves (the driver's implicit transactions are off): write transactions (see
+paysaga.runtime.storage.unit_of_work) start with BEGIN IMMEDIATE, so they take the write lock up
+front and cannot fail later on a lock upgrade.
 """
 
 from __future__ import annotations
@@ -19,16 +28,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from paysaga.runtime.storage import sqlite_driver
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON")
+# Set on a connection that will write; see paysaga.runtime.storage.unit_of_work.
+WRITE_OPTION = "paysaga_write"
+
+
+def create_sqlite_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.query:
+        raise ValueError(f"SQLite URLs take no options here, got {sorted(parsed.query)}")
+    database = parsed.database or ":memory:"
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # The driver's own implicit transactions would start only at the first write, so a handler's
+    # reads would not be isolated from another writer: its connections are in autocommit mode and
+    # we issue BEGIN ourselves, below.
+    engine = create_async_engine(
+        url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS, SQLITE_PRAGMAS)
+    )
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Any) -> None:
+        writes = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+    return engine
+
+
+def create_server_engine(url: str) -> AsyncEngine:
+    """A database server's (PostgreSQL): READ COMMITTED with explicit row locks (SELECT ... FOR
+    UPDATE, in a fixed order) and a bounded retry of conflicts."""
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        # Durable commits whatever the server's default: a commit returns once it is on disk.
+        connect_args={"server_settings": {"synchronous_commit": "on"}},
+    )
 
 
 class Backend:
-    """The defaults: a database whose writers run concurrently and which needs no help to read a
-    snapshot or to serialize (overridden below for the two we run on)."""
+    """The defaults: a database server whose writers run concurrently and which needs no help to
+    read a snapshot or to serialize (overridden below for the two we run on)."""
 
     single_writer = False
+
+    @staticmethod
+    def create_engine(url: str) -> AsyncEngine:
+        return create_server_engine(url)
 
     def __init__(self) -> None:
         self._write_lock = asyncio.Lock()
@@ -51,6 +110,10 @@ class Backend:
 
 class SQLiteBackend(Backend):
     single_writer = True
+
+    @staticmethod
+    def create_engine(url: str) -> AsyncEngine:
+        return create_sqlite_engine(url)
 
 
 class PostgreSQLBackend(Backend):
@@ -75,6 +138,10 @@ class PostgreSQLBackend(Backend):
 
 
 BACKENDS: dict[str, type[Backend]] = {"sqlite": SQLiteBackend, "postgresql": PostgreSQLBackend}
+
+
+def backend_for_url(url: str) -> type[Backend]:
+    return BACKENDS.get(make_url(url).get_backend_name(), Backend)
 
 
 def backend_of(engine: AsyncEngine) -> Backend:

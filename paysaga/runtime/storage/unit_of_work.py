@@ -29,8 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import TypeVar
 
 from paysaga.core.eventing import EventEnvelope, new_event, subject_of
-from paysaga.runtime.storage.backends import backend_of
-from paysaga.runtime.storage.database import WRITE_OPTION, is_retryable
+from paysaga.runtime.storage.backends import WRITE_OPTION, backend_of
+from paysaga.runtime.storage.database import is_retryable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
