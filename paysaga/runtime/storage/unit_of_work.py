@@ -182,6 +182,15 @@ class UnitOfWork:
         )
 
 
+class Repository:
+    """A service's repository, bound to one unit of work: it reads and writes on the unit's
+    connection and takes "now" from the unit's clock."""
+
+    def __init__(self, unit: UnitOfWork) -> None:
+        self._unit = unit
+        self._connection = unit.connection
+
+
 U = TypeVar("U", bound=UnitOfWork, default=UnitOfWork, covariant=True)
 
 

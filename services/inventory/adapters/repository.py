@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from paysaga.runtime.storage.unit_of_work import UnitOfWork
+from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
 from services.inventory.adapters.tables import items, receipts, reservations
 from services.inventory.domain import Item, Reservation, ReservationStatus
 
@@ -28,12 +28,8 @@ def item_from_row(row: Any) -> Item:
     return Item(row.sku, row.name, row.unit_price_minor, row.currency, *(getattr(row, name) for name in QUANTITIES))
 
 
-class InventoryRepository:
+class InventoryRepository(Repository):
     """Items, reservations and receipts; rows loaded for update are locked until commit."""
-
-    def __init__(self, unit: UnitOfWork) -> None:
-        self._unit = unit
-        self._connection = unit.connection
 
     async def load_item(self, sku: str) -> Item | None:
         row = (await self._connection.execute(_LOAD_ITEM, {"sku": sku})).first()

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from paysaga.runtime.storage.unit_of_work import UnitOfWork
+from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
 from services.ledger.adapters.tables import accounts, holds, journal_entries, journal_lines, statement_lines
 from services.ledger.domain import Account, AccountKind, Entry, EntryKind, Hold, HoldStatus
 
@@ -34,12 +34,8 @@ def account_from_row(row: Any) -> Account:
     return Account(row.account_id, AccountKind(row.kind), row.currency, row.owner, row.balance_minor, row.held_minor)
 
 
-class LedgerRepository:
+class LedgerRepository(Repository):
     """Accounts, holds, journal entries and statement lines; rows loaded for update are locked until commit."""
-
-    def __init__(self, unit: UnitOfWork) -> None:
-        self._unit = unit
-        self._connection = unit.connection
 
     async def load_accounts(self, account_ids: Iterable[str]) -> dict[str, Account]:
         """The accounts that exist among account_ids, locked for update in id order (no deadlocks)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from paysaga.runtime.storage.unit_of_work import UnitOfWork
+from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
 from services.payments.adapters.tables import payment_history, payments
 from services.payments.domain import Payment, PurchaseRequest, Status
 
@@ -58,12 +58,8 @@ def payment_from_row(row: Any) -> Payment:
     )
 
 
-class PaymentRepository:
+class PaymentRepository(Repository):
     """Payments, locked for update when loaded; every saved version also goes to the history."""
-
-    def __init__(self, unit: UnitOfWork) -> None:
-        self._unit = unit
-        self._connection = unit.connection
 
     async def load(self, payment_id: str) -> Payment | None:
         row = (await self._connection.execute(_LOAD, {"payment_id": payment_id})).first()
