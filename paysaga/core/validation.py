@@ -76,6 +76,6 @@ def page_request(page_size: int, page_token: str) -> PageRequest:
     if page_size < 0 or page_size > MAX_PAGE_SIZE:
         raise InvalidArgument(f"page_size must be between 0 and {MAX_PAGE_SIZE}, got {page_size}")
     # Tokens are opaque to clients; ours are the last row number seen.
-    if page_token and (not page_token.isdigit() or len(page_token) > 18):
+    if page_token and (not (page_token.isascii() and page_token.isdigit()) or len(page_token) > 18):
         raise InvalidArgument("page_token is not one this service issued")
     return PageRequest(page_size or DEFAULT_PAGE_SIZE, int(page_token or 0))

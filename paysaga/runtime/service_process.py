@@ -17,10 +17,9 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paysaga.runtime.grpc_server import GrpcService, create_server
 from paysaga.runtime.logs import configure_logging
@@ -30,10 +29,11 @@ from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.settings import Option, ServiceSettings, load_settings
 from paysaga.runtime.storage import database, migrations
-from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
+from paysaga.runtime.storage.unit_of_work import Database, UnitFactory, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop
 
 T = TypeVar("T")
+U = TypeVar("U", bound=UnitOfWork)
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +44,24 @@ NATS_CERTIFICATE_CHECK_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
-class ServiceDefinition:
-    """What a service contributes to the shared lifecycle; built by the service's bootstrap()."""
+class ServiceDefinition(Generic[U]):
+    """What a service contributes to the shared lifecycle; built by the service's bootstrap().
+    Generic in the service's unit of work: its handlers, servicers and workers take that unit (a
+    mismatch is a type error)."""
 
     name: str
     metadata: sa.MetaData
     migrations: Path
     # The service's unit of work (its repositories on the transaction's connection).
-    unit: Callable[[AsyncConnection, Database[UnitOfWork]], UnitOfWork]
-    grpc_services: Callable[[Database[Any]], Sequence[GrpcService]]
+    unit: UnitFactory[U]
+    grpc_services: Callable[[Database[U]], Sequence[GrpcService]]
     subscriptions: Sequence[Subscription] = ()
-    handlers: Mapping[str, EventHandler[Any]] = field(default_factory=dict)
+    handlers: Mapping[str, EventHandler[U]] = field(default_factory=dict)
     # Background loops of the service's own (e.g. a timeout sweeper); each runs until its event is set.
-    workers: Callable[[Database[Any]], Sequence[Worker]] = lambda _database: ()
+    workers: Callable[[Database[U]], Sequence[Worker]] = lambda _database: ()
 
 
-async def serve(definition: ServiceDefinition, settings: ServiceSettings, stop: asyncio.Event) -> None:
+async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, stop: asyncio.Event) -> None:
     """Run until stop is set, then drain. Raises if start-up fails."""
     credentials = tls.server_credentials(settings.tls)
     verifier = tokens.TokenVerifier(
@@ -142,7 +144,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def run(definition: ServiceDefinition, settings: ServiceSettings) -> int:
+def run(definition: ServiceDefinition[Any], settings: ServiceSettings) -> int:
     """Run the service in a fresh event loop with SIGTERM / SIGINT wired to a graceful drain."""
 
     async def main() -> None:
@@ -162,7 +164,7 @@ def run(definition: ServiceDefinition, settings: ServiceSettings) -> int:
 
 def main(
     service: str,
-    bootstrap: Callable[[ServiceSettings], ServiceDefinition],
+    bootstrap: Callable[[ServiceSettings], ServiceDefinition[Any]],
     argv: Sequence[str] | None = None,
     options: Sequence[Option] = (),
 ) -> int:

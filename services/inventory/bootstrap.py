@@ -15,7 +15,7 @@ from services.inventory.adapters.repository import InventoryUnit
 SUBSCRIPTIONS = subscriptions_for(handlers.EVENT_HANDLERS)
 
 
-def bootstrap(settings: ServiceSettings) -> ServiceDefinition:
+def bootstrap(settings: ServiceSettings) -> ServiceDefinition[InventoryUnit]:
     return ServiceDefinition(
         name=settings.service,
         metadata=tables.metadata,

@@ -15,7 +15,7 @@ from services.ledger.adapters.repository import LedgerUnit
 SUBSCRIPTIONS = subscriptions_for(handlers.EVENT_HANDLERS)
 
 
-def bootstrap(settings: ServiceSettings) -> ServiceDefinition:
+def bootstrap(settings: ServiceSettings) -> ServiceDefinition[LedgerUnit]:
     return ServiceDefinition(
         name=settings.service,
         metadata=tables.metadata,

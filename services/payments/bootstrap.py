@@ -15,7 +15,7 @@ from services.payments.adapters.repository import PaymentsUnit
 SUBSCRIPTIONS = subscriptions_for(handlers.EVENT_HANDLERS)
 
 
-def bootstrap(settings: ServiceSettings) -> ServiceDefinition:
+def bootstrap(settings: ServiceSettings) -> ServiceDefinition[PaymentsUnit]:
     rules = config.payment_limits(settings)
     return ServiceDefinition(
         name=settings.service,

@@ -59,6 +59,12 @@ CASES: list[tuple[str, Callable[[Purchase], Any], grpc.StatusCode, str]] = [
     ),
     (
         "WatchPayment",
+        lambda p: payments_pb2.WatchPaymentRequest(payment_id=UNKNOWN_ID),
+        NOT_FOUND,
+        f"payment {UNKNOWN_ID} does not exist",
+    ),
+    (
+        "WatchPayment",
         lambda p: payments_pb2.WatchPaymentRequest(payment_id="x"),
         INVALID,
         "payment_id must be a UUID, got 'x'",

@@ -4,6 +4,7 @@ table exactly as it was (rows, outbox, inbox: nothing half-applied, no event emi
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from paysaga.core.validation import PageRequest
 from paysaga.ops.cluster.postgres import ThrowawayPostgres
 from paysaga.runtime.storage import migrations
 from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.group_commit import GroupCommit
 from paysaga.runtime.storage.unit_of_work import Database
 from services.inventory import handlers as inventory
 from services.inventory.adapters import tables as inventory_tables
@@ -34,7 +36,7 @@ from services.payments import handlers as payments
 from services.payments.adapters import tables as payments_tables
 from services.payments.adapters import views as payments_views
 from services.payments.adapters.repository import PaymentsUnit
-from services.payments.domain import PaymentLimits, PurchaseRequest
+from services.payments.domain import Payment, PaymentLimits, PurchaseRequest
 
 SERVICES = Path(__file__).parents[2] / "services"
 UNKNOWN = "9b2f4c1e-0d7a-4e3b-8c5f-6a1d2e3f4b5c"
@@ -253,3 +255,36 @@ async def test_an_identical_retry_is_a_replay_not_a_refusal(services: Services) 
     assert (payment.payment_id, replayed, deposit_replayed) == (services.payment_id, True, True)
     assert (account.balance_minor, item.quantity_available) == (1000, 2)
     assert [await contents(database) for database in services.all()] == before
+
+
+async def test_a_refused_purchase_in_a_shared_commit_leaves_nothing_and_the_others_commit(services: Services) -> None:
+    """Purchases arriving together share one transaction on SQLite, each in a savepoint: the one
+    refused (a reused key) must leave no row and no event, the others must all be stored."""
+    group: GroupCommit[PaymentsUnit, tuple[Payment, bool]] = GroupCommit(services.payments)
+    commits: list[int] = []
+    services.payments.on_commit(lambda written: commits.append(len(written)))
+    reused = PurchaseRequest("key-1", services.payer, services.merchant, "mug", 2, 200, "EUR", 1)
+    requests = [
+        PurchaseRequest(f"key-{index}", services.payer, services.merchant, "mug", 1, 100, "EUR", 1)
+        for index in range(2, 6)
+    ]
+    requests.insert(2, reused)
+
+    def create(request: PurchaseRequest) -> Callable[[PaymentsUnit], Awaitable[tuple[Payment, bool]]]:
+        return lambda unit: payments.create_payment(unit, request, LIMITS)
+
+    outcomes = await asyncio.gather(*(group.run(create(request)) for request in requests), return_exceptions=True)
+
+    refused = outcomes.pop(2)
+    assert isinstance(refused, FailedPrecondition)
+    stored = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+    assert len(stored) == 4, outcomes
+    async with services.payments.read() as connection:
+        keys = {row.idempotency_key for row in await connection.execute(sa.select(payments_tables.payments))}
+        events = list(await connection.execute(sa.select(payments_tables.outbox.c.saga_id)))
+    assert keys == {"key-1", "key-2", "key-3", "key-4", "key-5"}
+    assert sorted(row.saga_id for row in events) == sorted(
+        [services.payment_id] + [payment.payment_id for payment, _ in stored]
+    ), "one PaymentRequested per stored purchase, none for the refused one"
+    # On SQLite they shared commits; on PostgreSQL each has its own transaction.
+    assert sum(commits) == 4 and (len(commits) < 5 if services.payments.single_writer else len(commits) == 4)

@@ -71,14 +71,6 @@ def receipt(**changes: Any) -> inventory_pb2.ReceiveStockRequest:
     return inventory_pb2.ReceiveStockRequest(**{**fields, **changes})
 
 
-def statement_page(request: ledger_pb2.GetStatementRequest) -> object:
-    return ledger_api.account_id_of(request), validation.page_request(request.page_size, request.page_token)
-
-
-def items_page(request: inventory_pb2.ListItemsRequest) -> object:
-    return validation.page_request(request.page_size, request.page_token)
-
-
 # (parser, request, the message the client gets)
 CASES: list[tuple[Callable[[Any], object], Any, str]] = [
     # CreatePayment
@@ -181,6 +173,11 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
         payments_pb2.ListPaymentsRequest(merchant_account_id="shop"),
         "merchant_account_id must be a UUID, got 'shop'",
     ),
+    (
+        payments_api.list_query,
+        payments_pb2.ListPaymentsRequest(page_token="\u00b2"),  # noqa: S106 - a digit to str.isdigit, not to int()
+        "page_token is not one this service issued",
+    ),
     # OpenAccount
     (ledger_api.new_account, account(kind=0), "kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT"),
     (ledger_api.new_account, account(currency="EURO"), "currency must be an ISO 4217 code such as EUR, got 'EURO'"),
@@ -200,10 +197,15 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
     ),
     (ledger_api.deposit_of, deposit(deposit_id=""), "deposit_id is required"),
     (ledger_api.deposit_of, deposit(account_id="acc"), "account_id must be a UUID, got 'acc'"),
+    (
+        ledger_api.deposit_of,
+        deposit(deposit_id="", amount=Money(amount_minor=0, currency="EUR")),
+        "deposit_id is required",
+    ),
     # GetBalance, GetStatement
     (ledger_api.account_id_of, ledger_pb2.GetBalanceRequest(account_id="x"), "account_id must be a UUID, got 'x'"),
     (
-        statement_page,
+        ledger_api.statement_query,
         ledger_pb2.GetStatementRequest(account_id=PAYER, page_size=-1),
         "page_size must be between 0 and 500, got -1",
     ),
@@ -225,7 +227,11 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
     (inventory_api.receipt_of, receipt(quantity=0), "quantity must be between 1 and 1000000, got 0"),
     (inventory_api.receipt_of, receipt(receipt_id="r1"), "receipt_id must be a UUID, got 'r1'"),
     (inventory_api.receipt_of, receipt(sku="a/b"), SKU_RULE + "'a/b'"),
-    (items_page, inventory_pb2.ListItemsRequest(page_token="-1"), "page_token is not one this service issued"),  # noqa: S106
+    (
+        inventory_api.items_query,
+        inventory_pb2.ListItemsRequest(page_token="-1"),  # noqa: S106
+        "page_token is not one this service issued",
+    ),
 ]
 
 

@@ -24,7 +24,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -152,14 +152,14 @@ def subscriptions_for(handlers: Mapping[str, object]) -> tuple[Subscription, ...
     return tuple(Subscription(producer, tuple(types)) for producer, types in sorted(by_producer.items()))
 
 
-class EventConsumer:
+class EventConsumer(Generic[U]):
     def __init__(
         self,
         service: str,
         jetstream: JetStreamContext,
-        database: Database[Any],
+        database: Database[U],
         subscription: Subscription,
-        handlers: Mapping[str, EventHandler[Any]],
+        handlers: Mapping[str, EventHandler[U]],
         *,
         max_attempts: int = MAX_ATTEMPTS,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,

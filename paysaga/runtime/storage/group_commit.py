@@ -114,14 +114,16 @@ async def each_in_savepoint(unit: U, works: Sequence[Callable[[U], Awaitable[T]]
     outcomes: list[T | Exception] = []
     for work in works:
         emitted = len(unit.emitted)
+        outcome: T | Exception
         try:
             async with unit.connection.begin_nested():
-                outcomes.append(await work(unit))
+                outcome = await work(unit)
         except Exception as error:
             if is_unavailable(error):
                 raise
             del unit.emitted[emitted:]
-            outcomes.append(error)
+            outcome = error
+        outcomes.append(outcome)  # one per work, even if releasing its savepoint failed
     return outcomes
 
 

@@ -20,7 +20,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple
+from typing import Any, Generic, NamedTuple, overload
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
@@ -123,6 +123,8 @@ class UnitOfWork:
             saga_id = saga_id or cause.saga_id
         if not saga_id:
             raise ValueError(f"{payload.DESCRIPTOR.name} needs a saga: a cause or a saga_id")
+        if not self.database.producer:
+            raise ValueError("this database has no producer: Database(..., producer=<service>) emits its events")
         self.emitted.append(
             new_event(
                 producer=self.database.producer,
@@ -192,6 +194,8 @@ class Repository:
 
 
 U = TypeVar("U", bound=UnitOfWork, default=UnitOfWork, covariant=True)
+# How a Database makes its unit of work: the service's UnitOfWork class.
+UnitFactory = Callable[[AsyncConnection, "Database[UnitOfWork]"], U]
 
 
 class Database(Generic[U]):
@@ -200,11 +204,32 @@ class Database(Generic[U]):
     unit is the service's UnitOfWork class (with its repositories), producer the name its events
     carry, clock what "now" is in its transactions."""
 
+    @overload
+    def __init__(
+        self: Database[UnitOfWork],
+        engine: AsyncEngine,
+        metadata: sa.MetaData,
+        *,
+        producer: str = "",
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None: ...
+
+    @overload
     def __init__(
         self,
         engine: AsyncEngine,
         metadata: sa.MetaData,
-        unit: Callable[[AsyncConnection, Database[UnitOfWork]], U] = UnitOfWork,  # type: ignore[assignment]
+        unit: UnitFactory[U],
+        *,
+        producer: str = "",
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        metadata: sa.MetaData,
+        unit: UnitFactory[Any] = UnitOfWork,
         *,
         producer: str = "",
         clock: Callable[[], dt.datetime] = utc_now,

@@ -9,6 +9,7 @@ import grpc
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
+from paysaga.core.validation import PageRequest
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status
 from paysaga.runtime.security.authz import Rule
@@ -51,8 +52,7 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ListItems(
         self, request: inventory_pb2.ListItemsRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.ListItemsResponse:
-        page = validation.page_request(request.page_size, request.page_token)
-        rows, next_token = await views.items_page(self._database, page)
+        rows, next_token = await views.items_page(self._database, items_query(request))
         return inventory_pb2.ListItemsResponse(items=[item_message(row) for row in rows], next_page_token=next_token)
 
 
@@ -66,6 +66,10 @@ def new_item(request: inventory_pb2.AddItemRequest) -> Item:
         validation.positive_amount(request.unit_price.amount_minor, "unit_price.amount_minor"),
         validation.currency(request.unit_price.currency, "unit_price.currency"),
     )
+
+
+def items_query(request: inventory_pb2.ListItemsRequest) -> PageRequest:
+    return validation.page_request(request.page_size, request.page_token)
 
 
 @dataclass(frozen=True)

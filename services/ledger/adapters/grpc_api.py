@@ -9,6 +9,7 @@ import grpc
 
 from paysaga.core import validation
 from paysaga.core.errors import InvalidArgument
+from paysaga.core.validation import PageRequest
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status
 from paysaga.runtime.security.authz import Rule
@@ -60,8 +61,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetStatement(
         self, request: ledger_pb2.GetStatementRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Statement:
-        account_id = account_id_of(request)
-        page = validation.page_request(request.page_size, request.page_token)
+        account_id, page = statement_query(request)
         account, rows, next_token = await views.statement_page(self._database, account_id, page)
         statement = ledger_pb2.Statement(account_id=account_id, currency=account.currency, next_page_token=next_token)
         for row in rows:
@@ -100,6 +100,10 @@ def new_account(request: ledger_pb2.OpenAccountRequest) -> Account:
     )
 
 
+def statement_query(request: ledger_pb2.GetStatementRequest) -> tuple[str, PageRequest]:
+    return account_id_of(request), validation.page_request(request.page_size, request.page_token)
+
+
 @dataclass(frozen=True)
 class DepositOrder:
     account_id: str
@@ -109,11 +113,13 @@ class DepositOrder:
 
 
 def deposit_of(request: ledger_pb2.DepositRequest) -> DepositOrder:
+    account_id = account_id_of(request)
+    deposit_id = validation.uuid_text(request.deposit_id, "deposit_id")
     return DepositOrder(
-        account_id_of(request),
+        account_id,
         validation.positive_amount(request.amount.amount_minor),
         validation.currency(request.amount.currency, "amount.currency"),
-        validation.uuid_text(request.deposit_id, "deposit_id"),
+        deposit_id,
     )
 
 

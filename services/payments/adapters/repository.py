@@ -72,7 +72,7 @@ class PaymentRepository(Repository):
     async def lock_payer(self, payer_account_id: str) -> None:
         """Serialise new payments of one payer until commit, so replicas cannot both pass the
         velocity rule on the same count."""
-        await self._unit.serialize(f"payer:{payer_account_id}")
+        await self._unit.serialize(payer_account_id)  # the key replicas of every version use
 
     async def count_recent(self, payer_account_id: str, since: dt.datetime) -> int:
         count = await self._connection.scalar(_COUNT_RECENT, {"payer": payer_account_id, "since": since})
