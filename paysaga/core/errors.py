@@ -1,5 +1,5 @@
 """Domain errors: what went wrong, in words the caller can act on. No gRPC here; the servicers
-map these to status codes through one table (paysaga.grpc_errors)."""
+map these to status codes through one table (paysaga.runtime.grpc_server)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ class AlreadyExists(DomainError):
 
 class FailedPrecondition(DomainError):
     pass
+
+
+class PermissionDenied(DomainError):
+    """The caller may not do this with this record (it is not theirs); says nothing about records
+    the caller may not see."""
 
 
 class ResourceExhausted(DomainError):

@@ -26,8 +26,23 @@ PRODUCED_BY: dict[str, tuple[str, ...]] = {
         "PaymentCancelled",
         "PaymentRefunded",
     ),
-    "ledger": ("FundsHeld", "FundsHoldFailed", "FundsCaptured", "FundsReleased", "FundsRefunded", "FundsRefundFailed"),
-    "inventory": ("StockReserved", "StockReservationFailed", "StockCommitted", "StockReleased", "StockRestocked"),
+    "ledger": (
+        "FundsHeld",
+        "FundsHoldFailed",
+        "FundsCaptured",
+        "FundsReleased",
+        "FundsRefunded",
+        "FundsRefundFailed",
+        "AccountOpened",
+    ),
+    "inventory": (
+        "StockReserved",
+        "StockReservationFailed",
+        "StockCommitted",
+        "StockReleased",
+        "StockRestocked",
+        "ItemAdded",
+    ),
 }
 PRODUCER_OF: dict[str, str] = {event: producer for producer, events in PRODUCED_BY.items() for event in events}
 DEAD_LETTER_SUBJECT_ROOT = "paysaga.deadletter"

@@ -24,6 +24,9 @@ def client_identity(name: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/client/{name}"
 
 
+CLIENT_PREFIX = client_identity("")
+
+
 def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise InvalidName(

@@ -31,6 +31,8 @@ class Item:
     quantity_sold: int = 0
     quantity_received: int = 0
     quantity_restocked_out: int = 0
+    # The client that sells it (paysaga.core.access); "" for an item only ops may stock.
+    owner_client: str = ""
 
     def check(self) -> None:
         buckets = (self.quantity_available, self.quantity_reserved, self.quantity_sold, self.quantity_received)

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import uuid
 
-from paysaga.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from paysaga.core.access import Caller
+from paysaga.core.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from paysaga.core.eventing import EventEnvelope
 from paysaga.events.v1 import events_pb2
 from services.inventory import domain
 from services.inventory.adapters.repository import InventoryUnit
 from services.inventory.domain import Item, Reservation, ReservationStatus
+
+SERVICE = "inventory"
 
 
 async def on_funds_held(unit: InventoryUnit, event: EventEnvelope) -> None:
@@ -122,22 +125,29 @@ async def add_item(unit: InventoryUnit, item: Item) -> Item:
     """Add a SKU; a retry with the same details returns it unchanged."""
     existing = await unit.inventory.load_item(item.sku)
     if existing is not None:
-        if (existing.name, existing.unit_price_minor, existing.currency) != (
-            item.name,
-            item.unit_price_minor,
-            item.currency,
-        ):
+        details = (existing.name, existing.unit_price_minor, existing.currency, existing.owner_client)
+        if details != (item.name, item.unit_price_minor, item.currency, item.owner_client):
             raise AlreadyExists(f"SKU {item.sku} already exists, with other details")
         return existing
     await unit.inventory.insert_item(item)
+    # Payments keeps a copy of who sells which item, to check who may be paid for it.
+    unit.emit(events_pb2.ItemAdded(sku=item.sku, owner=item.owner_client), saga_id=item_saga_id(item.sku))
     return item
 
 
-async def receive_stock(unit: InventoryUnit, sku: str, quantity: int, receipt_id: str) -> Item:
-    """Add stock; a retry with the same receipt_id and body has no second effect."""
+def item_saga_id(sku: str) -> str:
+    """The saga id of an item's own events: a UUID derived from its SKU."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"paysaga:item:{sku}"))
+
+
+async def receive_stock(unit: InventoryUnit, sku: str, quantity: int, receipt_id: str, caller: Caller) -> Item:
+    """Add stock to an item the caller sells (or any, for ops); a retry with the same receipt_id
+    and body has no second effect."""
     item = await unit.inventory.load_item(sku)
     if item is None:
         raise NotFound(f"SKU {sku} does not exist")
+    if not caller.may_use(SERVICE, item.owner_client):
+        raise PermissionDenied(f"SKU {sku} is sold by another client")
     earlier = await unit.inventory.find_receipt(receipt_id)
     if earlier is not None:
         if (earlier.sku, earlier.quantity) != (sku, quantity):

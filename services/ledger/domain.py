@@ -55,6 +55,8 @@ class Account:
     owner: str
     balance_minor: int = 0
     held_minor: int = 0
+    # The client that owns it (paysaga.core.access); "" for an account only ops may use.
+    owner_client: str = ""
 
     @property
     def available_minor(self) -> int:

@@ -192,10 +192,21 @@ async def open_account(unit: LedgerUnit, account: Account) -> Account:
     """Open an account; a retry with the same id and details returns it unchanged."""
     existing = (await unit.ledger.load_accounts([account.account_id])).get(account.account_id)
     if existing is not None:
-        if (existing.kind, existing.currency, existing.owner) != (account.kind, account.currency, account.owner):
+        details = (existing.kind, existing.currency, existing.owner, existing.owner_client)
+        if details != (account.kind, account.currency, account.owner, account.owner_client):
             raise AlreadyExists(f"account {account.account_id} already exists, with other details")
         return existing
     await unit.ledger.insert_account(account)
+    # Payments keeps a copy of who owns which account, to decide who may pay from or into it.
+    unit.emit(
+        events_pb2.AccountOpened(
+            account_id=account.account_id,
+            kind=account.kind.value,
+            currency=account.currency,
+            owner=account.owner_client,
+        ),
+        saga_id=account.account_id,
+    )
     return account
 
 

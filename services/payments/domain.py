@@ -53,6 +53,8 @@ class PurchaseRequest:
     amount_minor: int
     currency: str
     sla_tier: int
+    # The client asking (its identity); its idempotency keys are its own.
+    requested_by: str = ""
 
     def fingerprint(self) -> str:
         """Identifies the request's content, to tell a retry from a reuse of the key."""

@@ -10,10 +10,16 @@ FundsRefunded                 -> REFUNDED, or CANCELLED after a cancel -> Paymen
 FundsRefundFailed             -> COMPLETED again (refund refused), or COMPLETED after a cancel -> PaymentCompleted
 CancelPayment / the deadline  -> CANCELLING                       -> PaymentCancellationRequested
 RefundPayment                 -> REFUNDING                        -> PaymentRefundRequested
+AccountOpened, ItemAdded      -> payments' copy of who owns which account and sells which item
+
+Who may do what (paysaga.core.access): a client pays from its own wallets into the merchant
+account of the client selling the item, cancels as the payer, refunds as the merchant; ops
+(payments:admin) may do everything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -22,28 +28,36 @@ from collections.abc import Callable
 from google.protobuf.message import Message
 
 from paysaga.common.v1.money_pb2 import Money
-from paysaga.core.errors import FailedPrecondition, NotFound
+from paysaga.core.access import Caller
+from paysaga.core.errors import FailedPrecondition, NotFound, PermissionDenied
 from paysaga.core.eventing import EventEnvelope
 from paysaga.events.v1 import events_pb2
 from paysaga.runtime.messaging.consumer import EventHandler
-from services.payments.adapters.repository import PaymentsUnit
+from services.payments.adapters.repository import AccountOwner, PaymentsUnit
 from services.payments.domain import Payment, PaymentLimits, PurchaseRequest, Status, rule_violation
 
 log = logging.getLogger(__name__)
+SERVICE = "payments"
 
 
-async def create_payment(unit: PaymentsUnit, request: PurchaseRequest, rules: PaymentLimits) -> tuple[Payment, bool]:
-    """Store and start a purchase; a retry with the same key and body returns the first one."""
+async def create_payment(
+    unit: PaymentsUnit, request: PurchaseRequest, rules: PaymentLimits, caller: Caller
+) -> tuple[Payment, bool]:
+    """Store and start a purchase the caller may make; a retry with the same key and body returns
+    the first one."""
+    request = dataclasses.replace(request, requested_by=caller.identity)
     await unit.payments.lock_payer(request.payer_account_id)
-    existing = await unit.payments.find_by_idempotency_key(request.payer_account_id, request.idempotency_key)
+    existing = await unit.payments.find_by_idempotency_key(caller.identity, request.idempotency_key)
     if existing is not None:
         payment, fingerprint = existing
         if fingerprint != request.fingerprint():
             raise FailedPrecondition(
-                f"idempotency_key {request.idempotency_key!r} was already used by this payer for a different "
+                f"idempotency_key {request.idempotency_key!r} was already used by this client for a different "
                 "payment; use a new key for a new payment"
             )
         return payment, True
+    if not caller.is_admin(SERVICE):
+        await _check_parties(unit, request, caller)
     now = unit.now()
     recent = await unit.payments.count_recent(
         request.payer_account_id, now - dt.timedelta(seconds=rules.velocity_window_s)
@@ -82,16 +96,39 @@ async def create_payment(unit: PaymentsUnit, request: PurchaseRequest, rules: Pa
     return payment, False
 
 
-async def cancel_payment(unit: PaymentsUnit, payment_id: str, reason: str) -> Payment:
+async def _check_parties(unit: PaymentsUnit, request: PurchaseRequest, caller: Caller) -> None:
+    """The caller pays from a wallet of its own, into the merchant account of the client selling
+    the item. The refusal is the same whether an account exists or not; a record created moments
+    ago may not be known here yet (payments learns of it from the ledger's and inventory's events)."""
+    payer = await unit.payments.account_owner(request.payer_account_id)
+    if payer is None or payer.kind != "WALLET" or not caller.owns(payer.client):
+        raise PermissionDenied(
+            f"payer_account_id {request.payer_account_id} is not a wallet of yours (one opened moments ago "
+            "may not be known here yet: try again)"
+        )
+    merchant = await unit.payments.account_owner(request.merchant_account_id)
+    seller = await unit.payments.item_seller(request.sku)
+    if merchant is None or merchant.kind != "MERCHANT" or not seller or merchant.client != seller:
+        raise PermissionDenied(
+            f"merchant_account_id {request.merchant_account_id} is not the account of the client selling "
+            f"{request.sku} (one opened moments ago may not be known here yet: try again)"
+        )
+
+
+async def cancel_payment(unit: PaymentsUnit, payment_id: str, reason: str, caller: Caller) -> Payment:
+    """The payer (or ops) asks to stop a payment before it completes."""
     payment = await _existing(unit, payment_id)
+    await _check_party(unit, payment, payment.request.payer_account_id, caller)
     await _save_and_emit(
         unit, payment, payment.version, payment.request_cancellation(reason or "cancelled by the client", unit.now())
     )
     return payment
 
 
-async def refund_payment(unit: PaymentsUnit, payment_id: str, reason: str) -> Payment:
+async def refund_payment(unit: PaymentsUnit, payment_id: str, reason: str, caller: Caller) -> Payment:
+    """The merchant (or ops) gives the money of a completed payment back."""
     payment = await _existing(unit, payment_id)
+    await _check_party(unit, payment, payment.request.merchant_account_id, caller)
     await _save_and_emit(
         unit, payment, payment.version, payment.request_refund(reason or "refund requested by the client", unit.now())
     )
@@ -127,6 +164,15 @@ async def _save_and_emit(
         unit.emit(outcome, saga_id=payment.payment_id, cause=cause)
 
 
+async def _check_party(unit: PaymentsUnit, payment: Payment, account_id: str, caller: Caller) -> None:
+    """The caller owns this side's account (or is ops); to anyone else the payment does not exist."""
+    if caller.is_admin(SERVICE):
+        return
+    owner = await unit.payments.account_owner(account_id)
+    if owner is None or not caller.owns(owner.client):
+        raise NotFound(f"payment {payment.payment_id} does not exist")
+
+
 async def _existing(unit: PaymentsUnit, payment_id: str) -> Payment:
     payment = await unit.payments.load(payment_id)
     if payment is None:
@@ -149,7 +195,18 @@ def _reacting(
     return handle
 
 
-EVENT_HANDLERS = {
+async def on_account_opened(unit: PaymentsUnit, event: EventEnvelope) -> None:
+    opened = event.account_opened
+    await unit.payments.record_account_owner(opened.account_id, AccountOwner(opened.kind, opened.owner))
+
+
+async def on_item_added(unit: PaymentsUnit, event: EventEnvelope) -> None:
+    await unit.payments.record_item_seller(event.item_added.sku, event.item_added.owner)
+
+
+EVENT_HANDLERS: dict[str, EventHandler[PaymentsUnit]] = {
+    "AccountOpened": on_account_opened,
+    "ItemAdded": on_item_added,
     "FundsHeld": _reacting(lambda payment, _event, now: payment.advance(Status.FUNDS_HELD, now)),
     "StockReserved": _reacting(lambda payment, _event, now: payment.advance(Status.STOCK_RESERVED, now)),
     "FundsCaptured": _reacting(lambda payment, _event, now: payment.complete(now)),

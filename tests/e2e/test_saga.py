@@ -352,7 +352,7 @@ async def test_retry_with_the_same_idempotency_key_has_one_effect(shop: Shop) ->
     assert retried.replayed and retried.payment.payment_id == first.payment_id
     assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reused.value.details() == (
-        f"idempotency_key {key!r} was already used by this payer for a different payment; "
+        f"idempotency_key {key!r} was already used by this client for a different payment; "
         "use a new key for a new payment"
     )
     assert status_name(await shop.finish(first.payment_id)) == "COMPLETED"
@@ -434,15 +434,20 @@ async def test_concurrent_retries_with_one_key_make_one_payment(shop: Shop) -> N
     assert await shop.balance(purchase.payer) == (5000 - PRICE, 0, 5000 - PRICE)
 
 
-async def test_the_same_key_from_another_payer_is_another_payment(shop: Shop) -> None:
+async def test_a_key_is_the_clients_own_whichever_wallet_it_pays_from(shop: Shop) -> None:
+    """Keys belong to the calling client (another client's same key is another payment: see
+    test_ownership); the same client's key for another wallet is a different request, refused."""
     first = await shop.setup(funds_minor=5000, stock=3)
     second = await shop.setup(funds_minor=5000, stock=3)
+    key = f"order-{uuid.uuid4().hex[:8]}"
 
-    a = await shop.pay(first, amount_minor=PRICE, key="order-1")
-    b = await shop.pay(second, amount_minor=PRICE, key="order-1")
+    a = await shop.pay(first, amount_minor=PRICE, key=key)
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await shop.pay(second, amount_minor=PRICE, key=key)
 
-    assert a.payment_id != b.payment_id
-    assert {status_name(await shop.finish(p.payment_id)) for p in (a, b)} == {"COMPLETED"}
+    assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_name(await shop.finish(a.payment_id)) == "COMPLETED"
+    assert await shop.balance(second.payer) == (5000, 0, 5000), "the refused purchase moved nothing"
 
 
 async def test_cancel_racing_the_capture_ends_cancelled_with_everything_undone(shop: Shop) -> None:

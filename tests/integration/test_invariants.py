@@ -17,9 +17,9 @@ SERVICES = Path(__file__).resolve().parents[2] / "services"
 NOW = "2026-11-25 12:00:00"
 GOOD = {
     "ledger": [
-        "INSERT INTO accounts VALUES ('ext', 'EXTERNAL', 'EUR', 'x', -5000, 0, '{now}')",
-        "INSERT INTO accounts VALUES ('payer', 'WALLET', 'EUR', 'x', 3750, 0, '{now}')",
-        "INSERT INTO accounts VALUES ('shop', 'MERCHANT', 'EUR', 'x', 1250, 0, '{now}')",
+        "INSERT INTO accounts VALUES ('ext', 'EXTERNAL', 'EUR', 'x', -5000, 0, '{now}', '')",
+        "INSERT INTO accounts VALUES ('payer', 'WALLET', 'EUR', 'x', 3750, 0, '{now}', '')",
+        "INSERT INTO accounts VALUES ('shop', 'MERCHANT', 'EUR', 'x', 1250, 0, '{now}', '')",
         "INSERT INTO journal_entries VALUES ('d1', 'DEPOSIT', '', NULL, '{now}')",
         "INSERT INTO journal_lines (entry_id, account_id, amount_minor)"
         " VALUES ('d1', 'ext', -5000), ('d1', 'payer', 5000)",

@@ -28,8 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paysaga.core import eventing
+from paysaga.core.access import Caller
 from paysaga.core.errors import DomainError
 from paysaga.core.eventing import EventEnvelope
+from paysaga.core.identity import client_identity
 from paysaga.ops.checks import invariants
 from paysaga.runtime.messaging.consumer import MAX_ATTEMPTS, EventHandler, Subscription, apply_event
 from paysaga.runtime.storage.database import create_engine
@@ -55,6 +57,10 @@ PRICE_MINOR = 1250
 FUNDS_MINOR = 5000
 SKUS = ("mug", "gadget")
 STOCK = 3
+# Everything happens as ops (admin everywhere): the simulator is about the saga, not about who may
+# start it (tests/integration/test_handlers.py is), and a merchant spending its balance pays from
+# a merchant account, which only ops may do.
+OPS = Caller(client_identity("ops"), frozenset({"payments:admin", "inventory:admin", "ledger:admin"}))
 # Generous rules: the simulator is about the saga, not the threshold rules.
 RULES = PaymentLimits(velocity_limit=10_000, max_in_flight=10_000)
 STEPS = 40
@@ -154,7 +160,7 @@ class World:
             await self._command("ledger", ledger_handlers.open_account, account)
         for sku in SKUS:
             await self._command("inventory", inventory_handlers.add_item, Item(sku, sku, PRICE_MINOR, CURRENCY))
-            await self._command("inventory", inventory_handlers.receive_stock, sku, STOCK, str(uuid.uuid4()))
+            await self._command("inventory", inventory_handlers.receive_stock, sku, STOCK, str(uuid.uuid4()), OPS)
 
     def _committed(self, service: str, rows: Sequence[object]) -> None:
         if rows:
@@ -249,7 +255,7 @@ class World:
     async def _pay(self, payer: str, merchant: str, sku: str) -> str:
         request = PurchaseRequest(str(uuid.uuid4()), payer, merchant, sku, 1, PRICE_MINOR, CURRENCY, 1)
         async with self.databases["payments"].transaction() as unit:
-            payment, _ = await payments_handlers.create_payment(unit, request, RULES)
+            payment, _ = await payments_handlers.create_payment(unit, request, RULES, OPS)
         self.payments.append(payment.payment_id)
         return f"payment #{len(self.payments) - 1}: {payer[:4]} buys {sku} from {merchant[:4]}"
 
@@ -269,12 +275,12 @@ class World:
 
     async def _cancel(self) -> str:
         index, payment_id = self._some_payment()
-        outcome = await self._command("payments", payments_handlers.cancel_payment, payment_id, "changed my mind")
+        outcome = await self._command("payments", payments_handlers.cancel_payment, payment_id, "changed my mind", OPS)
         return f"cancel #{index}: {outcome}"
 
     async def _refund(self) -> str:
         index, payment_id = self._some_payment()
-        outcome = await self._command("payments", payments_handlers.refund_payment, payment_id, "damaged")
+        outcome = await self._command("payments", payments_handlers.refund_payment, payment_id, "damaged", OPS)
         return f"refund #{index}: {outcome}"
 
     async def _deadline_passes(self) -> str:
@@ -283,7 +289,7 @@ class World:
 
     async def _stock_arrives(self) -> str:
         sku = self.random.choice(SKUS)
-        await self._command("inventory", inventory_handlers.receive_stock, sku, 1, str(uuid.uuid4()))
+        await self._command("inventory", inventory_handlers.receive_stock, sku, 1, str(uuid.uuid4()), OPS)
         return f"1 {sku} received"
 
     async def _relay_someone(self) -> str:

@@ -16,7 +16,9 @@ import pytest
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
-from paysaga.core.errors import InvalidArgument
+from paysaga.core.access import Caller
+from paysaga.core.errors import InvalidArgument, PermissionDenied
+from paysaga.core.identity import client_identity
 from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.payments.v1 import payments_pb2
@@ -69,6 +71,18 @@ def item(**changes: Any) -> inventory_pb2.AddItemRequest:
 def receipt(**changes: Any) -> inventory_pb2.ReceiveStockRequest:
     fields: dict[str, Any] = {"sku": "mug", "quantity": 1, "receipt_id": str(uuid.uuid4())}
     return inventory_pb2.ReceiveStockRequest(**{**fields, **changes})
+
+
+CLIENT = Caller(client_identity("acme-shop"), frozenset({"ledger:write", "inventory:write"}))
+OPS = Caller(client_identity("ops"), frozenset({"ledger:admin", "inventory:admin"}))
+
+
+def open_account(request: ledger_pb2.OpenAccountRequest) -> object:
+    return ledger_api.new_account(request, CLIENT)
+
+
+def add_item(request: inventory_pb2.AddItemRequest) -> object:
+    return inventory_api.new_item(request, CLIENT)
 
 
 # (parser, request, the message the client gets)
@@ -179,11 +193,17 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
         "page_token is not one this service issued",
     ),
     # OpenAccount
-    (ledger_api.new_account, account(kind=0), "kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT"),
-    (ledger_api.new_account, account(currency="EURO"), "currency must be an ISO 4217 code such as EUR, got 'EURO'"),
-    (ledger_api.new_account, account(owner=" "), "owner is required"),
-    (ledger_api.new_account, account(owner="o" * 201), "owner must be at most 200 characters, got 201"),
-    (ledger_api.new_account, account(account_id=""), "account_id is required"),
+    (open_account, account(kind=0), "kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT"),
+    (open_account, account(currency="EURO"), "currency must be an ISO 4217 code such as EUR, got 'EURO'"),
+    (open_account, account(owner=" "), "owner is required"),
+    (open_account, account(owner="o" * 201), "owner must be at most 200 characters, got 201"),
+    (open_account, account(account_id=""), "account_id is required"),
+    (
+        open_account,
+        account(owner_client="Not A Name"),
+        "owner_client: invalid name 'Not A Name': use 1 to 63 characters of a-z, 0-9 and '-', "
+        "starting and ending with a letter or digit",
+    ),
     # Deposit
     (
         ledger_api.deposit_of,
@@ -210,16 +230,16 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
         "page_size must be between 0 and 500, got -1",
     ),
     # AddItem
-    (inventory_api.new_item, item(sku="bad sku"), SKU_RULE + "'bad sku'"),
-    (inventory_api.new_item, item(name=""), "name is required"),
-    (inventory_api.new_item, item(name="x" * 201), "name must be at most 200 characters, got 201"),
+    (add_item, item(sku="bad sku"), SKU_RULE + "'bad sku'"),
+    (add_item, item(name=""), "name is required"),
+    (add_item, item(name="x" * 201), "name must be at most 200 characters, got 201"),
     (
-        inventory_api.new_item,
+        add_item,
         item(unit_price=Money(amount_minor=0, currency="EUR")),
         "unit_price.amount_minor must be positive, got 0",
     ),
     (
-        inventory_api.new_item,
+        add_item,
         item(unit_price=Money(amount_minor=1, currency="QQQ")),
         "unit_price.currency must be an ISO 4217 code such as EUR, got 'QQQ'",
     ),
@@ -273,6 +293,19 @@ def test_parsed_admin_requests_carry_exactly_what_was_asked() -> None:
     assert ledger_api.deposit_of(deposit(deposit_id=deposit_id)) == ledger_api.DepositOrder(
         PAYER, 10, "EUR", deposit_id
     )
-    assert inventory_api.new_item(item()).sku == "mug"
-    merchant = ledger_api.new_account(account(account_id=MERCHANT, kind=ledger_pb2.ACCOUNT_KIND_MERCHANT))
+    assert inventory_api.new_item(item(), CLIENT).sku == "mug"
+    merchant = ledger_api.new_account(account(account_id=MERCHANT, kind=ledger_pb2.ACCOUNT_KIND_MERCHANT), CLIENT)
     assert (merchant.account_id, merchant.kind.value, merchant.currency) == (MERCHANT, "MERCHANT", "EUR")
+
+
+def test_what_a_client_creates_is_its_own_and_only_ops_create_for_another_client() -> None:
+    assert ledger_api.new_account(account(), CLIENT).owner_client == CLIENT.identity
+    assert inventory_api.new_item(item(owner_client=CLIENT.identity), CLIENT).owner_client == CLIENT.identity
+    # Ops name the client, by name or by identity.
+    assert ledger_api.new_account(account(owner_client="alice"), OPS).owner_client == client_identity("alice")
+    assert inventory_api.new_item(item(owner_client=client_identity("bob")), OPS).owner_client == client_identity("bob")
+    with pytest.raises(PermissionDenied) as refused:
+        ledger_api.new_account(account(owner_client="alice"), CLIENT)
+    assert str(refused.value) == "only ops (ledger:admin) may create records for another client"
+    with pytest.raises(PermissionDenied):
+        inventory_api.new_item(item(owner_client="alice"), CLIENT)

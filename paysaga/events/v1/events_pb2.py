@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysaga.common.v1 import money_pb2 as paysaga_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaysaga/events/v1/events.proto\x12\x11paysaga.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\x87\x0b\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x05 \x01(\t\x12\x10\n\x08producer\x18\x06 \x01(\t\x12@\n\x11payment_requested\x18\n \x01(\x0b\x32#.paysaga.events.v1.PaymentRequestedH\x00\x12>\n\x10payment_rejected\x18\x0b \x01(\x0b\x32\".paysaga.events.v1.PaymentRejectedH\x00\x12\x32\n\nfunds_held\x18\x0c \x01(\x0b\x32\x1c.paysaga.events.v1.FundsHeldH\x00\x12?\n\x11\x66unds_hold_failed\x18\r \x01(\x0b\x32\".paysaga.events.v1.FundsHoldFailedH\x00\x12:\n\x0estock_reserved\x18\x0e \x01(\x0b\x32 .paysaga.events.v1.StockReservedH\x00\x12M\n\x18stock_reservation_failed\x18\x0f \x01(\x0b\x32).paysaga.events.v1.StockReservationFailedH\x00\x12:\n\x0e\x66unds_captured\x18\x10 \x01(\x0b\x32 .paysaga.events.v1.FundsCapturedH\x00\x12:\n\x0e\x66unds_released\x18\x11 \x01(\x0b\x32 .paysaga.events.v1.FundsReleasedH\x00\x12<\n\x0fstock_committed\x18\x12 \x01(\x0b\x32!.paysaga.events.v1.StockCommittedH\x00\x12:\n\x0estock_released\x18\x13 \x01(\x0b\x32 .paysaga.events.v1.StockReleasedH\x00\x12@\n\x11payment_completed\x18\x14 \x01(\x0b\x32#.paysaga.events.v1.PaymentCompletedH\x00\x12:\n\x0epayment_failed\x18\x15 \x01(\x0b\x32 .paysaga.events.v1.PaymentFailedH\x00\x12Y\n\x1epayment_cancellation_requested\x18\x16 \x01(\x0b\x32/.paysaga.events.v1.PaymentCancellationRequestedH\x00\x12@\n\x11payment_cancelled\x18\x17 \x01(\x0b\x32#.paysaga.events.v1.PaymentCancelledH\x00\x12M\n\x18payment_refund_requested\x18\x18 \x01(\x0b\x32).paysaga.events.v1.PaymentRefundRequestedH\x00\x12:\n\x0e\x66unds_refunded\x18\x19 \x01(\x0b\x32 .paysaga.events.v1.FundsRefundedH\x00\x12<\n\x0fstock_restocked\x18\x1a \x01(\x0b\x32!.paysaga.events.v1.StockRestockedH\x00\x12>\n\x10payment_refunded\x18\x1b \x01(\x0b\x32\".paysaga.events.v1.PaymentRefundedH\x00\x12\x43\n\x13\x66unds_refund_failed\x18\x1c \x01(\x0b\x32$.paysaga.events.v1.FundsRefundFailedH\x00\x42\t\n\x07payload\"\xe6\x01\n\x10PaymentRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x18\n\x10payer_account_id\x18\x02 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12(\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x10\n\x08sla_tier\x18\x07 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x0fPaymentRejected\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"y\n\tFundsHeld\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\"5\n\x0f\x46undsHoldFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Z\n\rStockReserved\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\"<\n\x16StockReservationFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"^\n\rFundsCaptured\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\"D\n\rFundsReleased\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\x0eStockCommitted\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\"K\n\rStockReleased\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"&\n\x10PaymentCompleted\x12\x12\n\npayment_id\x18\x01 \x01(\t\"3\n\rPaymentFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"U\n\x1cPaymentCancellationRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\"6\n\x10PaymentCancelled\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x16PaymentRefundRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"M\n\rFundsRefunded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12(\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x18.paysaga.common.v1.Money\"7\n\x11\x46undsRefundFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x0eStockRestocked\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"%\n\x0fPaymentRefunded\x12\x12\n\npayment_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaysaga/events/v1/events.proto\x12\x11paysaga.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\xf7\x0b\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07saga_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x05 \x01(\t\x12\x10\n\x08producer\x18\x06 \x01(\t\x12@\n\x11payment_requested\x18\n \x01(\x0b\x32#.paysaga.events.v1.PaymentRequestedH\x00\x12>\n\x10payment_rejected\x18\x0b \x01(\x0b\x32\".paysaga.events.v1.PaymentRejectedH\x00\x12\x32\n\nfunds_held\x18\x0c \x01(\x0b\x32\x1c.paysaga.events.v1.FundsHeldH\x00\x12?\n\x11\x66unds_hold_failed\x18\r \x01(\x0b\x32\".paysaga.events.v1.FundsHoldFailedH\x00\x12:\n\x0estock_reserved\x18\x0e \x01(\x0b\x32 .paysaga.events.v1.StockReservedH\x00\x12M\n\x18stock_reservation_failed\x18\x0f \x01(\x0b\x32).paysaga.events.v1.StockReservationFailedH\x00\x12:\n\x0e\x66unds_captured\x18\x10 \x01(\x0b\x32 .paysaga.events.v1.FundsCapturedH\x00\x12:\n\x0e\x66unds_released\x18\x11 \x01(\x0b\x32 .paysaga.events.v1.FundsReleasedH\x00\x12<\n\x0fstock_committed\x18\x12 \x01(\x0b\x32!.paysaga.events.v1.StockCommittedH\x00\x12:\n\x0estock_released\x18\x13 \x01(\x0b\x32 .paysaga.events.v1.StockReleasedH\x00\x12@\n\x11payment_completed\x18\x14 \x01(\x0b\x32#.paysaga.events.v1.PaymentCompletedH\x00\x12:\n\x0epayment_failed\x18\x15 \x01(\x0b\x32 .paysaga.events.v1.PaymentFailedH\x00\x12Y\n\x1epayment_cancellation_requested\x18\x16 \x01(\x0b\x32/.paysaga.events.v1.PaymentCancellationRequestedH\x00\x12@\n\x11payment_cancelled\x18\x17 \x01(\x0b\x32#.paysaga.events.v1.PaymentCancelledH\x00\x12M\n\x18payment_refund_requested\x18\x18 \x01(\x0b\x32).paysaga.events.v1.PaymentRefundRequestedH\x00\x12:\n\x0e\x66unds_refunded\x18\x19 \x01(\x0b\x32 .paysaga.events.v1.FundsRefundedH\x00\x12<\n\x0fstock_restocked\x18\x1a \x01(\x0b\x32!.paysaga.events.v1.StockRestockedH\x00\x12>\n\x10payment_refunded\x18\x1b \x01(\x0b\x32\".paysaga.events.v1.PaymentRefundedH\x00\x12\x43\n\x13\x66unds_refund_failed\x18\x1c \x01(\x0b\x32$.paysaga.events.v1.FundsRefundFailedH\x00\x12:\n\x0e\x61\x63\x63ount_opened\x18\x1d \x01(\x0b\x32 .paysaga.events.v1.AccountOpenedH\x00\x12\x32\n\nitem_added\x18\x1e \x01(\x0b\x32\x1c.paysaga.events.v1.ItemAddedH\x00\x42\t\n\x07payload\"\xe6\x01\n\x10PaymentRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x18\n\x10payer_account_id\x18\x02 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12(\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x10\n\x08sla_tier\x18\x07 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x0fPaymentRejected\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"y\n\tFundsHeld\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\"5\n\x0f\x46undsHoldFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Z\n\rStockReserved\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\"<\n\x16StockReservationFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"^\n\rFundsCaptured\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\"D\n\rFundsReleased\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\x0eStockCommitted\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\"K\n\rStockReleased\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"&\n\x10PaymentCompleted\x12\x12\n\npayment_id\x18\x01 \x01(\t\"3\n\rPaymentFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"U\n\x1cPaymentCancellationRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\"6\n\x10PaymentCancelled\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x16PaymentRefundRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"M\n\rFundsRefunded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12(\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x18.paysaga.common.v1.Money\"7\n\x11\x46undsRefundFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x0eStockRestocked\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"%\n\x0fPaymentRefunded\x12\x12\n\npayment_id\x18\x01 \x01(\t\"R\n\rAccountOpened\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\"\'\n\tItemAdded\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,43 +34,47 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paysaga.events.v1.events_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTENVELOPE']._serialized_start=118
-  _globals['_EVENTENVELOPE']._serialized_end=1533
-  _globals['_PAYMENTREQUESTED']._serialized_start=1536
-  _globals['_PAYMENTREQUESTED']._serialized_end=1766
-  _globals['_PAYMENTREJECTED']._serialized_start=1768
-  _globals['_PAYMENTREJECTED']._serialized_end=1835
-  _globals['_FUNDSHELD']._serialized_start=1837
-  _globals['_FUNDSHELD']._serialized_end=1958
-  _globals['_FUNDSHOLDFAILED']._serialized_start=1960
-  _globals['_FUNDSHOLDFAILED']._serialized_end=2013
-  _globals['_STOCKRESERVED']._serialized_start=2015
-  _globals['_STOCKRESERVED']._serialized_end=2105
-  _globals['_STOCKRESERVATIONFAILED']._serialized_start=2107
-  _globals['_STOCKRESERVATIONFAILED']._serialized_end=2167
-  _globals['_FUNDSCAPTURED']._serialized_start=2169
-  _globals['_FUNDSCAPTURED']._serialized_end=2263
-  _globals['_FUNDSRELEASED']._serialized_start=2265
-  _globals['_FUNDSRELEASED']._serialized_end=2333
-  _globals['_STOCKCOMMITTED']._serialized_start=2335
-  _globals['_STOCKCOMMITTED']._serialized_end=2395
-  _globals['_STOCKRELEASED']._serialized_start=2397
-  _globals['_STOCKRELEASED']._serialized_end=2472
-  _globals['_PAYMENTCOMPLETED']._serialized_start=2474
-  _globals['_PAYMENTCOMPLETED']._serialized_end=2512
-  _globals['_PAYMENTFAILED']._serialized_start=2514
-  _globals['_PAYMENTFAILED']._serialized_end=2565
-  _globals['_PAYMENTCANCELLATIONREQUESTED']._serialized_start=2567
-  _globals['_PAYMENTCANCELLATIONREQUESTED']._serialized_end=2652
-  _globals['_PAYMENTCANCELLED']._serialized_start=2654
-  _globals['_PAYMENTCANCELLED']._serialized_end=2708
-  _globals['_PAYMENTREFUNDREQUESTED']._serialized_start=2710
-  _globals['_PAYMENTREFUNDREQUESTED']._serialized_end=2770
-  _globals['_FUNDSREFUNDED']._serialized_start=2772
-  _globals['_FUNDSREFUNDED']._serialized_end=2849
-  _globals['_FUNDSREFUNDFAILED']._serialized_start=2851
-  _globals['_FUNDSREFUNDFAILED']._serialized_end=2906
-  _globals['_STOCKRESTOCKED']._serialized_start=2908
-  _globals['_STOCKRESTOCKED']._serialized_end=2975
-  _globals['_PAYMENTREFUNDED']._serialized_start=2977
-  _globals['_PAYMENTREFUNDED']._serialized_end=3014
+  _globals['_EVENTENVELOPE']._serialized_end=1645
+  _globals['_PAYMENTREQUESTED']._serialized_start=1648
+  _globals['_PAYMENTREQUESTED']._serialized_end=1878
+  _globals['_PAYMENTREJECTED']._serialized_start=1880
+  _globals['_PAYMENTREJECTED']._serialized_end=1947
+  _globals['_FUNDSHELD']._serialized_start=1949
+  _globals['_FUNDSHELD']._serialized_end=2070
+  _globals['_FUNDSHOLDFAILED']._serialized_start=2072
+  _globals['_FUNDSHOLDFAILED']._serialized_end=2125
+  _globals['_STOCKRESERVED']._serialized_start=2127
+  _globals['_STOCKRESERVED']._serialized_end=2217
+  _globals['_STOCKRESERVATIONFAILED']._serialized_start=2219
+  _globals['_STOCKRESERVATIONFAILED']._serialized_end=2279
+  _globals['_FUNDSCAPTURED']._serialized_start=2281
+  _globals['_FUNDSCAPTURED']._serialized_end=2375
+  _globals['_FUNDSRELEASED']._serialized_start=2377
+  _globals['_FUNDSRELEASED']._serialized_end=2445
+  _globals['_STOCKCOMMITTED']._serialized_start=2447
+  _globals['_STOCKCOMMITTED']._serialized_end=2507
+  _globals['_STOCKRELEASED']._serialized_start=2509
+  _globals['_STOCKRELEASED']._serialized_end=2584
+  _globals['_PAYMENTCOMPLETED']._serialized_start=2586
+  _globals['_PAYMENTCOMPLETED']._serialized_end=2624
+  _globals['_PAYMENTFAILED']._serialized_start=2626
+  _globals['_PAYMENTFAILED']._serialized_end=2677
+  _globals['_PAYMENTCANCELLATIONREQUESTED']._serialized_start=2679
+  _globals['_PAYMENTCANCELLATIONREQUESTED']._serialized_end=2764
+  _globals['_PAYMENTCANCELLED']._serialized_start=2766
+  _globals['_PAYMENTCANCELLED']._serialized_end=2820
+  _globals['_PAYMENTREFUNDREQUESTED']._serialized_start=2822
+  _globals['_PAYMENTREFUNDREQUESTED']._serialized_end=2882
+  _globals['_FUNDSREFUNDED']._serialized_start=2884
+  _globals['_FUNDSREFUNDED']._serialized_end=2961
+  _globals['_FUNDSREFUNDFAILED']._serialized_start=2963
+  _globals['_FUNDSREFUNDFAILED']._serialized_end=3018
+  _globals['_STOCKRESTOCKED']._serialized_start=3020
+  _globals['_STOCKRESTOCKED']._serialized_end=3087
+  _globals['_PAYMENTREFUNDED']._serialized_start=3089
+  _globals['_PAYMENTREFUNDED']._serialized_end=3126
+  _globals['_ACCOUNTOPENED']._serialized_start=3128
+  _globals['_ACCOUNTOPENED']._serialized_end=3210
+  _globals['_ITEMADDED']._serialized_start=3212
+  _globals['_ITEMADDED']._serialized_end=3251
 # @@protoc_insertion_point(module_scope)

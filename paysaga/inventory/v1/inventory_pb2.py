@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysaga.common.v1 import money_pb2 as paysaga_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$paysaga/inventory/v1/inventory.proto\x12\x14paysaga.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\xb8\x02\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\nunit_price\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x1a\n\x12quantity_available\x18\x04 \x01(\x03\x12\x19\n\x11quantity_reserved\x18\x05 \x01(\x03\x12\x15\n\rquantity_sold\x18\x06 \x01(\x03\x12\x19\n\x11quantity_received\x18\x07 \x01(\x03\x12\x1e\n\x16quantity_restocked_out\x18\x08 \x01(\x03\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x0e\x41\x64\x64ItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\nunit_price\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\"H\n\x13ReceiveStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nreceipt_id\x18\x03 \x01(\t\"\x1d\n\x0eGetItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"9\n\x10ListItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x11ListItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.paysaga.inventory.v1.Item\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe1\x02\n\x10InventoryService\x12K\n\x07\x41\x64\x64Item\x12$.paysaga.inventory.v1.AddItemRequest\x1a\x1a.paysaga.inventory.v1.Item\x12U\n\x0cReceiveStock\x12).paysaga.inventory.v1.ReceiveStockRequest\x1a\x1a.paysaga.inventory.v1.Item\x12K\n\x07GetItem\x12$.paysaga.inventory.v1.GetItemRequest\x1a\x1a.paysaga.inventory.v1.Item\x12\\\n\tListItems\x12&.paysaga.inventory.v1.ListItemsRequest\x1a\'.paysaga.inventory.v1.ListItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$paysaga/inventory/v1/inventory.proto\x12\x14paysaga.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\xce\x02\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\nunit_price\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x1a\n\x12quantity_available\x18\x04 \x01(\x03\x12\x19\n\x11quantity_reserved\x18\x05 \x01(\x03\x12\x15\n\rquantity_sold\x18\x06 \x01(\x03\x12\x19\n\x11quantity_received\x18\x07 \x01(\x03\x12\x1e\n\x16quantity_restocked_out\x18\x08 \x01(\x03\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cowner_client\x18\x0b \x01(\t\"o\n\x0e\x41\x64\x64ItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\nunit_price\x18\x03 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x14\n\x0cowner_client\x18\x04 \x01(\t\"H\n\x13ReceiveStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nreceipt_id\x18\x03 \x01(\t\"\x1d\n\x0eGetItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"9\n\x10ListItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x11ListItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.paysaga.inventory.v1.Item\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe1\x02\n\x10InventoryService\x12K\n\x07\x41\x64\x64Item\x12$.paysaga.inventory.v1.AddItemRequest\x1a\x1a.paysaga.inventory.v1.Item\x12U\n\x0cReceiveStock\x12).paysaga.inventory.v1.ReceiveStockRequest\x1a\x1a.paysaga.inventory.v1.Item\x12K\n\x07GetItem\x12$.paysaga.inventory.v1.GetItemRequest\x1a\x1a.paysaga.inventory.v1.Item\x12\\\n\tListItems\x12&.paysaga.inventory.v1.ListItemsRequest\x1a\'.paysaga.inventory.v1.ListItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paysaga.inventory.v1.invent
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ITEM']._serialized_start=127
-  _globals['_ITEM']._serialized_end=439
-  _globals['_ADDITEMREQUEST']._serialized_start=441
-  _globals['_ADDITEMREQUEST']._serialized_end=530
-  _globals['_RECEIVESTOCKREQUEST']._serialized_start=532
-  _globals['_RECEIVESTOCKREQUEST']._serialized_end=604
-  _globals['_GETITEMREQUEST']._serialized_start=606
-  _globals['_GETITEMREQUEST']._serialized_end=635
-  _globals['_LISTITEMSREQUEST']._serialized_start=637
-  _globals['_LISTITEMSREQUEST']._serialized_end=694
-  _globals['_LISTITEMSRESPONSE']._serialized_start=696
-  _globals['_LISTITEMSRESPONSE']._serialized_end=783
-  _globals['_INVENTORYSERVICE']._serialized_start=786
-  _globals['_INVENTORYSERVICE']._serialized_end=1139
+  _globals['_ITEM']._serialized_end=461
+  _globals['_ADDITEMREQUEST']._serialized_start=463
+  _globals['_ADDITEMREQUEST']._serialized_end=574
+  _globals['_RECEIVESTOCKREQUEST']._serialized_start=576
+  _globals['_RECEIVESTOCKREQUEST']._serialized_end=648
+  _globals['_GETITEMREQUEST']._serialized_start=650
+  _globals['_GETITEMREQUEST']._serialized_end=679
+  _globals['_LISTITEMSREQUEST']._serialized_start=681
+  _globals['_LISTITEMSREQUEST']._serialized_end=738
+  _globals['_LISTITEMSRESPONSE']._serialized_start=740
+  _globals['_LISTITEMSRESPONSE']._serialized_end=827
+  _globals['_INVENTORYSERVICE']._serialized_start=830
+  _globals['_INVENTORYSERVICE']._serialized_end=1183
 # @@protoc_insertion_point(module_scope)

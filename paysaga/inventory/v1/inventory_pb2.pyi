@@ -36,6 +36,7 @@ class Item(_message.Message):
     QUANTITY_RESTOCKED_OUT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    OWNER_CLIENT_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     """Chosen by the stock keeper: 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'."""
     name: _builtins.str
@@ -44,6 +45,10 @@ class Item(_message.Message):
     quantity_sold: _builtins.int
     quantity_received: _builtins.int
     quantity_restocked_out: _builtins.int
+    owner_client: _builtins.str
+    """The client that sells the item (spiffe://paysaga/client/<name>): the only one besides ops that
+    may receive stock for it, and the owner of the merchant account its sales are paid into.
+    """
     @_builtins.property
     def unit_price(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -63,10 +68,11 @@ class Item(_message.Message):
         quantity_restocked_out: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        owner_client: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "unit_price", b"unit_price", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "quantity_available", b"quantity_available", "quantity_received", b"quantity_received", "quantity_reserved", b"quantity_reserved", "quantity_restocked_out", b"quantity_restocked_out", "quantity_sold", b"quantity_sold", "sku", b"sku", "unit_price", b"unit_price", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "owner_client", b"owner_client", "quantity_available", b"quantity_available", "quantity_received", b"quantity_received", "quantity_reserved", b"quantity_reserved", "quantity_restocked_out", b"quantity_restocked_out", "quantity_sold", b"quantity_sold", "sku", b"sku", "unit_price", b"unit_price", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -79,8 +85,11 @@ class AddItemRequest(_message.Message):
     SKU_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    OWNER_CLIENT_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     name: _builtins.str
+    owner_client: _builtins.str
+    """Empty: the caller sells the item. Ops (inventory:admin) may name another client."""
     @_builtins.property
     def unit_price(self) -> _money_pb2.Money: ...
     def __init__(
@@ -89,10 +98,11 @@ class AddItemRequest(_message.Message):
         sku: _builtins.str = ...,
         name: _builtins.str = ...,
         unit_price: _money_pb2.Money | None = ...,
+        owner_client: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["unit_price", b"unit_price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "owner_client", b"owner_client", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

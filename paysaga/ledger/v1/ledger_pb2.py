@@ -26,35 +26,35 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysaga.common.v1 import money_pb2 as paysaga_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaysaga/ledger/v1/ledger.proto\x12\x11paysaga.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\x9c\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.paysaga.ledger.v1.AccountKind\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.paysaga.ledger.v1.AccountKind\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\"b\n\x0e\x44\x65positRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12(\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x12\n\ndeposit_id\x18\x03 \x01(\t\"P\n\x0f\x44\x65positResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.paysaga.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"s\n\x07\x42\x61lance\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x15\n\rbalance_minor\x18\x03 \x01(\x03\x12\x12\n\nheld_minor\x18\x04 \x01(\x03\x12\x17\n\x0f\x61vailable_minor\x18\x05 \x01(\x03\"P\n\x13GetStatementRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xf1\x01\n\rStatementLine\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.paysaga.ledger.v1.EntryKind\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x1b\n\x13\x62\x61lance_after_minor\x18\x04 \x01(\x03\x12\x18\n\x10held_after_minor\x18\x05 \x01(\x03\x12\x0f\n\x07saga_id\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\tStatement\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .paysaga.ledger.v1.StatementLine\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t*_\n\x0b\x41\x63\x63ountKind\x12\x1c\n\x18\x41\x43\x43OUNT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_KIND_WALLET\x10\x01\x12\x19\n\x15\x41\x43\x43OUNT_KIND_MERCHANT\x10\x02*\x9b\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NTRY_KIND_DEPOSIT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_REFUND\x10\x05\x32\xd9\x02\n\rLedgerService\x12P\n\x0bOpenAccount\x12%.paysaga.ledger.v1.OpenAccountRequest\x1a\x1a.paysaga.ledger.v1.Account\x12P\n\x07\x44\x65posit\x12!.paysaga.ledger.v1.DepositRequest\x1a\".paysaga.ledger.v1.DepositResponse\x12N\n\nGetBalance\x12$.paysaga.ledger.v1.GetBalanceRequest\x1a\x1a.paysaga.ledger.v1.Balance\x12T\n\x0cGetStatement\x12&.paysaga.ledger.v1.GetStatementRequest\x1a\x1c.paysaga.ledger.v1.Statementb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epaysaga/ledger/v1/ledger.proto\x12\x11paysaga.ledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\xb2\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.paysaga.ledger.v1.AccountKind\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cowner_client\x18\x06 \x01(\t\"\x8d\x01\n\x12OpenAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.paysaga.ledger.v1.AccountKind\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x14\n\x0cowner_client\x18\x05 \x01(\t\"b\n\x0e\x44\x65positRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12(\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12\x12\n\ndeposit_id\x18\x03 \x01(\t\"P\n\x0f\x44\x65positResponse\x12+\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x1a.paysaga.ledger.v1.Balance\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"s\n\x07\x42\x61lance\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x15\n\rbalance_minor\x18\x03 \x01(\x03\x12\x12\n\nheld_minor\x18\x04 \x01(\x03\x12\x17\n\x0f\x61vailable_minor\x18\x05 \x01(\x03\"P\n\x13GetStatementRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xf1\x01\n\rStatementLine\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.paysaga.ledger.v1.EntryKind\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x1b\n\x13\x62\x61lance_after_minor\x18\x04 \x01(\x03\x12\x18\n\x10held_after_minor\x18\x05 \x01(\x03\x12\x0f\n\x07saga_id\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\tStatement\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .paysaga.ledger.v1.StatementLine\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t*_\n\x0b\x41\x63\x63ountKind\x12\x1c\n\x18\x41\x43\x43OUNT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_KIND_WALLET\x10\x01\x12\x19\n\x15\x41\x43\x43OUNT_KIND_MERCHANT\x10\x02*\x9b\x01\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NTRY_KIND_DEPOSIT\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_HOLD\x10\x02\x12\x16\n\x12\x45NTRY_KIND_CAPTURE\x10\x03\x12\x16\n\x12\x45NTRY_KIND_RELEASE\x10\x04\x12\x15\n\x11\x45NTRY_KIND_REFUND\x10\x05\x32\xd9\x02\n\rLedgerService\x12P\n\x0bOpenAccount\x12%.paysaga.ledger.v1.OpenAccountRequest\x1a\x1a.paysaga.ledger.v1.Account\x12P\n\x07\x44\x65posit\x12!.paysaga.ledger.v1.DepositRequest\x1a\".paysaga.ledger.v1.DepositResponse\x12N\n\nGetBalance\x12$.paysaga.ledger.v1.GetBalanceRequest\x1a\x1a.paysaga.ledger.v1.Balance\x12T\n\x0cGetStatement\x12&.paysaga.ledger.v1.GetStatementRequest\x1a\x1c.paysaga.ledger.v1.Statementb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paysaga.ledger.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTKIND']._serialized_start=1188
-  _globals['_ACCOUNTKIND']._serialized_end=1283
-  _globals['_ENTRYKIND']._serialized_start=1286
-  _globals['_ENTRYKIND']._serialized_end=1441
+  _globals['_ACCOUNTKIND']._serialized_start=1233
+  _globals['_ACCOUNTKIND']._serialized_end=1328
+  _globals['_ENTRYKIND']._serialized_start=1331
+  _globals['_ENTRYKIND']._serialized_end=1486
   _globals['_ACCOUNT']._serialized_start=118
-  _globals['_ACCOUNT']._serialized_end=274
-  _globals['_OPENACCOUNTREQUEST']._serialized_start=276
-  _globals['_OPENACCOUNTREQUEST']._serialized_end=395
-  _globals['_DEPOSITREQUEST']._serialized_start=397
-  _globals['_DEPOSITREQUEST']._serialized_end=495
-  _globals['_DEPOSITRESPONSE']._serialized_start=497
-  _globals['_DEPOSITRESPONSE']._serialized_end=577
-  _globals['_GETBALANCEREQUEST']._serialized_start=579
-  _globals['_GETBALANCEREQUEST']._serialized_end=618
-  _globals['_BALANCE']._serialized_start=620
-  _globals['_BALANCE']._serialized_end=735
-  _globals['_GETSTATEMENTREQUEST']._serialized_start=737
-  _globals['_GETSTATEMENTREQUEST']._serialized_end=817
-  _globals['_STATEMENTLINE']._serialized_start=820
-  _globals['_STATEMENTLINE']._serialized_end=1061
-  _globals['_STATEMENT']._serialized_start=1063
-  _globals['_STATEMENT']._serialized_end=1186
-  _globals['_LEDGERSERVICE']._serialized_start=1444
-  _globals['_LEDGERSERVICE']._serialized_end=1789
+  _globals['_ACCOUNT']._serialized_end=296
+  _globals['_OPENACCOUNTREQUEST']._serialized_start=299
+  _globals['_OPENACCOUNTREQUEST']._serialized_end=440
+  _globals['_DEPOSITREQUEST']._serialized_start=442
+  _globals['_DEPOSITREQUEST']._serialized_end=540
+  _globals['_DEPOSITRESPONSE']._serialized_start=542
+  _globals['_DEPOSITRESPONSE']._serialized_end=622
+  _globals['_GETBALANCEREQUEST']._serialized_start=624
+  _globals['_GETBALANCEREQUEST']._serialized_end=663
+  _globals['_BALANCE']._serialized_start=665
+  _globals['_BALANCE']._serialized_end=780
+  _globals['_GETSTATEMENTREQUEST']._serialized_start=782
+  _globals['_GETSTATEMENTREQUEST']._serialized_end=862
+  _globals['_STATEMENTLINE']._serialized_start=865
+  _globals['_STATEMENTLINE']._serialized_end=1106
+  _globals['_STATEMENT']._serialized_start=1108
+  _globals['_STATEMENT']._serialized_end=1231
+  _globals['_LEDGERSERVICE']._serialized_start=1489
+  _globals['_LEDGERSERVICE']._serialized_end=1834
 # @@protoc_insertion_point(module_scope)

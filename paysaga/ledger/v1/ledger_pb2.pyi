@@ -74,6 +74,7 @@ class Account(_message.Message):
     CURRENCY_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    OWNER_CLIENT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """UUID chosen by the caller."""
     kind: Global___AccountKind.ValueType
@@ -81,6 +82,10 @@ class Account(_message.Message):
     """ISO 4217; an account holds one currency."""
     owner: _builtins.str
     """Free text naming the owner, at most 200 characters."""
+    owner_client: _builtins.str
+    """The client that owns the account (spiffe://paysaga/client/<name>): the only one besides ops
+    that may pay from it (a wallet), be paid into it (a merchant account) or read it.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -91,10 +96,11 @@ class Account(_message.Message):
         currency: _builtins.str = ...,
         owner: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        owner_client: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "currency", b"currency", "kind", b"kind", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "currency", b"currency", "kind", b"kind", "owner", b"owner", "owner_client", b"owner_client"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,10 +114,15 @@ class OpenAccountRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    OWNER_CLIENT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     kind: Global___AccountKind.ValueType
     currency: _builtins.str
     owner: _builtins.str
+    owner_client: _builtins.str
+    """Empty: the caller owns the account. Ops (ledger:admin) may name another client
+    (spiffe://paysaga/client/<name>, or just <name>) to open it for.
+    """
     def __init__(
         self,
         *,
@@ -119,10 +130,11 @@ class OpenAccountRequest(_message.Message):
         kind: Global___AccountKind.ValueType = ...,
         currency: _builtins.str = ...,
         owner: _builtins.str = ...,
+        owner_client: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "kind", b"kind", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency", b"currency", "kind", b"kind", "owner", b"owner", "owner_client", b"owner_client"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,7 +66,8 @@ class LedgerServiceServicer:
     """
 
     def OpenAccount(self, request, context):
-        """Opens an account with the id the caller chose. ALREADY_EXISTS if the id is taken.
+        """Opens an account with the id the caller chose, owned by the caller (or, for ops, by the client
+        named). ALREADY_EXISTS if the id is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,7 +81,8 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBalance(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The owner's (or ops') view of an account; NOT_FOUND for anyone else.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -37,10 +37,13 @@ class LedgerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
     OpenAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.OpenAccountRequest, _ledger_pb2.Account]
-    """Opens an account with the id the caller chose. ALREADY_EXISTS if the id is taken."""
+    """Opens an account with the id the caller chose, owned by the caller (or, for ops, by the client
+    named). ALREADY_EXISTS if the id is taken.
+    """
     Deposit: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.DepositRequest, _ledger_pb2.DepositResponse]
     """Funds an account from outside the system. Retrying with the same deposit_id has one effect."""
     GetBalance: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetBalanceRequest, _ledger_pb2.Balance]
+    """The owner's (or ops') view of an account; NOT_FOUND for anyone else."""
     GetStatement: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetStatementRequest, _ledger_pb2.Statement]
 
 @_typing.type_check_only
@@ -52,10 +55,13 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     OpenAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.OpenAccountRequest, _ledger_pb2.Account]  # type: ignore[assignment]
-    """Opens an account with the id the caller chose. ALREADY_EXISTS if the id is taken."""
+    """Opens an account with the id the caller chose, owned by the caller (or, for ops, by the client
+    named). ALREADY_EXISTS if the id is taken.
+    """
     Deposit: _aio.UnaryUnaryMultiCallable[_ledger_pb2.DepositRequest, _ledger_pb2.DepositResponse]  # type: ignore[assignment]
     """Funds an account from outside the system. Retrying with the same deposit_id has one effect."""
     GetBalance: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetBalanceRequest, _ledger_pb2.Balance]  # type: ignore[assignment]
+    """The owner's (or ops') view of an account; NOT_FOUND for anyone else."""
     GetStatement: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetStatementRequest, _ledger_pb2.Statement]  # type: ignore[assignment]
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -70,7 +76,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.OpenAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.Account, _abc.Awaitable[_ledger_pb2.Account]]:
-        """Opens an account with the id the caller chose. ALREADY_EXISTS if the id is taken."""
+        """Opens an account with the id the caller chose, owned by the caller (or, for ops, by the client
+        named). ALREADY_EXISTS if the id is taken.
+        """
 
     @_abc_1.abstractmethod
     def Deposit(
@@ -85,7 +93,8 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _ledger_pb2.GetBalanceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.Balance, _abc.Awaitable[_ledger_pb2.Balance]]: ...
+    ) -> _typing.Union[_ledger_pb2.Balance, _abc.Awaitable[_ledger_pb2.Balance]]:
+        """The owner's (or ops') view of an account; NOT_FOUND for anyone else."""
 
     @_abc_1.abstractmethod
     def GetStatement(

@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     opened.add_argument("--id", default=None, help="account id (default: a new UUID)")
     opened.add_argument("--kind", choices=["wallet", "merchant"], required=True)
     opened.add_argument("--currency", required=True)
-    opened.add_argument("--owner", required=True)
+    opened.add_argument("--owner", required=True, help="free text naming the owner (a person, a shop)")
+    opened.add_argument(
+        "--owner-client", default="", help="ops only: the client (name) that owns the account (default: the caller)"
+    )
     deposit = account.add_parser("deposit", help="fund an account")
     deposit.add_argument("account_id")
     deposit.add_argument("amount_minor", type=int)
@@ -96,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     added.add_argument("--name", required=True)
     added.add_argument("--price", type=int, required=True, help="unit price in minor units")
     added.add_argument("--currency", required=True)
+    added.add_argument(
+        "--owner-client", default="", help="ops only: the client (name) that sells the item (default: the caller)"
+    )
     received = item.add_parser("receive", help="receive stock")
     received.add_argument("sku")
     received.add_argument("quantity", type=int)
@@ -196,6 +202,7 @@ async def _account(stub: ledger_pb2_grpc.LedgerServiceStub, args: argparse.Names
                 kind=ledger_pb2.AccountKind.Value(f"ACCOUNT_KIND_{args.kind.upper()}"),
                 currency=args.currency,
                 owner=args.owner,
+                owner_client=args.owner_client,
             ),
             timeout=TIMEOUT_S,
         )
@@ -241,7 +248,10 @@ async def _item(stub: inventory_pb2_grpc.InventoryServiceStub, args: argparse.Na
         return 0
     if args.action == "add":
         request: Any = inventory_pb2.AddItemRequest(
-            sku=args.sku, name=args.name, unit_price=Money(amount_minor=args.price, currency=args.currency)
+            sku=args.sku,
+            name=args.name,
+            unit_price=Money(amount_minor=args.price, currency=args.currency),
+            owner_client=args.owner_client,
         )
         item = await stub.AddItem(request, timeout=TIMEOUT_S)
     elif args.action == "receive":

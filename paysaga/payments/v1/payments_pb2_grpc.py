@@ -74,21 +74,25 @@ class PaymentServiceServicer:
     """
 
     def CreatePayment(self, request, context):
-        """Starts a purchase. Retrying with the same idempotency_key and the same body returns the same
-        payment and has one effect; the same key with a different body is FAILED_PRECONDITION.
+        """Starts a purchase from a wallet the caller owns, for an item sold by the owner of the merchant
+        account (PERMISSION_DENIED otherwise, the same whether the account exists or not). Retrying
+        with the same idempotency_key and the same body returns the same payment and has one effect;
+        the same key with a different body is FAILED_PRECONDITION. Keys belong to the calling client.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPayment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A payment whose payer or merchant account the caller owns; NOT_FOUND for any other.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPayments(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The payments whose payer or merchant account the caller owns (ops: all of them).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -101,14 +105,16 @@ class PaymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelPayment(self, request, context):
-        """Asks to cancel a payment that has not completed. FAILED_PRECONDITION once it has.
+        """The payer (the owner of its wallet) asks to cancel a payment that has not completed.
+        FAILED_PRECONDITION once it has; NOT_FOUND for anyone else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RefundPayment(self, request, context):
-        """Asks to refund a COMPLETED payment. FAILED_PRECONDITION otherwise.
+        """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
+        FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

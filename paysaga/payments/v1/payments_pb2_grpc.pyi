@@ -36,17 +36,25 @@ class PaymentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PaymentServiceAsyncStub: ...
     CreatePayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.CreatePaymentRequest, _payments_pb2.CreatePaymentResponse]
-    """Starts a purchase. Retrying with the same idempotency_key and the same body returns the same
-    payment and has one effect; the same key with a different body is FAILED_PRECONDITION.
+    """Starts a purchase from a wallet the caller owns, for an item sold by the owner of the merchant
+    account (PERMISSION_DENIED otherwise, the same whether the account exists or not). Retrying
+    with the same idempotency_key and the same body returns the same payment and has one effect;
+    the same key with a different body is FAILED_PRECONDITION. Keys belong to the calling client.
     """
     GetPayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.GetPaymentRequest, _payments_pb2.Payment]
+    """A payment whose payer or merchant account the caller owns; NOT_FOUND for any other."""
     ListPayments: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ListPaymentsRequest, _payments_pb2.ListPaymentsResponse]
+    """The payments whose payer or merchant account the caller owns (ops: all of them)."""
     WatchPayment: _grpc.UnaryStreamMultiCallable[_payments_pb2.WatchPaymentRequest, _payments_pb2.PaymentUpdate]
     """Streams the payment's current state, then every change, and ends after a terminal status."""
     CancelPayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.CancelPaymentRequest, _payments_pb2.Payment]
-    """Asks to cancel a payment that has not completed. FAILED_PRECONDITION once it has."""
+    """The payer (the owner of its wallet) asks to cancel a payment that has not completed.
+    FAILED_PRECONDITION once it has; NOT_FOUND for anyone else.
+    """
     RefundPayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.RefundPaymentRequest, _payments_pb2.Payment]
-    """Asks to refund a COMPLETED payment. FAILED_PRECONDITION otherwise."""
+    """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
+    FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
+    """
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
@@ -56,17 +64,25 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.CreatePaymentRequest, _payments_pb2.CreatePaymentResponse]  # type: ignore[assignment]
-    """Starts a purchase. Retrying with the same idempotency_key and the same body returns the same
-    payment and has one effect; the same key with a different body is FAILED_PRECONDITION.
+    """Starts a purchase from a wallet the caller owns, for an item sold by the owner of the merchant
+    account (PERMISSION_DENIED otherwise, the same whether the account exists or not). Retrying
+    with the same idempotency_key and the same body returns the same payment and has one effect;
+    the same key with a different body is FAILED_PRECONDITION. Keys belong to the calling client.
     """
     GetPayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.GetPaymentRequest, _payments_pb2.Payment]  # type: ignore[assignment]
+    """A payment whose payer or merchant account the caller owns; NOT_FOUND for any other."""
     ListPayments: _aio.UnaryUnaryMultiCallable[_payments_pb2.ListPaymentsRequest, _payments_pb2.ListPaymentsResponse]  # type: ignore[assignment]
+    """The payments whose payer or merchant account the caller owns (ops: all of them)."""
     WatchPayment: _aio.UnaryStreamMultiCallable[_payments_pb2.WatchPaymentRequest, _payments_pb2.PaymentUpdate]  # type: ignore[assignment]
     """Streams the payment's current state, then every change, and ends after a terminal status."""
     CancelPayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.CancelPaymentRequest, _payments_pb2.Payment]  # type: ignore[assignment]
-    """Asks to cancel a payment that has not completed. FAILED_PRECONDITION once it has."""
+    """The payer (the owner of its wallet) asks to cancel a payment that has not completed.
+    FAILED_PRECONDITION once it has; NOT_FOUND for anyone else.
+    """
     RefundPayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.RefundPaymentRequest, _payments_pb2.Payment]  # type: ignore[assignment]
-    """Asks to refund a COMPLETED payment. FAILED_PRECONDITION otherwise."""
+    """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
+    FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
+    """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public entry point of paysaga. A purchase payment moves money from a payer's wallet to a
@@ -79,8 +95,10 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.CreatePaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.CreatePaymentResponse, _abc.Awaitable[_payments_pb2.CreatePaymentResponse]]:
-        """Starts a purchase. Retrying with the same idempotency_key and the same body returns the same
-        payment and has one effect; the same key with a different body is FAILED_PRECONDITION.
+        """Starts a purchase from a wallet the caller owns, for an item sold by the owner of the merchant
+        account (PERMISSION_DENIED otherwise, the same whether the account exists or not). Retrying
+        with the same idempotency_key and the same body returns the same payment and has one effect;
+        the same key with a different body is FAILED_PRECONDITION. Keys belong to the calling client.
         """
 
     @_abc_1.abstractmethod
@@ -88,14 +106,16 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _payments_pb2.GetPaymentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_payments_pb2.Payment, _abc.Awaitable[_payments_pb2.Payment]]: ...
+    ) -> _typing.Union[_payments_pb2.Payment, _abc.Awaitable[_payments_pb2.Payment]]:
+        """A payment whose payer or merchant account the caller owns; NOT_FOUND for any other."""
 
     @_abc_1.abstractmethod
     def ListPayments(
         self,
         request: _payments_pb2.ListPaymentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_payments_pb2.ListPaymentsResponse, _abc.Awaitable[_payments_pb2.ListPaymentsResponse]]: ...
+    ) -> _typing.Union[_payments_pb2.ListPaymentsResponse, _abc.Awaitable[_payments_pb2.ListPaymentsResponse]]:
+        """The payments whose payer or merchant account the caller owns (ops: all of them)."""
 
     @_abc_1.abstractmethod
     def WatchPayment(
@@ -111,7 +131,9 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.CancelPaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.Payment, _abc.Awaitable[_payments_pb2.Payment]]:
-        """Asks to cancel a payment that has not completed. FAILED_PRECONDITION once it has."""
+        """The payer (the owner of its wallet) asks to cancel a payment that has not completed.
+        FAILED_PRECONDITION once it has; NOT_FOUND for anyone else.
+        """
 
     @_abc_1.abstractmethod
     def RefundPayment(
@@ -119,6 +141,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.RefundPaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.Payment, _abc.Awaitable[_payments_pb2.Payment]]:
-        """Asks to refund a COMPLETED payment. FAILED_PRECONDITION otherwise."""
+        """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
+        FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
+        """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

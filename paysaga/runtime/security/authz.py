@@ -6,6 +6,11 @@ services, ``spiffe://paysaga/client/<name>`` for external clients. Every method 
 Rule listing the identities allowed to call it; an external client must also present a bearer
 token issued to that same identity, meant for this service, carrying the method's scope.
 
+The service's admin scope (``<service>:admin``, held by ops) is enough for every method of that
+service; each call made with it is logged as an audit line. What the caller may do with a given
+record (its own accounts, items and payments) is the servicer's to decide, with the Caller this
+layer leaves in ``current_caller()`` (paysaga.core.access).
+
 Refusals: no identity or a bad token is UNAUTHENTICATED; an identity or a scope that is not
 allowed is PERMISSION_DENIED. The message names the identity and the method; it is logged too.
 Tokens themselves never appear in messages or logs.
@@ -13,6 +18,7 @@ Tokens themselves never appear in messages or logs.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from paysaga.core.access import Caller, admin_scope, service_of_scope
 from paysaga.core.identity import client_identity, service_identity
 from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier
 
@@ -28,6 +35,15 @@ log = logging.getLogger(__name__)
 TRUST_DOMAIN_PREFIX = service_identity("")
 CLIENT_PREFIX = client_identity("")
 ANY_CLIENT = CLIENT_PREFIX + "*"
+_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("paysaga_caller")
+
+
+def current_caller() -> Caller:
+    """The caller of the gRPC call being served (set once it was authorized)."""
+    try:
+        return _CALLER.get()
+    except LookupError:
+        raise RuntimeError("no authorized call is being served here") from None
 
 
 class AccessDenied(Exception):
@@ -62,8 +78,8 @@ class Authorizer:
         self.rules = dict(rules)
         self.verifier = verifier
 
-    def check(self, method: str, identity: str, metadata: Any) -> None:
-        """Return if the caller may go ahead; raise AccessDenied with the status and reason if not."""
+    def check(self, method: str, identity: str, metadata: Any) -> Caller:
+        """The caller, if it may go ahead; raise AccessDenied with the status and reason if not."""
         if not identity.startswith(TRUST_DOMAIN_PREFIX):
             raise AccessDenied(
                 grpc.StatusCode.UNAUTHENTICATED, f"calling {method}: the client certificate carries no paysaga identity"
@@ -72,15 +88,16 @@ class Authorizer:
         if rule is None or not rule.allows(identity):
             raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {method}")
         if not identity.startswith(CLIENT_PREFIX):
-            return  # one of our services: its certificate is its proof
+            return Caller(identity)  # one of our services: its certificate is its proof
         try:
             claims = self._verified_token(metadata, identity)
         except AccessDenied as denied:
             raise AccessDenied(denied.code, f"{identity} calling {method}: {denied}") from None
-        if rule.scope not in claims.scopes:
+        if rule.scope not in claims.scopes and admin_scope(service_of_scope(rule.scope)) not in claims.scopes:
             raise AccessDenied(
                 grpc.StatusCode.PERMISSION_DENIED, f"{identity} needs the scope {rule.scope} to call {method}"
             )
+        return Caller(identity, claims.scopes)
 
     def _verified_token(self, metadata: Any, identity: str) -> Claims:
         values = [value for key, value in (metadata or ()) if key == "authorization"]
@@ -139,13 +156,25 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:
         identity = peer_identity(context)
         try:
-            self.authorizer.check(method, identity, context.invocation_metadata())
+            caller = self.authorizer.check(method, identity, context.invocation_metadata())
         except AccessDenied as denied:
             log.warning(
                 "grpc.refused",
-                extra={"peer": identity or "-", "method": method, "code": denied.code.name, "reason": str(denied)},
+                extra={
+                    "peer": identity or "-",
+                    "peer_address": context.peer(),
+                    "method": method,
+                    "code": denied.code.name,
+                    "reason": str(denied),
+                },
             )
             await context.abort(denied.code, str(denied))
+            return
+        rule = self.authorizer.rules[method]
+        if caller.is_admin(service_of_scope(rule.scope)):
+            # Ops may do everything; every such call leaves a trace.
+            log.info("audit.admin_call", extra={"audit": True, "peer": identity, "method": method})
+        _CALLER.set(caller)
 
     def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:

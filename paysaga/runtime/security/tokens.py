@@ -48,12 +48,17 @@ CLOCK_SKEW_S = 30
 # The previous public key stays trusted after a rotation so tokens signed with it live out their time.
 KEPT_PUBLIC_KEYS = 2
 KEYS_CHECK_INTERVAL_S = 2.0
+# <service>:admin (ops) may do everything on that service; the others act on the client's own
+# records only (paysaga.core.access).
 SCOPES = (
     "payments:read",
     "payments:write",
+    "payments:admin",
     "inventory:read",
+    "inventory:write",
     "inventory:admin",
     "ledger:read",
+    "ledger:write",
     "ledger:admin",
 )
 

@@ -9,10 +9,11 @@ import grpc
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
+from paysaga.core.access import Caller, owner_for
 from paysaga.core.validation import PageRequest
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status
-from paysaga.runtime.security.authz import Rule
+from paysaga.runtime.security.authz import Rule, current_caller
 from paysaga.runtime.storage.unit_of_work import Database
 from services.inventory import handlers
 from services.inventory.adapters import views
@@ -28,7 +29,7 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def AddItem(
         self, request: inventory_pb2.AddItemRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.Item:
-        item = new_item(request)
+        item = new_item(request, current_caller())
         await self._database.retrying(lambda unit: handlers.add_item(unit, item))
         return item_message(await views.item(self._database, item.sku))
 
@@ -36,9 +37,9 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
     async def ReceiveStock(
         self, request: inventory_pb2.ReceiveStockRequest, context: grpc.aio.ServicerContext
     ) -> inventory_pb2.Item:
-        receipt = receipt_of(request)
+        receipt, caller = receipt_of(request), current_caller()
         await self._database.retrying(
-            lambda unit: handlers.receive_stock(unit, receipt.sku, receipt.quantity, receipt.id)
+            lambda unit: handlers.receive_stock(unit, receipt.sku, receipt.quantity, receipt.id, caller)
         )
         return item_message(await views.item(self._database, receipt.sku))
 
@@ -59,12 +60,13 @@ class InventoryServiceServicer(inventory_pb2_grpc.InventoryServiceServicer):
 # The request parsers: a request in, checked values out, or InvalidArgument; no I/O.
 
 
-def new_item(request: inventory_pb2.AddItemRequest) -> Item:
+def new_item(request: inventory_pb2.AddItemRequest, caller: Caller) -> Item:
     return Item(
         validation.sku(request.sku),
         validation.text(request.name, "name", required=True),
         validation.positive_amount(request.unit_price.amount_minor, "unit_price.amount_minor"),
         validation.currency(request.unit_price.currency, "unit_price.currency"),
+        owner_client=owner_for(caller, handlers.SERVICE, request.owner_client),
     )
 
 
@@ -92,6 +94,7 @@ def item_message(row: Any) -> inventory_pb2.Item:
         sku=row.sku,
         name=row.name,
         unit_price=Money(amount_minor=row.unit_price_minor, currency=row.currency),
+        owner_client=row.owner_client,
         **{name: getattr(row, name) for name in QUANTITIES},
     )
     message.created_at.FromDatetime(row.created_at)
@@ -106,8 +109,8 @@ def grpc_service(database: Database[InventoryUnit]) -> GrpcService:
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server,
         # No service of ours calls another's API (they talk through events): external clients only.
         {
-            "AddItem": Rule.clients("inventory:admin"),
-            "ReceiveStock": Rule.clients("inventory:admin"),
+            "AddItem": Rule.clients("inventory:write"),
+            "ReceiveStock": Rule.clients("inventory:write"),
             "GetItem": Rule.clients("inventory:read"),
             "ListItems": Rule.clients("inventory:read"),
         },

@@ -25,7 +25,8 @@ _UPDATE_RESERVATION = reservations.update().where(reservations.c.reservation_id 
 
 
 def item_from_row(row: Any) -> Item:
-    return Item(row.sku, row.name, row.unit_price_minor, row.currency, *(getattr(row, name) for name in QUANTITIES))
+    quantities = {name: getattr(row, name) for name in QUANTITIES}
+    return Item(row.sku, row.name, row.unit_price_minor, row.currency, owner_client=row.owner_client, **quantities)
 
 
 class InventoryRepository(Repository):
@@ -43,6 +44,7 @@ class InventoryRepository(Repository):
                 name=item.name,
                 unit_price_minor=item.unit_price_minor,
                 currency=item.currency,
+                owner_client=item.owner_client,
                 created_at=now,
                 updated_at=now,
                 **{name: getattr(item, name) for name in QUANTITIES},

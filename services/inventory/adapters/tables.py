@@ -24,6 +24,8 @@ items = sa.Table(
     sa.Column("quantity_restocked_out", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The client identity that sells the item ("" for items only ops may stock).
+    sa.Column("owner_client", sa.String(200), nullable=False, server_default=""),
 )
 
 reservations = sa.Table(

@@ -8,17 +8,19 @@ from typing import Protocol
 import grpc
 
 from paysaga.core import validation
+from paysaga.core.access import Caller, owner_for
 from paysaga.core.errors import InvalidArgument
 from paysaga.core.validation import PageRequest
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status
-from paysaga.runtime.security.authz import Rule
+from paysaga.runtime.security.authz import Rule, current_caller
 from paysaga.runtime.storage.unit_of_work import Database
 from services.ledger import handlers
 from services.ledger.adapters import views
 from services.ledger.adapters.repository import LedgerUnit
 from services.ledger.domain import Account, AccountKind
 
+SERVICE = "ledger"
 KINDS = {ledger_pb2.ACCOUNT_KIND_WALLET: AccountKind.WALLET, ledger_pb2.ACCOUNT_KIND_MERCHANT: AccountKind.MERCHANT}
 KIND_TO_PROTO = {kind: number for number, kind in KINDS.items()}
 
@@ -31,11 +33,16 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def OpenAccount(
         self, request: ledger_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Account:
-        account = new_account(request)
+        caller = current_caller()
+        account = new_account(request, caller)
         await self._database.retrying(lambda unit: handlers.open_account(unit, account))
-        _, row = await views.account(self._database, account.account_id)
+        _, row = await views.account(self._database, account.account_id, caller)
         message = ledger_pb2.Account(
-            account_id=row.account_id, kind=KIND_TO_PROTO[AccountKind(row.kind)], currency=row.currency, owner=row.owner
+            account_id=row.account_id,
+            kind=KIND_TO_PROTO[AccountKind(row.kind)],
+            currency=row.currency,
+            owner=row.owner,
+            owner_client=row.owner_client,
         )
         message.created_at.FromDatetime(row.created_at)
         return message
@@ -54,7 +61,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetBalance(
         self, request: ledger_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Balance:
-        account, _ = await views.account(self._database, account_id_of(request))
+        account, _ = await views.account(self._database, account_id_of(request), current_caller())
         return _balance(account)
 
     @domain_errors_as_status
@@ -62,7 +69,7 @@ class LedgerServiceServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_pb2.GetStatementRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.Statement:
         account_id, page = statement_query(request)
-        account, rows, next_token = await views.statement_page(self._database, account_id, page)
+        account, rows, next_token = await views.statement_page(self._database, account_id, page, current_caller())
         statement = ledger_pb2.Statement(account_id=account_id, currency=account.currency, next_page_token=next_token)
         for row in rows:
             line = statement.lines.add(
@@ -89,7 +96,7 @@ def account_id_of(request: _HasAccountId) -> str:
     return validation.uuid_text(request.account_id, "account_id")
 
 
-def new_account(request: ledger_pb2.OpenAccountRequest) -> Account:
+def new_account(request: ledger_pb2.OpenAccountRequest, caller: Caller) -> Account:
     if request.kind not in KINDS:
         raise InvalidArgument("kind must be ACCOUNT_KIND_WALLET or ACCOUNT_KIND_MERCHANT")
     return Account(
@@ -97,6 +104,7 @@ def new_account(request: ledger_pb2.OpenAccountRequest) -> Account:
         KINDS[request.kind],
         validation.currency(request.currency),
         validation.text(request.owner, "owner", required=True),
+        owner_client=owner_for(caller, SERVICE, request.owner_client),
     )
 
 
@@ -140,7 +148,7 @@ def grpc_service(database: Database[LedgerUnit]) -> GrpcService:
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
         # No service of ours calls another's API (they talk through events): external clients only.
         {
-            "OpenAccount": Rule.clients("ledger:admin"),
+            "OpenAccount": Rule.clients("ledger:write"),
             "Deposit": Rule.clients("ledger:admin"),
             "GetBalance": Rule.clients("ledger:read"),
             "GetStatement": Rule.clients("ledger:read"),

@@ -31,7 +31,15 @@ _INSERT_STATEMENT_LINE = statement_lines.insert()
 
 
 def account_from_row(row: Any) -> Account:
-    return Account(row.account_id, AccountKind(row.kind), row.currency, row.owner, row.balance_minor, row.held_minor)
+    return Account(
+        row.account_id,
+        AccountKind(row.kind),
+        row.currency,
+        row.owner,
+        row.balance_minor,
+        row.held_minor,
+        row.owner_client,
+    )
 
 
 class LedgerRepository(Repository):
@@ -51,6 +59,7 @@ class LedgerRepository(Repository):
                 owner=account.owner,
                 balance_minor=account.balance_minor,
                 held_minor=account.held_minor,
+                owner_client=account.owner_client,
                 created_at=self._unit.now(),
             )
         )

@@ -19,6 +19,8 @@ accounts = sa.Table(
     sa.Column("balance_minor", sa.BigInteger, nullable=False),
     sa.Column("held_minor", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The client identity that owns the account ("" for accounts only ops may use).
+    sa.Column("owner_client", sa.String(200), nullable=False, server_default=""),
 )
 
 holds = sa.Table(

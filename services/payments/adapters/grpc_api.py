@@ -15,7 +15,7 @@ from paysaga.core.errors import DomainError, InvalidArgument
 from paysaga.core.validation import PageRequest
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status, status_of
-from paysaga.runtime.security.authz import Rule
+from paysaga.runtime.security.authz import Rule, current_caller
 from paysaga.runtime.storage.group_commit import GroupCommit
 from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
 from paysaga.runtime.tasks import wait_any
@@ -58,10 +58,10 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def CreatePayment(
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
-        purchase = purchase_request(request)
+        purchase, caller = purchase_request(request), current_caller()
         async with self._admission.admitted():
             payment, replayed = await self._creates.run(
-                lambda unit: handlers.create_payment(unit, purchase, self._rules)
+                lambda unit: handlers.create_payment(unit, purchase, self._rules, caller)
             )
         return payments_pb2.CreatePaymentResponse(payment=payment_message(payment), replayed=replayed)
 
@@ -69,7 +69,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        return payment_message(await views.payment(self._database, payment_id_of(request)))
+        return payment_message(await views.payment(self._database, payment_id_of(request), current_caller()))
 
     @domain_errors_as_status
     async def ListPayments(
@@ -77,7 +77,12 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.ListPaymentsResponse:
         query = list_query(request)
         found, next_token = await views.payments_page(
-            self._database, query.page, payer=query.payer, merchant=query.merchant, status=query.status
+            self._database,
+            query.page,
+            current_caller(),
+            payer=query.payer,
+            merchant=query.merchant,
+            status=query.status,
         )
         return payments_pb2.ListPaymentsResponse(
             payments=[payment_message(payment) for payment in found], next_page_token=next_token
@@ -89,7 +94,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         """Every status change in order, from the first, until the payment's latest status is terminal."""
         try:
             payment_id = payment_id_of(request)
-            payment = await views.payment(self._database, payment_id)
+            payment = await views.payment(self._database, payment_id, current_caller())
         except DomainError as error:
             await context.abort(status_of(error), str(error))
             return
@@ -110,16 +115,16 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def CancelPayment(
         self, request: payments_pb2.CancelPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        payment_id, reason = payment_id_of(request), reason_of(request)
-        payment = await self._database.retrying(lambda unit: handlers.cancel_payment(unit, payment_id, reason))
+        payment_id, reason, caller = payment_id_of(request), reason_of(request), current_caller()
+        payment = await self._database.retrying(lambda unit: handlers.cancel_payment(unit, payment_id, reason, caller))
         return payment_message(payment)
 
     @domain_errors_as_status
     async def RefundPayment(
         self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        payment_id, reason = payment_id_of(request), reason_of(request)
-        payment = await self._database.retrying(lambda unit: handlers.refund_payment(unit, payment_id, reason))
+        payment_id, reason, caller = payment_id_of(request), reason_of(request), current_caller()
+        payment = await self._database.retrying(lambda unit: handlers.refund_payment(unit, payment_id, reason, caller))
         return payment_message(payment)
 
 

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
-from services.payments.adapters.tables import payment_history, payments
+from services.payments.adapters.tables import account_owners, item_sellers, payment_history, payments
 from services.payments.domain import Payment, PurchaseRequest, Status
+
+
+@dataclass(frozen=True)
+class AccountOwner:
+    kind: str  # "WALLET" or "MERCHANT"
+    client: str  # its owner's identity; "" for an account only ops may use
+
 
 # The hot statements are built once: SQLAlchemy then finds each compiled form by a cache key it
 # memoizes on the statement, instead of building and hashing a new statement tree per call.
 _LOAD = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id")).with_for_update()
 _BY_IDEMPOTENCY_KEY = sa.select(payments).where(
-    payments.c.payer_account_id == sa.bindparam("payer"), payments.c.idempotency_key == sa.bindparam("key")
+    payments.c.requested_by == sa.bindparam("client"), payments.c.idempotency_key == sa.bindparam("key")
 )
+_ACCOUNT_OWNER = sa.select(account_owners).where(account_owners.c.account_id == sa.bindparam("account_id"))
+_ITEM_SELLER = sa.select(item_sellers.c.owner_client).where(item_sellers.c.sku == sa.bindparam("sku"))
 _COUNT_RECENT = (
     sa.select(sa.func.count())
     .select_from(payments)
@@ -44,6 +54,7 @@ def payment_from_row(row: Any) -> Payment:
         row.amount_minor,
         row.currency,
         row.sla_tier,
+        row.requested_by,
     )
     return Payment(
         row.payment_id,
@@ -65,9 +76,37 @@ class PaymentRepository(Repository):
         row = (await self._connection.execute(_LOAD, {"payment_id": payment_id})).first()
         return None if row is None else payment_from_row(row)
 
-    async def find_by_idempotency_key(self, payer_account_id: str, key: str) -> tuple[Payment, str] | None:
-        row = (await self._connection.execute(_BY_IDEMPOTENCY_KEY, {"payer": payer_account_id, "key": key})).first()
+    async def find_by_idempotency_key(self, client: str, key: str) -> tuple[Payment, str] | None:
+        """The payment this client asked for with this key, and its request's fingerprint."""
+        row = (await self._connection.execute(_BY_IDEMPOTENCY_KEY, {"client": client, "key": key})).first()
         return None if row is None else (payment_from_row(row), row.request_hash)
+
+    async def account_owner(self, account_id: str) -> AccountOwner | None:
+        """Who owns the account, as far as payments has heard (None: not heard of yet)."""
+        row = (await self._connection.execute(_ACCOUNT_OWNER, {"account_id": account_id})).first()
+        return None if row is None else AccountOwner(row.kind, row.owner_client)
+
+    async def item_seller(self, sku: str) -> str | None:
+        return await self._connection.scalar(_ITEM_SELLER, {"sku": sku})
+
+    async def record_account_owner(self, account_id: str, owner: AccountOwner) -> None:
+        if await self.account_owner(account_id) is None:
+            values = {"account_id": account_id, "kind": owner.kind, "owner_client": owner.client}
+            await self._connection.execute(account_owners.insert().values(**values))
+        else:
+            await self._connection.execute(
+                account_owners.update()
+                .where(account_owners.c.account_id == account_id)
+                .values(kind=owner.kind, owner_client=owner.client)
+            )
+
+    async def record_item_seller(self, sku: str, client: str) -> None:
+        if await self.item_seller(sku) is None:
+            await self._connection.execute(item_sellers.insert().values(sku=sku, owner_client=client))
+        else:
+            await self._connection.execute(
+                item_sellers.update().where(item_sellers.c.sku == sku).values(owner_client=client)
+            )
 
     async def lock_payer(self, payer_account_id: str) -> None:
         """Serialise new payments of one payer until commit, so replicas cannot both pass the
@@ -93,6 +132,7 @@ class PaymentRepository(Repository):
                 "amount_minor": request.amount_minor,
                 "currency": request.currency,
                 "sla_tier": request.sla_tier,
+                "requested_by": request.requested_by,
                 "status": payment.status.value,
                 "reason": payment.reason,
                 "version": payment.version,

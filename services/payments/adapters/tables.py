@@ -30,8 +30,10 @@ payments = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=False),
-    # A key is the payer's own: another payer's key can neither collide nor be probed.
-    sa.UniqueConstraint("payer_account_id", "idempotency_key", name="uq_payments_payer_idempotency_key"),
+    # The client that asked for the payment. A key is that client's own: another client's key can
+    # neither collide nor be probed.
+    sa.Column("requested_by", sa.String(200), nullable=False, server_default=""),
+    sa.UniqueConstraint("requested_by", "idempotency_key", name="uq_payments_client_idempotency_key"),
     sa.Index("ix_payments_payer_created", "payer_account_id", "created_at"),
     sa.Index("ix_payments_status_deadline", "status", "deadline_at"),
 )
@@ -45,4 +47,20 @@ payment_history = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
     sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Who owns which account and who sells which item: payments' copy of what the ledger
+# (AccountOpened) and inventory (ItemAdded) decided, to check a purchase before it starts.
+account_owners = sa.Table(
+    "account_owners",
+    metadata,
+    sa.Column("account_id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("owner_client", sa.String(200), nullable=False),
+)
+item_sellers = sa.Table(
+    "item_sellers",
+    metadata,
+    sa.Column("sku", sa.String(64), primary_key=True),
+    sa.Column("owner_client", sa.String(200), nullable=False),
 )

@@ -6,16 +6,22 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paysaga.core.access import Caller
 from paysaga.core.errors import NotFound
 from paysaga.core.validation import PageRequest
 from paysaga.runtime.storage.pages import page
 from paysaga.runtime.storage.unit_of_work import Database
 from services.payments.adapters.repository import payment_from_row
-from services.payments.adapters.tables import payment_history, payments
+from services.payments.adapters.tables import account_owners, payment_history, payments
 from services.payments.domain import IN_FLIGHT, Payment, Status
 
+SERVICE = "payments"
 _GET = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id"))
+_OWNERS = sa.select(account_owners.c.owner_client).where(
+    account_owners.c.account_id.in_(sa.bindparam("account_ids", expanding=True))
+)
 _HISTORY_AFTER = (
     sa.select(payment_history)
     .where(payment_history.c.payment_id == sa.bindparam("payment_id"), payment_history.c.version > sa.bindparam("v"))
@@ -26,20 +32,38 @@ _COUNT_IN_FLIGHT = (
 )
 
 
-async def payment(database: Database, payment_id: str) -> Payment:
+async def payment(database: Database, payment_id: str, caller: Caller) -> Payment:
+    """The payment, if the caller owns its payer's or its merchant's account (or is ops); to
+    anyone else it does not exist."""
     async with database.read() as connection:
         row = (await connection.execute(_GET, {"payment_id": payment_id})).first()
-    if row is None:
+        owners = [] if row is None else await _owners(connection, row.payer_account_id, row.merchant_account_id)
+    if row is None or not (caller.is_admin(SERVICE) or any(caller.owns(owner) for owner in owners)):
         raise NotFound(f"payment {payment_id} does not exist")
     return payment_from_row(row)
 
 
+async def _owners(connection: AsyncConnection, *account_ids: str) -> list[str]:
+    rows = await connection.execute(_OWNERS, {"account_ids": list(account_ids)})
+    return [row.owner_client for row in rows]
+
+
 async def payments_page(
-    database: Database, request: PageRequest, *, payer: str = "", merchant: str = "", status: Status | None = None
+    database: Database,
+    request: PageRequest,
+    caller: Caller,
+    *,
+    payer: str = "",
+    merchant: str = "",
+    status: Status | None = None,
 ) -> tuple[list[Payment], str]:
-    """A page of payments in the order they were created, optionally only a payer's, a
-    merchant's or those in one status; and the next page's token."""
+    """A page of the payments the caller may see (those of its own accounts; ops: all) in the order
+    they were created, optionally only a payer's, a merchant's or those in one status; and the
+    next page's token."""
     query = sa.select(payments)
+    if not caller.is_admin(SERVICE):
+        own = sa.select(account_owners.c.account_id).where(account_owners.c.owner_client == caller.identity)
+        query = query.where(sa.or_(payments.c.payer_account_id.in_(own), payments.c.merchant_account_id.in_(own)))
     if payer:
         query = query.where(payments.c.payer_account_id == payer)
     if merchant:
