@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from paysaga.core.errors import (
     AlreadyExists,
@@ -127,6 +127,25 @@ class BuiltServer:
             await self.health.set(name, status)
 
 
+# grpc.reflection.v1 is v1alpha under its final name, message for message (the same fields and
+# numbers), which newer tools (grpcurl, Postman, grpcui) try first. grpcio-reflection serves only
+# v1alpha, so the same servicer answers both names.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
+
+
 def create_server(
     bind: str,
     credentials: grpc.ServerCredentials,
@@ -140,7 +159,7 @@ def create_server(
     """
     rules = {method: rule for service in services for method, rule in service.rules.items()}
     interceptor = AuthorizationInterceptor(
-        Authorizer(rules, verifier), open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME)
+        Authorizer(rules, verifier), open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
     )
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[interceptor])
     for service in services:
@@ -148,7 +167,7 @@ def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service.name for service in services)
-    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    _enable_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1), server)
     try:
         port = server.add_secure_port(bind, credentials)
     except RuntimeError as error:

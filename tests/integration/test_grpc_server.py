@@ -73,7 +73,28 @@ async def test_reflection_lists_the_api_and_the_standard_services(ledger_server:
         "paysaga.ledger.v1.LedgerService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
+
+
+async def test_reflection_v1_answers_under_its_own_name(ledger_server: BuiltServer, certs_dir: Path) -> None:
+    """What newer tools ask first: the v1 method, whose messages are v1alpha's, field for field."""
+    async with secure_channel(f"127.0.0.1:{ledger_server.port}", TlsFiles.in_directory(certs_dir, "ops")) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="paysaga.ledger.v1.LedgerService"),
+        ]
+        responses = [response async for response in call(iter(requests))]
+
+    assert "paysaga.ledger.v1.LedgerService" in {
+        service.name for service in responses[0].list_services_response.service
+    }
+    assert responses[1].file_descriptor_response.file_descriptor_proto, "the API's descriptors are served"
 
 
 async def test_call_without_a_client_certificate_fails_at_the_handshake(
