@@ -91,6 +91,7 @@ async def connect_nats(
             client.connect(
                 url,
                 tls=context,
+                tls_handshake_first=True,
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 connect_timeout=3,

@@ -52,11 +52,11 @@ def presented_serial(port: int, client: TlsFiles, *, nats: bool = False) -> int:
     context.load_cert_chain(str(client.cert_file), str(client.key_file))
     if not nats:
         context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        if nats:
-            raw.recv(4096)  # NATS says INFO in the clear before the TLS upgrade
-        with context.wrap_socket(raw, server_hostname="localhost") as wrapped:
-            der = wrapped.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as wrapped,
+    ):
+        der = wrapped.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import uuid
 from pathlib import Path
@@ -87,16 +88,34 @@ async def test_certificate_from_another_ca_is_refused(nats_cluster: LocalCluster
     await client.close()
 
 
-def test_plaintext_client_gets_no_service(nats_cluster: LocalCluster) -> None:
+def test_a_plaintext_peer_hears_nothing_and_gets_no_service(nats_cluster: LocalCluster) -> None:
+    """TLS first: the server says nothing in the clear (no INFO with its versions), and a client
+    that speaks plaintext is dropped."""
     with socket.create_connection(("127.0.0.1", nats_cluster.ports.nats), timeout=5) as sock:
-        reader = sock.makefile("rb")
-        info = json.loads(reader.readline().removeprefix(b"INFO "))
-        assert info["tls_required"] is True and info["tls_verify"] is True
+        sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # the server waits for a TLS ClientHello, silent
         sock.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
-        reply = reader.readline()
+        sock.settimeout(5.0)
+        try:
+            reply = sock.recv(4096)
+        except ConnectionResetError:
+            reply = b""
 
-    assert not reply.startswith(b"PONG"), reply
-    assert reply == b"" or reply.startswith(b"-ERR"), reply
+    assert b"INFO" not in reply and not reply.startswith(b"PONG"), reply
+
+
+def test_a_tls_client_hears_the_info_only_inside_tls(nats_cluster: LocalCluster) -> None:
+    files = nats_cluster.tls_files("ops")
+    context = ssl.create_default_context(cafile=str(files.ca_file))
+    context.load_cert_chain(str(files.cert_file), str(files.key_file))
+    with (
+        socket.create_connection(("127.0.0.1", nats_cluster.ports.nats), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as wrapped,
+    ):
+        info = json.loads(wrapped.makefile("rb").readline().removeprefix(b"INFO "))
+
+    assert info["tls_required"] is True and info["tls_verify"] is True
 
 
 def test_rendered_configuration_is_valid_and_demands_client_certificates_and_fsync(

@@ -118,11 +118,13 @@ server_name: {_quoted(server_name)}
 listen: {_quoted(f"{host}:{port}")}
 
 # Mutual TLS: every client presents a certificate from the paysaga CA, and its URI identity
-# (spiffe://paysaga/...) is its user below. No plaintext port exists.
+# (spiffe://paysaga/...) is its user below. TLS first: the handshake is the first thing on the
+# wire, so nothing (not even the server's INFO) is ever sent in plaintext.
 tls {{
   cert_file: {_quoted(tls.cert_file)}
   key_file: {_quoted(tls.key_file)}
   ca_file: {_quoted(tls.ca_file)}
+  handshake_first: true
   verify_and_map: true
   min_version: "1.2"
   timeout: 2

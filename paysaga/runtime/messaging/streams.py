@@ -118,7 +118,8 @@ def inbox_prefix(identity: str) -> str:
 
 
 def tls_options(files: TlsFiles) -> dict[str, Any]:
-    """nats-py connect options for a certificate: the mTLS context and its identity's inbox."""
+    """nats-py connect options for a certificate: the mTLS context (TLS first: our NATS sends
+    nothing in plaintext) and its identity's inbox."""
     material = tls.read_tls_files(files)
     try:
         prefix = inbox_prefix(material.identity)
@@ -126,7 +127,7 @@ def tls_options(files: TlsFiles) -> dict[str, Any]:
         raise tls.TlsConfigurationError(
             f"{files.cert_file} carries no paysaga identity (a URI SAN spiffe://paysaga/...)"
         ) from None
-    return {"tls": tls.checked_client_ssl_context(files), "inbox_prefix": prefix}
+    return {"tls": tls.checked_client_ssl_context(files), "tls_handshake_first": True, "inbox_prefix": prefix}
 
 
 async def follow_certificate(client: NatsClient, watcher: tls.CertificateWatcher, stop: asyncio.Event) -> None:
