@@ -30,10 +30,18 @@ def client_token(
     audiences: tuple[str, ...] = ("payments", "inventory", "ledger"),
     lifetime_s: int = 600,
     now: dt.datetime | None = None,
+    certificate: Path | None = None,
 ) -> str:
-    """A token from the CA script's signing key in certs_dir, as 'paysaga-certs token issue' makes one."""
+    """A token from the CA script's signing key in certs_dir, as 'paysaga-certs token issue' makes
+    one, bound to the client's certificate (certs_dir/<client>.crt unless given)."""
     return tokens.issue_client_token(
-        certs_dir, client, services=audiences, scopes=scopes, lifetime_s=lifetime_s, now=now
+        certs_dir,
+        client,
+        services=audiences,
+        scopes=scopes,
+        certificate=certificate or certs_dir / f"{client}.crt",
+        lifetime_s=lifetime_s,
+        now=now,
     )
 
 

@@ -44,7 +44,7 @@ def as_client(cluster: LocalCluster, directory: Path, name: str) -> ServiceClien
     authority.issue(authority.load_ca(cluster.certs_dir), directory, name, Kind.CLIENT, force=True)
     (directory / "ca.crt").write_bytes((cluster.certs_dir / "ca.crt").read_bytes())
     targets = {service: cluster.targets(service) for service in cluster.services}
-    token = client_token(cluster.certs_dir, name, scopes=CLIENT_SCOPES)
+    token = client_token(cluster.certs_dir, name, scopes=CLIENT_SCOPES, certificate=directory / f"{name}.crt")
     return ServiceClients(targets, TlsFiles.in_directory(directory, name), token)
 
 

@@ -152,9 +152,9 @@ async def test_a_ca_rollover_trusts_both_cas_in_between_and_only_the_new_one_aft
     old_ops = TlsFiles(tmp_path / "ops.crt", tmp_path / "ops.key", certs / "ca.crt")
     shutil.copy(certs / "ops.crt", old_ops.cert_file)
     shutil.copy2(certs / "ops.key", old_ops.key_file)
-    token = client_token(certs)
+    old_token = client_token(certs)  # bound to the old ops certificate
 
-    async def list_items(files: TlsFiles) -> grpc.StatusCode:
+    async def list_items(files: TlsFiles, token: str) -> grpc.StatusCode:
         try:
             async with secure_channel(cluster.grpc_target("inventory"), files, token) as channel:
                 await inventory_pb2_grpc.InventoryServiceStub(channel).ListItems(
@@ -171,9 +171,14 @@ async def test_a_ca_rollover_trusts_both_cas_in_between_and_only_the_new_one_aft
     shop = Shop(cluster)
     report = rotation.bootstrap(certs, certs)
     assert sum(line.startswith("issued") for line in report) == 5  # nats, three services, ops
+    # A token is bound to its certificate: the re-issued ops certificate needs its own (as
+    # 'paysaga-certs bootstrap --client-tokens' writes it), and the old token does not fit it.
+    rotation.write_ops_token(certs, certs, "ops")
+    new_token = client_token(certs)
+    assert await list_items(cluster.tls_files("ops"), old_token) == grpc.StatusCode.UNAUTHENTICATED
 
-    assert await list_items(old_ops) == grpc.StatusCode.OK, "the old CA is still trusted during the rollover"
-    assert await list_items(cluster.tls_files("ops")) == grpc.StatusCode.OK
+    assert await list_items(old_ops, old_token) == grpc.StatusCode.OK, "the old CA is still trusted during the rollover"
+    assert await list_items(cluster.tls_files("ops"), new_token) == grpc.StatusCode.OK
     try:
         wallet = await shop.open_account(ledger_pb2.ACCOUNT_KIND_WALLET, funds_minor=5000)
         merchant = await shop.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT)
@@ -187,8 +192,8 @@ async def test_a_ca_rollover_trusts_both_cas_in_between_and_only_the_new_one_aft
     assert rotation.finish_ca_rollover(certs, certs) == []
     await every_process_reloaded(cluster, before)
 
-    assert await list_items(old_ops) == grpc.StatusCode.UNAVAILABLE, "the old CA is no longer trusted"
-    assert await list_items(cluster.tls_files("ops")) == grpc.StatusCode.OK
+    assert await list_items(old_ops, old_token) == grpc.StatusCode.UNAVAILABLE, "the old CA is no longer trusted"
+    assert await list_items(cluster.tls_files("ops"), new_token) == grpc.StatusCode.OK
     fresh = Shop(cluster)  # a new client with the new trust bundle
     try:
         payment = await fresh.pay(during, amount_minor=1250)

@@ -126,10 +126,21 @@ def _with_foreign_signature(token: str, other: str) -> str:
         ("wrong audience", grpc.StatusCode.UNAUTHENTICATED, "the token is not meant for this service"),
         ("another client's", grpc.StatusCode.UNAUTHENTICATED, "the token was issued to spiffe://paysaga/client/acme"),
         ("missing scope", grpc.StatusCode.PERMISSION_DENIED, "needs the scope ledger:admin"),
+        (
+            "bound to another certificate of the same identity",
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the token is bound to another certificate of this identity",
+        ),
     ],
 )
 async def test_a_bad_token_is_refused_and_changes_nothing(
-    cluster: LocalCluster, shop: Shop, wallet: str, case: str, code: grpc.StatusCode, message: str
+    cluster: LocalCluster,
+    shop: Shop,
+    wallet: str,
+    case: str,
+    code: grpc.StatusCode,
+    message: str,
+    tmp_path: Path,
 ) -> None:
     certs = cluster.certs_dir
     token = {
@@ -137,8 +148,12 @@ async def test_a_bad_token_is_refused_and_changes_nothing(
         "expired": client_token(certs, lifetime_s=60, now=authority.utc_now() - dt.timedelta(hours=1)),
         "bad signature": _with_foreign_signature(client_token(certs), client_token(certs)),
         "wrong audience": client_token(certs, audiences=("payments", "inventory")),
-        "another client's": client_token(certs, "acme"),
+        "another client's": client_token(certs, "acme", certificate=certs / "ops.crt"),
         "missing scope": client_token(certs, scopes=("ledger:read",)),
+        # A second certificate for the same identity (a new key pair): its token is not ops.crt's.
+        "bound to another certificate of the same identity": client_token(
+            certs, certificate=authority.issue(authority.load_ca(certs), tmp_path, "ops", Kind.CLIENT).path
+        ),
     }[case]
 
     error = await refused(deposit(cluster, cluster.tls_files("ops"), token, wallet))

@@ -331,6 +331,7 @@ def test_export_gives_one_identity_its_own_files_only(tmp_path: Path) -> None:
 
 def test_token_issue_prints_a_token_for_a_client_identity(tmp_path: Path) -> None:
     assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0
+    assert certs_main(["--dir", str(tmp_path), "issue", "client", "acme-shop"]) == 0
 
     result = run_script(
         *("--dir", str(tmp_path), "token", "issue", "acme-shop"),
@@ -342,3 +343,5 @@ def test_token_issue_prints_a_token_for_a_client_identity(tmp_path: Path) -> Non
     verifier = tokens.TokenVerifier(tmp_path / tokens.PUBLIC_KEYS_FILE, audience=tokens.audience_of("payments"))
     claims = verifier.verify((tmp_path / "acme-shop.token").read_text().strip())
     assert claims.subject == "spiffe://paysaga/client/acme-shop" and claims.scopes == {"payments:write"}
+    # Bound to acme-shop's certificate: usable with it and no other.
+    assert claims.certificate_thumbprint == tokens.certificate_file_thumbprint(tmp_path / "acme-shop.crt")

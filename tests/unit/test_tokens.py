@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from paysaga.ops.client.cli import main as cli_main
-from paysaga.ops.pki import rotation
+from paysaga.ops.pki import authority, rotation
 from paysaga.runtime.security import tokens
 from paysaga.runtime.security.authz import AccessDenied, Authorizer, Rule
 from paysaga.runtime.security.tokens import TokenError, TokenRejected, TokenVerifier
@@ -18,6 +23,9 @@ from paysaga.runtime.security.tokens import TokenError, TokenRejected, TokenVeri
 OPS = "spiffe://paysaga/client/ops"
 DEPOSIT = "/paysaga.ledger.v1.LedgerService/Deposit"
 ADMIN_RULE = Rule.clients("ledger:admin")
+# The x5t#S256 thumbprints of two certificates (any 32-byte digests will do here).
+CERTIFICATE = tokens.certificate_thumbprint(b"the ops certificate")
+OTHER_CERTIFICATE = tokens.certificate_thumbprint(b"another certificate of the same identity")
 
 
 @pytest.fixture
@@ -31,6 +39,7 @@ def issue(keys: Path, **overrides: object) -> str:
         "subject": OPS,
         "audiences": [tokens.audience_of("ledger")],
         "scopes": ["ledger:admin"],
+        "bound_to": CERTIFICATE,
     }
     options.update(overrides)
     return tokens.issue_token(tokens.load_signing_key(keys), **options)  # type: ignore[arg-type]
@@ -102,10 +111,12 @@ def test_the_signing_key_is_p256_and_only_the_owner_may_read_it(keys: Path) -> N
     assert (keys / tokens.SIGNING_KEY_FILE).stat().st_mode & 0o777 == 0o600
 
 
-def authorize(keys: Path, identity: str, token: str | None, rule: Rule = ADMIN_RULE) -> grpc.StatusCode:
+def authorize(
+    keys: Path, identity: str, token: str | None, rule: Rule = ADMIN_RULE, certificate: str = CERTIFICATE
+) -> grpc.StatusCode:
     metadata = () if token is None else (("authorization", f"Bearer {token}"),)
     try:
-        Authorizer({DEPOSIT: rule}, verifier(keys)).check(DEPOSIT, identity, metadata)
+        Authorizer({DEPOSIT: rule}, verifier(keys)).check(DEPOSIT, identity, metadata, certificate)
     except AccessDenied as denied:
         return denied.code
     return grpc.StatusCode.OK
@@ -133,7 +144,9 @@ def test_a_token_refusal_names_the_identity_the_method_and_the_reason(keys: Path
     expired = issue(keys, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2), lifetime_s=60)
 
     with pytest.raises(AccessDenied) as denied:
-        Authorizer({DEPOSIT: ADMIN_RULE}, verifier(keys)).check(DEPOSIT, OPS, (("authorization", f"Bearer {expired}"),))
+        Authorizer({DEPOSIT: ADMIN_RULE}, verifier(keys)).check(
+            DEPOSIT, OPS, (("authorization", f"Bearer {expired}"),), CERTIFICATE
+        )
 
     assert str(denied.value) == f"{OPS} calling {DEPOSIT}: the token has expired"
     assert expired not in str(denied.value)
@@ -144,3 +157,50 @@ def test_the_cli_refuses_a_token_file_that_does_not_exist(certs_dir: Path, tmp_p
     ops = [f"--{flag}={certs_dir / f'ops.{suffix}'}" for flag, suffix in (("cert", "crt"), ("key", "key"))]
 
     assert cli_main([*ops, f"--ca={certs_dir / 'ca.crt'}", f"--token-file={missing}", "item", "list"]) == 2
+
+
+def test_a_token_works_only_with_the_certificate_it_is_bound_to(keys: Path) -> None:
+    token = issue(keys)
+    assert verifier(keys).verify(token).certificate_thumbprint == CERTIFICATE
+
+    assert authorize(keys, OPS, token, certificate=CERTIFICATE) == grpc.StatusCode.OK
+    # Another certificate of the same identity (re-issued, or a second key pair): refused.
+    assert authorize(keys, OPS, token, certificate=OTHER_CERTIFICATE) == grpc.StatusCode.UNAUTHENTICATED
+    assert authorize(keys, OPS, token, certificate="") == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(AccessDenied) as denied:
+        Authorizer({DEPOSIT: ADMIN_RULE}, verifier(keys)).check(
+            DEPOSIT, OPS, (("authorization", f"Bearer {token}"),), OTHER_CERTIFICATE
+        )
+    assert "bound to another certificate of this identity" in str(denied.value)
+
+
+def test_a_token_without_a_certificate_binding_is_refused_and_none_is_issued(keys: Path) -> None:
+    unbound = jwt.encode(
+        {
+            "iss": tokens.DEFAULT_ISSUER,
+            "sub": OPS,
+            "aud": [tokens.audience_of("ledger")],
+            "scope": "ledger:admin",
+            "iat": dt.datetime.now(dt.UTC),
+            "nbf": dt.datetime.now(dt.UTC),
+            "exp": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+        },
+        tokens.load_signing_key(keys),
+        algorithm=tokens.ALGORITHM,
+        headers={"kid": tokens.public_jwk(tokens.load_signing_key(keys))["kid"]},
+    )
+    with pytest.raises(TokenRejected, match="not bound to a certificate"):
+        verifier(keys).verify(unbound)
+    with pytest.raises(TokenError, match="must be bound"):
+        issue(keys, bound_to="")
+
+
+def test_the_thumbprint_is_rfc_8705s_x5t_s256_of_the_certificate_file(tmp_path: Path) -> None:
+    ca = authority.create_ca(tmp_path, tmp_path)
+    authority.issue(ca, tmp_path, "acme-shop", authority.Kind.CLIENT)
+    der = x509.load_pem_x509_certificate((tmp_path / "acme-shop.crt").read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    assert tokens.certificate_file_thumbprint(tmp_path / "acme-shop.crt") == expected
+    assert len(expected) == 43 and "=" not in expected

@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token_issue.add_argument("--issuer", default=tokens.DEFAULT_ISSUER, help="iss claim (default: %(default)s)")
     token_issue.add_argument(
+        "--cert",
+        type=Path,
+        default=None,
+        help="the client certificate the token is bound to (default: <dir>/NAME.crt); the token works with it only",
+    )
+    token_issue.add_argument(
         "--out", type=Path, default=None, help="write the token to this file (mode 0600) instead of printing it"
     )
     return parser
@@ -220,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(rotation.rotate_token_signing_key(Path(ca_dir), certs_dir))
         elif args.command == "token":
-            _issue_token(Path(ca_dir), args)
+            _issue_token(Path(ca_dir), certs_dir, args)
         else:
             for line in rotation.bootstrap(
                 Path(ca_dir),
@@ -268,9 +274,15 @@ def _rollover(ca_dir: Path, certs_dir: Path, step: str, *, days: int, force: boo
         print(f"no longer trusted: {', '.join(cut_off)}")
 
 
-def _issue_token(ca_dir: Path, args: argparse.Namespace) -> None:
+def _issue_token(ca_dir: Path, certs_dir: Path, args: argparse.Namespace) -> None:
     token = tokens.issue_client_token(
-        ca_dir, args.name, services=args.audience, scopes=args.scope, lifetime_s=args.ttl_s, issuer=args.issuer
+        ca_dir,
+        args.name,
+        services=args.audience,
+        scopes=args.scope,
+        certificate=args.cert or certs_dir / f"{args.name}.crt",
+        lifetime_s=args.ttl_s,
+        issuer=args.issuer,
     )
     if args.out is None:
         print(token)

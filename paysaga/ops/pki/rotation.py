@@ -164,7 +164,12 @@ def write_ops_token(ca_dir: Path, certs_dir: Path, client: str, *, lifetime_s: i
     service, next to its certificate, where the paysaga CLI looks by default."""
     path = certs_dir / f"{check_name(client)}.token"
     token = tokens.issue_client_token(
-        ca_dir, client, services=DEFAULT_GRPC_PORTS, scopes=tokens.SCOPES, lifetime_s=lifetime_s
+        ca_dir,
+        client,
+        services=DEFAULT_GRPC_PORTS,
+        scopes=tokens.SCOPES,
+        certificate=certs_dir / f"{client}.crt",
+        lifetime_s=lifetime_s,
     )
     tokens.write_token_file(path, token)
     return f"wrote {path} (every scope for every service, valid {lifetime_s // 3600} h)"

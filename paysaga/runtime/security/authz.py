@@ -19,16 +19,20 @@ Tokens themselves never appear in messages or logs.
 from __future__ import annotations
 
 import contextvars
+import functools
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from paysaga.core.access import Caller, admin_scope, service_of_scope
 from paysaga.core.identity import client_identity, service_identity
-from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier
+from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier, certificate_thumbprint
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ class Authorizer:
         self.rules = dict(rules)
         self.verifier = verifier
 
-    def check(self, method: str, identity: str, metadata: Any) -> Caller:
+    def check(self, method: str, identity: str, metadata: Any, certificate_thumbprint: str = "") -> Caller:
         """The caller, if it may go ahead; raise AccessDenied with the status and reason if not."""
         if not identity.startswith(TRUST_DOMAIN_PREFIX):
             raise AccessDenied(
@@ -90,7 +94,7 @@ class Authorizer:
         if not identity.startswith(CLIENT_PREFIX):
             return Caller(identity)  # one of our services: its certificate is its proof
         try:
-            claims = self._verified_token(metadata, identity)
+            claims = self._verified_token(metadata, identity, certificate_thumbprint)
         except AccessDenied as denied:
             raise AccessDenied(denied.code, f"{identity} calling {method}: {denied}") from None
         if rule.scope not in claims.scopes and admin_scope(service_of_scope(rule.scope)) not in claims.scopes:
@@ -99,7 +103,7 @@ class Authorizer:
             )
         return Caller(identity, claims.scopes)
 
-    def _verified_token(self, metadata: Any, identity: str) -> Claims:
+    def _verified_token(self, metadata: Any, identity: str, certificate_thumbprint: str) -> Claims:
         values = [value for key, value in (metadata or ()) if key == "authorization"]
         if len(values) != 1 or not isinstance(values[0], str) or not values[0].startswith("Bearer "):
             raise AccessDenied(
@@ -118,7 +122,24 @@ class Authorizer:
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"the token was issued to {claims.subject}, not to the certificate's identity {identity}",
             )
+        if not hmac.compare_digest(claims.certificate_thumbprint, certificate_thumbprint):
+            raise AccessDenied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the token is bound to another certificate of this identity (cnf x5t#S256): present the "
+                "certificate it was issued with, or get a token for this one",
+            )
         return claims
+
+
+@functools.lru_cache(maxsize=1024)
+def _thumbprint_of_pem(pem: bytes) -> str:
+    return certificate_thumbprint(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER))
+
+
+def peer_certificate_thumbprint(context: grpc.aio.ServicerContext) -> str:
+    """The x5t#S256 thumbprint of the certificate the peer presented ("" if none)."""
+    values = list(context.auth_context().get("x509_pem_cert", []))
+    return _thumbprint_of_pem(values[0]) if len(values) == 1 else ""
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> str:
@@ -156,7 +177,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:
         identity = peer_identity(context)
         try:
-            caller = self.authorizer.check(method, identity, context.invocation_metadata())
+            caller = self.authorizer.check(
+                method, identity, context.invocation_metadata(), peer_certificate_thumbprint(context)
+            )
         except AccessDenied as denied:
             log.warning(
                 "grpc.refused",

@@ -3,8 +3,10 @@
 An external client (a merchant back end, an ops tool) proves who it is twice: with its client
 certificate at the TLS handshake, and with a token in the ``authorization: Bearer ...`` metadata
 of every call. The token says what it may do (``scope``), for which service (``aud``), until when
-(``exp``), and for whom (``sub``, the identity of the client certificate it must arrive with, so a
-stolen token is useless without the matching key).
+(``exp``), for whom (``sub``, the identity of the client certificate it must arrive with) and with
+which certificate exactly (``cnf`` ``x5t#S256``, RFC 8705: the SHA-256 thumbprint of the client's
+certificate): a stolen token is useless without that certificate's key, and another certificate
+of the same identity (a re-issued one, or one a careless CA op made) does not carry it either.
 
 Keys: the signing key (``token-signing.key``, private, next to the CA's key) signs tokens; the
 services verify them with the public keys in ``token-keys.json`` (a JWKS next to ``ca.crt``).
@@ -29,6 +31,7 @@ from typing import Any
 
 import grpc
 import jwt
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
@@ -76,6 +79,24 @@ class Claims:
     subject: str
     scopes: frozenset[str]
     expires_at: dt.datetime
+    # The x5t#S256 thumbprint of the one certificate the token may arrive with.
+    certificate_thumbprint: str = ""
+
+
+def certificate_thumbprint(der: bytes) -> str:
+    """RFC 8705 x5t#S256: base64url (unpadded) of the SHA-256 of the certificate's DER encoding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+def certificate_file_thumbprint(path: Path) -> str:
+    """The x5t#S256 thumbprint of the (first) certificate in a PEM file."""
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise TokenError(f"no certificate {path}: a token is bound to its client's certificate") from None
+    except ValueError:
+        raise TokenError(f"{path} is not a PEM certificate") from None
+    return certificate_thumbprint(certificate.public_bytes(serialization.Encoding.DER))
 
 
 def audience_of(service: str) -> str:
@@ -142,11 +163,13 @@ def issue_token(
     subject: str,
     audiences: Iterable[str],
     scopes: Iterable[str],
+    bound_to: str,
     lifetime_s: int = DEFAULT_LIFETIME_S,
     issuer: str = DEFAULT_ISSUER,
     now: dt.datetime | None = None,
 ) -> str:
-    """A signed token for the client whose certificate proves identity subject."""
+    """A signed token for the client whose certificate proves identity subject, usable only with
+    the certificate whose x5t#S256 thumbprint is bound_to."""
     wanted = sorted(set(scopes))
     unknown = [scope for scope in wanted if scope not in SCOPES]
     if unknown:
@@ -156,6 +179,8 @@ def issue_token(
     audience = sorted(set(audiences))
     if not audience:
         raise TokenError("a token needs at least one audience (a service name)")
+    if not bound_to:
+        raise TokenError("a token must be bound to its client's certificate (its x5t#S256 thumbprint)")
     if not 1 <= lifetime_s <= MAX_LIFETIME_S:
         raise TokenError(f"lifetime must be between 1 s and {MAX_LIFETIME_S} s, got {lifetime_s}")
     issued_at = now or dt.datetime.now(dt.UTC)
@@ -168,6 +193,7 @@ def issue_token(
         "nbf": issued_at,
         "exp": issued_at + dt.timedelta(seconds=lifetime_s),
         "jti": str(uuid.uuid4()),
+        "cnf": {"x5t#S256": bound_to},
     }
     return jwt.encode(claims, signing_key, algorithm=ALGORITHM, headers={"kid": public_jwk(signing_key)["kid"]})
 
@@ -178,12 +204,14 @@ def issue_client_token(
     *,
     services: Iterable[str],
     scopes: Iterable[str],
+    certificate: Path,
     lifetime_s: int = DEFAULT_LIFETIME_S,
     issuer: str = DEFAULT_ISSUER,
     now: dt.datetime | None = None,
 ) -> str:
     """A token for the client certificate named client (spiffe://paysaga/client/<client>), for the
-    named services, signed with the key in key_dir."""
+    named services, bound to the certificate in the file certificate, signed with the key in
+    key_dir."""
     try:
         subject = client_identity(check_name(client))
     except InvalidName as error:
@@ -193,6 +221,7 @@ def issue_client_token(
         subject=subject,
         audiences=[audience_of(service) for service in services],
         scopes=scopes,
+        bound_to=certificate_file_thumbprint(certificate),
         lifetime_s=lifetime_s,
         issuer=issuer,
         now=now,
@@ -279,10 +308,15 @@ class TokenVerifier:
         scope = claims.get("scope", "")
         if not isinstance(scope, str) or not isinstance(claims["sub"], str):
             raise TokenRejected("the token's scope or subject is malformed")
+        confirmation = claims.get("cnf")
+        thumbprint = confirmation.get("x5t#S256") if isinstance(confirmation, dict) else None
+        if not isinstance(thumbprint, str) or not thumbprint:
+            raise TokenRejected("the token is not bound to a certificate (no cnf x5t#S256): issue a new one")
         return Claims(
             subject=claims["sub"],
             scopes=frozenset(scope.split()),
             expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
+            certificate_thumbprint=thumbprint,
         )
 
 
