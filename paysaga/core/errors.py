@@ -29,6 +29,10 @@ class PermissionDenied(DomainError):
     the caller may not see."""
 
 
+class DeadlineExceeded(DomainError):
+    """It took longer than allowed; nothing was changed, and it may be asked for again."""
+
+
 class ResourceExhausted(DomainError):
     """Too busy to take this on now; nothing was changed, and the same request may be sent again
     later."""

@@ -44,6 +44,20 @@ OPTIONS = (
         "purchases not yet ended above which CreatePayment refuses new ones (RESOURCE_EXHAUSTED)",
         positive_int,
     ),
+    Option(
+        "--max-watches-per-client",
+        "PAYSAGA_MAX_WATCHES_PER_CLIENT",
+        str(DEFAULTS.max_watches_per_client),
+        "WatchPayment streams one client may hold open on one process (more: RESOURCE_EXHAUSTED)",
+        positive_int,
+    ),
+    Option(
+        "--watch-max-s",
+        "PAYSAGA_WATCH_MAX_S",
+        str(DEFAULTS.watch_max_s),
+        "a WatchPayment stream still open after this ends with DEADLINE_EXCEEDED (watch again to go on)",
+        positive_float,
+    ),
 )
 
 

@@ -191,6 +191,9 @@ class PaymentLimits:
     # Purchases not yet ended above which new ones are refused (RESOURCE_EXHAUSTED) rather than
     # queued until they time out.
     max_in_flight: int = 500
+    # WatchPayment: streams one client may hold open on one process, and how long one may last.
+    max_watches_per_client: int = 32
+    watch_max_s: float = 600.0
 
 
 def rule_violation(

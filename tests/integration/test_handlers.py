@@ -369,7 +369,7 @@ async def test_a_refused_purchase_in_a_shared_commit_leaves_nothing_and_the_othe
     refused (a reused key) must leave no row and no event, the others must all be stored."""
     group: GroupCommit[PaymentsUnit, tuple[Payment, bool]] = GroupCommit(services.payments)
     commits: list[int] = []
-    services.payments.on_commit(lambda written: commits.append(len(written)))
+    services.payments.on_commit(lambda unit: commits.append(len(unit.written)))
     works = [services.buy(ALICE, f"key-{index}") for index in range(2, 6)]
     works.insert(2, services.buy(ALICE, "key-1", quantity=2))  # a reused key: refused
 

@@ -163,7 +163,7 @@ async def test_a_fetched_batch_commits_once_and_a_failing_event_only_fails_itsel
             failing_applied.set()
 
     commits: list[int] = []
-    rig.database.on_commit(lambda emitted: commits.append(1))
+    rig.database.on_commit(lambda unit: commits.append(1))
     consumer = rig.consumer(handler, retry_delays_s=(0.05,))
     for event in events:
         await rig.publish(event)

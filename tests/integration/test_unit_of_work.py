@@ -85,7 +85,7 @@ async def test_a_conflicting_insert_is_retried_and_then_sees_the_winner(database
 async def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(database_url: str) -> None:
     database = await open_database(database_url)
     commits: list[int] = []
-    database.on_commit(lambda emitted: commits.append(len(emitted)))
+    database.on_commit(lambda unit: commits.append(len(unit.written)))
     group: GroupCommit[UnitOfWork, str] = GroupCommit(database)
 
     def insert(name: str) -> Callable[[UnitOfWork], Awaitable[str]]:

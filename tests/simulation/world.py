@@ -162,8 +162,8 @@ class World:
             await self._command("inventory", inventory_handlers.add_item, Item(sku, sku, PRICE_MINOR, CURRENCY))
             await self._command("inventory", inventory_handlers.receive_stock, sku, STOCK, str(uuid.uuid4()), OPS)
 
-    def _committed(self, service: str, rows: Sequence[object]) -> None:
-        if rows:
+    def _committed(self, service: str, unit: UnitOfWork) -> None:
+        if unit.written:
             self.unrelayed[service] = True
 
     async def close(self) -> None:

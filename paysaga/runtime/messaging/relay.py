@@ -38,7 +38,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from paysaga.runtime.messaging.streams import StreamSpec, ensure_stream
-from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
+from paysaga.runtime.storage.unit_of_work import Database, OutboxRow, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop, wait_any
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class OutboxRelay:
         self._unmarked_since = 0.0
         database.on_commit(self._committed)
 
-    def _committed(self, rows: list[OutboxRow]) -> None:
+    def _committed(self, unit: UnitOfWork) -> None:
+        rows = unit.written
         if not rows:
             return
         if not self._scan_due:

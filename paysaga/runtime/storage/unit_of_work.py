@@ -242,15 +242,16 @@ class Database(Generic[U]):
         self.inbox = metadata.tables["inbox"]
         self.statements = MessagingStatements(self.outbox, self.inbox)
         self._unit = unit
-        self._commit_listeners: list[Callable[[list[OutboxRow]], None]] = []
+        self._commit_listeners: list[Callable[[U], None]] = []
 
     @property
     def single_writer(self) -> bool:
         """One write transaction at a time (SQLite): group commit pays, and blocks nobody it could deadlock with."""
         return self.backend.single_writer
 
-    def on_commit(self, listener: Callable[[list[OutboxRow]], None]) -> None:
-        """Told after each commit, with the outbox rows it wrote (often none)."""
+    def on_commit(self, listener: Callable[[U], None]) -> None:
+        """Told after each commit, with the unit of work that committed (unit.written: the outbox
+        rows it wrote, often none)."""
         self._commit_listeners.append(listener)
 
     @contextlib.asynccontextmanager
@@ -263,7 +264,7 @@ class Database(Generic[U]):
                 yield unit
                 await unit.write_outbox()
         for listener in self._commit_listeners:
-            listener(unit.written)
+            listener(unit)
 
     async def retrying(self, work: Callable[[U], Awaitable[T]]) -> T:
         """Run work in a write transaction, again (a bounded number of times) if it conflicted with a

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,13 +12,14 @@ import grpc
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
-from paysaga.core.errors import DomainError, InvalidArgument
+from paysaga.core.errors import DeadlineExceeded, DomainError, InvalidArgument, ResourceExhausted
 from paysaga.core.validation import PageRequest
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status, status_of
 from paysaga.runtime.security.authz import Rule, current_caller
+from paysaga.runtime.storage.database import is_unavailable
 from paysaga.runtime.storage.group_commit import GroupCommit
-from paysaga.runtime.storage.unit_of_work import Database, OutboxRow
+from paysaga.runtime.storage.unit_of_work import Database
 from paysaga.runtime.tasks import wait_any
 from services.payments import handlers
 from services.payments.adapters import views
@@ -25,34 +27,63 @@ from services.payments.adapters.repository import PaymentsUnit, as_utc
 from services.payments.admission import Admission
 from services.payments.domain import TERMINAL, Payment, PaymentLimits, PurchaseRequest, Status
 
-# A watcher re-reads its payment after every commit of this process, and at least this often
-# (another replica may have made the change).
-WATCH_POLL_S = 1.0
+# A watcher re-reads its payment when this process commits a change to it, and also (another
+# replica may have made the change) after a pause that starts here and doubles, up to the most,
+# while nothing changes.
+WATCH_POLL_MIN_S = 1.0
+WATCH_POLL_MAX_S = 8.0
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
-class ChangeSignal:
-    """Wakes every watcher after each commit; a watcher takes the current event before reading."""
+class WatchEnded(DeadlineExceeded):
+    """A WatchPayment stream reached its maximum duration."""
 
-    def __init__(self) -> None:
-        self._changed = asyncio.Event()
 
-    def current(self) -> asyncio.Event:
-        return self._changed
+class Watchers:
+    """The open WatchPayment streams of this process: each payment's watchers, woken only when a
+    commit changed that payment, and how many streams each client holds."""
 
-    def notify(self, _written: list[OutboxRow]) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    def __init__(self, max_per_client: int) -> None:
+        self._max_per_client = max_per_client
+        self._by_payment: dict[str, set[asyncio.Event]] = {}
+        self._per_client: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def watching(self, payment_id: str, client: str) -> Iterator[asyncio.Event]:
+        """An event set whenever this process commits a change to the payment; raises
+        ResourceExhausted if the client already holds its share of streams."""
+        if self._per_client.get(client, 0) >= self._max_per_client:
+            raise ResourceExhausted(
+                f"{client} already watches {self._max_per_client} payments here; close a stream first"
+            )
+        changed = asyncio.Event()
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._by_payment.setdefault(payment_id, set()).add(changed)
+        try:
+            yield changed
+        finally:
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
+            watchers = self._by_payment[payment_id]
+            watchers.discard(changed)
+            if not watchers:
+                del self._by_payment[payment_id]
+
+    def committed(self, unit: PaymentsUnit) -> None:
+        for payment_id in unit.payments.changed:
+            for changed in self._by_payment.get(payment_id, ()):
+                changed.set()
 
 
 class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     def __init__(self, database: Database[PaymentsUnit], rules: PaymentLimits) -> None:
         self._database = database
         self._rules = rules
-        self._changes = ChangeSignal()
+        self._watchers = Watchers(rules.max_watches_per_client)
         self._admission = Admission(database, rules.max_in_flight)
         self._creates: GroupCommit[PaymentsUnit, tuple[Payment, bool]] = GroupCommit(database)
-        database.on_commit(self._changes.notify)
+        database.on_commit(self._watchers.committed)
 
     @domain_errors_as_status
     async def CreatePayment(
@@ -91,17 +122,32 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def WatchPayment(
         self, request: payments_pb2.WatchPaymentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[payments_pb2.PaymentUpdate]:
-        """Every status change in order, from the first, until the payment's latest status is terminal."""
+        """Every status change in order, from the first, until the payment's latest status is
+        terminal; at most watch_max_s (then DEADLINE_EXCEEDED: watch again to go on)."""
         try:
+            caller = current_caller()
             payment_id = payment_id_of(request)
-            payment = await views.payment(self._database, payment_id, current_caller())
+            payment = await views.payment(self._database, payment_id, caller)
+            with self._watchers.watching(payment_id, caller.identity) as changed:
+                async for update in self._updates(payment, changed):
+                    yield update
         except DomainError as error:
             await context.abort(status_of(error), str(error))
-            return
-        seen_version = 0
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; watch again shortly"
+            )
+
+    async def _updates(self, payment: Payment, changed: asyncio.Event) -> AsyncIterator[payments_pb2.PaymentUpdate]:
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self._rules.watch_max_s
+        seen_version, pause_s = 0, WATCH_POLL_MIN_S
         while True:
-            changed = self._changes.current()
-            for change in await views.history_after(self._database, payment_id, seen_version):
+            changed.clear()  # before reading: a commit from now on wakes the wait below
+            changes = await views.history_after(self._database, payment.payment_id, seen_version)
+            for change in changes:
                 payment.status, payment.reason, payment.version = Status(change.status), change.reason, change.version
                 payment.updated_at = as_utc(change.changed_at)
                 yield payments_pb2.PaymentUpdate(payment=payment_message(payment))
@@ -109,7 +155,11 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
             # A COMPLETED payment may be refunded later: stop at the latest status if it is terminal.
             if payment.status in TERMINAL:
                 return
-            await wait_any([changed], WATCH_POLL_S)
+            left_s = ends_at - loop.time()
+            if left_s <= 0:
+                raise WatchEnded(f"the watch lasted its {self._rules.watch_max_s:g} s; watch again to go on")
+            pause_s = WATCH_POLL_MIN_S if changes else min(pause_s * 2, WATCH_POLL_MAX_S)
+            await wait_any([changed], min(pause_s, left_s))
 
     @domain_errors_as_status
     async def CancelPayment(

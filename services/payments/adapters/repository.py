@@ -72,6 +72,10 @@ def payment_from_row(row: Any) -> Payment:
 class PaymentRepository(Repository):
     """Payments, locked for update when loaded; every saved version also goes to the history."""
 
+    def __init__(self, unit: UnitOfWork) -> None:
+        super().__init__(unit)
+        self.changed: set[str] = set()  # the payments this unit stored a new version of
+
     async def load(self, payment_id: str) -> Payment | None:
         row = (await self._connection.execute(_LOAD, {"payment_id": payment_id})).first()
         return None if row is None else payment_from_row(row)
@@ -159,6 +163,7 @@ class PaymentRepository(Repository):
         await self._record_history(payment)
 
     async def _record_history(self, payment: Payment) -> None:
+        self.changed.add(payment.payment_id)
         await self._connection.execute(
             _INSERT_HISTORY,
             {
