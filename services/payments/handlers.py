@@ -46,7 +46,6 @@ async def create_payment(
     """Store and start a purchase the caller may make; a retry with the same key and body returns
     the first one."""
     request = dataclasses.replace(request, requested_by=caller.identity)
-    await unit.payments.lock_payer(request.payer_account_id)
     existing = await unit.payments.find_by_idempotency_key(caller.identity, request.idempotency_key)
     if existing is not None:
         payment, fingerprint = existing
@@ -58,6 +57,9 @@ async def create_payment(
         return payment, True
     if not caller.is_admin(SERVICE):
         await _check_parties(unit, request, caller)
+    # Only once the caller may pay from it: nobody else can hold up a payer's purchases. A racing
+    # retry of the same key meets the unique key at insert, and is retried into a replay.
+    await unit.payments.lock_payer(request.payer_account_id)
     now = unit.now()
     recent = await unit.payments.count_recent(
         request.payer_account_id, now - dt.timedelta(seconds=rules.velocity_window_s)

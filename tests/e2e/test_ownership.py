@@ -4,6 +4,7 @@ nothing of the record and changes nothing; ops may do everything, and it is logg
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from paysaga.ops.pki.authority import Kind
 from paysaga.payments.v1 import payments_pb2
 from paysaga.runtime.settings import TlsFiles
 from tests.e2e.shop import Shop
-from tests.helpers import client_token, eventually, secure_channel, wait_for_log
+from tests.helpers import client_token, eventually, secure_channel
 
 pytestmark = pytest.mark.e2e
 CLIENT_SCOPES = (
@@ -262,6 +263,7 @@ async def test_each_client_touches_only_its_own_records_and_a_refusal_changes_no
 
 async def test_ops_may_read_any_account_and_each_such_call_is_audited(world: World) -> None:
     cluster = world.shop.cluster
+    before = len(audit_lines(cluster))
     async with secure_channel(  # the first ledger process, whose log is read below
         cluster.grpc_target("ledger"), cluster.tls_files("ops"), client_token(cluster.certs_dir)
     ) as channel:
@@ -269,5 +271,20 @@ async def test_ops_may_read_any_account_and_each_such_call_is_audited(world: Wor
             ledger_pb2.GetBalanceRequest(account_id=world.mallorys_wallet), timeout=10
         )
     assert balance.available_minor == 5000
-    line = wait_for_log(cluster, "ledger", "/paysaga.ledger.v1.LedgerService/GetBalance")
-    assert '"event":"audit.admin_call"' in line and client_identity("ops") in line
+    # This call's line: the ledger's log holds one more audit line for GetBalance than before it.
+    line = audit_line(cluster, before + 1)
+    assert client_identity("ops") in line
+
+
+def audit_lines(cluster: LocalCluster) -> list[str]:
+    log = cluster.log_path("ledger").read_text(errors="replace").splitlines()
+    return [line for line in log if '"event":"audit.admin_call"' in line and "LedgerService/GetBalance" in line]
+
+
+def audit_line(cluster: LocalCluster, count: int) -> str:
+    """The count-th audit line of a GetBalance call, once the ledger has written it."""
+    deadline = time.monotonic() + 10
+    while len(lines := audit_lines(cluster)) < count:
+        assert time.monotonic() < deadline, f"only {len(lines)} audit lines, expected {count}"
+        time.sleep(0.05)
+    return lines[count - 1]

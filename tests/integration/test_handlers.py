@@ -63,6 +63,7 @@ class Services:
     payer: str
     merchant: str
     mallory: str
+    mallorys_shop: str
     sku: str
     payment_id: str
     receipt_id: str
@@ -99,10 +100,11 @@ async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     payments_db = Database(await migrated("payments"), payments_tables.metadata, PaymentsUnit, producer="payments")
     ledger_db = Database(await migrated("ledger"), ledger_tables.metadata, LedgerUnit, producer="ledger")
     inventory_db = Database(await migrated("inventory"), inventory_tables.metadata, InventoryUnit, producer="inventory")
-    payer, merchant, mallory, receipt_id, deposit_id = (str(uuid.uuid4()) for _ in range(5))
+    payer, merchant, mallory, mallorys_shop, receipt_id, deposit_id = (str(uuid.uuid4()) for _ in range(6))
     for account in (
         Account(payer, AccountKind.WALLET, "EUR", "w", owner_client=ALICE.identity),
         Account(mallory, AccountKind.WALLET, "EUR", "w", owner_client=MALLORY.identity),
+        Account(mallorys_shop, AccountKind.MERCHANT, "EUR", "m", owner_client=MALLORY.identity),
         Account(merchant, AccountKind.MERCHANT, "EUR", "m", owner_client=SHOP.identity),
     ):
         await ledger_db.retrying(functools.partial(ledger.open_account, account=account))
@@ -112,7 +114,9 @@ async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     await inventory_db.retrying(lambda unit: inventory.add_item(unit, mug))
     await inventory_db.retrying(lambda unit: inventory.receive_stock(unit, "mug", 2, receipt_id, SHOP))
     await _tell_payments(payments_db, ledger_db, inventory_db)
-    shop = Services(payments_db, ledger_db, inventory_db, payer, merchant, mallory, "mug", "", receipt_id, deposit_id)
+    shop = Services(
+        payments_db, ledger_db, inventory_db, payer, merchant, mallory, mallorys_shop, "mug", "", receipt_id, deposit_id
+    )
     payment, _ = await payments_db.retrying(shop.buy(ALICE, "key-1"))
     shop.payment_id = payment.payment_id
     try:
@@ -199,7 +203,7 @@ CASES: list[tuple[str, Refusal, type[DomainError], str]] = [
         NOT_YOURS.replace("{payer}", UNKNOWN),
     ),
     (
-        "CreatePayment paying into a merchant account that does not sell the item",
+        "CreatePayment paying into a wallet as if it were a merchant account",
         lambda s: s.payments.retrying(
             lambda unit: payments.create_payment(
                 unit, PurchaseRequest("m-3", s.mallory, s.payer, "mug", 1, 100, "EUR", 1), LIMITS, MALLORY
@@ -208,6 +212,17 @@ CASES: list[tuple[str, Refusal, type[DomainError], str]] = [
         PermissionDenied,
         "merchant_account_id {payer} is not the account of the client selling mug (one opened moments ago "
         "may not be known here yet: try again)",
+    ),
+    (
+        "CreatePayment paying the shop's mug into another client's merchant account",
+        lambda s: s.payments.retrying(
+            lambda unit: payments.create_payment(
+                unit, PurchaseRequest("a-9", s.payer, s.mallorys_shop, "mug", 1, 100, "EUR", 1), LIMITS, ALICE
+            )
+        ),
+        PermissionDenied,
+        "merchant_account_id {mallorys_shop} is not the account of the client selling mug (one opened moments "
+        "ago may not be known here yet: try again)",
     ),
     (
         "GetPayment of another client's payment",
@@ -345,6 +360,7 @@ async def test_a_refused_command_says_why_and_changes_nothing(
         sku=services.sku,
         deposit=services.deposit_id,
         receipt=services.receipt_id,
+        mallorys_shop=services.mallorys_shop,
     )
     assert str(refused.value) == expected
     assert [await contents(database) for database in services.all()] == before

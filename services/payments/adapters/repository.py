@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ class AccountOwner:
     kind: str  # "WALLET" or "MERCHANT"
     client: str  # its owner's identity; "" for an account only ops may use
 
+
+log = logging.getLogger(__name__)
 
 # The hot statements are built once: SQLAlchemy then finds each compiled form by a cache key it
 # memoizes on the statement, instead of building and hashing a new statement tree per call.
@@ -94,23 +97,25 @@ class PaymentRepository(Repository):
         return await self._connection.scalar(_ITEM_SELLER, {"sku": sku})
 
     async def record_account_owner(self, account_id: str, owner: AccountOwner) -> None:
-        if await self.account_owner(account_id) is None:
+        """Remember who owns an account. The first word stands: an owner is never changed by an
+        event (a second, different one is logged as an alert)."""
+        known = await self.account_owner(account_id)
+        if known is None:
             values = {"account_id": account_id, "kind": owner.kind, "owner_client": owner.client}
             await self._connection.execute(account_owners.insert().values(**values))
-        else:
-            await self._connection.execute(
-                account_owners.update()
-                .where(account_owners.c.account_id == account_id)
-                .values(kind=owner.kind, owner_client=owner.client)
+        elif known != owner:
+            log.error(
+                "ownership.conflict",
+                extra={"alert": True, "account_id": account_id, "kept": str(known), "ignored": str(owner)},
             )
 
     async def record_item_seller(self, sku: str, client: str) -> None:
-        if await self.item_seller(sku) is None:
+        """Remember who sells an item; as for accounts, the first word stands."""
+        known = await self.item_seller(sku)
+        if known is None:
             await self._connection.execute(item_sellers.insert().values(sku=sku, owner_client=client))
-        else:
-            await self._connection.execute(
-                item_sellers.update().where(item_sellers.c.sku == sku).values(owner_client=client)
-            )
+        elif known != client:
+            log.error("ownership.conflict", extra={"alert": True, "sku": sku, "kept": known, "ignored": client})
 
     async def lock_payer(self, payer_account_id: str) -> None:
         """Serialise new payments of one payer until commit, so replicas cannot both pass the

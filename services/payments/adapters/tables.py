@@ -57,6 +57,7 @@ account_owners = sa.Table(
     sa.Column("account_id", sa.String(36), primary_key=True),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("owner_client", sa.String(200), nullable=False),
+    sa.Index("ix_account_owners_owner_client", "owner_client"),  # ListPayments: a client's accounts
 )
 item_sellers = sa.Table(
     "item_sellers",

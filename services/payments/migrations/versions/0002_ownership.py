@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("owner_client", sa.String(200), nullable=False),
     )
+    op.create_index("ix_account_owners_owner_client", "account_owners", ["owner_client"])
     op.create_table(
         "item_sellers",
         sa.Column("sku", sa.String(64), primary_key=True),
