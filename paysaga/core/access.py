@@ -41,6 +41,11 @@ def service_of_scope(scope: str) -> str:
     return scope.partition(":")[0]
 
 
+def action_of_scope(scope: str) -> str:
+    """'ledger:read' -> 'read'."""
+    return scope.partition(":")[2]
+
+
 def owner_for(caller: Caller, service: str, asked: str) -> str:
     """The owner of a record the caller creates: the caller itself, or (for an admin of the
     service) the client it names, as a name or a full identity."""

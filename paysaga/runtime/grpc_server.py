@@ -28,6 +28,7 @@ from paysaga.core.errors import (
     ResourceExhausted,
 )
 from paysaga.runtime.security.authz import AuthorizationInterceptor, Authorizer, Rule
+from paysaga.runtime.security.ratelimit import RateLimiter
 from paysaga.runtime.security.tokens import TokenVerifier
 from paysaga.runtime.storage.database import is_unavailable
 
@@ -153,6 +154,7 @@ def create_server(
     credentials: grpc.ServerCredentials,
     services: Sequence[GrpcService],
     verifier: TokenVerifier | None = None,
+    limiter: RateLimiter | None = None,
 ) -> BuiltServer:
     """A server with our services, health (NOT_SERVING until told) and reflection, bound to bind.
 
@@ -161,7 +163,9 @@ def create_server(
     """
     rules = {method: rule for service in services for method, rule in service.rules.items()}
     interceptor = AuthorizationInterceptor(
-        Authorizer(rules, verifier), open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+        Authorizer(rules, verifier),
+        open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1),
+        limiter=limiter,
     )
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[interceptor])
     for service in services:

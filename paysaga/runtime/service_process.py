@@ -27,6 +27,7 @@ from paysaga.runtime.messaging import streams
 from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.security import tls, tokens
+from paysaga.runtime.security.ratelimit import RateLimiter
 from paysaga.runtime.settings import Option, ServiceSettings, load_settings
 from paysaga.runtime.storage import database, migrations
 from paysaga.runtime.storage.unit_of_work import Database, UnitFactory, UnitOfWork
@@ -84,7 +85,13 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             EventConsumer(settings.service, jetstream, store, subscription, definition.handlers)
             for subscription in definition.subscriptions
         ]
-        built = create_server(settings.grpc_bind, credentials, definition.grpc_services(store), verifier)
+        built = create_server(
+            settings.grpc_bind,
+            credentials,
+            definition.grpc_services(store),
+            verifier,
+            RateLimiter(settings.rate_limits),
+        )
         workers_stop = asyncio.Event()
         client = nats_client
         loops: list[tuple[str, Worker]] = [

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paysaga.runtime.security.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
 from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
 
 DEFAULT_GRPC_PORTS = {"payments": 50051, "inventory": 50052, "ledger": 50053}
@@ -46,6 +47,8 @@ class ServiceSettings:
     stream_replicas: int
     token_keys_file: Path
     token_issuer: str
+    # Default per-client rate limits by class of method (paysaga.runtime.security.ratelimit).
+    rate_limits: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     # The values of the service's own Options, parsed, by Option.key.
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -93,6 +96,16 @@ def _replicas(text: str) -> int:
     if value not in (1, 3, 5):
         raise argparse.ArgumentTypeError(f"must be 1, 3 or 5, got {text}")
     return value
+
+
+_DEFAULTS = ",".join(f"{name}={limit.rate_per_s:g}/{limit.burst:g}" for name, limit in DEFAULT_LIMITS.items())
+
+
+def _rate_limits(text: str) -> dict[str, Limit]:
+    try:
+        return parse_limits(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def load_settings(
@@ -158,6 +171,13 @@ def load_settings(
         "JetStream replicas of the streams this service owns",
         type=_replicas,
     )
+    option(
+        "--rate-limits",
+        "PAYSAGA_RATE_LIMITS",
+        "",
+        f"per-client limits per process, CLASS=RATE/BURST,...: classes read, write, admin (defaults {_DEFAULTS})",
+        type=_rate_limits,
+    )
     for extra in options:
         option(extra.flag, extra.variable, extra.default, extra.help, type=extra.parse)
     args = parser.parse_args(argv)
@@ -175,5 +195,6 @@ def load_settings(
         stream_replicas=int(args.stream_replicas),
         token_keys_file=Path(args.token_keys),
         token_issuer=args.token_issuer,
+        rate_limits=_rate_limits(args.rate_limits) if isinstance(args.rate_limits, str) else args.rate_limits,
         options={extra.key: getattr(args, extra.key) for extra in options},
     )

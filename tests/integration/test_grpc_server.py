@@ -3,6 +3,7 @@ health and reflection, domain errors as clear status codes."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,8 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.ops.pki import authority
+from paysaga.ops.pki.authority import Kind
 from paysaga.runtime.grpc_server import BuiltServer, create_server
-from paysaga.runtime.security import tls
+from paysaga.runtime.security import tls, tokens
+from paysaga.runtime.security.ratelimit import Limit, RateLimiter
 from paysaga.runtime.security.tokens import PUBLIC_KEYS_FILE, TokenVerifier, audience_of
 from paysaga.runtime.settings import TlsFiles
 from paysaga.runtime.storage import migrations
@@ -135,3 +139,59 @@ async def test_binding_an_address_in_use_fails_with_a_clear_error(certs_dir: Pat
             create_server(f"127.0.0.1:{first.port}", credentials, [])
     finally:
         await first.server.stop(grace=None)
+
+
+async def test_a_client_over_its_rate_limit_is_refused_with_a_pushback_and_others_go_on(
+    certs_dir: Path, tmp_path: Path
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await migrations.upgrade(engine, LEDGER_MIGRATIONS)
+    built = create_server(
+        "127.0.0.1:0",
+        tls.server_credentials(TlsFiles.in_directory(certs_dir, "ledger")),
+        [grpc_api.grpc_service(Database(engine, tables.metadata, LedgerUnit, producer="ledger"))],
+        TokenVerifier(certs_dir / PUBLIC_KEYS_FILE, audience=audience_of("ledger")),
+        RateLimiter(),
+    )
+    await built.server.start()
+    shop_dir = tmp_path / "acme"
+    authority.issue(authority.load_ca(certs_dir), shop_dir, "acme-shop", Kind.CLIENT)
+    (shop_dir / "ca.crt").write_bytes((certs_dir / "ca.crt").read_bytes())
+    # Registered with a write limit of 1 per second, 2 at once.
+    token = tokens.issue_client_token(
+        certs_dir,
+        "acme-shop",
+        services=["ledger"],
+        scopes=["ledger:write", "ledger:read"],
+        certificate=shop_dir / "acme-shop.crt",
+        rate_limits={"write": Limit(1, 2)},
+    )
+    target = f"127.0.0.1:{built.port}"
+
+    def opening() -> ledger_pb2.OpenAccountRequest:
+        return ledger_pb2.OpenAccountRequest(
+            account_id=str(uuid.uuid4()), kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EUR", owner="acme"
+        )
+
+    try:
+        async with secure_channel(target, TlsFiles.in_directory(shop_dir, "acme-shop"), token) as channel:
+            shop = ledger_pb2_grpc.LedgerServiceStub(channel)
+            for _ in range(2):
+                await shop.OpenAccount(opening(), timeout=5)
+            third = opening()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await shop.OpenAccount(third, timeout=5)
+            # Reads are another class: still fine.
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await shop.GetBalance(ledger_pb2.GetBalanceRequest(account_id=third.account_id), timeout=5)
+        async with secure_channel(target, TlsFiles.in_directory(certs_dir, "ops"), client_token(certs_dir)) as channel:
+            await ledger_pb2_grpc.LedgerServiceStub(channel).OpenAccount(opening(), timeout=5)  # ops: not held up
+    finally:
+        await built.server.stop(grace=None)
+        await engine.dispose()
+
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "over its write rate limit here; retry in" in (refused.value.details() or "")
+    trailers = dict(refused.value.trailing_metadata() or ())
+    assert 1 <= int(trailers["grpc-retry-pushback-ms"]) <= 1000 and trailers["retry-after-ms"]
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND, "the refused call opened nothing"

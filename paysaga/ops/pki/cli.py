@@ -36,6 +36,7 @@ from pathlib import Path
 from paysaga.ops.pki import authority, rotation
 from paysaga.ops.pki.authority import CertificateError, CertificateInfo, Kind
 from paysaga.runtime.security import tokens
+from paysaga.runtime.security.ratelimit import Limit, parse_limits
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS
 
 
@@ -175,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token_issue.add_argument("--issuer", default=tokens.DEFAULT_ISSUER, help="iss claim (default: %(default)s)")
     token_issue.add_argument(
+        "--rate-limit",
+        action="append",
+        default=[],
+        metavar="CLASS=RATE/BURST",
+        help="the client's own limit for a class of calls (read, write, admin), per service process, instead of "
+        "the services' defaults; repeatable, e.g. --rate-limit write=20/40",
+    )
+    token_issue.add_argument(
         "--cert",
         type=Path,
         default=None,
@@ -274,6 +283,15 @@ def _rollover(ca_dir: Path, certs_dir: Path, step: str, *, days: int, force: boo
         print(f"no longer trusted: {', '.join(cut_off)}")
 
 
+def _own_limits(given: Sequence[str]) -> dict[str, Limit]:
+    try:
+        everything = parse_limits(",".join(given))
+    except ValueError as error:
+        raise tokens.TokenError(str(error)) from None
+    named = {part.partition("=")[0].strip() for part in given}
+    return {name: limit for name, limit in everything.items() if name in named}
+
+
 def _issue_token(ca_dir: Path, certs_dir: Path, args: argparse.Namespace) -> None:
     token = tokens.issue_client_token(
         ca_dir,
@@ -283,6 +301,7 @@ def _issue_token(ca_dir: Path, certs_dir: Path, args: argparse.Namespace) -> Non
         certificate=args.cert or certs_dir / f"{args.name}.crt",
         lifetime_s=args.ttl_s,
         issuer=args.issuer,
+        rate_limits=_own_limits(args.rate_limit),
     )
     if args.out is None:
         print(token)

@@ -22,6 +22,7 @@ import contextvars
 import functools
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +31,9 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from paysaga.core.access import Caller, admin_scope, service_of_scope
+from paysaga.core.access import Caller, action_of_scope, admin_scope, service_of_scope
 from paysaga.core.identity import client_identity, service_identity
+from paysaga.runtime.security.ratelimit import Limit, RateLimiter, retry_after_ms
 from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier, certificate_thumbprint
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,13 @@ class Authorizer:
 
     def check(self, method: str, identity: str, metadata: Any, certificate_thumbprint: str = "") -> Caller:
         """The caller, if it may go ahead; raise AccessDenied with the status and reason if not."""
+        return self.authorize(method, identity, metadata, certificate_thumbprint)[0]
+
+    def authorize(
+        self, method: str, identity: str, metadata: Any, certificate_thumbprint: str = ""
+    ) -> tuple[Caller, Mapping[str, Limit] | None]:
+        """check(), with the client's own rate limits from its token (None: no token, one of our
+        services)."""
         if not identity.startswith(TRUST_DOMAIN_PREFIX):
             raise AccessDenied(
                 grpc.StatusCode.UNAUTHENTICATED, f"calling {method}: the client certificate carries no paysaga identity"
@@ -92,7 +101,7 @@ class Authorizer:
         if rule is None or not rule.allows(identity):
             raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {method}")
         if not identity.startswith(CLIENT_PREFIX):
-            return Caller(identity)  # one of our services: its certificate is its proof
+            return Caller(identity), None  # one of our services: its certificate is its proof
         try:
             claims = self._verified_token(metadata, identity, certificate_thumbprint)
         except AccessDenied as denied:
@@ -101,7 +110,7 @@ class Authorizer:
             raise AccessDenied(
                 grpc.StatusCode.PERMISSION_DENIED, f"{identity} needs the scope {rule.scope} to call {method}"
             )
-        return Caller(identity, claims.scopes)
+        return Caller(identity, claims.scopes), claims.rate_limits
 
     def _verified_token(self, metadata: Any, identity: str, certificate_thumbprint: str) -> Claims:
         values = [value for key, value in (metadata or ()) if key == "authorization"]
@@ -152,8 +161,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     """Applies an Authorizer to every method that has a rule; health and reflection stay open to
     any holder of one of our certificates, so standard tools can probe every service."""
 
-    def __init__(self, authorizer: Authorizer, open_services: tuple[str, ...]) -> None:
+    def __init__(
+        self, authorizer: Authorizer, open_services: tuple[str, ...], limiter: RateLimiter | None = None
+    ) -> None:
         self.authorizer = authorizer
+        self.limiter = limiter
+        self._limited_logged_at: dict[str, float] = {}
         self.open_prefixes = tuple(f"/{name}/" for name in open_services)
         # The guarded handler of a method depends only on the method: build it once, not per call.
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
@@ -177,7 +190,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:
         identity = peer_identity(context)
         try:
-            caller = self.authorizer.check(
+            caller, own_limits = self.authorizer.authorize(
                 method, identity, context.invocation_metadata(), peer_certificate_thumbprint(context)
             )
         except AccessDenied as denied:
@@ -194,10 +207,34 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             await context.abort(denied.code, str(denied))
             return
         rule = self.authorizer.rules[method]
-        if caller.is_admin(service_of_scope(rule.scope)):
+        admin = caller.is_admin(service_of_scope(rule.scope))
+        if own_limits is not None and self.limiter is not None:
+            kind = "admin" if admin else action_of_scope(rule.scope)
+            wait_s = self.limiter.take(identity, kind, own_limits)
+            if wait_s:
+                pushback_ms = retry_after_ms(wait_s)
+                self._log_limited(identity, method, kind)
+                context.set_trailing_metadata(
+                    (("grpc-retry-pushback-ms", str(pushback_ms)), ("retry-after-ms", str(pushback_ms)))
+                )
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{identity} is over its {kind} rate limit here; retry in {pushback_ms} ms (nothing was done)",
+                )
+                return
+        if admin:
             # Ops may do everything; every such call leaves a trace.
             log.info("audit.admin_call", extra={"audit": True, "peer": identity, "method": method})
         _CALLER.set(caller)
+
+    def _log_limited(self, identity: str, method: str, kind: str) -> None:
+        """One line per client per second at most: a flood of refusals must not flood the log."""
+        now = time.monotonic()
+        if now - self._limited_logged_at.get(identity, float("-inf")) >= 1.0:
+            if len(self._limited_logged_at) > 10_000:
+                self._limited_logged_at.clear()
+            self._limited_logged_at[identity] = now
+            log.warning("grpc.rate_limited", extra={"peer": identity, "method": method, "class": kind})
 
     def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:

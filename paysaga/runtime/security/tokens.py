@@ -24,8 +24,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from jwt.algorithms import ECAlgorithm
 
 from paysaga.core.identity import InvalidName, check_name, client_identity, service_identity
 from paysaga.runtime.files import FileStamp, file_stamp, write_file
+from paysaga.runtime.security.ratelimit import Limit, limits_from_claim
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Claims:
     expires_at: dt.datetime
     # The x5t#S256 thumbprint of the one certificate the token may arrive with.
     certificate_thumbprint: str = ""
+    # The client's own rate limits, if it was registered with some (paysaga.runtime.security.ratelimit).
+    rate_limits: Mapping[str, Limit] = field(default_factory=dict)
 
 
 def certificate_thumbprint(der: bytes) -> str:
@@ -167,9 +170,11 @@ def issue_token(
     lifetime_s: int = DEFAULT_LIFETIME_S,
     issuer: str = DEFAULT_ISSUER,
     now: dt.datetime | None = None,
+    rate_limits: Mapping[str, Limit] | None = None,
 ) -> str:
     """A signed token for the client whose certificate proves identity subject, usable only with
-    the certificate whose x5t#S256 thumbprint is bound_to."""
+    the certificate whose x5t#S256 thumbprint is bound_to; with rate_limits, the client's own
+    limits per class of method instead of the services' defaults."""
     wanted = sorted(set(scopes))
     unknown = [scope for scope in wanted if scope not in SCOPES]
     if unknown:
@@ -195,6 +200,8 @@ def issue_token(
         "jti": str(uuid.uuid4()),
         "cnf": {"x5t#S256": bound_to},
     }
+    if rate_limits:
+        claims["rate_limits"] = {name: [limit.rate_per_s, limit.burst] for name, limit in rate_limits.items()}
     return jwt.encode(claims, signing_key, algorithm=ALGORITHM, headers={"kid": public_jwk(signing_key)["kid"]})
 
 
@@ -208,6 +215,7 @@ def issue_client_token(
     lifetime_s: int = DEFAULT_LIFETIME_S,
     issuer: str = DEFAULT_ISSUER,
     now: dt.datetime | None = None,
+    rate_limits: Mapping[str, Limit] | None = None,
 ) -> str:
     """A token for the client certificate named client (spiffe://paysaga/client/<client>), for the
     named services, bound to the certificate in the file certificate, signed with the key in
@@ -225,6 +233,7 @@ def issue_client_token(
         lifetime_s=lifetime_s,
         issuer=issuer,
         now=now,
+        rate_limits=rate_limits,
     )
 
 
@@ -317,6 +326,7 @@ class TokenVerifier:
             scopes=frozenset(scope.split()),
             expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
             certificate_thumbprint=thumbprint,
+            rate_limits=limits_from_claim(claims.get("rate_limits")),
         )
 
 
