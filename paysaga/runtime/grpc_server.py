@@ -29,6 +29,7 @@ from paysaga.core.errors import (
 )
 from paysaga.runtime.security.authz import AuthorizationInterceptor, Authorizer, Rule
 from paysaga.runtime.security.ratelimit import RateLimiter
+from paysaga.runtime.security.revocation import RevocationList
 from paysaga.runtime.security.tokens import TokenVerifier
 from paysaga.runtime.storage.database import is_unavailable
 
@@ -155,6 +156,7 @@ def create_server(
     services: Sequence[GrpcService],
     verifier: TokenVerifier | None = None,
     limiter: RateLimiter | None = None,
+    revocations: RevocationList | None = None,
 ) -> BuiltServer:
     """A server with our services, health (NOT_SERVING until told) and reflection, bound to bind.
 
@@ -166,6 +168,7 @@ def create_server(
         Authorizer(rules, verifier),
         open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1),
         limiter=limiter,
+        revocations=revocations,
     )
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[interceptor])
     for service in services:

@@ -28,6 +28,7 @@ from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subs
 from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.ratelimit import RateLimiter
+from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
 from paysaga.runtime.settings import Option, ServiceSettings, load_settings
 from paysaga.runtime.storage import database, migrations
 from paysaga.runtime.storage.unit_of_work import Database, UnitFactory, UnitOfWork
@@ -91,6 +92,7 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             definition.grpc_services(store),
             verifier,
             RateLimiter(settings.rate_limits),
+            RevocationList(settings.tls.ca_file.parent / CRL_FILE, settings.tls.ca_file),
         )
         workers_stop = asyncio.Event()
         client = nats_client

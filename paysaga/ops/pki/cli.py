@@ -15,6 +15,8 @@ Typical use:
   paysaga-certs list                      # every certificate with its identity and expiry
   paysaga-certs check                     # exit 1 when a certificate expires soon (for monitoring)
   paysaga-certs issue service payments --force   # rotation: servers pick the new one up without restart
+  paysaga-certs revoke acme-shop          # refuse certs/acme-shop.crt from now on (certs/crl.pem)
+  paysaga-certs issue client acme-shop --force --revoke-old   # a new one, and the old one refused
   paysaga-certs ca-rollover begin | finish       # replace the CA; both are trusted in between
 
 Files: <dir>/ca.crt (trust anchor to give to every peer), <dir>/<name>.crt and <dir>/<name>.key
@@ -33,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from paysaga.ops.pki import authority, rotation
+from paysaga.ops.pki import authority, revocation, rotation
 from paysaga.ops.pki.authority import CertificateError, CertificateInfo, Kind
 from paysaga.runtime.security import tokens
 from paysaga.runtime.security.ratelimit import Limit, parse_limits
@@ -76,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="an extra IP address (repeatable)")
     issue.add_argument("--days", type=int, default=authority.LEAF_LIFETIME_DAYS, help="lifetime (default: %(default)s)")
     issue.add_argument("--force", action="store_true", help="re-issue even if the certificate exists (rotation)")
+    issue.add_argument(
+        "--revoke-old",
+        action="store_true",
+        help="with --force: revoke the certificate this one replaces (e.g. its key may have leaked)",
+    )
+
+    revoke = commands.add_parser(
+        "revoke", help="stop accepting a certificate: published in <dir>/crl.pem, refused within seconds"
+    )
+    revoke.add_argument("name", nargs="?", help="the certificate <dir>/NAME.crt")
+    revoke.add_argument("--serial", default=None, help="or its serial number in hex (for one no longer on disk)")
 
     listing = commands.add_parser("list", help="show every certificate with its identity and expiry")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -208,7 +221,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"created CA {certs_dir / authority.CA_CERT_FILE} (key {Path(ca_dir) / authority.CA_KEY_FILE}), "
                 f"valid until {created.certificate.not_valid_after_utc:%Y-%m-%d}"
             )
+        elif args.command == "revoke":
+            if (args.name is None) == (args.serial is None):
+                raise CertificateError("name the certificate, or give --serial, not both")
+            serial = int(args.serial, 16) if args.serial else revocation.serial_of(certs_dir / f"{args.name}.crt")
+            path = revocation.revoke(Path(ca_dir), certs_dir, [serial])
+            print(
+                f"revoked serial {serial:x}: {path} lists {len(revocation.revoked_serials(certs_dir))} certificate(s)"
+            )
         elif args.command == "issue":
+            old_serial = None
+            if args.revoke_old and (certs_dir / f"{args.name}.crt").exists():
+                old_serial = revocation.serial_of(certs_dir / f"{args.name}.crt")
             info = authority.issue(
                 authority.load_ca(Path(ca_dir)),
                 certs_dir,
@@ -220,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 force=args.force,
             )
             print(f"issued {info.path} and {info.path.with_suffix('.key')}: {info.summary()}")
+            if old_serial is not None:
+                revocation.revoke(Path(ca_dir), certs_dir, [old_serial])
+                print(f"revoked the certificate it replaces (serial {old_serial:x})")
         elif args.command == "list":
             return _list(certs_dir, as_json=args.json, warn_within_days=args.warn_days)
         elif args.command == "check":

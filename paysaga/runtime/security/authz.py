@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from paysaga.core.access import Caller, action_of_scope, admin_scope, service_of_scope
 from paysaga.core.identity import client_identity, service_identity
 from paysaga.runtime.security.ratelimit import Limit, RateLimiter, retry_after_ms
+from paysaga.runtime.security.revocation import RevocationList
 from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier, certificate_thumbprint
 
 log = logging.getLogger(__name__)
@@ -140,15 +141,32 @@ class Authorizer:
         return claims
 
 
+@dataclass(frozen=True)
+class PeerCertificate:
+    thumbprint: str  # x5t#S256
+    serial: int
+
+
+NO_CERTIFICATE = PeerCertificate("", -1)
+
+
 @functools.lru_cache(maxsize=1024)
-def _thumbprint_of_pem(pem: bytes) -> str:
-    return certificate_thumbprint(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER))
+def _certificate_of_pem(pem: bytes) -> PeerCertificate:
+    certificate = x509.load_pem_x509_certificate(pem)
+    return PeerCertificate(
+        certificate_thumbprint(certificate.public_bytes(serialization.Encoding.DER)), certificate.serial_number
+    )
+
+
+def peer_certificate(context: grpc.aio.ServicerContext) -> PeerCertificate:
+    """What matters of the certificate the peer presented."""
+    values = list(context.auth_context().get("x509_pem_cert", []))
+    return _certificate_of_pem(values[0]) if len(values) == 1 else NO_CERTIFICATE
 
 
 def peer_certificate_thumbprint(context: grpc.aio.ServicerContext) -> str:
     """The x5t#S256 thumbprint of the certificate the peer presented ("" if none)."""
-    values = list(context.auth_context().get("x509_pem_cert", []))
-    return _thumbprint_of_pem(values[0]) if len(values) == 1 else ""
+    return peer_certificate(context).thumbprint
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> str:
@@ -162,10 +180,15 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     any holder of one of our certificates, so standard tools can probe every service."""
 
     def __init__(
-        self, authorizer: Authorizer, open_services: tuple[str, ...], limiter: RateLimiter | None = None
+        self,
+        authorizer: Authorizer,
+        open_services: tuple[str, ...],
+        limiter: RateLimiter | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self.authorizer = authorizer
         self.limiter = limiter
+        self.revocations = revocations
         self._limited_logged_at: dict[str, float] = {}
         self.open_prefixes = tuple(f"/{name}/" for name in open_services)
         # The guarded handler of a method depends only on the method: build it once, not per call.
@@ -181,30 +204,56 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         if guarded is not None:
             return guarded
         handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(self.open_prefixes):
+        if handler is None:
             return handler
-        guarded = self._guard(method, handler)
+        if method.startswith(self.open_prefixes):
+            # Open to any certificate of ours that is not revoked.
+            guarded = self._guard(method, handler, self._check_revocation)
+        else:
+            guarded = self._guard(method, handler, self._authorize)
         self._guarded[method] = guarded
         return guarded
 
+    async def _refuse(self, method: str, context: grpc.aio.ServicerContext, denied: AccessDenied) -> None:
+        log.warning(
+            "grpc.refused",
+            extra={
+                "peer": peer_identity(context) or "-",
+                "peer_address": context.peer(),
+                "method": method,
+                "code": denied.code.name,
+                "reason": str(denied),
+            },
+        )
+        await context.abort(denied.code, str(denied))
+
+    def _revoked(self, certificate: PeerCertificate) -> AccessDenied | None:
+        if self.revocations is None or certificate is NO_CERTIFICATE:
+            return None
+        if not self.revocations.is_revoked(certificate.serial):
+            return None
+        return AccessDenied(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"the client certificate (serial {certificate.serial:x}) is revoked: get a new one from the CA operator",
+        )
+
+    async def _check_revocation(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        denied = self._revoked(peer_certificate(context))
+        if denied is not None:
+            await self._refuse(method, context, denied)
+
     async def _authorize(self, method: str, context: grpc.aio.ServicerContext) -> None:
         identity = peer_identity(context)
+        certificate = peer_certificate(context)
         try:
+            revoked = self._revoked(certificate)
+            if revoked is not None:
+                raise revoked
             caller, own_limits = self.authorizer.authorize(
-                method, identity, context.invocation_metadata(), peer_certificate_thumbprint(context)
+                method, identity, context.invocation_metadata(), certificate.thumbprint
             )
         except AccessDenied as denied:
-            log.warning(
-                "grpc.refused",
-                extra={
-                    "peer": identity or "-",
-                    "peer_address": context.peer(),
-                    "method": method,
-                    "code": denied.code.name,
-                    "reason": str(denied),
-                },
-            )
-            await context.abort(denied.code, str(denied))
+            await self._refuse(method, context, denied)
             return
         rule = self.authorizer.rules[method]
         admin = caller.is_admin(service_of_scope(rule.scope))
@@ -236,12 +285,18 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             self._limited_logged_at[identity] = now
             log.warning("grpc.rate_limited", extra={"peer": identity, "method": method, "class": kind})
 
-    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _guard(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        check: Callable[[str, grpc.aio.ServicerContext], Awaitable[None]],
+    ) -> grpc.RpcMethodHandler:
+        """handler behind check, which aborts the call if it may not go ahead."""
         if handler.unary_unary is not None:
             inner_unary = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await self._authorize(method, context)
+                await check(method, context)
                 return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
@@ -249,11 +304,22 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await self._authorize(method, context)
+                await check(method, context)
                 async for response in inner_stream(request, context):
                     yield response
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:  # reflection
+            inner_both = handler.stream_stream
+
+            async def both(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await check(method, context)
+                async for response in inner_both(requests, context):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(
+                both, handler.request_deserializer, handler.response_serializer
             )
         raise TypeError(f"{method}: client-streaming methods are not supported by the authorization interceptor")

@@ -1,0 +1,67 @@
+"""Certificate revocation: the CA's list of certificates that must no longer be accepted.
+
+``paysaga-certs revoke NAME`` (or ``--serial``) adds a certificate's serial number to a CRL signed
+by the CA and published as ``crl.pem`` next to ``ca.crt``; re-issuing with ``issue --force
+--revoke-old`` revokes the certificate it replaces. Every gRPC server re-reads the file within
+seconds (paysaga.runtime.security.revocation) and refuses each call, and each health or
+reflection call, made with a revoked certificate, even on a connection opened before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from paysaga.ops.pki.authority import CERTIFICATE_MODE, CertificateError, load_ca, utc_now
+from paysaga.runtime.files import write_file
+from paysaga.runtime.security.revocation import CRL_FILE
+
+# A CRL names when the next one is due; services keep honouring this one past that date.
+CRL_VALIDITY = dt.timedelta(days=365)
+
+
+def revoked_serials(certs_dir: Path) -> dict[int, dt.datetime]:
+    """The serials the published CRL revokes, with when."""
+    try:
+        crl = x509.load_pem_x509_crl((certs_dir / CRL_FILE).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError as error:
+        raise CertificateError(f"{certs_dir / CRL_FILE} is not a PEM CRL: {error}") from None
+    return {entry.serial_number: entry.revocation_date_utc for entry in crl}
+
+
+def revoke(ca_dir: Path, certs_dir: Path, serials: Iterable[int], now: dt.datetime | None = None) -> Path:
+    """Publish a CRL with every serial revoked so far and these; signed by the current CA."""
+    ca = load_ca(ca_dir)
+    now = now or utc_now()
+    revoked = revoked_serials(certs_dir)
+    for serial in serials:
+        revoked.setdefault(serial, now)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now)
+        .next_update(now + CRL_VALIDITY)
+    )
+    for serial, when in sorted(revoked.items()):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    crl = builder.sign(ca.private_key, hashes.SHA256())
+    path = certs_dir / CRL_FILE
+    write_file(path, crl.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
+    return path
+
+
+def serial_of(certificate_file: Path) -> int:
+    try:
+        return x509.load_pem_x509_certificate(certificate_file.read_bytes()).serial_number
+    except FileNotFoundError:
+        raise CertificateError(f"no certificate {certificate_file}; revoke by --serial instead") from None
+    except ValueError:
+        raise CertificateError(f"{certificate_file} is not a PEM certificate") from None

@@ -1,0 +1,132 @@
+"""Revoking a certificate on a real gRPC server over mTLS, with a CA of the test's own: within
+seconds of `paysaga-certs revoke`, every call made with it is refused, on a connection opened
+before as on a new one, health included; the other certificates go on."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.ops.pki import revocation, rotation
+from paysaga.ops.pki.cli import main as certs_main
+from paysaga.runtime.grpc_server import BuiltServer, create_server
+from paysaga.runtime.security import tls
+from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
+from paysaga.runtime.security.tokens import PUBLIC_KEYS_FILE, TokenVerifier, audience_of
+from paysaga.runtime.settings import TlsFiles
+from paysaga.runtime.storage import migrations
+from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.unit_of_work import Database
+from services.ledger.adapters import grpc_api, tables
+from services.ledger.adapters.repository import LedgerUnit
+from tests.helpers import client_token, eventually, secure_channel
+
+MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[tuple[BuiltServer, Path]]:
+    certs = tmp_path / "certs"
+    rotation.bootstrap(certs, certs)
+    assert certs_main(["--dir", str(certs), "issue", "client", "acme-shop"]) == 0
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await migrations.upgrade(engine, MIGRATIONS)
+    built = create_server(
+        "127.0.0.1:0",
+        tls.server_credentials(TlsFiles.in_directory(certs, "ledger")),
+        [grpc_api.grpc_service(Database(engine, tables.metadata, LedgerUnit, producer="ledger"))],
+        TokenVerifier(certs / PUBLIC_KEYS_FILE, audience=audience_of("ledger")),
+        revocations=RevocationList(certs / CRL_FILE, certs / "ca.crt", check_interval_s=0.1),
+    )
+    await built.server.start()
+    await built.set_serving(True)
+    yield built, certs
+    await built.server.stop(grace=None)
+    await engine.dispose()
+
+
+async def balance_call(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    try:
+        await ledger_pb2_grpc.LedgerServiceStub(channel).GetBalance(
+            ledger_pb2.GetBalanceRequest(account_id="9b2f4c1e-0d7a-4e3b-8c5f-6a1d2e3f4b5c"), timeout=5
+        )
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def health_call(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_a_revoked_certificate_is_refused_within_seconds_even_on_an_open_connection(
+    ledger: tuple[BuiltServer, Path],
+) -> None:
+    server, certs = ledger
+    target = f"127.0.0.1:{server.port}"
+    shop = TlsFiles.in_directory(certs, "acme-shop")
+    token = client_token(certs, "acme-shop", scopes=("ledger:read",))
+    async with (
+        secure_channel(target, shop, token) as before,
+        secure_channel(target, TlsFiles.in_directory(certs, "ops"), client_token(certs)) as ops,
+    ):
+        assert await balance_call(before) == grpc.StatusCode.NOT_FOUND  # let in (no such account)
+
+        assert certs_main(["--dir", str(certs), "revoke", "acme-shop"]) == 0
+
+        async def refused() -> bool:
+            return bool(await balance_call(before) == grpc.StatusCode.UNAUTHENTICATED)
+
+        await eventually(refused, "the open connection's calls are refused", timeout_s=5)
+        assert await health_call(before) == grpc.StatusCode.UNAUTHENTICATED
+        async with secure_channel(target, shop, token) as after:
+            assert await balance_call(after) == grpc.StatusCode.UNAUTHENTICATED
+        assert await balance_call(ops) == grpc.StatusCode.NOT_FOUND, "other certificates go on"
+        assert await health_call(ops) == grpc.StatusCode.OK
+
+
+async def test_reissuing_can_revoke_the_certificate_it_replaces(
+    ledger: tuple[BuiltServer, Path], tmp_path: Path
+) -> None:
+    server, certs = ledger
+    target = f"127.0.0.1:{server.port}"
+    old = tmp_path / "old"
+    old.mkdir()
+    for suffix in (".crt", ".key"):
+        shutil.copy2(certs / f"acme-shop{suffix}", old / f"acme-shop{suffix}")  # the key stays 0600
+    (old / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
+    old_token = client_token(certs, "acme-shop", scopes=("ledger:read",), certificate=old / "acme-shop.crt")
+
+    assert certs_main(["--dir", str(certs), "issue", "client", "acme-shop", "--force", "--revoke-old"]) == 0
+    await asyncio.sleep(0.2)  # longer than the server's check interval (0.1 s) here
+
+    new_token = client_token(certs, "acme-shop", scopes=("ledger:read",))
+    async with secure_channel(target, TlsFiles.in_directory(certs, "acme-shop"), new_token) as channel:
+        assert await balance_call(channel) == grpc.StatusCode.NOT_FOUND
+    async with secure_channel(target, TlsFiles.in_directory(old, "acme-shop"), old_token) as channel:
+        assert await balance_call(channel) == grpc.StatusCode.UNAUTHENTICATED
+    assert len(revocation.revoked_serials(certs)) == 1
+
+
+def test_a_crl_not_signed_by_a_trusted_ca_changes_nothing(tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    rotation.bootstrap(ours, ours)
+    rotation.bootstrap(theirs, theirs)
+    victim = revocation.serial_of(ours / "ops.crt")
+    revocation.revoke(theirs, theirs, [victim])  # a CRL from another CA, naming our ops certificate
+    (ours / CRL_FILE).write_bytes((theirs / CRL_FILE).read_bytes())
+
+    assert not RevocationList(ours / CRL_FILE, ours / "ca.crt").is_revoked(victim)
+    revocation.revoke(ours, ours, [victim])
+    assert RevocationList(ours / CRL_FILE, ours / "ca.crt").is_revoked(victim)
