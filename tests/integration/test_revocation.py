@@ -1,6 +1,6 @@
-"""Revoking a certificate on a real gRPC server over mTLS, with a CA of the test's own: within
-seconds of `paysaga-certs revoke`, every call made with it is refused, on a connection opened
-before as on a new one, health included; the other certificates go on."""
+"""Revoking a certificate, with a CA of the test's own: within seconds of `paysaga-certs revoke`,
+every gRPC call made with it is refused (on a connection opened before as on a new one, health
+included) and a real nats-server cuts it off; the other certificates go on."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
 from paysaga.ops.pki import revocation, rotation
 from paysaga.ops.pki.cli import main as certs_main
 from paysaga.runtime.grpc_server import BuiltServer, create_server
@@ -26,7 +27,7 @@ from paysaga.runtime.storage.database import create_engine
 from paysaga.runtime.storage.unit_of_work import Database
 from services.ledger.adapters import grpc_api, tables
 from services.ledger.adapters.repository import LedgerUnit
-from tests.helpers import client_token, eventually, secure_channel
+from tests.helpers import client_token, connect_as, eventually, secure_channel, wait_for_log
 
 MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
 
@@ -130,3 +131,31 @@ def test_a_crl_not_signed_by_a_trusted_ca_changes_nothing(tmp_path: Path) -> Non
     assert not RevocationList(ours / CRL_FILE, ours / "ca.crt").is_revoked(victim)
     revocation.revoke(ours, ours, [victim])
     assert RevocationList(ours / CRL_FILE, ours / "ca.crt").is_revoked(victim)
+
+
+async def test_nats_cuts_off_a_revoked_certificate_and_lets_its_successor_in(tmp_path: Path) -> None:
+    """nats-server reads no CRL: the local cluster pins the keys it may accept and reloads it
+    when a certificate is revoked, which closes the connections made with that certificate."""
+    certs = tmp_path / "certs"
+    with LocalCluster(tmp_path / "state", certs, ClusterPorts.free(), services=()) as cluster:
+        old = tmp_path / "old-ops"
+        old.mkdir()
+        for suffix in (".crt", ".key"):
+            shutil.copy2(certs / f"ops{suffix}", old / f"ops{suffix}")
+        shutil.copy2(certs / "ca.crt", old / "ca.crt")
+        old_ops = TlsFiles.in_directory(old, "ops")
+        connected = await connect_as(cluster.nats_url, old_ops)
+        assert connected.is_connected
+
+        assert certs_main(["--dir", str(certs), "issue", "client", "ops", "--force", "--revoke-old"]) == 0
+
+        async def cut_off() -> bool:
+            return not connected.is_connected
+
+        await eventually(cut_off, "the connection made with the revoked certificate is closed", timeout_s=10)
+        with pytest.raises(Exception):  # noqa: B017 - nats-py reports a refused handshake in several ways
+            await connect_as(cluster.nats_url, old_ops)
+        successor = await connect_as(cluster.nats_url, cluster.tls_files("ops"))
+        assert successor.is_connected
+        await successor.close()
+        assert "certificate not pinned" in wait_for_log(cluster, "nats", "certificate not pinned")

@@ -35,6 +35,8 @@ from paysaga.ops.cluster import demo, natsconf
 from paysaga.ops.cluster.postgres import PostgresUnavailable, ThrowawayPostgres
 from paysaga.ops.pki import rotation
 from paysaga.ops.pki.authority import CertificateError
+from paysaga.ops.pki.revocation import NatsPins
+from paysaga.runtime.files import write_file
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, TlsFiles
 
@@ -147,12 +149,29 @@ class LocalCluster:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGHUP)
 
-    def _follow_nats_certificate(self, watcher: tls.CertificateWatcher) -> None:
+    def _follow_nats_certificate(self, watcher: tls.CertificateWatcher, pins: NatsPins) -> None:
         """Reload NATS when its certificate, key or the trust bundle changes (a rotation) and the
-        new set is whole."""
+        new set is whole, or when the keys it may accept change (a new certificate, or one
+        revoked: then its connections are cut)."""
         while not self._watching.wait(watcher.check_interval_s):
-            if watcher.poll() is not None:
+            pins_changed = pins.refresh()
+            if pins_changed:
+                self._write_nats_config(pins.pins)
+            if watcher.poll() is not None or pins_changed:
                 self.reload_nats()
+
+    def _write_nats_config(self, pinned_keys: Sequence[str]) -> Path:
+        config_path = self.state_dir / "nats.conf"
+        text = natsconf.render(
+            server_name="paysaga-local",
+            host="127.0.0.1",
+            port=self.ports.nats,
+            tls=self.tls_files("nats"),
+            store_dir=self.state_dir / "jetstream",
+            pinned_keys=pinned_keys,
+        )
+        write_file(config_path, text.encode(), 0o644)
+        return config_path
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
@@ -181,23 +200,15 @@ class LocalCluster:
             if self.echo:
                 say(f"certs     | {line}")
         rotation.write_ops_token(self.certs_dir, self.certs_dir, "ops")
-        config_path = self.state_dir / "nats.conf"
-        config_path.write_text(
-            natsconf.render(
-                server_name="paysaga-local",
-                host="127.0.0.1",
-                port=self.ports.nats,
-                tls=self.tls_files("nats"),
-                store_dir=self.state_dir / "jetstream",
-            )
-        )
+        pins = NatsPins(self.certs_dir)
+        config_path = self._write_nats_config(pins.pins)
         deadline = time.monotonic() + timeout_s
         # Watch from before NATS reads its files, so a rotation during its start is not missed.
         watcher = tls.CertificateWatcher(self.tls_files("nats"), check_interval_s=CERTIFICATE_CHECK_INTERVAL_S)
         self._spawn("nats", [find_nats_server(), "-c", str(config_path)], {})
         self._wait("nats", deadline, self._nats_ready)
         threading.Thread(
-            target=self._follow_nats_certificate, args=(watcher,), daemon=True, name="nats-certificate"
+            target=self._follow_nats_certificate, args=(watcher, pins), daemon=True, name="nats-certificate"
         ).start()
         everyone = [instance for service in self.services for instance in self.instances(service)]
         for instance in everyone:

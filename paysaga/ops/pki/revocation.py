@@ -5,11 +5,18 @@ by the CA and published as ``crl.pem`` next to ``ca.crt``; re-issuing with ``iss
 --revoke-old`` revokes the certificate it replaces. Every gRPC server re-reads the file within
 seconds (paysaga.runtime.security.revocation) and refuses each call, and each health or
 reflection call, made with a revoked certificate, even on a connection opened before.
+
+nats-server reads no CRL; it accepts only pinned keys (``pinned_certs``: the SHA-256 of each
+allowed certificate's public key), and a reload with a shorter list disconnects the clients whose
+key left it. NatsPins keeps that list for a certificates directory: every certificate's key seen
+there, old ones included (a rotation must not cut the connections made with the certificate it
+replaces), minus the keys of revoked certificates.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,6 +63,45 @@ def revoke(ca_dir: Path, certs_dir: Path, serials: Iterable[int], now: dt.dateti
     path = certs_dir / CRL_FILE
     write_file(path, crl.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
     return path
+
+
+def public_key_pin(certificate: x509.Certificate) -> str:
+    """What nats-server's pinned_certs lists: hex SHA-256 of the DER SubjectPublicKeyInfo."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+class NatsPins:
+    """The keys NATS may accept, for the certificates in certs_dir (see the module's doc)."""
+
+    def __init__(self, certs_dir: Path) -> None:
+        self.certs_dir = certs_dir
+        self._seen: dict[int, str] = {}  # serial -> key pin, of every certificate seen
+        self._pins: tuple[str, ...] = ()
+        self.refresh()
+
+    @property
+    def pins(self) -> tuple[str, ...]:
+        return self._pins
+
+    def refresh(self) -> bool:
+        """Look at the directory again; whether the pins changed."""
+        for path in sorted(self.certs_dir.glob("*.crt")):
+            try:
+                certificate = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # mid-rewrite, or not a certificate: next time
+            self._seen.setdefault(certificate.serial_number, public_key_pin(certificate))
+        try:
+            revoked = revoked_serials(self.certs_dir)
+        except CertificateError:
+            revoked = {}  # unreadable now: keep what we had
+        revoked_pins = {pin for serial, pin in self._seen.items() if serial in revoked}
+        pins = tuple(sorted({pin for pin in self._seen.values() if pin not in revoked_pins}))
+        changed, self._pins = pins != self._pins, pins
+        return changed
 
 
 def serial_of(certificate_file: Path) -> int:
