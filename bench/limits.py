@@ -199,6 +199,7 @@ tls {{
   cert_file: "{files.cert_file}"
   key_file: "{files.key_file}"
   ca_file: "{files.ca_file}"
+  handshake_first: true
   verify: true
   min_version: "1.2"
 }}
