@@ -18,33 +18,18 @@ from paysaga.ops.pki.authority import Kind
 from paysaga.runtime.grpc_server import BuiltServer, create_server
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.ratelimit import Limit, RateLimiter
-from paysaga.runtime.security.tokens import PUBLIC_KEYS_FILE, TokenVerifier, audience_of
 from paysaga.runtime.settings import TlsFiles
-from paysaga.runtime.storage import migrations
-from paysaga.runtime.storage.database import create_engine
-from paysaga.runtime.storage.unit_of_work import Database
-from services.ledger.adapters import grpc_api, tables
-from services.ledger.adapters.repository import LedgerUnit
+from services.ledger.adapters import grpc_api
 from tests.helpers import channel_without_client_certificate, client_token, secure_channel
+from tests.integration.ledger_server import running_ledger
 
 LEDGER_MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
 
 
 @pytest.fixture
 async def ledger_server(certs_dir: Path, tmp_path: Path) -> AsyncIterator[BuiltServer]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
-    await migrations.upgrade(engine, LEDGER_MIGRATIONS)
-    built = create_server(
-        "127.0.0.1:0",
-        tls.server_credentials(TlsFiles.in_directory(certs_dir, "ledger")),
-        [grpc_api.grpc_service(Database(engine, tables.metadata, LedgerUnit, producer="ledger"))],
-        TokenVerifier(certs_dir / PUBLIC_KEYS_FILE, audience=audience_of("ledger")),
-    )
-    await built.set_serving(False)
-    await built.server.start()
-    yield built
-    await built.server.stop(grace=None)
-    await engine.dispose()
+    async with running_ledger(certs_dir, tmp_path / "ledger.db") as built:
+        yield built
 
 
 async def health_status(target: str, files: TlsFiles, service: str = "") -> str:
@@ -144,16 +129,6 @@ async def test_binding_an_address_in_use_fails_with_a_clear_error(certs_dir: Pat
 async def test_a_client_over_its_rate_limit_is_refused_with_a_pushback_and_others_go_on(
     certs_dir: Path, tmp_path: Path
 ) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
-    await migrations.upgrade(engine, LEDGER_MIGRATIONS)
-    built = create_server(
-        "127.0.0.1:0",
-        tls.server_credentials(TlsFiles.in_directory(certs_dir, "ledger")),
-        [grpc_api.grpc_service(Database(engine, tables.metadata, LedgerUnit, producer="ledger"))],
-        TokenVerifier(certs_dir / PUBLIC_KEYS_FILE, audience=audience_of("ledger")),
-        RateLimiter(),
-    )
-    await built.server.start()
     shop_dir = tmp_path / "acme"
     authority.issue(authority.load_ca(certs_dir), shop_dir, "acme-shop", Kind.CLIENT)
     (shop_dir / "ca.crt").write_bytes((certs_dir / "ca.crt").read_bytes())
@@ -166,14 +141,14 @@ async def test_a_client_over_its_rate_limit_is_refused_with_a_pushback_and_other
         certificate=shop_dir / "acme-shop.crt",
         rate_limits={"write": Limit(1, 2)},
     )
-    target = f"127.0.0.1:{built.port}"
 
     def opening() -> ledger_pb2.OpenAccountRequest:
         return ledger_pb2.OpenAccountRequest(
             account_id=str(uuid.uuid4()), kind=ledger_pb2.ACCOUNT_KIND_WALLET, currency="EUR", owner="acme"
         )
 
-    try:
+    async with running_ledger(certs_dir, tmp_path / "ledger.db", limiter=RateLimiter()) as built:
+        target = f"127.0.0.1:{built.port}"
         async with secure_channel(target, TlsFiles.in_directory(shop_dir, "acme-shop"), token) as channel:
             shop = ledger_pb2_grpc.LedgerServiceStub(channel)
             for _ in range(2):
@@ -186,9 +161,6 @@ async def test_a_client_over_its_rate_limit_is_refused_with_a_pushback_and_other
                 await shop.GetBalance(ledger_pb2.GetBalanceRequest(account_id=third.account_id), timeout=5)
         async with secure_channel(target, TlsFiles.in_directory(certs_dir, "ops"), client_token(certs_dir)) as channel:
             await ledger_pb2_grpc.LedgerServiceStub(channel).OpenAccount(opening(), timeout=5)  # ops: not held up
-    finally:
-        await built.server.stop(grace=None)
-        await engine.dispose()
 
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "over its write rate limit here; retry in" in (refused.value.details() or "")

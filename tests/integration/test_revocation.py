@@ -17,17 +17,12 @@ from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
 from paysaga.ops.pki import revocation, rotation
 from paysaga.ops.pki.cli import main as certs_main
-from paysaga.runtime.grpc_server import BuiltServer, create_server
-from paysaga.runtime.security import tls
+from paysaga.runtime.grpc_server import BuiltServer
 from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
-from paysaga.runtime.security.tokens import PUBLIC_KEYS_FILE, TokenVerifier, audience_of
 from paysaga.runtime.settings import TlsFiles
-from paysaga.runtime.storage import migrations
-from paysaga.runtime.storage.database import create_engine
-from paysaga.runtime.storage.unit_of_work import Database
-from services.ledger.adapters import grpc_api, tables
-from services.ledger.adapters.repository import LedgerUnit
+from services.ledger.adapters import grpc_api
 from tests.helpers import client_token, connect_as, eventually, secure_channel, wait_for_log
+from tests.integration.ledger_server import running_ledger
 
 MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
 
@@ -37,20 +32,10 @@ async def ledger(tmp_path: Path) -> AsyncIterator[tuple[BuiltServer, Path]]:
     certs = tmp_path / "certs"
     rotation.bootstrap(certs, certs)
     assert certs_main(["--dir", str(certs), "issue", "client", "acme-shop"]) == 0
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
-    await migrations.upgrade(engine, MIGRATIONS)
-    built = create_server(
-        "127.0.0.1:0",
-        tls.server_credentials(TlsFiles.in_directory(certs, "ledger")),
-        [grpc_api.grpc_service(Database(engine, tables.metadata, LedgerUnit, producer="ledger"))],
-        TokenVerifier(certs / PUBLIC_KEYS_FILE, audience=audience_of("ledger")),
-        revocations=RevocationList(certs / CRL_FILE, certs / "ca.crt", check_interval_s=0.1),
-    )
-    await built.server.start()
-    await built.set_serving(True)
-    yield built, certs
-    await built.server.stop(grace=None)
-    await engine.dispose()
+    revocations = RevocationList(certs / CRL_FILE, certs / "ca.crt", check_interval_s=0.1)
+    async with running_ledger(certs, tmp_path / "ledger.db", revocations=revocations) as built:
+        await built.set_serving(True)
+        yield built, certs
 
 
 async def balance_call(channel: grpc.aio.Channel) -> grpc.StatusCode:
