@@ -183,13 +183,35 @@ async def test_nats_refuses_a_bad_client_certificate(
     await client.close()
 
 
-async def test_nats_refuses_a_valid_certificate_of_an_identity_it_does_not_know(
+async def test_nats_refuses_a_certificate_whose_key_it_was_never_given(
     cluster: LocalCluster, stranger: TlsFiles
 ) -> None:
-    with pytest.raises(Exception):  # noqa: B017 - an authorization violation closes the connection
+    """A valid certificate of our CA, issued outside the cluster's certificates directory: its key
+    is not pinned, so the handshake itself fails."""
+    with pytest.raises(Exception):  # noqa: B017 - nats-py reports a refused handshake in several ways
         await connect_as(cluster.nats_url, stranger)
 
-    wait_for_log(cluster, "nats", "authentication error")
+    wait_for_log(cluster, "nats", "certificate not pinned")
+
+
+async def test_nats_refuses_a_valid_certificate_of_an_identity_it_does_not_know(cluster: LocalCluster) -> None:
+    """Issued into the cluster's certificates directory, so its key is pinned: what refuses it is
+    that NATS has no user for its identity."""
+    name = f"stranger-{uuid.uuid4().hex[:8]}"
+    authority.issue(authority.load_ca(cluster.certs_dir), cluster.certs_dir, name, Kind.CLIENT)
+    files = TlsFiles.in_directory(cluster.certs_dir, name)
+
+    def authentication_errors() -> int:
+        return cluster.log_path("nats").read_text(errors="replace").count("authentication error")
+
+    before = authentication_errors()
+
+    async def refused_as_unknown() -> bool:
+        with pytest.raises(Exception):  # noqa: B017 - an authorization violation closes the connection
+            await connect_as(cluster.nats_url, files)
+        return authentication_errors() > before
+
+    await eventually(refused_as_unknown, f"NATS refuses {name} as an unknown user once its key is pinned")
 
 
 async def test_the_inventory_certificate_cannot_publish_ledger_events_or_read_others_traffic(
