@@ -140,7 +140,14 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
             client = checks.issue_host_client(project, Path(client_dir.name), "compose-test")
             # Several payers when there are many purchases: each may make 20 a minute (velocity rule).
             wallets = 5 if topology.replicas > 1 else 1
-            shop = checks.open_shop(project, wallets, deposit_minor=100_000, stock=checks.CHAOS_PURCHASES + 10)
+            shop = checks.open_shop(
+                project,
+                wallets,
+                deposit_minor=100_000,
+                stock=checks.CHAOS_PURCHASES + 10,
+                buyer="compose-test",
+                seller="mug-shop",
+            )
         with stages(f"{label}: a purchase that completes and one compensated, from the host"):
             ended = asyncio.run(checks.completed_and_compensated(target, client, shop, detail))
         if topology.replicas > 1:

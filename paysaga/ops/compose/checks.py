@@ -94,13 +94,21 @@ def status_name(payment: payments_pb2.Payment) -> str:
     return payments_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")
 
 
+def _transient(error: grpc.aio.AioRpcError) -> bool:
+    """Unavailable or too slow; or (just after ops opened the accounts) payments has not heard of
+    them yet, which it says in its refusal."""
+    if error.code() in RETRYABLE:
+        return True
+    return error.code() == grpc.StatusCode.PERMISSION_DENIED and "not be known here yet" in (error.details() or "")
+
+
 async def _retrying(call: Callable[[], Any], deadline: float, retries: Counter[str]) -> Any:
     """The call's result; a transient failure is retried until the deadline, any other one fails the check."""
     while True:
         try:
             return await call()
         except grpc.aio.AioRpcError as error:
-            if error.code() not in RETRYABLE or time.monotonic() > deadline:
+            if not _transient(error) or time.monotonic() > deadline:
                 raise CheckFailed(f"payments answered {error.code().name}: {error.details()}") from None
             retries[error.code().name] += 1
             await asyncio.sleep(POLL_INTERVAL_S)
@@ -158,7 +166,9 @@ class Ops(Protocol):
     def ops(self, commands: Sequence[Sequence[str]]) -> list[dict[str, Any]]: ...
 
 
-def open_shop(project: Ops, wallets: int, deposit_minor: int, stock: int) -> Shop:
+def open_shop(project: Ops, wallets: int, deposit_minor: int, stock: int, *, buyer: str, seller: str) -> Shop:
+    """By ops: wallets the client buyer owns, funded; a merchant account and items the client
+    seller owns, the first one in stock."""
     run_id = uuid.uuid4().hex[:8]
     shop = Shop(
         tuple(str(uuid.uuid4()) for _ in range(wallets)),
@@ -169,17 +179,25 @@ def open_shop(project: Ops, wallets: int, deposit_minor: int, stock: int) -> Sho
         f"scarce-{run_id}",
     )
 
-    def account(account_id: str, kind: str, owner: str) -> list[str]:
-        return ["account", "open", "--id", account_id, "--kind", kind, "--currency", CURRENCY, "--owner", owner]
+    def account(account_id: str, kind: str, owner: str, client: str) -> list[str]:
+        return [
+            *("account", "open", "--id", account_id, "--kind", kind, "--currency", CURRENCY),
+            *("--owner", owner, "--owner-client", client),
+        ]
 
-    commands = [account(shop.merchant, "merchant", "Mug shop")]
+    commands = [account(shop.merchant, "merchant", "Mug shop", seller)]
     for index, wallet in enumerate(shop.wallets):
         commands += [
-            account(wallet, "wallet", f"Payer {index}"),
+            account(wallet, "wallet", f"Payer {index}", buyer),
             ["account", "deposit", wallet, str(deposit_minor), CURRENCY],
         ]
     for sku in (shop.sku, shop.scarce_sku):
-        commands.append(["item", "add", sku, "--name", "Mug", "--price", str(PRICE_MINOR), "--currency", CURRENCY])
+        commands.append(
+            [
+                *("item", "add", sku, "--name", "Mug", "--price", str(PRICE_MINOR), "--currency", CURRENCY),
+                *("--owner-client", seller),
+            ]
+        )
     commands.append(["item", "receive", shop.sku, str(stock)])
     project.ops(commands)
     return shop
