@@ -75,15 +75,21 @@ def domain_errors_as_status(method: Callable[..., Awaitable[Any]]) -> Callable[.
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except DomainError as error:
-            await context.abort(status_of(error), str(error))
-        except Exception as error:
-            if not is_unavailable(error):
-                raise
-            log.warning("grpc.database_unavailable", extra={"error": repr(error)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry shortly")
+        except Exception as error:  # noqa: BLE001 - abort_for re-raises what is not ours to answer
+            await abort_for(context, error)
 
     return wrapper
+
+
+async def abort_for(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    """End the call with the status error stands for: a DomainError's own, UNAVAILABLE when the
+    database is; anything else is raised again (a bug: INTERNAL, with the traceback logged)."""
+    if isinstance(error, DomainError):
+        await context.abort(status_of(error), str(error))
+    if not is_unavailable(error):
+        raise error
+    log.warning("grpc.database_unavailable", extra={"error": repr(error)})
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry shortly")
 
 
 @dataclass(frozen=True)

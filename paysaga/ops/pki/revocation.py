@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from paysaga.ops.pki.authority import CERTIFICATE_MODE, CertificateError, load_ca, utc_now
-from paysaga.runtime.files import write_file
+from paysaga.runtime.files import FileStamp, file_stamp, write_file
 from paysaga.runtime.security.revocation import CRL_FILE
 
 # A CRL names when the next one is due; services keep honouring this one past that date.
@@ -79,6 +79,7 @@ class NatsPins:
     def __init__(self, certs_dir: Path) -> None:
         self.certs_dir = certs_dir
         self._seen: dict[int, str] = {}  # serial -> key pin, of every certificate seen
+        self._read: dict[Path, FileStamp] = {}  # each file as it was when last read
         self._pins: tuple[str, ...] = ()
         self.refresh()
 
@@ -89,11 +90,15 @@ class NatsPins:
     def refresh(self) -> bool:
         """Look at the directory again; whether the pins changed."""
         for path in sorted(self.certs_dir.glob("*.crt")):
+            stamp = file_stamp(path)
+            if stamp is None or self._read.get(path) == stamp:
+                continue  # gone, or read as it is
             try:
                 certificate = x509.load_pem_x509_certificate(path.read_bytes())
             except (OSError, ValueError):
                 continue  # mid-rewrite, or not a certificate: next time
             self._seen.setdefault(certificate.serial_number, public_key_pin(certificate))
+            self._read[path] = stamp
         try:
             revoked = revoked_serials(self.certs_dir)
         except CertificateError:

@@ -29,13 +29,12 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from paysaga.core.access import Caller, action_of_scope, admin_scope, service_of_scope
 from paysaga.core.identity import client_identity, service_identity
 from paysaga.runtime.security.ratelimit import Limit, RateLimiter, retry_after_ms
 from paysaga.runtime.security.revocation import RevocationList
-from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier, certificate_thumbprint
+from paysaga.runtime.security.tokens import Claims, TokenRejected, TokenVerifier, thumbprint_of
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +152,13 @@ NO_CERTIFICATE = PeerCertificate("", -1)
 @functools.lru_cache(maxsize=1024)
 def _certificate_of_pem(pem: bytes) -> PeerCertificate:
     certificate = x509.load_pem_x509_certificate(pem)
-    return PeerCertificate(
-        certificate_thumbprint(certificate.public_bytes(serialization.Encoding.DER)), certificate.serial_number
-    )
+    return PeerCertificate(thumbprint_of(certificate), certificate.serial_number)
 
 
 def peer_certificate(context: grpc.aio.ServicerContext) -> PeerCertificate:
     """What matters of the certificate the peer presented."""
     values = list(context.auth_context().get("x509_pem_cert", []))
     return _certificate_of_pem(values[0]) if len(values) == 1 else NO_CERTIFICATE
-
-
-def peer_certificate_thumbprint(context: grpc.aio.ServicerContext) -> str:
-    """The x5t#S256 thumbprint of the certificate the peer presented ("" if none)."""
-    return peer_certificate(context).thumbprint
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> str:

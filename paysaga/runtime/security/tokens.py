@@ -91,6 +91,10 @@ def certificate_thumbprint(der: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 
+def thumbprint_of(certificate: x509.Certificate) -> str:
+    return certificate_thumbprint(certificate.public_bytes(serialization.Encoding.DER))
+
+
 def certificate_file_thumbprint(path: Path) -> str:
     """The x5t#S256 thumbprint of the (first) certificate in a PEM file."""
     try:
@@ -99,7 +103,7 @@ def certificate_file_thumbprint(path: Path) -> str:
         raise TokenError(f"no certificate {path}: a token is bound to its client's certificate") from None
     except ValueError:
         raise TokenError(f"{path} is not a PEM certificate") from None
-    return certificate_thumbprint(certificate.public_bytes(serialization.Encoding.DER))
+    return thumbprint_of(certificate)
 
 
 def audience_of(service: str) -> str:

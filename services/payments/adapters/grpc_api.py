@@ -12,12 +12,11 @@ import grpc
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
-from paysaga.core.errors import DeadlineExceeded, DomainError, InvalidArgument, ResourceExhausted
+from paysaga.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from paysaga.core.validation import PageRequest
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
-from paysaga.runtime.grpc_server import GrpcService, domain_errors_as_status, status_of
+from paysaga.runtime.grpc_server import GrpcService, abort_for, domain_errors_as_status
 from paysaga.runtime.security.authz import Rule, current_caller
-from paysaga.runtime.storage.database import is_unavailable
 from paysaga.runtime.storage.group_commit import GroupCommit
 from paysaga.runtime.storage.unit_of_work import Database
 from paysaga.runtime.tasks import wait_any
@@ -131,14 +130,8 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
             with self._watchers.watching(payment_id, caller.identity) as changed:
                 async for update in self._updates(payment, changed):
                     yield update
-        except DomainError as error:
-            await context.abort(status_of(error), str(error))
-        except Exception as error:
-            if not is_unavailable(error):
-                raise
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; watch again shortly"
-            )
+        except Exception as error:  # noqa: BLE001 - abort_for re-raises what is not ours to answer
+            await abort_for(context, error)
 
     async def _updates(self, payment: Payment, changed: asyncio.Event) -> AsyncIterator[payments_pb2.PaymentUpdate]:
         loop = asyncio.get_running_loop()
