@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -144,3 +145,15 @@ async def test_nats_cuts_off_a_revoked_certificate_and_lets_its_successor_in(tmp
         assert successor.is_connected
         await successor.close()
         assert "certificate not pinned" in wait_for_log(cluster, "nats", "certificate not pinned")
+
+
+def test_an_unreadable_crl_does_not_give_a_revoked_key_back_its_pin(tmp_path: Path) -> None:
+    rotation.bootstrap(tmp_path, tmp_path)
+    pins = revocation.NatsPins(tmp_path)
+    ops_pin = revocation.public_key_pin(x509.load_pem_x509_certificate((tmp_path / "ops.crt").read_bytes()))
+    assert ops_pin in pins.pins
+
+    revocation.revoke(tmp_path, tmp_path, [revocation.serial_of(tmp_path / "ops.crt")])
+    assert pins.refresh() and ops_pin not in pins.pins
+    (tmp_path / CRL_FILE).write_text("half a file")  # caught mid-rewrite
+    assert not pins.refresh() and ops_pin not in pins.pins

@@ -15,6 +15,7 @@ replaces), minus the keys of revoked certificates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Iterable
@@ -80,6 +81,7 @@ class NatsPins:
         self.certs_dir = certs_dir
         self._seen: dict[int, str] = {}  # serial -> key pin, of every certificate seen
         self._read: dict[Path, FileStamp] = {}  # each file as it was when last read
+        self._revoked: set[int] = set()
         self._pins: tuple[str, ...] = ()
         self.refresh()
 
@@ -99,11 +101,10 @@ class NatsPins:
                 continue  # mid-rewrite, or not a certificate: next time
             self._seen.setdefault(certificate.serial_number, public_key_pin(certificate))
             self._read[path] = stamp
-        try:
-            revoked = revoked_serials(self.certs_dir)
-        except CertificateError:
-            revoked = {}  # unreadable now: keep what we had
-        revoked_pins = {pin for serial, pin in self._seen.items() if serial in revoked}
+        # Unreadable now (mid-rewrite): the revocations read before still stand.
+        with contextlib.suppress(CertificateError):
+            self._revoked = set(revoked_serials(self.certs_dir))
+        revoked_pins = {pin for serial, pin in self._seen.items() if serial in self._revoked}
         pins = tuple(sorted({pin for pin in self._seen.values() if pin not in revoked_pins}))
         changed, self._pins = pins != self._pins, pins
         return changed
