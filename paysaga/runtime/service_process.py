@@ -26,6 +26,7 @@ from paysaga.runtime.logs import configure_logging
 from paysaga.runtime.messaging import streams
 from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.runtime.messaging.relay import OutboxRelay
+from paysaga.runtime.messaging.revocations import follow_revocations
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.ratelimit import RateLimiter
 from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
@@ -66,8 +67,12 @@ class ServiceDefinition(Generic[U]):
 async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, stop: asyncio.Event) -> None:
     """Run until stop is set, then drain. Raises if start-up fails."""
     credentials = tls.server_credentials(settings.tls)
+    revoked = tokens.RevokedTokens()
     verifier = tokens.TokenVerifier(
-        settings.token_keys_file, audience=tokens.audience_of(settings.service), issuer=settings.token_issuer
+        settings.token_keys_file,
+        audience=tokens.audience_of(settings.service),
+        issuer=settings.token_issuers,
+        revoked=revoked,
     )
     engine = database.create_engine(settings.database_url)
     nats_client = None
@@ -99,6 +104,7 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
         loops: list[tuple[str, Worker]] = [
             ("outbox-relay", relay.run),
             ("nats-certificate", lambda stop: streams.follow_certificate(client, certificate, stop)),
+            ("token-revocations", lambda stop: follow_revocations(jetstream, revoked, stop)),
         ]
         loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
         loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]

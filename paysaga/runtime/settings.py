@@ -17,7 +17,7 @@ from typing import Any
 from paysaga.runtime.security.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
 from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
 
-DEFAULT_GRPC_PORTS = {"payments": 50051, "inventory": 50052, "ledger": 50053}
+DEFAULT_GRPC_PORTS = {"payments": 50051, "inventory": 50052, "ledger": 50053, "auth": 50054}
 DEFAULT_NATS_URL = "tls://127.0.0.1:4222"
 
 
@@ -46,7 +46,8 @@ class ServiceSettings:
     startup_timeout_s: float
     stream_replicas: int
     token_keys_file: Path
-    token_issuer: str
+    # The issuers (iss) whose tokens are accepted: ops' ("paysaga") and the OAuth server's URL.
+    token_issuers: tuple[str, ...]
     # Default per-client rate limits by class of method (paysaga.runtime.security.ratelimit).
     rate_limits: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     # The values of the service's own Options, parsed, by Option.key.
@@ -147,7 +148,12 @@ def load_settings(
         str(certs_dir / PUBLIC_KEYS_FILE),
         "public keys (JWKS) that client bearer tokens must be signed with",
     )
-    option("--token-issuer", "PAYSAGA_TOKEN_ISSUER", DEFAULT_ISSUER, "the issuer (iss) client tokens must name")
+    option(
+        "--token-issuers",
+        "PAYSAGA_TOKEN_ISSUERS",
+        DEFAULT_ISSUER,
+        "comma-separated issuers (iss) a client token may name: ops' and the OAuth server's URL",
+    )
     option("--database-url", "PAYSAGA_DATABASE_URL", f"sqlite+aiosqlite:///var/{service}.db", "SQLAlchemy async URL")
     option("--log-level", "PAYSAGA_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", type=str.upper)
     option(
@@ -194,7 +200,7 @@ def load_settings(
         startup_timeout_s=float(args.startup_timeout_s),
         stream_replicas=int(args.stream_replicas),
         token_keys_file=Path(args.token_keys),
-        token_issuer=args.token_issuer,
+        token_issuers=tuple(name.strip() for name in args.token_issuers.split(",") if name.strip()),
         rate_limits=_rate_limits(args.rate_limits) if isinstance(args.rate_limits, str) else args.rate_limits,
         options={extra.key: getattr(args, extra.key) for extra in options},
     )

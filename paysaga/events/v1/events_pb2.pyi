@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from paysaga.common.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -57,6 +59,7 @@ class EventEnvelope(_message.Message):
     FUNDS_REFUND_FAILED_FIELD_NUMBER: _builtins.int
     ACCOUNT_OPENED_FIELD_NUMBER: _builtins.int
     ITEM_ADDED_FIELD_NUMBER: _builtins.int
+    TOKENS_REVOKED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUID chosen by the producer when the event is written to its outbox."""
     event_type: _builtins.str
@@ -66,7 +69,7 @@ class EventEnvelope(_message.Message):
     causation_id: _builtins.str
     """The event_id of the event this one reacts to; empty for events started by a client request."""
     producer: _builtins.str
-    """The producing service: "payments", "inventory" or "ledger"."""
+    """The producing service: "payments", "inventory", "ledger" or "auth"."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -111,6 +114,8 @@ class EventEnvelope(_message.Message):
     def account_opened(self) -> Global___AccountOpened: ...
     @_builtins.property
     def item_added(self) -> Global___ItemAdded: ...
+    @_builtins.property
+    def tokens_revoked(self) -> Global___TokensRevoked: ...
     def __init__(
         self,
         *,
@@ -141,12 +146,13 @@ class EventEnvelope(_message.Message):
         funds_refund_failed: Global___FundsRefundFailed | None = ...,
         account_opened: Global___AccountOpened | None = ...,
         item_added: Global___ItemAdded | None = ...,
+        tokens_revoked: Global___TokensRevoked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -726,3 +732,43 @@ class ItemAdded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ItemAdded: _TypeAlias = ItemAdded  # noqa: Y015
+
+@_typing.final
+class TokensRevoked(_message.Message):
+    """auth: access tokens revoked before they expire (RFC 7009 revocation, a refresh token used twice,
+    a client removed). Every service refuses them from then on; the saga id is the client's name.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    client: _builtins.str
+    """The client identity they were issued to."""
+    reason: _builtins.str
+    """Why, e.g. "revoked by the client", "refresh token reused"."""
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The revoked tokens' ids (jti)."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the last of them expires: after that nobody needs to remember them."""
+
+    def __init__(
+        self,
+        *,
+        token_ids: _abc.Iterable[_builtins.str] | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        client: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "expires_at", b"expires_at", "reason", b"reason", "token_ids", b"token_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokensRevoked: _TypeAlias = TokensRevoked  # noqa: Y015

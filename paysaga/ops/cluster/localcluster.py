@@ -41,6 +41,9 @@ from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, TlsFiles
 
 SERVICES = ("payments", "inventory", "ledger")
+# The OAuth authorization server: a service of the cluster, though not part of the purchase saga.
+AUTHORIZATION_SERVER = "auth"
+DEFAULT_HTTPS_PORT = 8443
 T = TypeVar("T")
 STOP_TIMEOUT_S = 20.0
 PR_SET_PDEATHSIG = 1
@@ -56,15 +59,18 @@ class ClusterError(Exception):
 class ClusterPorts:
     nats: int
     grpc: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_GRPC_PORTS))
+    # The authorization server's OAuth endpoints (HTTPS).
+    https: int = DEFAULT_HTTPS_PORT
 
     @classmethod
     def free(cls) -> ClusterPorts:
+        names = (*SERVICES, AUTHORIZATION_SERVER)
         with contextlib.ExitStack() as stack:
-            sockets = [stack.enter_context(socket.socket()) for _ in range(1 + len(SERVICES))]
+            sockets = [stack.enter_context(socket.socket()) for _ in range(2 + len(names))]
             for sock in sockets:
                 sock.bind(("127.0.0.1", 0))
             ports = [sock.getsockname()[1] for sock in sockets]
-        return cls(nats=ports[0], grpc=dict(zip(SERVICES, ports[1:], strict=True)))
+        return cls(nats=ports[0], grpc=dict(zip(names, ports[2:], strict=True)), https=ports[1])
 
 
 def free_port() -> int:
@@ -88,7 +94,7 @@ class LocalCluster:
         certs_dir: Path,
         ports: ClusterPorts,
         *,
-        services: Sequence[str] = SERVICES,
+        services: Sequence[str] = (*SERVICES, AUTHORIZATION_SERVER),
         echo: bool = False,
         log_level: str = "INFO",
         environment: Mapping[str, Mapping[str, str]] | None = None,
@@ -118,6 +124,11 @@ class LocalCluster:
     def nats_url(self) -> str:
         return f"tls://127.0.0.1:{self.ports.nats}"
 
+    @property
+    def oauth_issuer(self) -> str:
+        """The authorization server's URL (its issuer identifier); the token endpoint is under it."""
+        return f"https://127.0.0.1:{self.ports.https}"
+
     def grpc_target(self, instance: str) -> str:
         """host:port of one process: a service's first replica by its name, others as <service>-N."""
         return f"127.0.0.1:{self._instance_ports[instance]}"
@@ -138,7 +149,7 @@ class LocalCluster:
     def service_clients(self, client: str = "ops") -> ServiceClients:
         """Channels to every replica of every service, as client (its certificate and token)."""
         return ServiceClients(
-            {service: self.targets(service) for service in self.services},
+            {service: self.targets(service) for service in self.services if service in SERVICES},
             self.tls_files(client),
             tokens.read_token_file(self.token_file(client)),
         )
@@ -268,6 +279,11 @@ class LocalCluster:
             "PAYSAGA_TOKEN_KEYS": str(self.certs_dir / tokens.PUBLIC_KEYS_FILE),
             "PAYSAGA_DATABASE_URL": self.database_url(service),
             "PAYSAGA_LOG_LEVEL": self.log_level,
+            "PAYSAGA_TOKEN_ISSUERS": f"{tokens.DEFAULT_ISSUER},{self.oauth_issuer}",
+            # Read by the authorization server only.
+            "PAYSAGA_HTTPS_BIND": f"127.0.0.1:{self.ports.https}",
+            "PAYSAGA_OAUTH_ISSUER": self.oauth_issuer,
+            "PAYSAGA_TOKEN_SIGNING_KEY": str(self.certs_dir / tokens.SIGNING_KEY_FILE),
         }
 
     def _spawn(self, name: str, command: list[str], environment: dict[str, str]) -> None:
@@ -404,7 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--certs-dir", type=Path, default=Path("certs"), help="certificates (default: %(default)s)")
     parser.add_argument("--nats-port", type=int, default=4222, help="(default: %(default)s)")
-    for service in SERVICES:
+    parser.add_argument(
+        "--https-port", type=int, default=DEFAULT_HTTPS_PORT, help="OAuth endpoints (default: %(default)s)"
+    )
+    for service in (*SERVICES, AUTHORIZATION_SERVER):
         parser.add_argument(
             f"--{service}-port", type=int, default=DEFAULT_GRPC_PORTS[service], help="(default: %(default)s)"
         )
@@ -419,8 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="services' log level (default: %(default)s)")
     parser.add_argument("--demo", action="store_true", help="once up, run a purchase that completes and one that fails")
     args = parser.parse_args(argv)
-    ports = ClusterPorts(nats=args.nats_port, grpc={service: getattr(args, f"{service}_port") for service in SERVICES})
-    busy = [port for port in (ports.nats, *ports.grpc.values()) if _port_in_use(port)]
+    ports = ClusterPorts(
+        nats=args.nats_port,
+        grpc={service: getattr(args, f"{service}_port") for service in (*SERVICES, AUTHORIZATION_SERVER)},
+        https=args.https_port,
+    )
+    busy = [port for port in (ports.nats, ports.https, *ports.grpc.values()) if _port_in_use(port)]
     if busy:
         print(
             f"paysaga-local: port(s) {', '.join(map(str, busy))} already in use; is a cluster already running? "

@@ -23,8 +23,10 @@ from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT
 from paysaga.core.identity import client_identity, service_identity
 from paysaga.ops.pki.authority import CLUSTER_CLIENTS
 from paysaga.runtime.messaging.consumer import Subscription
+from paysaga.runtime.messaging.revocations import REVOCATIONS_STREAM
 from paysaga.runtime.messaging.streams import inbox_prefix, owned_streams
 from paysaga.runtime.settings import TlsFiles
+from services.auth import bootstrap as auth_bootstrap
 from services.inventory import bootstrap as inventory_bootstrap
 from services.ledger import bootstrap as ledger_bootstrap
 from services.payments import bootstrap as payments_bootstrap
@@ -37,6 +39,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
         ("payments", payments_bootstrap.SUBSCRIPTIONS),
         ("inventory", inventory_bootstrap.SUBSCRIPTIONS),
         ("ledger", ledger_bootstrap.SUBSCRIPTIONS),
+        ("auth", auth_bootstrap.SUBSCRIPTIONS),
     )
 }
 OPS_CLIENTS = CLUSTER_CLIENTS
@@ -53,6 +56,8 @@ class NatsUser:
 def service_user(service: str, consumes: Sequence[str]) -> NatsUser:
     identity = service_identity(service)
     publish = [f"{EVENTS_SUBJECT_ROOT}.{service}.>", f"{DEAD_LETTER_SUBJECT_ROOT}.{service}.>", f"{JS_API}.INFO"]
+    # Every service reads the token revocations, message by message (paysaga.runtime.messaging.revocations).
+    publish += [f"{JS_API}.STREAM.INFO.{REVOCATIONS_STREAM}", f"{JS_API}.STREAM.MSG.GET.{REVOCATIONS_STREAM}"]
     for stream in owned_streams(service):
         publish += [f"{JS_API}.STREAM.{action}.{stream.name}" for action in ("CREATE", "UPDATE", "INFO")]
     for producer in consumes:

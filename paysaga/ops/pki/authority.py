@@ -47,7 +47,7 @@ DNS_PATTERN = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 RENEW_WITHIN_DAYS = 10
-CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger")
+CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger", "auth")
 CLUSTER_CLIENTS = ("ops",)
 PRIVATE_KEY_MODE = 0o600
 CERTIFICATE_MODE = 0o644

@@ -240,3 +240,14 @@ def checked_client_ssl_context(files: TlsFiles) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(files.cert_file), str(files.key_file))
     return context
+
+
+def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """A context for serving HTTPS with mutual TLS: present our certificate, require a client
+    certificate from our CA (TLS 1.2 or later)."""
+    read_tls_files(files)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(files.ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(str(files.cert_file), str(files.key_file))
+    return context

@@ -84,6 +84,40 @@ class Claims:
     certificate_thumbprint: str = ""
     # The client's own rate limits, if it was registered with some (paysaga.runtime.security.ratelimit).
     rate_limits: Mapping[str, Limit] = field(default_factory=dict)
+    # The token's id (jti): what a revocation names.
+    token_id: str = ""
+
+
+class RevokedTokens:
+    """The ids (jti) of tokens revoked before they expire, as the authorization server announced
+    them (paysaga.runtime.messaging.revocations keeps this set current). An id is forgotten once
+    its token has expired anyway; until then every call with it is refused."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._next_prune_at = 0.0
+
+    def add(self, token_ids: Iterable[str], expires_at: float) -> None:
+        """Revoke token_ids, which expire at expires_at (a Unix time; 0: keep them forever)."""
+        until = expires_at + CLOCK_SKEW_S if expires_at else float("inf")
+        with self._lock:
+            for token_id in token_ids:
+                self._until[token_id] = max(until, self._until.get(token_id, 0.0))
+
+    def __contains__(self, token_id: object) -> bool:
+        now = time.time()
+        if now >= self._next_prune_at:
+            self._prune(now)
+        return token_id in self._until
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def _prune(self, now: float) -> None:
+        with self._lock:
+            self._next_prune_at = now + 60.0
+            self._until = {token_id: until for token_id, until in self._until.items() if until > now}
 
 
 def certificate_thumbprint(der: bytes) -> str:
@@ -258,10 +292,19 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
 class TokenVerifier:
     """Checks tokens for one service against the public keys file, which it re-reads when it changes."""
 
-    def __init__(self, keys_file: Path, *, audience: str, issuer: str = DEFAULT_ISSUER) -> None:
+    def __init__(
+        self,
+        keys_file: Path,
+        *,
+        audience: str,
+        issuer: str | Sequence[str] = DEFAULT_ISSUER,
+        revoked: RevokedTokens | None = None,
+    ) -> None:
         self.keys_file = keys_file
         self.audience = audience
-        self.issuer = issuer
+        # Ops' tokens name "paysaga"; the OAuth authorization server's name its URL.
+        self.issuers = frozenset([issuer] if isinstance(issuer, str) else issuer)
+        self.revoked = RevokedTokens() if revoked is None else revoked
         self._lock = threading.Lock()
         self._keys: dict[str, Any] = {}
         self._stamp: FileStamp = None
@@ -312,7 +355,7 @@ class TokenVerifier:
                 key,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
-                issuer=self.issuer,
+                issuer=self.issuers,
                 leeway=CLOCK_SKEW_S,
                 options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]},
             )
@@ -325,12 +368,17 @@ class TokenVerifier:
         thumbprint = confirmation.get("x5t#S256") if isinstance(confirmation, dict) else None
         if not isinstance(thumbprint, str) or not thumbprint:
             raise TokenRejected("the token is not bound to a certificate (no cnf x5t#S256): issue a new one")
+        token_id = claims.get("jti")
+        token_id = token_id if isinstance(token_id, str) else ""
+        if token_id in self.revoked:
+            raise TokenRejected("the token has been revoked: get a new one")
         return Claims(
             subject=claims["sub"],
             scopes=frozenset(scope.split()),
             expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
             certificate_thumbprint=thumbprint,
             rate_limits=limits_from_claim(claims.get("rate_limits")),
+            token_id=token_id,
         )
 
 

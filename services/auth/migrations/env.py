@@ -1,0 +1,3 @@
+from paysaga.runtime.storage.migrations import run_in_alembic
+
+run_in_alembic()
