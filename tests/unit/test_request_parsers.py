@@ -164,7 +164,7 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
     ),
     (
         payments_api.list_query,
-        payments_pb2.ListPaymentsRequest(page_token="abc"),  # noqa: S106
+        payments_pb2.ListPaymentsRequest(page_token="abc"),
         "page_token is not one this service issued",
     ),
     (
@@ -189,7 +189,7 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
     ),
     (
         payments_api.list_query,
-        payments_pb2.ListPaymentsRequest(page_token="\u00b2"),  # noqa: S106 - a digit to str.isdigit, not to int()
+        payments_pb2.ListPaymentsRequest(page_token="\u00b2"),
         "page_token is not one this service issued",
     ),
     # OpenAccount
@@ -249,7 +249,7 @@ CASES: list[tuple[Callable[[Any], object], Any, str]] = [
     (inventory_api.receipt_of, receipt(sku="a/b"), SKU_RULE + "'a/b'"),
     (
         inventory_api.items_query,
-        inventory_pb2.ListItemsRequest(page_token="-1"),  # noqa: S106
+        inventory_pb2.ListItemsRequest(page_token="-1"),
         "page_token is not one this service issued",
     ),
 ]
@@ -279,7 +279,7 @@ def test_a_list_query_without_a_page_size_gets_the_default_page_and_its_filters(
     query = payments_api.list_query(
         payments_pb2.ListPaymentsRequest(
             payer_account_id=PAYER,
-            page_token="41",  # noqa: S106
+            page_token="41",
             status=payments_pb2.PAYMENT_STATUS_REFUNDING,
         )
     )

@@ -204,3 +204,34 @@ def test_the_thumbprint_is_rfc_8705s_x5t_s256_of_the_certificate_file(tmp_path: 
     expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
     assert tokens.certificate_file_thumbprint(tmp_path / "acme-shop.crt") == expected
     assert len(expected) == 43 and "=" not in expected
+
+
+def test_a_revoked_token_is_refused_until_it_would_have_expired(keys: Path) -> None:
+    revoked = tokens.RevokedTokens()
+    check = TokenVerifier(keys / tokens.PUBLIC_KEYS_FILE, audience=tokens.audience_of("ledger"), revoked=revoked)
+    token, other = issue(keys), issue(keys)
+    token_id = check.verify(token).token_id
+    assert token_id
+
+    revoked.add([token_id], expires_at=dt.datetime.now(dt.UTC).timestamp() + 600)
+
+    with pytest.raises(TokenRejected, match="revoked"):
+        check.verify(token)
+    assert check.verify(other).token_id != token_id  # the others are untouched
+    # Long expired, a revocation is forgotten: nothing could use that token anyway.
+    revoked.add(["long-gone"], expires_at=dt.datetime.now(dt.UTC).timestamp() - 3600)
+    revoked._prune(dt.datetime.now(dt.UTC).timestamp())
+    assert "long-gone" not in revoked
+    assert token_id in revoked
+
+
+def test_tokens_of_every_trusted_issuer_verify_and_no_others(keys: Path) -> None:
+    check = TokenVerifier(
+        keys / tokens.PUBLIC_KEYS_FILE,
+        audience=tokens.audience_of("ledger"),
+        issuer=("paysaga", "https://127.0.0.1:8443"),
+    )
+    assert check.verify(issue(keys, issuer="https://127.0.0.1:8443")).subject == OPS
+    assert check.verify(issue(keys)).subject == OPS
+    with pytest.raises(TokenRejected, match="not issued by the trusted issuer"):
+        check.verify(issue(keys, issuer="https://elsewhere:8443"))

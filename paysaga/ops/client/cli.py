@@ -2,9 +2,11 @@
 
 Talks to the services' public gRPC APIs over mutual TLS, with the same certificates as any
 client (default: certs/ops.crt, certs/ops.key, certs/ca.crt, or $PAYSAGA_TLS_CERT / _KEY / _CA),
-and sends a bearer token issued to that certificate's identity: $PAYSAGA_TOKEN, else the file
---token-file (default: $PAYSAGA_TOKEN_FILE, else the certificate's path ending in .token instead
-of .crt, e.g. certs/ops.token, which the local cluster writes).
+and sends a bearer token issued to that certificate's identity: $PAYSAGA_TOKEN; else, with
+--oauth-url (or $PAYSAGA_OAUTH_URL), one it gets and refreshes itself from the OAuth authorization
+server with its certificate (kept in <cert>.oauth.json); else the file --token-file (default:
+$PAYSAGA_TOKEN_FILE, else the certificate's path ending in .token instead of .crt, e.g.
+certs/ops.token, which the local cluster writes).
 
   paysaga account open --kind wallet --currency EUR --owner "Ada"      # prints the new account id
   paysaga account deposit ACCOUNT_ID 5000 EUR
@@ -37,6 +39,7 @@ from google.protobuf.message import Message
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.ops.client import oauth
 from paysaga.ops.client.healthcheck import default_client_tls
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.security import tls
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="paysaga", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    for service, port in DEFAULT_GRPC_PORTS.items():
+    for service in ("payments", "inventory", "ledger"):
+        port = DEFAULT_GRPC_PORTS[service]
         variable = f"PAYSAGA_{service.upper()}_TARGET"
         parser.add_argument(
             f"--{service}",
@@ -70,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(os.environ["PAYSAGA_TOKEN_FILE"]) if os.environ.get("PAYSAGA_TOKEN_FILE") else None,
         help="bearer token file (default: the --cert path with .token; $PAYSAGA_TOKEN wins)",
+    )
+    parser.add_argument(
+        "--oauth-url",
+        default=os.environ.get("PAYSAGA_OAUTH_URL", ""),
+        help="the authorization server (e.g. https://127.0.0.1:8443) to get the token from (env PAYSAGA_OAUTH_URL)",
     )
     areas = parser.add_subparsers(dest="area", required=True, metavar="COMMAND")
 
@@ -183,9 +192,12 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    """$PAYSAGA_TOKEN, else the token file if there is one; without either the service says what is missing."""
+    """$PAYSAGA_TOKEN, else one from the authorization server, else the token file if there is one;
+    without any the service says what is missing."""
     if os.environ.get("PAYSAGA_TOKEN"):
         return os.environ["PAYSAGA_TOKEN"].strip()
+    if args.oauth_url:
+        return oauth.access_token(args.oauth_url, TlsFiles(args.cert, args.key, args.ca))
     if args.token_file is not None:
         if not args.token_file.exists():
             raise ValueError(f"token file {args.token_file} does not exist")
@@ -331,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except tls.TlsConfigurationError as error:
         print(f"paysaga: {error}", file=sys.stderr)
         return 2
+    except oauth.TokenUnavailable as error:
+        print(f"paysaga: {error}", file=sys.stderr)
+        return 1
     except grpc.aio.AioRpcError as error:
         print(f"paysaga: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
