@@ -235,3 +235,22 @@ def test_tokens_of_every_trusted_issuer_verify_and_no_others(keys: Path) -> None
     assert check.verify(issue(keys)).subject == OPS
     with pytest.raises(TokenRejected, match="not issued by the trusted issuer"):
         check.verify(issue(keys, issuer="https://elsewhere:8443"))
+
+
+def test_a_token_verified_once_is_still_refused_once_expired_or_revoked(
+    keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = verifier(keys)
+    token = issue(keys, lifetime_s=60)
+    claims = check.verify(token)
+    assert check.verify(token) == claims  # the second time from what the first verified
+
+    later = claims.expires_at.timestamp() + tokens.CLOCK_SKEW_S + 1
+    monkeypatch.setattr(tokens.time, "time", lambda: later)
+    with pytest.raises(TokenRejected, match="expired"):
+        check.verify(token)
+    monkeypatch.undo()
+    token = issue(keys)
+    check.revoked.add([check.verify(token).token_id], expires_at=later)
+    with pytest.raises(TokenRejected, match="revoked"):
+        check.verify(token)

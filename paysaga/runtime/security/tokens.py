@@ -52,6 +52,7 @@ CLOCK_SKEW_S = 30
 # The previous public key stays trusted after a rotation so tokens signed with it live out their time.
 KEPT_PUBLIC_KEYS = 2
 KEYS_CHECK_INTERVAL_S = 2.0
+VERIFIED_CACHE_SIZE = 4096
 # <service>:admin (ops) may do everything on that service; the others act on the client's own
 # records only (paysaga.core.access).
 SCOPES = (
@@ -307,6 +308,8 @@ class TokenVerifier:
         self.revoked = RevokedTokens() if revoked is None else revoked
         self._lock = threading.Lock()
         self._keys: dict[str, Any] = {}
+        # Tokens whose signature and terms verified, by their text (bounded; emptied when the keys change).
+        self._verified: dict[str, Claims] = {}
         self._stamp: FileStamp = None
         self._next_check_at = 0.0
         self._refresh()
@@ -335,9 +338,30 @@ class TokenVerifier:
             if self._stamp is not None:
                 log.info("tokens.keys_reloaded", extra={"key_ids": sorted(keys)})
             self._stamp, self._keys = current, keys
+            # A key no longer trusted takes its tokens' verdicts with it.
+            self._verified = {}
 
     def verify(self, token: str) -> Claims:
+        """The claims of token if it is acceptable now; TokenRejected saying why if not.
+
+        A client sends the same token with every call until it renews it: its signature (most of
+        the cost) is checked the first time only, its terms and the revocation list every time."""
         self._refresh()
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_signed(token)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        now = time.time()
+        if now >= claims.expires_at.timestamp() + CLOCK_SKEW_S:
+            self._verified.pop(token, None)
+            raise TokenRejected("the token has expired")
+        if claims.token_id in self.revoked:
+            raise TokenRejected("the token has been revoked: get a new one")
+        return claims
+
+    def _verify_signed(self, token: str) -> Claims:
         try:
             key_id = jwt.get_unverified_header(token).get("kid")
         except jwt.DecodeError:
@@ -369,16 +393,13 @@ class TokenVerifier:
         if not isinstance(thumbprint, str) or not thumbprint:
             raise TokenRejected("the token is not bound to a certificate (no cnf x5t#S256): issue a new one")
         token_id = claims.get("jti")
-        token_id = token_id if isinstance(token_id, str) else ""
-        if token_id in self.revoked:
-            raise TokenRejected("the token has been revoked: get a new one")
         return Claims(
             subject=claims["sub"],
             scopes=frozenset(scope.split()),
             expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
             certificate_thumbprint=thumbprint,
             rate_limits=limits_from_claim(claims.get("rate_limits")),
-            token_id=token_id,
+            token_id=token_id if isinstance(token_id, str) else "",
         )
 
 
