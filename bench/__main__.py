@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import limits, machine, report, skeleton
+from bench import limits, machine, oauth, report, skeleton
 from bench.load import LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga.ops.checks import invariants
@@ -134,7 +134,9 @@ def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results = run_on_fast_loop(drive(cluster, arguments))
         print("waiting for every purchase to end, then checking the invariants ...", file=sys.stderr, flush=True)
         found = run_on_fast_loop(settle(cluster))
-    return report.build(machine.describe(REPO), raw, results, found)
+        print("measuring the token endpoint and the per-call token checks ...", file=sys.stderr, flush=True)
+        token_endpoint, checks = run_on_fast_loop(oauth.measure(cluster, work_dir, arguments.limits_duration_s))
+    return report.build(machine.describe(REPO), raw, results, found, oauth=(token_endpoint, checks))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

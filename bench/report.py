@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.limits import ECHO_RPC, JETSTREAM_PUBLISH, RawLimit
+from bench.oauth import CheckCost
 from bench.scenarios import ScenarioResult
 from bench.skeleton import NAME as SKELETON
 from paysaga.ops.checks.invariants import Report
@@ -28,7 +29,11 @@ def _ratio(sagas_per_s: float, limit_per_s: float) -> float | None:
 
 
 def build(
-    machine: dict[str, Any], raw: Sequence[RawLimit], results: Sequence[ScenarioResult], found: Report
+    machine: dict[str, Any],
+    raw: Sequence[RawLimit],
+    results: Sequence[ScenarioResult],
+    found: Report,
+    oauth: tuple[RawLimit, CheckCost] | None = None,
 ) -> dict[str, Any]:
     echo_per_s = max((limit.rate_per_s for limit in raw if limit.name == ECHO_RPC), default=0.0)
     publish_per_s = max((limit.rate_per_s for limit in raw if limit.name == JETSTREAM_PUBLISH), default=0.0)
@@ -42,12 +47,21 @@ def build(
             "sagas_per_skeleton_saga": _ratio(result.sagas_per_s, skeleton_per_s),
         }
         scenarios.append(entry)
-    return {
+    built = {
         "machine": machine,
         "raw_limits": [_limit(limit) for limit in raw],
         "scenarios": scenarios,
         "invariants": {"ok": found.ok, "violations": found.violations[:50], "payments": found.payments_by_status},
     }
+    if oauth is not None:
+        endpoint, checks = oauth
+        echo = next((limit for limit in raw if limit.name == ECHO_RPC), None)
+        built["oauth"] = {
+            "token_endpoint": _limit(endpoint),
+            "tokens_per_echo_rpc": _ratio(endpoint.rate_per_s, echo.rate_per_s) if echo else None,
+            "checks_per_call": checks.as_json(),
+        }
+    return built
 
 
 def clean(result: dict[str, Any]) -> bool:
@@ -131,6 +145,8 @@ def table(result: dict[str, Any]) -> str:
                 + [["total", f"{scenario['cpu_ms_per_saga']['total']:.2f}", ""]],
             )
         ]
+    if "oauth" in result:
+        lines += _oauth_lines(result["oauth"], machine["cpus"])
     invariants = result["invariants"]
     lines += [
         "",
@@ -138,3 +154,22 @@ def table(result: dict[str, Any]) -> str:
     ]
     lines += [f"  {violation}" for violation in invariants["violations"]]
     return "\n".join(lines)
+
+
+def _oauth_lines(oauth: dict[str, Any], cpus: int) -> list[str]:
+    endpoint, checks = oauth["token_endpoint"], oauth["checks_per_call"]
+    latency = endpoint["latency_ms"]
+    cpu_ms_per_token = 10 * sum(endpoint["cpu_percent"].values()) / endpoint["per_s"] if endpoint["per_s"] else 0.0
+    return [
+        "",
+        "OAuth",
+        f"  token endpoint      {endpoint['per_s']:.0f} tokens/s from {endpoint['concurrency']} clients  "
+        f"p50 {latency['p50_ms']:.2f} ms  p99 {latency['p99_ms']:.2f} ms  "
+        f"({oauth['tokens_per_echo_rpc']} tokens per echo RPC; "
+        f"authorization server {cpu_ms_per_token:.2f} ms CPU/token)",
+        f"  per call            {checks['client_token_us']:.1f} us to authorize a client's call (token, "
+        f"revocation list, certificate binding) vs {checks['service_identity_us']:.1f} us for one of our "
+        f"services: {checks['token_and_binding_us']:.1f} us of CPU per call for the token",
+        f"  first use           {checks['first_use_us']:.1f} us for a token's first call (its ES256 signature "
+        "and claims; remembered until it expires)",
+    ]

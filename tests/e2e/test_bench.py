@@ -42,9 +42,24 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
         assert outcomes.get("success->COMPLETED", 0) > 0
         latency = scenario["latency_ms"]
         assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
-        assert set(scenario["cpu_ms_per_saga"]) == {"nats", "payments", "inventory", "ledger", "bench", "total"}
+        assert set(scenario["cpu_ms_per_saga"]) == {
+            "nats",
+            "payments",
+            "inventory",
+            "ledger",
+            "auth",
+            "bench",
+            "total",
+        }
         assert all(value > 0 for value in scenario["peak_rss_mib"].values())
         assert scenario["ratios"]["sagas_per_echo_rpc"] > 0
         assert scenario["ratios"]["sagas_per_skeleton_saga"] > 0
     assert report["invariants"]["ok"], report["invariants"]["violations"]
+    oauth = report["oauth"]
+    endpoint = oauth["token_endpoint"]
+    assert endpoint["per_s"] > 0 and 0 < endpoint["latency_ms"]["p50_ms"] <= endpoint["latency_ms"]["p99_ms"]
+    assert endpoint["cpu_percent"]["auth"] > 0
+    checks = oauth["checks_per_call"]
+    assert 0 < checks["service_identity_us"] and 0 < checks["client_token_us"] and 0 < checks["first_use_us"]
+    assert "token endpoint" in finished.stdout
     assert "completed sagas/s" in finished.stdout and "Raw limits of this machine" in finished.stdout
