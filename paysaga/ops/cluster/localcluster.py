@@ -538,6 +538,11 @@ def summary(cluster: LocalCluster) -> str:
         "paysaga local cluster is up; every service reports SERVING over mTLS.",
         f"  nats       {cluster.nats_url}   (JetStream, fsync before ack)",
         *(f"  {service:<10} {cluster.targets(service)}" for service in cluster.services),
+        *(
+            [f"  oauth      {cluster.oauth_issuer}/oauth2/token   (OAuth 2.0 token endpoint, mTLS)"]
+            if AUTHORIZATION_SERVER in cluster.services
+            else []
+        ),
         "",
         f"Clients connect with mutual TLS using a certificate from {cluster.certs_dir}:",
         f"  CA certificate      {ops.ca_file}",
