@@ -11,7 +11,6 @@ import asyncio
 from pathlib import Path
 
 from paysaga.runtime.messaging.consumer import Subscription
-from paysaga.runtime.security import tls
 from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
 from paysaga.runtime.service_process import ServiceDefinition, Worker
 from paysaga.runtime.settings import ServiceSettings
@@ -38,8 +37,7 @@ def https_worker(settings: ServiceSettings, database: Database[AuthUnit]) -> Wor
     host, _, port = options["https_bind"].rpartition(":")
 
     async def serve(stop: asyncio.Event) -> None:
-        context = tls.server_ssl_context(settings.tls)
-        await http_api.serve_https(endpoints.application(), host, int(port), context, stop)
+        await http_api.serve_https(endpoints.application(), host, int(port), settings.tls, stop)
 
     return serve
 

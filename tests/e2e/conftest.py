@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from paysaga.ops.cluster.localcluster import SERVICES, ClusterPorts, LocalCluster
+from paysaga.ops.cluster.localcluster import AUTHORIZATION_SERVER, SERVICES, ClusterPorts, LocalCluster
 from paysaga.ops.cluster.postgres import ThrowawayPostgres
 from tests.e2e.shop import Shop
 
@@ -44,16 +44,16 @@ def backend_cluster(
 ) -> Iterator[LocalCluster]:
     """A running cluster for the backend the fixture's parameter names: "sqlite" (one process per
     service) or "postgresql-2-replicas" (a database per service on the session's throwaway
-    PostgreSQL server, two processes per service)."""
-    environment: dict[str, dict[str, str]] = {service: {} for service in SERVICES}
+    PostgreSQL server, two processes per service of the saga, one authorization server)."""
+    environment: dict[str, dict[str, str]] = {service: {} for service in (*SERVICES, AUTHORIZATION_SERVER)}
     environment["payments"].update(payments_settings)
     replicas = {}
     if request.param.startswith("postgresql"):
         postgres: ThrowawayPostgres = request.getfixturevalue("postgres")
-        for service in SERVICES:
+        for service in (*SERVICES, AUTHORIZATION_SERVER):
             database = postgres.create_database(f"{service}_{uuid.uuid4().hex[:8]}")
             environment[service]["PAYSAGA_DATABASE_URL"] = database
-            replicas[service] = 2
+        replicas = dict.fromkeys(SERVICES, 2)
     with LocalCluster(state_dir, certs_dir, ClusterPorts.free(), environment=environment, replicas=replicas) as running:
         yield running
 

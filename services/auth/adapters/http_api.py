@@ -17,7 +17,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +33,10 @@ from paysaga.events.v1 import events_pb2
 from paysaga.runtime.files import FileStamp, file_stamp
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.revocation import RevocationList
+from paysaga.runtime.settings import TlsFiles
+from paysaga.runtime.storage.database import is_retryable, is_unavailable
 from paysaga.runtime.storage.unit_of_work import Database
+from paysaga.runtime.tasks import sleep_or_stop
 from services.auth.adapters.oauth import (
     AUTH_METHOD,
     GRANT_TYPES,
@@ -190,6 +192,18 @@ class AuthorizationEndpoints:
                 },
             )
             return _json(refused.status, {"error": refused.error, "error_description": str(refused)})
+        except web.HTTPException:
+            raise
+        except Exception as error:
+            # Nothing was committed (each request commits once, at its end). A database outage is
+            # worth retrying; anything else is our fault, logged in full.
+            if is_unavailable(error) or is_retryable(error):
+                log.warning("oauth.unavailable", extra={"path": request.path, "error": repr(error)})
+                response = _json(503, {"error": "temporarily_unavailable", "error_description": "try again shortly"})
+                response.headers["Retry-After"] = "1"
+                return response
+            log.exception("oauth.failed", extra={"path": request.path, "peer_address": request.remote})
+            return _json(500, {"error": "server_error", "error_description": "the server could not answer"})
 
     async def token(self, request: web.Request) -> web.StreamResponse:
         return await self._decide("token", request)
@@ -346,14 +360,24 @@ def server_metadata(issuer: str) -> dict[str, Any]:
     }
 
 
-async def serve_https(app: web.Application, host: str, port: int, context: ssl.SSLContext, stop: asyncio.Event) -> None:
-    """Serve app on host:port over mutual TLS until stop is set."""
+async def serve_https(app: web.Application, host: str, port: int, files: TlsFiles, stop: asyncio.Event) -> None:
+    """Serve app on host:port over mutual TLS until stop is set, with this service's certificate
+    and trust bundle followed across rotations (new handshakes use the new files)."""
+    watcher = tls.CertificateWatcher(files)
+    context = tls.server_ssl_context(files)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=5.0)
         await site.start()
         log.info("oauth.ready", extra={"https_bind": f"{host}:{port}"})
-        await stop.wait()
+        while not stop.is_set():
+            await sleep_or_stop(stop, watcher.check_interval_s)
+            if watcher.poll() is not None:
+                # A trust bundle only grows this way: a CA dropped by a rollover stays trusted
+                # here until the next restart (its certificates are expired or revoked by then).
+                context.load_cert_chain(str(files.cert_file), str(files.key_file))
+                context.load_verify_locations(cafile=str(files.ca_file))
+                log.info("oauth.certificate_reloaded", extra=watcher.material.describe())
     finally:
         await runner.cleanup()
