@@ -246,7 +246,7 @@ def test_a_token_verified_once_is_still_refused_once_expired_or_revoked(
     assert check.verify(token) == claims  # the second time from what the first verified
 
     later = claims.expires_at.timestamp() + tokens.CLOCK_SKEW_S + 1
-    monkeypatch.setattr(tokens.time, "time", lambda: later)
+    monkeypatch.setattr("paysaga.runtime.security.tokens.time.time", lambda: later)
     with pytest.raises(TokenRejected, match="expired"):
         check.verify(token)
     monkeypatch.undo()
