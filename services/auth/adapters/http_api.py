@@ -365,10 +365,10 @@ async def serve_https(app: web.Application, host: str, port: int, files: TlsFile
     and trust bundle followed across rotations (new handshakes use the new files)."""
     watcher = tls.CertificateWatcher(files)
     context = tls.server_ssl_context(files)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=5.0)
+        site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
         log.info("oauth.ready", extra={"https_bind": f"{host}:{port}"})
         while not stop.is_set():
