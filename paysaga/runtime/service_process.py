@@ -26,7 +26,7 @@ from paysaga.runtime.logs import configure_logging
 from paysaga.runtime.messaging import streams
 from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.runtime.messaging.relay import OutboxRelay
-from paysaga.runtime.messaging.revocations import follow_revocations
+from paysaga.runtime.messaging.revocations import RevocationFollower
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.ratelimit import RateLimiter
 from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
@@ -86,6 +86,9 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
         jetstream = nats_client.jetstream()
         for stream in streams.owned_streams(settings.service):
             await streams.ensure_stream(jetstream, stream, settings.stream_replicas)
+        # Every token revoked so far is known before the first call is served.
+        revocations = RevocationFollower(jetstream, revoked)
+        await revocations.catch_up()
         relay = OutboxRelay(store, jetstream, streams.owned_streams(settings.service), settings.stream_replicas)
         consumers = [
             EventConsumer(settings.service, jetstream, store, subscription, definition.handlers)
@@ -104,7 +107,7 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
         loops: list[tuple[str, Worker]] = [
             ("outbox-relay", relay.run),
             ("nats-certificate", lambda stop: streams.follow_certificate(client, certificate, stop)),
-            ("token-revocations", lambda stop: follow_revocations(jetstream, revoked, stop)),
+            ("token-revocations", revocations.run),
         ]
         loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
         loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]

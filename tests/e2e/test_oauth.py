@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import grpc
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client
 
+from paysaga.ops.client import oauth
 from paysaga.ops.cluster.localcluster import LocalCluster
 from paysaga.ops.pki import authority, revocation
 from paysaga.ops.pki.authority import Kind
@@ -253,6 +256,22 @@ def test_the_cli_gets_and_refreshes_its_own_token(cluster: LocalCluster, tmp_pat
     refreshed = listed()
     assert refreshed["access_token"] != first["access_token"]
     assert refreshed["refresh_token"] != first["refresh_token"]
+    # Several commands at once with a token about to expire: one refreshes, the others use its
+    # token (two refreshes with one refresh token would revoke the family as a theft).
+    refreshed["expires_at"] = 0
+    files.cert_file.with_suffix(".oauth.json").write_text(json.dumps(refreshed))
+    barrier = threading.Barrier(4)
+
+    def renew() -> str:
+        barrier.wait()
+        return oauth.access_token(cluster.oauth_issuer, files)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        tokens_got = list(pool.map(lambda _: renew(), range(4)))
+    assert len(set(tokens_got)) == 1  # one refresh; the others took its token
+    reused = [line for line in cluster.log_path("auth").read_text().splitlines() if "refresh_token_reused" in line]
+    assert not [line for line in reused if f"client/{client.name}" in line]
+    refreshed = json.loads(files.cert_file.with_suffix(".oauth.json").read_text())
     # Its refresh token revoked: the CLI starts a new grant rather than fail.
     assert curl(cluster, files, "/oauth2/revoke", f"token={refreshed['refresh_token']}") == (200, {})
     refreshed["expires_at"] = 0

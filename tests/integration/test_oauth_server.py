@@ -179,3 +179,48 @@ async def test_a_database_outage_is_503_temporarily_unavailable(server: Server) 
     )
     status, body = await server.post(files, "/oauth2/token", {"grant_type": "client_credentials"})
     assert (status, body["error"]) == (503, "temporarily_unavailable")
+
+
+async def test_odd_input_is_a_clear_400(server: Server) -> None:
+    files = await server.register("shop")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, body = await server.post(files, "/oauth2/token", b"grant_type=client_credentials&x=\xff\xfe", headers=form)
+    assert (status, body["error"]) == (400, "invalid_request")  # not UTF-8
+    status, body = await server.post(files, "/oauth2/token", {"scope": "payments:read"})
+    assert (status, body["error"]) == (400, "invalid_request")  # no grant_type
+    status, body = await server.post(files, "/oauth2/revoke", {"token": "x", "token_type_hint": "id_token"})
+    assert (status, body["error"]) == (400, "unsupported_token_type")
+
+
+async def test_a_narrower_refresh_keeps_the_refresh_tokens_scope(server: Server) -> None:
+    async with server.store.transaction() as unit:
+        await unit.auth.save_client(
+            RegisteredClient("shop", frozenset({"payments:read", "payments:write"}), refresh_tokens=True)
+        )
+    files = server.client("shop")
+    _, first = await server.post(files, "/oauth2/token", {"grant_type": "client_credentials"})
+    refresh = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"], "scope": "payments:read"}
+    status, narrow = await server.post(files, "/oauth2/token", refresh)
+    assert (status, narrow["scope"]) == (200, "payments:read")
+    # RFC 6749 section 6: the new refresh token has the scope of the one it replaced.
+    refresh = {"grant_type": "refresh_token", "refresh_token": narrow["refresh_token"]}
+    status, wide = await server.post(files, "/oauth2/token", refresh)
+    assert status == 200, wide
+    assert set(wide["scope"].split()) == {"payments:read", "payments:write"}
+
+
+async def test_a_revoked_refresh_token_is_refused_without_a_theft_alarm(server: Server) -> None:
+    files = await server.register("shop", refresh=True)
+    _, first = await server.post(files, "/oauth2/token", {"grant_type": "client_credentials"})
+    _, second = await server.post(files, "/oauth2/token", {"grant_type": "client_credentials"})
+    assert await server.post(files, "/oauth2/revoke", {"token": first["refresh_token"]}) == (200, {})
+    status, body = await server.post(
+        files, "/oauth2/token", {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+    )
+    assert (status, body["error"]) == (400, "invalid_grant")
+    assert "used before" not in body.get("error_description", "")
+    # Another grant's tokens are not touched.
+    status, body = await server.post(
+        files, "/oauth2/token", {"grant_type": "refresh_token", "refresh_token": second["refresh_token"]}
+    )
+    assert status == 200, body

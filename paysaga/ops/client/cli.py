@@ -348,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except grpc.aio.AioRpcError as error:
         print(f"paysaga: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() == grpc.StatusCode.UNAUTHENTICATED and args.oauth_url and not os.environ.get("PAYSAGA_TOKEN"):
+            oauth.forget(TlsFiles(args.cert, args.key, args.ca))
+            print("paysaga: dropped the cached token; the next command gets a new one", file=sys.stderr)
         return 1
     except ValueError as error:
         print(f"paysaga: {error}", file=sys.stderr)

@@ -9,8 +9,12 @@ one when a refresh is refused. The OAuth client is Authlib's.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from authlib.integrations.httpx_client import OAuth2Client
 from paysaga.core.identity import CLIENT_PREFIX
 from paysaga.runtime.files import write_file
 from paysaga.runtime.security import tls
+from paysaga.runtime.security.tokens import thumbprint_of
 from paysaga.runtime.settings import TlsFiles
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a path, not a password
@@ -37,12 +42,21 @@ def cache_path(files: TlsFiles) -> Path:
     return files.cert_file.with_suffix(".oauth.json")
 
 
-def _read_cache(path: Path, issuer: str) -> dict[str, Any]:
+def _read_cache(path: Path, issuer: str, thumbprint: str) -> dict[str, Any]:
+    """The cached token, if it is the issuer's and bound to this very certificate (not to the one
+    it replaced)."""
     try:
         cached = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return {}
-    return cached if isinstance(cached, dict) and cached.get("issuer") == issuer else {}
+    if not isinstance(cached, dict) or cached.get("issuer") != issuer or cached.get("x5t#S256") != thumbprint:
+        return {}
+    return cached
+
+
+def forget(files: TlsFiles) -> None:
+    """Drop the cached token (refused by a service: revoked, or its client's registration changed)."""
+    cache_path(files).unlink(missing_ok=True)
 
 
 def access_token(issuer: str, files: TlsFiles, *, now: float | None = None) -> str:
@@ -54,12 +68,46 @@ def access_token(issuer: str, files: TlsFiles, *, now: float | None = None) -> s
 
 
 def _access_token(issuer: str, files: TlsFiles, now: float) -> str:
+    material = tls.read_tls_files(files)
+    thumbprint = thumbprint_of(material.certificate)
     path = cache_path(files)
-    cached = _read_cache(path, issuer)
-    if cached.get("access_token") and float(cached.get("expires_at", 0)) - RENEW_BEFORE_S > now:
-        return str(cached["access_token"])
+    # One process at a time renews: two refreshing with one refresh token would look like a
+    # stolen token to the server, which then revokes them both.
+    with _locked(path.with_suffix(".lock")):
+        cached = _read_cache(path, issuer, thumbprint)
+        if cached.get("access_token") and float(cached.get("expires_at", 0)) - RENEW_BEFORE_S > now:
+            return str(cached["access_token"])
+        token = _renewed(issuer, files, material.identity, cached)
+        record = {
+            "issuer": issuer,
+            "x5t#S256": thumbprint,
+            "access_token": token["access_token"],
+            "expires_at": now + float(token.get("expires_in", 0)),
+            "refresh_token": token.get("refresh_token", ""),
+        }
+        with contextlib.suppress(OSError):  # a read-only certificate directory: no cache, a token per run
+            write_file(path, (json.dumps(record) + "\n").encode(), 0o600)
+    return str(token["access_token"])
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # a read-only certificate directory: nothing cached, nothing to guard
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _renewed(issuer: str, files: TlsFiles, identity: str, cached: dict[str, Any]) -> dict[str, Any]:
+    """A new token: by the cached refresh token if there is one and it is still good, else by a
+    new client_credentials grant."""
     endpoint = issuer.rstrip("/") + TOKEN_PATH
-    identity = tls.read_tls_files(files).identity
     if not identity.startswith(CLIENT_PREFIX):
         raise TokenUnavailable(f"{files.cert_file} is not a client certificate (no {CLIENT_PREFIX}<name> identity)")
     with OAuth2Client(
@@ -80,11 +128,4 @@ def _access_token(issuer: str, files: TlsFiles, now: float) -> str:
                 token = dict(session.fetch_token(endpoint, grant_type="client_credentials"))
             except OAuthError as error:
                 raise TokenUnavailable(f"{endpoint} refused a token: {error.error} {error.description or ''}") from None
-    record = {
-        "issuer": issuer,
-        "access_token": token["access_token"],
-        "expires_at": now + float(token.get("expires_in", 0)),
-        "refresh_token": token.get("refresh_token", ""),
-    }
-    write_file(path, (json.dumps(record) + "\n").encode(), 0o600)
-    return str(token["access_token"])
+    return token

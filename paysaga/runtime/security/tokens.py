@@ -163,7 +163,11 @@ def public_jwk(private_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
 
 
 def load_signing_key(ca_dir: Path) -> ec.EllipticCurvePrivateKey:
-    path = ca_dir / SIGNING_KEY_FILE
+    return read_signing_key(ca_dir / SIGNING_KEY_FILE)
+
+
+def read_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The P-256 private key in the PEM file path."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
@@ -347,12 +351,13 @@ class TokenVerifier:
         A client sends the same token with every call until it renews it: its signature (most of
         the cost) is checked the first time only, its terms and the revocation list every time."""
         self._refresh()
-        claims = self._verified.get(token)
+        verified = self._verified  # a key change replaces it: a verdict reached before goes with the old one
+        claims = verified.get(token)
         if claims is None:
             claims = self._verify_signed(token)
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                self._verified.clear()
-            self._verified[token] = claims
+            if len(verified) >= VERIFIED_CACHE_SIZE:
+                verified.clear()
+            verified[token] = claims
         now = time.time()
         if now >= claims.expires_at.timestamp() + CLOCK_SKEW_S:
             self._verified.pop(token, None)

@@ -220,6 +220,12 @@ class RefreshTokenGrant(_ScopeChecked, grants.RefreshTokenGrant):  # type: ignor
     TOKEN_ENDPOINT_AUTH_METHODS = [AUTH_METHOD]  # noqa: RUF012 - Authlib's class attribute
     INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: every refresh token is good for one use
 
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        client, presented = self.request.exchange.client, self.request.exchange.presented
+        if client is not None and presented is not None and not set(presented.scope.split()) & client.scopes:
+            raise InvalidScopeError(description="the client is no longer registered for any scope of this token")
+
     def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
         exchange = self.request.exchange
         presented = exchange.presented
@@ -345,10 +351,13 @@ class AuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
         exchange = request.exchange
         client = exchange.client
         assert client is not None  # only a registered client gets this far
-        rotated = exchange.rotated or exchange.presented
-        family = rotated.family_id if rotated is not None and request.payload.grant_type == GRANT_REFRESH_TOKEN else ""
-        family = family or str(uuid.uuid4())
+        # Authlib saves the new token before it rotates the old one: the one presented is it.
+        rotated = exchange.presented if request.payload.grant_type == GRANT_REFRESH_TOKEN else None
+        family = rotated.family_id if rotated is not None else str(uuid.uuid4())
         scope = token.get("scope", "")
+        # RFC 6749 section 6: a new refresh token has the scope of the one it replaces (what the
+        # registration still allows), whatever narrower scope the access token was asked for.
+        refresh_scope = " ".join(sorted(set(rotated.scope.split()) & client.scopes)) if rotated is not None else scope
         claims = json.loads(_payload_of(token["access_token"]))
         exchange.issued.append(
             IssuedToken(
@@ -368,7 +377,7 @@ class AuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
                     kind=REFRESH_TOKEN,
                     key=refresh_token_hash(token["refresh_token"]),
                     client_id=client.client_id,
-                    scope=scope,
+                    scope=refresh_scope,
                     family_id=family,
                     certificate_thumbprint=exchange.peer.certificate_thumbprint,
                     issued_at=exchange.now,

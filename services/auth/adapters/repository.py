@@ -109,17 +109,24 @@ class AuthRepository(Repository):
 
     async def revoke(self, condition: sa.ColumnElement[bool]) -> list[IssuedToken]:
         """Revoke the tokens that match condition and are not revoked yet; the access tokens among
-        them that have not expired (which the services must be told of)."""
+        them that have not expired (which the services must be told of).
+
+        Until a pass finds nothing more: on PostgreSQL a pass that waited for a concurrent refresh
+        of the same family does not see the tokens that refresh inserted; the next pass does."""
         now = self._unit.now()
         live = tokens.c.revoked_at.is_(None)
-        rows = await self._connection.execute(sa.select(tokens).where(condition, live).with_for_update())
-        revoked = [_token_from_row(row) for row in rows]
-        if revoked:
+        revoked: list[IssuedToken] = []
+        while True:
+            rows = await self._connection.execute(sa.select(tokens).where(condition, live).with_for_update())
+            found = [_token_from_row(row) for row in rows]
+            if not found:
+                break
             await self._connection.execute(
                 tokens.update()
-                .where(tokens.c.token_key.in_([token.key for token in revoked]), live)
+                .where(tokens.c.token_key.in_([token.key for token in found]), live)
                 .values(revoked_at=now)
             )
+            revoked += found
         return [token for token in revoked if token.kind == ACCESS_TOKEN and token.expires_at > now]
 
     async def revoke_token(self, key: str) -> list[IssuedToken]:
