@@ -1,5 +1,6 @@
-# One image for every paysaga container: the CA script, nats-server, the three services and the
-# ops client. Built once by docker compose (the "certs" service builds it; the others reuse it).
+# One image for every paysaga container: the CA script, nats-server, the three services, the OAuth
+# authorization server (auth) and the ops client. Built once by docker compose (the "certs"
+# service builds it; the others reuse it).
 #
 # BASE_IMAGE is any Debian-based image with Python 3.11+ and pip on PATH: python:3.11-slim where
 # a registry is reachable, or the one `python3 scripts/dev.py compose-test` builds from Debian
@@ -21,7 +22,8 @@ RUN groupadd --system --gid 10001 paysaga \
     && useradd --system --uid 10001 --gid paysaga --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin paysaga \
     && mkdir -p /certs /ca /data \
-        /export/nats /export/payments /export/inventory /export/ledger /export/ops /export/postgres \
+        /export/nats /export/payments /export/inventory /export/ledger /export/auth /export/ops \
+        /export/postgres \
     && chown -R paysaga:paysaga /certs /ca /data /export
 
 WORKDIR /app

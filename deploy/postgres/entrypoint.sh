@@ -10,7 +10,9 @@
 # that was cut short is finished by the next one.
 set -eu
 
-services="payments inventory ledger"
+services="payments inventory ledger auth"
+# Lists the services whose role and database exist: a service added later (auth was) gets its own
+# at the next start of an existing server.
 initialized="$PGDATA/paysaga-initialized"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -40,12 +42,13 @@ ssl_ca_file = '/certs/ca.crt'
 ssl_min_protocol_version = 'TLSv1.2'
 fsync = on
 synchronous_commit = on
-max_connections = 200
+# Each service process pools up to 30 connections: 4 services x 2 replicas, paysaga-oauth and room.
+max_connections = 300
 CONF
 grep -q "^include 'paysaga.conf'" "$PGDATA/postgresql.conf" \
     || echo "include 'paysaga.conf'" >> "$PGDATA/postgresql.conf"
 
-if [ ! -e "$initialized" ]; then
+if [ "$(cat "$initialized" 2>/dev/null)" != "$services" ]; then
     pg_ctl --pgdata="$PGDATA" --options="-c listen_addresses=''" --wait start
     for service in $services; do
         psql --host=/tmp --dbname=postgres --quiet --set=ON_ERROR_STOP=1 <<SQL
@@ -56,7 +59,7 @@ REVOKE ALL ON DATABASE $service FROM PUBLIC;
 SQL
     done
     pg_ctl --pgdata="$PGDATA" --mode=fast --wait stop
-    touch "$initialized"
+    echo "$services" > "$initialized"
 fi
 
 exec postgres -D "$PGDATA"

@@ -14,7 +14,11 @@ import pytest
 
 from paysaga.ops.client.healthcheck import default_client_tls
 from paysaga.ops.cluster import natsconf
+from paysaga.runtime.security import tokens
 from paysaga.runtime.settings import load_settings
+from services.auth import clients_cli
+from services.auth.config import OPTIONS as AUTH_OPTIONS
+from services.auth.config import https_url
 from tests.unit.compose_files import (
     DEFAULT_FILES,
     PRODUCTION_FILES,
@@ -27,7 +31,12 @@ from tests.unit.compose_files import (
     outside_mounts,
 )
 
-SERVICES = ("payments", "inventory", "ledger")
+# The purchase saga's services, which the ops client calls; and every service, the OAuth
+# authorization server (auth) included.
+SAGA_SERVICES = ("payments", "inventory", "ledger")
+SERVICES = (*SAGA_SERVICES, "auth")
+# What the host reaches, on 127.0.0.1: the payments API, and the authorization server's HTTPS endpoints.
+PUBLISHED = {"payments": "50051", "auth": "8443"}
 PROFILES = {"default": DEFAULT_FILES, "production": PRODUCTION_FILES}
 
 
@@ -52,10 +61,15 @@ def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
+def environment_of(spec: dict[str, Any]) -> dict[str, str]:
+    return {key: str(value) for key, value in spec["environment"].items()}
+
+
 def files_read_by(name: str, spec: dict[str, Any]) -> list[Path]:
-    """Every file a service process resolves from its settings, and what its health check reads."""
-    environment = {key: str(value) for key, value in spec["environment"].items()}
-    settings = load_settings(name, argv=[], environ=environment)
+    """Every file a service process resolves from its settings (the authorization server's own
+    among them), and what its health check reads."""
+    environment = environment_of(spec)
+    settings = load_settings(name, argv=[], environ=environment, options=AUTH_OPTIONS if name == "auth" else ())
     health = default_client_tls(environment)
     paths = [
         settings.tls.cert_file,
@@ -68,11 +82,13 @@ def files_read_by(name: str, spec: dict[str, Any]) -> list[Path]:
     ]
     if settings.database_url.startswith("sqlite"):
         paths.append(Path(settings.database_url.split(":///", 1)[1]))
+    if name == "auth":
+        paths.append(Path(settings.options["signing_key"]))
     paths += [Path(environment[key]) for key in ("PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY") if key in environment]
     return paths
 
 
-def test_the_default_cluster_is_the_cert_job_nats_the_three_services_and_the_ops_client(
+def test_the_default_cluster_is_the_cert_job_nats_the_services_the_authorization_server_and_the_ops_client(
     default: dict[str, Any],
 ) -> None:
     assert set(default["services"]) == {"certs", "nats", *SERVICES, "ops"}
@@ -103,6 +119,62 @@ def test_a_service_writes_its_database_to_a_writable_volume_and_nothing_else(def
         assert spec["environment"]["PAYSAGA_DATABASE_URL"] == f"sqlite+aiosqlite:////data/{name}.db"
 
 
+def writable_mount_holds(path: Path, spec: dict[str, Any]) -> bool:
+    """Whether a volume mounted writable (not :ro) or a tmpfs of the container holds path."""
+    writable = [volume.split(":")[1] for volume in spec.get("volumes", []) if not volume.endswith(":ro")]
+    return any(path.is_relative_to(target) for target in [*writable, *spec.get("tmpfs", [])])
+
+
+def test_ops_register_oauth_clients_in_the_authorization_servers_own_database(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docker compose exec auth paysaga-oauth register ...` runs with the container's environment,
+    on its read-only root file system: it must find the server's database, not its default under
+    the image's working directory."""
+    auth = service(cluster, "auth")
+    for key, value in environment_of(auth).items():
+        monkeypatch.setenv(key, value)
+
+    url = clients_cli._parser().parse_args(["list"]).database_url
+
+    assert url == auth["environment"]["PAYSAGA_DATABASE_URL"] != clients_cli.DEFAULT_DATABASE_URL
+    if url.startswith("sqlite"):
+        assert writable_mount_holds(Path(url.split(":///", 1)[1]), auth)
+    else:
+        assert url.startswith("postgresql+asyncpg://auth@postgres:5432/auth?")
+
+
+def test_the_authorization_server_signs_with_the_key_only_its_own_volume_holds(cluster: dict[str, Any]) -> None:
+    auth = service(cluster, "auth")
+    signing_key = Path(auth["environment"]["PAYSAGA_TOKEN_SIGNING_KEY"])
+
+    assert signing_key.name == tokens.SIGNING_KEY_FILE
+    assert outside_mounts([signing_key], auth) == []
+    assert "auth-certs:/certs:ro" in auth["volumes"]
+    for name, spec in cluster["services"].items():
+        if name != "auth":
+            assert "PAYSAGA_TOKEN_SIGNING_KEY" not in spec.get("environment", {}), name
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("port", [None, "9443"])
+def test_every_service_accepts_the_tokens_of_ops_and_of_the_authorization_server_at_its_published_url(
+    profile: str, port: str | None
+) -> None:
+    compose = load(PROFILES[profile], {"PAYSAGA_OAUTH_PORT": port} if port else {})
+    auth = service(compose, "auth")
+    issuer = https_url(auth["environment"]["PAYSAGA_OAUTH_ISSUER"])
+    published = [mapping for spec in compose["services"].values() for mapping in spec.get("ports", [])]
+
+    # The URL clients on the host reach it by: its certificate names localhost, on the published port.
+    assert issuer == f"https://localhost:{port or PUBLISHED['auth']}"
+    assert f"127.0.0.1:{port or PUBLISHED['auth']}:{PUBLISHED['auth']}" in published
+    assert auth["environment"]["PAYSAGA_HTTPS_BIND"] == f"0.0.0.0:{PUBLISHED['auth']}"
+    for name in SERVICES:
+        settings = load_settings(name, argv=[], environ=environment_of(service(compose, name)))
+        assert settings.token_issuers == (tokens.DEFAULT_ISSUER, issuer), name
+
+
 def test_nats_reads_its_certificates_and_keeps_its_streams_in_its_volumes(default: dict[str, Any]) -> None:
     nats = service(default, "nats")
     config_mount = next(volume for volume in nats["volumes"] if volume.startswith("./deploy/nats/nats.conf:"))
@@ -123,12 +195,16 @@ def test_nats_reads_its_certificates_and_keeps_its_streams_in_its_volumes(defaul
     assert outside_mounts([health.cert_file, health.key_file, health.ca_file], nats) == []
 
 
-def test_only_payments_is_published_on_loopback_with_a_configurable_port() -> None:
+def test_only_payments_and_the_authorization_server_are_published_on_loopback_with_configurable_ports() -> None:
     published = {name: spec["ports"] for name, spec in load(DEFAULT_FILES)["services"].items() if spec.get("ports")}
-    moved = load(DEFAULT_FILES, {"PAYSAGA_PAYMENTS_PORT": "6051"})
+    moved = load(DEFAULT_FILES, {"PAYSAGA_PAYMENTS_PORT": "6051", "PAYSAGA_OAUTH_PORT": "6443"})
+    exposed = load(DEFAULT_FILES, {"PAYSAGA_OAUTH_ADDRESS": "192.0.2.10"})
 
-    assert published == {"payments": ["127.0.0.1:50051:50051"]}
+    assert published == {name: [f"127.0.0.1:{port}:{port}"] for name, port in PUBLISHED.items()}
     assert service(moved, "payments")["ports"] == ["127.0.0.1:6051:50051"]
+    assert service(moved, "auth")["ports"] == ["127.0.0.1:6443:8443"]
+    assert service(exposed, "auth")["ports"] == ["192.0.2.10:8443:8443"]
+    assert service(exposed, "payments")["ports"] == ["127.0.0.1:50051:50051"]
     assert all("expose" not in spec for spec in load(DEFAULT_FILES)["services"].values())
 
 
@@ -139,7 +215,8 @@ def test_everything_but_the_entry_point_lives_only_on_the_internal_network(clust
     assert service(cluster, "certs")["network_mode"] == "none"
     on_edge = {name for name, spec in cluster["services"].items() if "edge" in spec.get("networks", [])}
     published = {name for name, spec in cluster["services"].items() if spec.get("ports")}
-    assert on_edge == published and len(published) == 1
+    # payments and auth themselves, or the proxy in front of their replicas.
+    assert on_edge == published and published in ({"payments", "auth"}, {"edge"})
     assert cluster["networks"]["edge"].get("internal") is not True
 
 
@@ -173,7 +250,8 @@ def test_the_ops_client_reads_only_the_ops_files_and_reaches_the_services_inside
     assert ops["volumes"] == ["ops-certs:/certs:ro"] and ops["read_only"] is True
     assert outside_mounts([files.cert_file, files.key_file, files.cert_file.with_suffix(".token")], ops) == []
     assert files.cert_file.name == "ops.crt"
-    assert {environment[f"PAYSAGA_{name.upper()}_TARGET"] for name in SERVICES} == {f"{n}:50051" for n in SERVICES}
+    targets = {environment[f"PAYSAGA_{name.upper()}_TARGET"] for name in SAGA_SERVICES}
+    assert targets == {f"{name}:50051" for name in SAGA_SERVICES}
 
 
 def test_the_image_is_built_once_from_a_configurable_base_without_certificates(cluster: dict[str, Any]) -> None:
@@ -230,17 +308,25 @@ def test_production_runs_two_replicas_of_each_service_on_postgresql(production: 
         assert "PASSWORD" not in " ".join(environment), name
 
 
-def test_production_publishes_only_the_proxy_in_front_of_payments(production: dict[str, Any]) -> None:
+def test_production_publishes_only_the_proxy_in_front_of_payments_and_the_authorization_server(
+    production: dict[str, Any],
+) -> None:
     published = {name: spec["ports"] for name, spec in production["services"].items() if spec.get("ports")}
     edge = service(production, "edge")
     config = (REPO / "deploy" / "edge" / "haproxy.cfg").read_text()
+    # Each section's name, and the address it binds (a frontend) or the replicas it sends to (a backend).
+    frontends = dict(re.findall(r"^frontend (\w+)\n(?:[ \t]+.*\n)*?[ \t]+bind (\S+)", config, re.MULTILINE))
+    backends = dict(re.findall(r"^backend (\w+)\n(?:[ \t]+.*\n)*?[ \t]+server-template \w+ \d+ (\S+)", config, re.M))
 
-    assert published == {"edge": ["127.0.0.1:50051:50051"]}
-    assert service(production, "payments")["networks"] == ["internal"]
-    assert edge["depends_on"]["payments"]["condition"] == "service_healthy"
-    assert "bind :50051" in config and "payments:50051" in config and "mode tcp" in config
-    # Healthy only while HAProxy sees a payments replica up, through its monitor on loopback.
-    assert "monitor fail if { nbsrv(payments) lt 1 }" in config and "bind 127.0.0.1:8405" in config
+    assert published == {"edge": [f"127.0.0.1:{port}:{port}" for port in PUBLISHED.values()]}
+    assert "mode tcp" in config, "TLS passes through: clients do mutual TLS with the replicas themselves"
+    for name, port in PUBLISHED.items():
+        assert service(production, name)["networks"] == ["internal"], name
+        assert edge["depends_on"][name]["condition"] == "service_healthy", name
+        assert (frontends[name], backends[name]) == (f":{port}", f"{name}:{port}"), name
+    # Healthy only while HAProxy sees a replica of each up, through its monitor on loopback.
+    assert "monitor fail if { nbsrv(payments) lt 1 } || { nbsrv(auth) lt 1 }" in config
+    assert frontends["health"] == "127.0.0.1:8405"
     assert "/dev/tcp/127.0.0.1/8405" in edge["healthcheck"]["test"][-1]
 
 
@@ -252,7 +338,7 @@ def test_postgres_takes_only_certificates_and_each_role_only_its_own_database(pr
     assert postgres["stop_signal"] == "SIGINT", "fast shutdown, not a wait for pooled connections"
     assert "postgres-certs:/certs:ro" in postgres["volumes"]
     assert "postgres-certs:/export/postgres" in service(production, "certs")["volumes"]
-    assert "--services=nats,payments,inventory,ledger,postgres" in service(production, "certs")["command"]
+    assert "--services=nats,payments,inventory,ledger,auth,postgres" in service(production, "certs")["command"]
     assert postgres["healthcheck"]["test"][1] == "pg_isready"
     assert 'echo "hostssl $service $service all cert clientname=DN map=services"' in entrypoint
     assert "--auth-host=reject" in entrypoint and "ssl = on" in entrypoint

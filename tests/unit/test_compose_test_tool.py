@@ -4,12 +4,17 @@ and that its checks fail when what they check is wrong."""
 from __future__ import annotations
 
 import datetime as dt
+import http.server
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +26,11 @@ from cryptography import x509
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.ops.compose import checks, engine, host, images
 from paysaga.ops.compose.__main__ import Interrupts
+from paysaga.ops.compose.project import PRODUCTION, Topology
 from paysaga.ops.pki import authority
 from paysaga.payments.v1 import payments_pb2
+from paysaga.runtime.security import tls
+from paysaga.runtime.settings import TlsFiles
 from tests.unit.compose_files import REPO
 
 SHOP = checks.Shop(("wallet-a", "wallet-b"), 10_000, "merchant", "mug", 10, "scarce")
@@ -286,3 +294,127 @@ def test_the_books_wait_for_inventory_to_commit_a_sale_it_is_late_with() -> None
     checks.await_stock_settled(inventory, SHOP, timeout_s=5)
 
     assert inventory.calls == 2
+
+
+def test_the_oauth_check_says_clearly_when_the_host_has_no_curl(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(checks, "CURL_FALLBACK", tmp_path / "curl")
+
+    with pytest.raises(checks.CheckFailed, match="curl is not installed on the host"):
+        checks.curl_path()
+
+
+class ReplicaLogs:
+    """Two payments replicas as `docker inspect` and `docker logs` show them."""
+
+    def __init__(self, logs: dict[str, list[dict[str, Any]]]) -> None:
+        self.logs = logs
+
+    @property
+    def topology(self) -> Topology:
+        return PRODUCTION
+
+    def inspect(self, service: str | None = None) -> list[dict[str, Any]]:
+        return [{"Id": name, "Name": f"/{name}", "State": {"Running": True}} for name in self.logs]
+
+    def container_logs(self, container: str) -> str:
+        lines = [json.dumps(line) for line in self.logs[container]]
+        return "\n".join(["Starting up (not JSON)", *lines])
+
+
+OAUTH_CLIENT = checks.OAuthClient("acme", TlsFiles(Path("acme.crt"), Path("acme.key"), Path("ca.crt")))
+APPLIED = {"event": "revocations.applied", "client": "spiffe://paysaga/client/acme", "tokens": 1}
+REFUSED = {
+    "event": "grpc.refused",
+    "peer": "spiffe://paysaga/client/acme",
+    "code": "UNAUTHENTICATED",
+    "reason": "the token has been revoked: get a new one",
+}
+
+
+def test_every_payments_replica_must_have_applied_the_revocation_and_refused_the_token() -> None:
+    both = ReplicaLogs({"payments-1": [APPLIED, REFUSED], "payments-2": [REFUSED, APPLIED]})
+
+    assert "each of the 2 payments replicas" in checks.check_every_replica_refused(both, OAUTH_CLIENT)
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ([APPLIED], "payments-2 has not logged a refusal"),  # the proxy never sent it the revoked token
+        ([REFUSED], "payments-2 has not logged the revocation"),
+        ([APPLIED, REFUSED | {"peer": "spiffe://paysaga/client/other"}], "payments-2 has not logged a refusal"),
+        ([APPLIED, REFUSED | {"reason": "the token has expired"}], "payments-2 has not logged a refusal"),
+    ],
+)
+def test_the_replica_check_names_the_replica_that_did_not_refuse_the_revoked_token(
+    second: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(checks.CheckFailed, match=message):
+        checks.check_every_replica_refused(
+            ReplicaLogs({"payments-1": [APPLIED, REFUSED], "payments-2": second}), OAUTH_CLIENT
+        )
+
+
+def test_the_replica_check_fails_when_a_replica_is_missing() -> None:
+    with pytest.raises(checks.CheckFailed, match="1 replicas running"):
+        checks.check_every_replica_refused(ReplicaLogs({"payments-1": [APPLIED, REFUSED]}), OAUTH_CLIENT)
+
+
+class FormEcho(http.server.BaseHTTPRequestHandler):
+    """Answers a POST with the form it got and the client certificate's identity, as JSON; /text with text."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        certificate = x509.load_der_x509_certificate(self.connection.getpeercert(binary_form=True))
+        identity = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        answer = {
+            "form": dict(urllib.parse.parse_qsl(body)),
+            "peer": [str(uri) for uri in identity.get_values_for_type(x509.UniformResourceIdentifier)],
+        }
+        text = b"not json" if self.path == "/text" else json.dumps(answer).encode()
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_curl_posts_the_form_over_mutual_tls_and_reads_the_status_and_json(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    ca = authority.create_ca(tmp_path, tmp_path)
+    authority.issue(ca, tmp_path, "auth", authority.Kind.SERVICE)
+    authority.issue(ca, tmp_path, "acme", authority.Kind.CLIENT)
+    server = http.server.HTTPServer(("127.0.0.1", 0), FormEcho)
+    server.socket = tls.server_ssl_context(TlsFiles.in_directory(tmp_path, "auth")).wrap_socket(
+        server.socket, server_side=True
+    )
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        client = TlsFiles.in_directory(tmp_path, "acme")
+        status, answer = checks.curl_form(client, f"{url}/oauth2/token", "grant_type=client_credentials", "token=a+b&c")
+
+        assert status == 201
+        assert answer == {
+            "form": {"grant_type": "client_credentials", "token": "a+b&c"},
+            "peer": ["spiffe://paysaga/client/acme"],
+        }
+        assert checks.curl_form(client, f"{url}/oauth2/jwks")[1]["form"] == {}  # a POST, with an empty form
+        with pytest.raises(checks.CheckFailed, match="HTTP 201 with something else than a JSON object"):
+            checks.curl_form(client, f"{url}/text", "token=x")
+        # A client without a certificate of ours does not get through; curl's own error says why.
+        stranger_dir = tmp_path / "stranger"
+        authority.issue(authority.create_ca(stranger_dir, stranger_dir), stranger_dir, "acme", authority.Kind.CLIENT)
+        stranger = TlsFiles(stranger_dir / "acme.crt", stranger_dir / "acme.key", client.ca_file)
+        with pytest.raises(checks.CheckFailed, match=r"curl https://127\.0\.0\.1:\d+/oauth2/token failed"):
+            checks.curl_form(stranger, f"{url}/oauth2/token", "grant_type=client_credentials")
+    finally:
+        server.shutdown()
+        server.server_close()

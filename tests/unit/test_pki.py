@@ -113,6 +113,7 @@ def test_private_keys_are_0600_even_under_a_permissive_umask(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     keys = sorted(tmp_path.glob("*.key"))
     assert [key.name for key in keys] == [
+        "auth.key",
         "ca.key",
         "inventory.key",
         "ledger.key",
@@ -163,7 +164,7 @@ def test_list_shows_every_certificate_with_identity_and_expiry(tmp_path: Path) -
 
     assert result.returncode == 0, result.stderr
     listed = {entry["name"]: entry for entry in json.loads(result.stdout)}
-    assert set(listed) == {"ca", "nats", "payments", "inventory", "ledger", "ops"}
+    assert set(listed) == {"ca", "nats", "payments", "inventory", "ledger", "auth", "ops"}
     assert listed["ledger"]["identity"] == "spiffe://paysaga/ledger"
     assert listed["ops"]["kind"] == "client"
     assert listed["ca"]["kind"] == "ca"
@@ -315,7 +316,7 @@ def test_export_gives_one_identity_its_own_files_only(tmp_path: Path) -> None:
 
     assert exported == ["ca.crt", "payments.crt", "payments.key", "token-keys.json"]
     assert mode(export / "payments" / "payments.key") == 0o600
-    assert sorted(path.name for path in export.iterdir()) == ["inventory", "ledger", "nats", "ops", "payments"]
+    assert sorted(path.name for path in export.iterdir()) == ["auth", "inventory", "ledger", "nats", "ops", "payments"]
     # The ops client gets its own key and its token, with every scope, and nothing of the services'.
     assert sorted(path.name for path in (export / "ops").iterdir()) == [
         "ca.crt",
@@ -327,6 +328,35 @@ def test_export_gives_one_identity_its_own_files_only(tmp_path: Path) -> None:
     assert mode(export / "ops" / "ops.token") == 0o600
     claims = jwt.decode(tokens.read_token_file(export / "ops" / "ops.token"), options={"verify_signature": False})
     assert claims["sub"] == "spiffe://paysaga/client/ops" and set(claims["scope"].split()) == set(tokens.SCOPES)
+
+
+def test_only_the_authorization_servers_export_gets_the_token_signing_key_and_none_the_cas(tmp_path: Path) -> None:
+    certs, ca_dir, export = tmp_path / "certs", tmp_path / "ca", tmp_path / "export"
+    where = ["--dir", str(certs), "--ca-dir", str(ca_dir)]
+    assert certs_main([*where, "bootstrap", "--client-tokens", "--export-to", str(export)]) == 0
+
+    signing_key = export / "auth" / tokens.SIGNING_KEY_FILE
+    assert sorted(path.name for path in (export / "auth").iterdir()) == [
+        "auth.crt",
+        "auth.key",
+        "ca.crt",
+        "token-keys.json",
+        tokens.SIGNING_KEY_FILE,
+    ]
+    assert signing_key.read_bytes() == (ca_dir / tokens.SIGNING_KEY_FILE).read_bytes()
+    assert mode(signing_key) == 0o600
+    # The key it signs with is the one whose public half every service trusts.
+    published = {jwk["kid"] for jwk in tokens.read_public_keys(export / "auth" / tokens.PUBLIC_KEYS_FILE)}
+    assert tokens.public_jwk(tokens.load_signing_key(export / "auth"))["kid"] in published
+    # No other identity gets it, and nobody gets the CA's key.
+    holders = {path.parent.name for path in export.rglob(tokens.SIGNING_KEY_FILE)}
+    assert holders == {"auth"}
+    assert not list(export.rglob(authority.CA_KEY_FILE))
+    # Exporting the authorization server alone, as an operator would for its host, gives it the key too.
+    assert certs_main([*where, "export", "auth", "--to", str(tmp_path / "a")]) == 0
+    assert certs_main([*where, "export", "ledger", "--to", str(tmp_path / "l")]) == 0
+    assert (tmp_path / "a" / tokens.SIGNING_KEY_FILE).read_bytes() == signing_key.read_bytes()
+    assert not (tmp_path / "l" / tokens.SIGNING_KEY_FILE).exists()
 
 
 def test_token_issue_prints_a_token_for_a_client_identity(tmp_path: Path) -> None:

@@ -121,15 +121,30 @@ def remove_project(project: ComposeProject) -> str | None:
     return None
 
 
+def free_ports(count: int) -> list[int]:
+    """count different free ports on 127.0.0.1."""
+    found: list[int] = []
+    while len(found) < count:
+        port = free_port()
+        found += [] if port in found else [port]
+    return found
+
+
 def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts: Interrupts) -> None:
     """Build, start, check and tear down one compose project; on a failure, show its state and logs."""
     label = topology.label
-    port = free_port()
-    environment = {"PAYSAGA_BASE_IMAGE": base_image, "PAYSAGA_PAYMENTS_PORT": str(port)}
+    port, oauth_port = free_ports(2)
+    environment = {
+        "PAYSAGA_BASE_IMAGE": base_image,
+        "PAYSAGA_PAYMENTS_PORT": str(port),
+        "PAYSAGA_OAUTH_PORT": str(oauth_port),
+    }
     project = ComposeProject(topology, environment, STATE_DIR / f"{label}.log")
     _record_project(project.name, present=True)
-    target = f"127.0.0.1:{port}"
-    say(f"    compose project {project.name}, payments published on {target}")
+    target, oauth_target = f"127.0.0.1:{port}", f"127.0.0.1:{oauth_port}"
+    # What the authorization server calls itself (PAYSAGA_OAUTH_ISSUER): its published port on localhost.
+    issuer = f"https://localhost:{oauth_port}"
+    say(f"    compose project {project.name}, payments published on {target}, OAuth on https://{oauth_target}")
     client_dir = tempfile.TemporaryDirectory(prefix="paysaga-client-")
     try:
         with stages(f"{label}: build the images"):
@@ -150,6 +165,10 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
             )
         with stages(f"{label}: a purchase that completes and one compensated, from the host"):
             ended = asyncio.run(checks.completed_and_compensated(target, client, shop, detail))
+        with stages(f"{label}: an OAuth client registered by ops; its token works on payments until revoked"):
+            oauth = checks.register_oauth_client(project, Path(client_dir.name), "compose-oauth", detail)
+            asyncio.run(checks.token_until_revoked(target, oauth_target, issuer, oauth, topology.replicas, detail))
+            detail(checks.check_every_replica_refused(project, oauth))
         if topology.replicas > 1:
             with stages(f"{label}: {checks.CHAOS_PURCHASES} purchases while one replica of each service is killed"):
                 ended += asyncio.run(checks.purchases_through_kills(project, target, client, shop, detail))
@@ -157,7 +176,7 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
             checks.await_stock_settled(project, shop)
             detail(checks.check_books(project, shop, ended))
         with stages(f"{label}: nothing else reachable; NATS refuses strangers"):
-            detail(checks.check_exposure(project, port))
+            detail(checks.check_exposure(project, port, oauth_port))
             detail(checks.check_nats_refuses_strangers(project))
     except (*FAILURES, Exception):
         with interrupts.shielded():

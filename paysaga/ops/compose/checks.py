@@ -1,11 +1,14 @@
 """What a user of the compose cluster relies on, checked for real.
 
-From the host, only through the published 127.0.0.1 port, with a client certificate and token
+From the host, only through the published 127.0.0.1 ports, with a client certificate and token
 made the documented way (streamed out of the certs container): purchases that complete and that
 fail with their compensation, and, with replicas, 50 purchases that all complete while one
 replica of every service is killed. Accounts, stock and balances go through the ops client
-inside the private network, as the README shows. Then that the host can reach nothing else, and
-that NATS refuses clients without a certificate of ours even inside the network.
+inside the private network, as the README shows. An OAuth client that ops register in the
+authorization server's container gets a token from its published token endpoint with curl;
+payments takes that token until the client revokes it, and then refuses it on every replica.
+Then that the host can reach nothing else, and that NATS refuses clients without a certificate
+of ours even inside the network.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import shutil
 import tempfile
 import time
 import uuid
@@ -23,15 +27,17 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import jwt
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from paysaga.common.v1.money_pb2 import Money
+from paysaga.core.identity import client_identity
 from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.ops.client.cli import TERMINAL
 from paysaga.ops.compose.engine import Say, run
-from paysaga.ops.compose.project import SERVICES, ComposeProject
+from paysaga.ops.compose.project import SERVICES, ComposeProject, Topology
 from paysaga.ops.pki import authority
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.files import write_file
@@ -51,6 +57,16 @@ STOCK_SETTLE_TIMEOUT_S = 30.0
 CHAOS_PURCHASES = 50
 CHAOS_CONCURRENCY = 10
 NATS_PROBE = Path(__file__).with_name("nats_probe.py")
+# The scopes the OAuth client is registered for; its token is used for ListPayments (payments:read).
+OAUTH_SCOPES = ("payments:read", "payments:write")
+# Services read the authorization server's revocations every second; this is the time they are given.
+REVOCATION_TIMEOUT_S = 10.0
+# Calls on connections of their own per payments replica, per round: through the proxy, each
+# connection may reach another replica (leastconn takes turns between idle ones).
+CALLS_PER_REPLICA = 4
+CURL_TIMEOUT_S = 30.0
+# Where Debian installs curl, should PATH not name /usr/bin.
+CURL_FALLBACK = Path("/usr/bin/curl")
 MessageT = TypeVar("MessageT", bound=Message)
 
 
@@ -72,9 +88,9 @@ class HostClient:
     token: str
 
 
-def issue_host_client(project: ComposeProject, directory: Path, name: str) -> HostClient:
-    """A client certificate, key and token for payments, streamed out of the certs container as the
-    README shows (the key and token created 0600)."""
+def host_client_files(project: ComposeProject, directory: Path, name: str) -> TlsFiles:
+    """A client certificate and key for name, with the trust bundle, streamed out of the certs
+    container as the README shows (the key created 0600)."""
     project.one_off("certs", "paysaga-certs", "issue", "client", name)
     files = TlsFiles(directory / f"{name}.crt", directory / f"{name}.key", directory / "ca.crt")
     for path, mode in (
@@ -83,6 +99,13 @@ def issue_host_client(project: ComposeProject, directory: Path, name: str) -> Ho
         (files.key_file, authority.PRIVATE_KEY_MODE),
     ):
         write_file(path, project.one_off("certs", "cat", f"/certs/{path.name}").encode(), mode)
+    return files
+
+
+def issue_host_client(project: ComposeProject, directory: Path, name: str) -> HostClient:
+    """A client certificate, key and token for payments, streamed out of the certs container as the
+    README shows (the key and token created 0600)."""
+    files = host_client_files(project, directory, name)
     token = project.one_off(
         "certs", "paysaga-certs", "token", "issue", name,
         "--audience", "payments", "--scope", "payments:write", "--scope", "payments:read",
@@ -333,18 +356,176 @@ def kill_one_replica_each(project: ComposeProject, say: Say) -> None:
         say(f"killed one of {len(replicas)} {service} replicas ({replicas[0][:12]})")
 
 
+# -- an OAuth client, registered by ops ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    name: str
+    files: TlsFiles
+
+
+def curl_path() -> str:
+    """The host's curl, the client the README shows for the token endpoint."""
+    found = shutil.which("curl") or (str(CURL_FALLBACK) if CURL_FALLBACK.exists() else None)
+    if found is None:
+        raise CheckFailed(
+            "curl is not installed on the host: the OAuth check gets and revokes its token with curl, as the "
+            "README shows (apt-get install curl)"
+        )
+    return found
+
+
+def curl_form(files: TlsFiles, url: str, *fields: str) -> tuple[int, dict[str, Any]]:
+    """POST fields (NAME=value, URL-encoded) with curl over mutual TLS: the HTTP status and the JSON answer."""
+    command = [curl_path(), "--silent", "--show-error", "--noproxy", "*", "--max-time", f"{CURL_TIMEOUT_S:.0f}"]
+    command += ["--cacert", str(files.ca_file), "--cert", str(files.cert_file), "--key", str(files.key_file)]
+    # Always a POST, even of an empty form.
+    command += [argument for field in fields for argument in ("--data-urlencode", field)] or ["--data", ""]
+    result = run([*command, "--write-out", "\n%{http_code}", url], timeout_s=CURL_TIMEOUT_S + 10, check=False)
+    expect(result.returncode == 0, f"curl {url} failed (exit {result.returncode}): {result.stderr.strip()}")
+    body, _, status = result.stdout.rpartition("\n")
+    try:
+        answer = json.loads(body)
+    except json.JSONDecodeError:
+        answer = None
+    expect(isinstance(answer, dict), f"{url} answered HTTP {status} with something else than a JSON object: {body!r}")
+    return int(status), answer
+
+
+def register_oauth_client(project: ComposeProject, directory: Path, name: str, say: Say) -> OAuthClient:
+    """As ops do: register name with the authorization server, in its container, whose environment
+    names its database; then a certificate and key for the client, from the certs container."""
+    scopes = [argument for scope in OAUTH_SCOPES for argument in ("--scope", scope)]
+    registered = project.exec("auth", "paysaga-oauth", "register", name, *scopes).strip()
+    expect(registered.startswith("registered "), f"paysaga-oauth register {name} answered: {registered!r}")
+    say(f"ops: docker compose exec auth paysaga-oauth register {name} ...: {registered}")
+    return OAuthClient(name, host_client_files(project, directory, name))
+
+
+async def list_payments_answer(target: str, files: TlsFiles, token: str) -> tuple[grpc.StatusCode, str]:
+    """ListPayments with token on a connection of its own: OK, or the refusal's code and details.
+    A transient failure (a replica unavailable, too slow) is tried again, on a new connection."""
+    deadline = time.monotonic() + PAYMENT_END_TIMEOUT_S
+    while True:
+        async with tls.secure_channel(target, files, token) as channel:
+            try:
+                await payments_pb2_grpc.PaymentServiceStub(channel).ListPayments(
+                    payments_pb2.ListPaymentsRequest(), timeout=CALL_TIMEOUT_S
+                )
+                return grpc.StatusCode.OK, ""
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or time.monotonic() > deadline:
+                    return error.code(), error.details() or ""
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def _tally(answers: Sequence[tuple[grpc.StatusCode, str]]) -> str:
+    counted = Counter(f"{code.name}{f' ({details})' if details else ''}" for code, details in answers)
+    return ", ".join(f"{count} {answer}" for answer, count in counted.items())
+
+
+async def token_until_revoked(
+    target: str, oauth_target: str, issuer: str, client: OAuthClient, replicas: int, say: Say
+) -> None:
+    """From the host: a token from the published token endpoint (curl, client_credentials), taken
+    by payments; revoked by the client (RFC 7009), then refused by payments within
+    REVOCATION_TIMEOUT_S. Each round is CALLS_PER_REPLICA calls per replica, on connections of
+    their own, so that behind the proxy every replica answers."""
+    calls = CALLS_PER_REPLICA * replicas
+    token_url, revoke_url = (f"https://{oauth_target}/oauth2/{path}" for path in ("token", "revoke"))
+    status, token = await asyncio.to_thread(curl_form, client.files, token_url, "grant_type=client_credentials")
+    expect(status == 200 and token.get("token_type") == "Bearer", f"{token_url} answered HTTP {status}: {token}")
+    access = str(token["access_token"])
+    claims = jwt.decode(access, options={"verify_signature": False})
+    expect(claims.get("iss") == issuer, f"the token's issuer is {claims.get('iss')!r}, not {issuer!r}")
+    expect(claims.get("sub") == client_identity(client.name), f"the token is for {claims.get('sub')!r}")
+    expect(
+        set(str(token.get("scope", "")).split()) == set(OAUTH_SCOPES),
+        f"expected the scopes {' '.join(OAUTH_SCOPES)}, the token has {token.get('scope')!r}",
+    )
+    say(
+        f"curl {token_url}: HTTP 200, a Bearer token for {claims['sub']} ({token['scope']}), "
+        f"iss {claims['iss']}, expires in {token.get('expires_in')} s"
+    )
+    answers = [await list_payments_answer(target, client.files, access) for _ in range(calls)]
+    expect(
+        all(code == grpc.StatusCode.OK for code, _ in answers),
+        f"payments did not take the token: {_tally(answers)}",
+    )
+    say(f"ListPayments with it through 127.0.0.1: OK on {calls} connections of their own")
+    status, body = await asyncio.to_thread(curl_form, client.files, revoke_url, f"token={access}")
+    expect((status, body) == (200, {}), f"{revoke_url} answered HTTP {status}: {body}")
+    revoked_at = time.monotonic()
+    while True:
+        answers = [await list_payments_answer(target, client.files, access) for _ in range(calls)]
+        if all(code == grpc.StatusCode.UNAUTHENTICATED for code, _ in answers):
+            break
+        expect(
+            time.monotonic() - revoked_at < REVOCATION_TIMEOUT_S,
+            f"{REVOCATION_TIMEOUT_S:.0f} s after the revocation payments still answers: {_tally(answers)}",
+        )
+        await asyncio.sleep(POLL_INTERVAL_S)
+    expect(
+        all("revoked" in details for _, details in answers),
+        f"payments refused the token, but not as revoked: {_tally(answers)}",
+    )
+    say(
+        f"curl {revoke_url}: HTTP 200; {time.monotonic() - revoked_at:.1f} s later payments refuses the token on "
+        f"all {calls} connections: {_tally(answers)}"
+    )
+
+
+class Replicas(Protocol):
+    """What check_every_replica_refused needs of a compose project."""
+
+    @property
+    def topology(self) -> Topology: ...
+
+    def inspect(self, service: str | None = None) -> list[dict[str, Any]]: ...
+
+    def container_logs(self, container: str) -> str: ...
+
+
+def check_every_replica_refused(project: Replicas, client: OAuthClient) -> str:
+    """Every payments replica applied the client's revocation (read from AUTH_EVENTS) and refused
+    its token, as its own log says: none was left out behind the proxy."""
+    identity = client_identity(client.name)
+    replicas = [item for item in project.inspect("payments") if item["State"]["Running"]]
+    expect(len(replicas) == project.topology.replicas, f"payments: {len(replicas)} replicas running")
+    for item in replicas:
+        lines = []
+        for line in project.container_logs(item["Id"]).splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        applied = any(e.get("event") == "revocations.applied" and e.get("client") == identity for e in lines)
+        refused = any(
+            e.get("event") == "grpc.refused" and e.get("peer") == identity and "revoked" in str(e.get("reason"))
+            for e in lines
+        )
+        replica = item["Name"].lstrip("/")
+        expect(applied, f"payments replica {replica} has not logged the revocation of {identity}'s token")
+        expect(refused, f"payments replica {replica} has not logged a refusal of {identity}'s revoked token")
+    which = "the payments replica" if len(replicas) == 1 else f"each of the {len(replicas)} payments replicas"
+    return f"{which} logged the revocation (from AUTH_EVENTS) and its refusal of the revoked token"
+
+
 # -- what is reachable -------------------------------------------------------------------------------
 
 
-def check_exposure(project: ComposeProject, port: int) -> str:
-    """Only the entry service publishes a port, only on 127.0.0.1; and the host has no address on
-    the internal network, so it cannot reach the containers there at all."""
-    published = project.published_ports()
-    entry = project.topology.entry
-    expect(
-        published == [(entry, "127.0.0.1", str(port))],
-        f"expected only {entry} on 127.0.0.1:{port} to be published, got {published}",
+def check_exposure(project: ComposeProject, port: int, oauth_port: int) -> str:
+    """Only the entry services publish ports: payments' (or the proxy's) and the authorization
+    server's HTTPS port, only on 127.0.0.1; and the host has no address on the internal network,
+    so it cannot reach the containers there at all."""
+    published = sorted(project.published_ports())
+    topology = project.topology
+    expected = sorted([(topology.entry, "127.0.0.1", str(port)), (topology.oauth_entry, "127.0.0.1", str(oauth_port))])
+    entries = (
+        f"{topology.entry} on 127.0.0.1:{port} (payments) and {topology.oauth_entry} on 127.0.0.1:{oauth_port} (OAuth)"
     )
+    expect(published == expected, f"expected only {entries} to be published, got {published}")
     internal = [
         network
         for item in project.inspect()
@@ -358,7 +539,7 @@ def check_exposure(project: ComposeProject, port: int) -> str:
         subnet = ipaddress.ip_network(f"{address}/{network['IPPrefixLen']}", strict=False)
         on_host = [found for found in host if found in subnet]
         expect(not on_host, f"the host has {on_host} on the internal network {subnet}: it can reach its containers")
-    return f"only {entry} is published, on 127.0.0.1:{port}; the host has no address on the internal network"
+    return f"only {entries} are published; the host has no address on the internal network"
 
 
 def host_addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

@@ -38,11 +38,20 @@ class Topology:
     files: tuple[str, ...]
     # The service whose port is published: payments itself, or the proxy in front of its replicas.
     entry: str
+    # The service publishing the authorization server's HTTPS port: auth itself, or the same proxy.
+    oauth_entry: str
     replicas: int
 
 
-DEFAULT = Topology("default", ("docker-compose.yml",), entry="payments", replicas=1)
-PRODUCTION = Topology("production", ("docker-compose.yml", "docker-compose.production.yml"), entry="edge", replicas=2)
+DEFAULT = Topology("default", ("docker-compose.yml",), entry="payments", oauth_entry="auth", replicas=1)
+PRODUCTION = Topology(
+    "production",
+    ("docker-compose.yml", "docker-compose.production.yml"),
+    entry="edge",
+    oauth_entry="edge",
+    replicas=2,
+)
+# The purchase saga's services (the authorization server, "auth", takes no part in a purchase).
 SERVICES = ("payments", "inventory", "ledger")
 
 
@@ -71,7 +80,8 @@ def docker(*arguments: str, timeout_s: float = CALL_TIMEOUT_S) -> str:
 @dataclass
 class ComposeProject:
     topology: Topology
-    # PAYSAGA_BASE_IMAGE, PAYSAGA_PAYMENTS_PORT: what the compose files read from the environment.
+    # PAYSAGA_BASE_IMAGE, PAYSAGA_PAYMENTS_PORT, PAYSAGA_OAUTH_PORT: what the compose files read
+    # from the environment.
     environment: Mapping[str, str]
     log: Path
     name: str = field(default_factory=lambda: f"paysaga-test-{uuid.uuid4().hex[:8]}")
@@ -113,6 +123,11 @@ class ComposeProject:
         options += [f"--env={name}={value}" for name, value in (environment or {}).items()]
         return self.call("run", *options, service, *arguments, input_text=input_text)
 
+    def exec(self, service: str, *arguments: str) -> str:
+        """Run a command in the running container of service (its first replica), with that
+        container's environment, as `docker compose exec` does for an operator; its stdout."""
+        return self.call("exec", "-T", service, *arguments)
+
     def ops(self, commands: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
         """Run `paysaga --json ...` commands in one ops container, in order; one JSON object each."""
         script = "set -e\n" + "".join(f"paysaga --json {shlex.join(command)}\n" for command in commands)
@@ -129,6 +144,12 @@ class ComposeProject:
             return []
         found: list[dict[str, Any]] = json.loads(docker("inspect", *ids))
         return sorted(found, key=lambda item: int(item["Config"]["Labels"]["com.docker.compose.container-number"]))
+
+    def container_logs(self, container: str) -> str:
+        """Everything one container has logged, stdout and stderr (the services log to stderr)."""
+        arguments = ("logs", container)
+        result = _run(arguments, timeout_s=CALL_TIMEOUT_S)
+        return _stdout(arguments, result) + result.stderr
 
     def kill(self, container: str) -> None:
         """SIGKILL one container; its restart policy leaves it down (docker treats a kill as meant)."""

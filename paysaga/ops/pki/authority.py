@@ -48,6 +48,9 @@ DNS_PATTERN = re.compile(
 )
 RENEW_WITHIN_DAYS = 10
 CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger", "auth")
+# The cluster service that signs OAuth access tokens: its export alone also gets the token signing
+# key (paysaga.ops.pki.rotation.export), never the CA's.
+AUTHORIZATION_SERVER = "auth"
 CLUSTER_CLIENTS = ("ops",)
 PRIVATE_KEY_MODE = 0o600
 CERTIFICATE_MODE = 0o644

@@ -10,6 +10,8 @@ Typical use:
 
   paysaga-certs bootstrap                 # CA, cluster certificates, token signing key: what is missing or expiring
   paysaga-certs bootstrap --client-tokens # ... and a fresh 24 h token for the ops client: certs/ops.token
+  paysaga-certs bootstrap --export-to DIR # ... and each identity's own files in DIR/<name>/; DIR/auth also gets
+                                          # the token signing key (the authorization server signs tokens with it)
   paysaga-certs issue client acme-shop    # a certificate for a new client: certs/acme-shop.{crt,key}
   paysaga-certs token issue acme-shop --audience payments --scope payments:write --scope payments:read
   paysaga-certs list                      # every certificate with its identity and expiry
@@ -22,7 +24,10 @@ Typical use:
 Files: <dir>/ca.crt (trust anchor to give to every peer), <dir>/<name>.crt and <dir>/<name>.key
 (private key, mode 0600: never copy it anywhere else than the machine that uses it). The CA's
 private key, <ca-dir>/ca.key, signs new certificates; keep it off the service hosts in
-production by pointing --ca-dir at a separate place.
+production by pointing --ca-dir at a separate place. The token signing key,
+<ca-dir>/token-signing.key, goes to one more place only: the authorization server (auth), whose
+export (bootstrap --export-to, export auth) carries it, mode 0600; it is never exported with
+any other identity, and ca.key never at all.
 """
 
 from __future__ import annotations
@@ -128,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="also copy each service's and client's certificate, key (and token), trust bundle and token keys "
-        "into DIR/<name>/, so each host or container is given its own key only",
+        f"into DIR/<name>/, so each host or container is given its own key only; DIR/{authority.AUTHORIZATION_SERVER}"
+        " also gets the token signing key (mode 0600), which the authorization server signs access tokens with",
     )
     bootstrap.add_argument(
         "--client-tokens",
@@ -156,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollover.add_argument("--force", action="store_true", help="finish even if certificates of the old CA remain")
 
     export = commands.add_parser(
-        "export", help="copy one identity's certificate, key, trust bundle and token keys to a directory"
+        "export",
+        help="copy one identity's certificate, key, trust bundle and token keys to a directory "
+        f"(for {authority.AUTHORIZATION_SERVER}, the authorization server, the token signing key too)",
     )
     export.add_argument("name")
     export.add_argument("--to", type=Path, required=True, dest="target", help="target directory")
@@ -254,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "ca-rollover":
             _rollover(Path(ca_dir), certs_dir, args.step, days=args.days, force=args.force)
         elif args.command == "export":
-            for path in rotation.export(certs_dir, args.name, args.target):
+            for path in rotation.export(certs_dir, args.name, args.target, ca_dir=Path(ca_dir)):
                 print(f"wrote {path}")
         elif args.command == "token-key":
             if args.action == "init":
@@ -278,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(rotation.write_ops_token(Path(ca_dir), certs_dir, name))
             if args.export_to is not None:
                 for name in _names(args.services) + _names(args.clients):
-                    rotation.export(certs_dir, name, args.export_to / name)
+                    rotation.export(certs_dir, name, args.export_to / name, ca_dir=Path(ca_dir))
                     print(f"exported {name} to {args.export_to / name}")
     except (CertificateError, tokens.TokenError) as error:
         print(f"paysaga-certs: {error}", file=sys.stderr)

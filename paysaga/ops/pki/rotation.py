@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from paysaga.ops.pki.authority import (
+    AUTHORIZATION_SERVER,
     CA_CERT_FILE,
     CA_LIFETIME_DAYS,
     CERTIFICATE_MODE,
@@ -93,26 +94,32 @@ def finish_ca_rollover(ca_dir: Path, certs_dir: Path, *, force: bool = False) ->
     return remaining
 
 
-def export(certs_dir: Path, name: str, target_dir: Path) -> list[Path]:
+def export(certs_dir: Path, name: str, target_dir: Path, *, ca_dir: Path | None = None) -> list[Path]:
     """Copy one identity's certificate and key (and its bearer token, if it has one), with the
     trust bundle and the token public keys, into target_dir: what a single service's or client's
-    host or container needs, and nothing of the others'."""
+    host or container needs, and nothing of the others'.
+
+    With ca_dir, the authorization server's export (AUTHORIZATION_SERVER) also gets the token
+    signing key from there (mode 0600): it signs the OAuth access tokens. No other export gets it,
+    and the CA's own key is never exported."""
     check_name(name)
     target_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    token = (f"{name}.token", PRIVATE_KEY_MODE)
-    for file_name, mode in (
-        (f"{name}.crt", CERTIFICATE_MODE),
-        (f"{name}.key", PRIVATE_KEY_MODE),
-        (CA_CERT_FILE, CERTIFICATE_MODE),
-        (tokens.PUBLIC_KEYS_FILE, CERTIFICATE_MODE),
-        *([token] if (certs_dir / token[0]).exists() else []),
-    ):
-        source = certs_dir / file_name
+    token = certs_dir / f"{name}.token"
+    sources = [
+        (certs_dir / f"{name}.crt", CERTIFICATE_MODE),
+        (certs_dir / f"{name}.key", PRIVATE_KEY_MODE),
+        (certs_dir / CA_CERT_FILE, CERTIFICATE_MODE),
+        (certs_dir / tokens.PUBLIC_KEYS_FILE, CERTIFICATE_MODE),
+        *([(token, PRIVATE_KEY_MODE)] if token.exists() else []),
+    ]
+    if name == AUTHORIZATION_SERVER and ca_dir is not None:
+        sources.append((ca_dir / tokens.SIGNING_KEY_FILE, PRIVATE_KEY_MODE))
+    for source, mode in sources:
         if not source.exists():
             raise CertificateError(f"{source} does not exist: run 'paysaga-certs bootstrap' first")
-        write_file(target_dir / file_name, source.read_bytes(), mode)
-        written.append(target_dir / file_name)
+        write_file(target_dir / source.name, source.read_bytes(), mode)
+        written.append(target_dir / source.name)
     return written
 
 
