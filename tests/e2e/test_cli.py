@@ -60,12 +60,14 @@ def test_a_purchase_from_the_command_line(paysaga: Callable[..., subprocess.Comp
     )
 
     assert paid.returncode == 0, paid.stderr
-    assert [line.split()[2] for line in paid.stdout.splitlines()] == [
-        "PENDING",
-        "FUNDS_HELD",
-        "STOCK_RESERVED",
-        "COMPLETED",
-    ]
+    shown = [line.split()[2] for line in paid.stdout.splitlines()]
+    # Every status payments recorded, in order. STOCK_RESERVED comes from inventory's stream and
+    # the capture from the ledger's: when the ledger's FundsCaptured reaches payments first, the
+    # payment goes from FUNDS_HELD straight to COMPLETED, and there is no STOCK_RESERVED to show.
+    assert shown in (
+        ["PENDING", "FUNDS_HELD", "STOCK_RESERVED", "COMPLETED"],
+        ["PENDING", "FUNDS_HELD", "COMPLETED"],
+    ), shown
     balance = json.loads(paysaga("--json", "account", "balance", wallet).stdout)
     assert (balance["balance_minor"], balance.get("held_minor", "0")) == ("3750", "0")
     listed = json.loads(paysaga("--json", "payment", "list", "--payer", wallet).stdout)

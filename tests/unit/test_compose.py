@@ -14,6 +14,7 @@ import pytest
 
 from paysaga.ops.client.healthcheck import default_client_tls
 from paysaga.ops.cluster import natsconf
+from paysaga.ops.pki import authority, revocation
 from paysaga.runtime.security import tokens
 from paysaga.runtime.settings import load_settings
 from services.auth import clients_cli
@@ -178,6 +179,7 @@ def test_every_service_accepts_the_tokens_of_ops_and_of_the_authorization_server
 def test_nats_reads_its_certificates_and_keeps_its_streams_in_its_volumes(default: dict[str, Any]) -> None:
     nats = service(default, "nats")
     config_mount = next(volume for volume in nats["volumes"] if volume.startswith("./deploy/nats/nats.conf:"))
+    assert config_mount.endswith(":ro")
     assert nats["command"] == ["nats-server", "--config", config_mount.split(":")[1]]
     config = (REPO / "deploy" / "nats" / "nats.conf").read_text()
     assert config == natsconf.compose_config(), "stale: python -m paysaga.ops.cluster.natsconf > deploy/nats/nats.conf"
@@ -193,6 +195,29 @@ def test_nats_reads_its_certificates_and_keeps_its_streams_in_its_volumes(defaul
     assert 'store_dir: "/data"' in config and "nats-data:/data" in nats["volumes"]
     health = default_client_tls({key: str(value) for key, value in nats["environment"].items()})
     assert outside_mounts([health.cert_file, health.key_file, health.ca_file], nats) == []
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_nats_takes_the_keys_it_accepts_from_the_file_the_certs_job_exports_to_it(profile: str) -> None:
+    """nats-server reads no CRL: its configuration includes the pins (nats-pins.conf) that
+    paysaga-certs writes into its certificate volume, resolved, as nats-server does, from the
+    configuration file's directory (even a path written as absolute)."""
+    compose = load(PROFILES[profile])
+    nats, certs = service(compose, "nats"), service(compose, "certs")
+    config = (REPO / "deploy" / "nats" / "nats.conf").read_text()
+    includes = re.findall(r'^\s*include\s+"([^"]+)"\s*$', config, re.MULTILINE)
+    tls_block = config[config.index("\ntls {") : config.index("\n}", config.index("\ntls {"))]
+
+    assert len(includes) == 1 and f'include "{includes[0]}"' in tls_block
+    assert not Path(includes[0]).is_absolute()
+    [config_target] = [volume.split(":")[1] for volume in nats["volumes"] if volume.startswith("./deploy/nats/")]
+    pins = Path(config_target).parent / includes[0]
+    assert pins.name == revocation.NATS_PINS_FILE and pins == natsconf.COMPOSE_CERTS_DIR / pins.name
+    assert outside_mounts([pins], nats) == []
+    # The volume holding it is the one the certs job exports NATS's files to.
+    [volume] = [volume.split(":")[0] for volume in nats["volumes"] if volume.split(":")[1] == str(pins.parent)]
+    assert f"{volume}:/export/{authority.NATS_SERVER}" in certs["volumes"]
+    assert Path(config_target) == natsconf.COMPOSE_CONFIG_PATH
 
 
 def test_only_payments_and_the_authorization_server_are_published_on_loopback_with_configurable_ports() -> None:
@@ -228,7 +253,13 @@ def test_a_one_shot_job_gives_each_container_its_own_certificate_volume_before_a
     assert certs["restart"] == "no"
     assert command[:2] == ["paysaga-certs", "bootstrap"] and "--client-tokens" in command
     assert "certs:/certs" in certs["volumes"] and "ca:/ca" in certs["volumes"]
-    assert certs["environment"] == {"PAYSAGA_CERTS_DIR": "/certs", "PAYSAGA_CA_DIR": "/ca"}
+    # paysaga-certs issue and revoke, run in this container, export again where bootstrap exported.
+    export_dir = next(argument for argument in command if argument.startswith("/export") or "--export-to=" in argument)
+    assert certs["environment"] == {
+        "PAYSAGA_CERTS_DIR": "/certs",
+        "PAYSAGA_CA_DIR": "/ca",
+        "PAYSAGA_EXPORT_DIR": export_dir.removeprefix("--export-to="),
+    }
     for name, spec in cluster["services"].items():
         if name == "certs" or (spec.get("image") != "paysaga:latest" and name != "postgres"):
             continue
@@ -279,9 +310,11 @@ def test_the_image_user_has_a_group_and_owns_every_mount_point(cluster: dict[str
     for name, spec in cluster["services"].items():
         if spec.get("image") != "paysaga:latest":
             continue
+        files = {volume.split(":")[1] for volume in spec.get("volumes", []) if volume.startswith("./")}
         for target in mount_targets(spec):
             # An empty volume takes the owner of its mount point; one missing from the image is root's.
-            assert target in owned or target == "/tmp" or target.startswith("/etc/"), (name, target)
+            # A file of the repository mounted read-only (nats.conf) needs no owner of ours.
+            assert target in owned or target in files or target == "/tmp" or target.startswith("/etc/"), (name, target)
 
 
 def test_every_named_volume_is_declared(cluster: dict[str, Any]) -> None:

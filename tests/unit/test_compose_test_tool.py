@@ -3,8 +3,10 @@ and that its checks fail when what they check is wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.server
+import io
 import json
 import os
 import re
@@ -16,10 +18,11 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 
@@ -27,9 +30,11 @@ from paysaga.common.v1.money_pb2 import Money
 from paysaga.ops.compose import checks, engine, host, images
 from paysaga.ops.compose.__main__ import Interrupts
 from paysaga.ops.compose.project import PRODUCTION, Topology
-from paysaga.ops.pki import authority
+from paysaga.ops.pki import authority, revocation
+from paysaga.ops.pki.cli import main as certs_main
 from paysaga.payments.v1 import payments_pb2
 from paysaga.runtime.security import tls
+from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
 from paysaga.runtime.settings import TlsFiles
 from tests.unit.compose_files import REPO
 
@@ -418,3 +423,147 @@ def test_curl_posts_the_form_over_mutual_tls_and_reads_the_status_and_json(tmp_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+class RevocationCluster:
+    """The certs job as the real CA script over directories (its exports included), and a NATS that
+    accepts the keys of the pins file exported to it as they were at its last SIGHUP."""
+
+    def __init__(self, directory: Path, *, export: bool = True, reloads: bool = True) -> None:
+        self.certs, self.ca, self.export = directory / "certs", directory / "ca", directory / "export"
+        self.export_option = ["--export-to", str(self.export)] if export else []
+        self.reloads = reloads
+        assert certs_main(self.where("bootstrap", "--client-tokens", "--export-to", str(self.export))) == 0
+        self.accepted = self.exported_pins()
+        self.log = ["[INF] Server is ready"]
+        self.signals: list[str] = []
+
+    @property
+    def topology(self) -> Topology:
+        return PRODUCTION
+
+    def where(self, *arguments: str) -> list[str]:
+        return ["--dir", str(self.certs), "--ca-dir", str(self.ca), *arguments]
+
+    def exported_pins(self) -> set[str]:
+        return set(re.findall(r'"([0-9a-f]{64})"', (self.export / "nats" / revocation.NATS_PINS_FILE).read_text()))
+
+    def one_off(
+        self,
+        service: str,
+        *arguments: str,
+        entrypoint: str | None = None,
+        input_text: str | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> str:
+        if service == "certs" and arguments[0] == "cat":
+            return (self.certs / Path(arguments[1]).name).read_text()
+        if service == "certs":
+            assert arguments[0] == "paysaga-certs"
+            export = self.export_option if arguments[1] in ("issue", "revoke") else []
+            # The container's /certs is the certs directory.
+            local = [re.sub(r"^/certs/", f"{self.certs}/", argument) for argument in arguments]
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                assert certs_main(self.where(*local[1:], *export)) == 0
+            return output.getvalue()
+        assert (service, entrypoint, input_text) == ("ops", "python", checks.NATS_PROBE.read_text())
+        results = {"plaintext": "refused: connection closed", "tls_without_certificate": "refused: EOF"}
+        for name, value in (environment or {}).items():
+            if name.endswith("_CERT"):
+                label = name.removeprefix("PAYSAGA_PROBE_").removesuffix("_CERT").lower()
+                results[f"tls_with_{label}_certificate"] = self.nats_answer(value)
+        results["tls_with_ops_certificate"] = self.nats_answer((self.export / "ops" / "ops.crt").read_text())
+        return "some output first\n" + json.dumps(results) + "\n"
+
+    def nats_answer(self, certificate: str) -> str:
+        if revocation.public_key_pin(x509.load_pem_x509_certificate(certificate.encode())) in self.accepted:
+            return "connected"
+        self.log.append("[ERR] 172.18.0.5:40000 - cid:9 - TLS handshake error: certificate not pinned")
+        return "refused: no INFO inside TLS (b'')"
+
+    def signal(self, service: str, signal: str) -> None:
+        self.signals.append(f"{service} {signal}")
+        if self.reloads and (service, signal) == ("nats", "HUP"):
+            pins = self.exported_pins()
+            if pins != self.accepted:
+                self.log.append(f"[INF] Reloaded: {len(pins)} pinned_certs")
+            self.accepted = pins
+
+    def inspect(self, service: str | None = None) -> list[dict[str, Any]]:
+        assert service == "nats"
+        return [{"Id": "nats-1"}]
+
+    def container_logs(self, container: str) -> str:
+        return "\n".join(self.log)
+
+    def payments_answers(self, target: str, files: TlsFiles, token: str, calls: int) -> list[tuple[Any, str]]:
+        """What payments answers, as it reads the CRL exported into its own volume."""
+        crl = RevocationList(self.export / "payments" / CRL_FILE, self.export / "payments" / "ca.crt")
+        serial = x509.load_pem_x509_certificate(files.cert_file.read_bytes()).serial_number
+        if crl.is_revoked(serial):
+            return [(grpc.StatusCode.UNAUTHENTICATED, f"the client certificate (serial {serial:x}) is revoked")] * calls
+        return [(grpc.StatusCode.OK, "")] * calls
+
+
+def revocation_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cluster: RevocationCluster) -> list[str]:
+    monkeypatch.setattr(checks, "_payments_answers", cluster.payments_answers)
+    monkeypatch.setattr(checks, "CERTIFICATE_REVOCATION_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(checks, "POLL_INTERVAL_S", 0.01)
+    said: list[str] = []
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    checks.check_revoked_certificate_refused(cluster, "127.0.0.1:50051", client_dir, said.append)
+    return said
+
+
+def test_the_revocation_check_passes_when_the_certs_job_exports_the_pins_and_nats_reloads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cluster = RevocationCluster(tmp_path)
+
+    said = revocation_check(monkeypatch, tmp_path, cluster)
+
+    assert cluster.signals == ["nats HUP", "nats HUP"]
+    spare = cluster.certs / f"{checks.SPARE_OPS_CERTIFICATE}.crt"
+    assert revocation.serial_of(spare) in revocation.revoked_serials(cluster.certs)
+    assert len(said) == 7 and said[0].endswith("paysaga-certs issue client ops --file-name compose-spare-ops")
+    assert said[1] == said[4] == "ops: docker compose kill -s HUP nats"
+    assert "NATS lets the probe in (connected)" in said[2]
+    assert "OK on 8 connections" in said[2]  # 4 per payments replica, on connections of their own
+    assert "paysaga-certs revoke compose-spare-ops " in said[3]
+    assert "NATS refuses it" in said[5] and "8 UNAUTHENTICATED (the client certificate (serial" in said[5]
+    assert "regular ops certificate still connects" in said[6] and "8 then 7 keys" in said[6]
+
+
+@pytest.mark.parametrize(
+    ("cluster_options", "message"),
+    [
+        ({"export": False}, "paysaga-certs issue did not export NATS's pins"),  # no PAYSAGA_EXPORT_DIR
+        ({"reloads": False}, "expected: NATS lets the new ops certificate in"),  # SIGHUP ignored
+    ],
+)
+def test_the_revocation_check_fails_when_nats_does_not_get_the_pins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cluster_options: dict[str, bool], message: str
+) -> None:
+    with pytest.raises(checks.CheckFailed, match=message):
+        revocation_check(monkeypatch, tmp_path, RevocationCluster(tmp_path, **cluster_options))
+
+
+def test_the_revocation_check_fails_when_nats_keeps_the_revoked_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """NATS reloaded after the issue, but not after the revocation: it still lets the certificate in."""
+    cluster = RevocationCluster(tmp_path)
+    signal = cluster.signal
+
+    def first_only(service: str, name: str) -> None:
+        if not cluster.signals:
+            signal(service, name)
+        else:
+            cluster.signals.append(f"{service} {name} (lost)")
+
+    monkeypatch.setattr(cluster, "signal", first_only)
+
+    with pytest.raises(checks.CheckFailed, match="expected: NATS refuses it"):
+        revocation_check(monkeypatch, tmp_path, cluster)

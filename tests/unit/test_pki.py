@@ -15,10 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from paysaga.ops.pki import authority
+from paysaga.ops.cluster import natsconf
+from paysaga.ops.pki import authority, cli, revocation, rotation
 from paysaga.ops.pki.authority import CertificateError, Kind
 from paysaga.ops.pki.cli import main as certs_main
 from paysaga.runtime.security import tokens
+from paysaga.runtime.security.revocation import CRL_FILE
+from paysaga.runtime.settings import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -375,3 +378,212 @@ def test_token_issue_prints_a_token_for_a_client_identity(tmp_path: Path) -> Non
     assert claims.subject == "spiffe://paysaga/client/acme-shop" and claims.scopes == {"payments:write"}
     # Bound to acme-shop's certificate: usable with it and no other.
     assert claims.certificate_thumbprint == tokens.certificate_file_thumbprint(tmp_path / "acme-shop.crt")
+
+
+# -- revocation for nats-server: the pins file the compose clusters' NATS includes ------------------
+
+
+def pin_of(path: Path) -> str:
+    return revocation.public_key_pin(load(path))
+
+
+def pins_in(path: Path) -> list[str]:
+    """The keys a nats-pins.conf lists, as nats-server would read them (a JSON list after pinned_certs:)."""
+    text = path.read_text()
+    assert text.count("pinned_certs: [") == 1
+    listed: list[str] = json.loads(text[text.index("[") :])
+    return listed
+
+
+def test_bootstrap_publishes_the_keys_nats_may_accept_and_revoke_takes_one_out(tmp_path: Path) -> None:
+    assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0
+    pins_file = tmp_path / revocation.NATS_PINS_FILE
+    cluster = ("nats", "payments", "inventory", "ledger", "auth", "ops")
+    assert {pin_of(tmp_path / f"{name}.crt") for name in cluster} <= set(pins_in(pins_file))
+    assert pins_in(pins_file) == sorted(pins_in(pins_file))
+
+    assert certs_main(["--dir", str(tmp_path), "revoke", "ops"]) == 0
+
+    assert pin_of(tmp_path / "ops.crt") not in pins_in(pins_file)
+    assert pin_of(tmp_path / "payments.crt") in pins_in(pins_file)
+    # Issuing something new keeps the revoked key out (the CRL is read at every publication).
+    assert certs_main(["--dir", str(tmp_path), "issue", "client", "acme-shop"]) == 0
+    assert pin_of(tmp_path / "ops.crt") not in pins_in(pins_file)
+    assert pin_of(tmp_path / "acme-shop.crt") in pins_in(pins_file)
+
+
+def test_a_rotation_keeps_the_replaced_key_pinned_until_it_is_revoked_by_serial(tmp_path: Path) -> None:
+    """As NatsPins does for the local cluster: a rotation must not cut the connections made with the
+    certificate it replaces; revoking that certificate (no longer on disk) does."""
+    assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0
+    old_pin, old_serial = pin_of(tmp_path / "ledger.crt"), revocation.serial_of(tmp_path / "ledger.crt")
+
+    assert certs_main(["--dir", str(tmp_path), "issue", "service", "ledger", "--force"]) == 0
+    assert {old_pin, pin_of(tmp_path / "ledger.crt")} <= set(pins_in(tmp_path / revocation.NATS_PINS_FILE))
+    assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0  # a later run remembers it too
+    assert old_pin in pins_in(tmp_path / revocation.NATS_PINS_FILE)
+
+    assert certs_main(["--dir", str(tmp_path), "revoke", "--serial", f"{old_serial:x}"]) == 0
+
+    assert old_pin not in pins_in(tmp_path / revocation.NATS_PINS_FILE)
+    assert pin_of(tmp_path / "ledger.crt") in pins_in(tmp_path / revocation.NATS_PINS_FILE)
+
+
+def test_issue_force_revoke_old_pins_the_new_key_and_drops_the_old_one(tmp_path: Path) -> None:
+    assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0
+    old_pin = pin_of(tmp_path / "payments.crt")
+
+    assert certs_main(["--dir", str(tmp_path), "issue", "service", "payments", "--force", "--revoke-old"]) == 0
+
+    pins = pins_in(tmp_path / revocation.NATS_PINS_FILE)
+    assert old_pin not in pins and pin_of(tmp_path / "payments.crt") in pins
+
+
+def test_the_keys_of_expired_certificates_are_forgotten(tmp_path: Path) -> None:
+    rotation.bootstrap(tmp_path, tmp_path)
+    ops_pin = pin_of(tmp_path / "ops.crt")
+    later = authority.utc_now() + dt.timedelta(days=authority.LEAF_LIFETIME_DAYS + 1)
+
+    pins = revocation.publish_nats_pins(tmp_path, now=later)
+
+    assert ops_pin not in pins and pins_in(tmp_path / revocation.NATS_PINS_FILE) == list(pins)
+    remembered = json.loads((tmp_path / revocation.NATS_KEYS_FILE).read_text())
+    assert ops_pin not in {entry["pin"] for entry in remembered.values()}
+
+
+def test_the_pins_are_rewritten_only_when_they_change(tmp_path: Path) -> None:
+    rotation.bootstrap(tmp_path, tmp_path)
+    files = [tmp_path / revocation.NATS_PINS_FILE, tmp_path / revocation.NATS_KEYS_FILE]
+    before = [path.stat().st_ino for path in files]
+
+    revocation.publish_nats_pins(tmp_path)
+
+    assert [path.stat().st_ino for path in files] == before
+    assert all(mode(path) == authority.CERTIFICATE_MODE for path in files)
+
+
+def test_an_unreadable_record_of_keys_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    rotation.bootstrap(tmp_path, tmp_path)
+    (tmp_path / revocation.NATS_KEYS_FILE).write_text("{not json")
+
+    with pytest.raises(CertificateError, match="delete it to start afresh"):
+        revocation.publish_nats_pins(tmp_path)
+    assert certs_main(["--dir", str(tmp_path), "revoke", "ops"]) == 2
+
+
+def test_exports_carry_the_crl_and_nats_its_pins(tmp_path: Path) -> None:
+    certs, export = tmp_path / "certs", tmp_path / "export"
+    assert certs_main(["--dir", str(certs), "bootstrap", "--export-to", str(export)]) == 0
+    assert sorted(path.name for path in (export / "nats").iterdir()) == [
+        "ca.crt",
+        revocation.NATS_PINS_FILE,
+        "nats.crt",
+        "nats.key",
+        "token-keys.json",
+    ]
+    assert not list(export.rglob(revocation.NATS_KEYS_FILE)) and not list(export.rglob(CRL_FILE))
+    assert [path.parent.name for path in export.rglob(revocation.NATS_PINS_FILE)] == ["nats"]
+    assert certs_main(["--dir", str(certs), "revoke", "ops"]) == 0
+
+    assert certs_main(["--dir", str(certs), "export", "payments", "--to", str(tmp_path / "p")]) == 0
+    assert certs_main(["--dir", str(certs), "export", "nats", "--to", str(tmp_path / "n")]) == 0
+
+    assert (tmp_path / "p" / CRL_FILE).read_bytes() == (certs / CRL_FILE).read_bytes()
+    assert not (tmp_path / "p" / revocation.NATS_PINS_FILE).exists()
+    assert pin_of(certs / "ops.crt") not in pins_in(tmp_path / "n" / revocation.NATS_PINS_FILE)
+
+
+@pytest.mark.parametrize("given", ["option", "environment"])
+def test_revoke_exports_again_the_crl_to_every_identity_and_the_pins_to_nats(
+    tmp_path: Path, given: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the compose certs job does (PAYSAGA_EXPORT_DIR): one command, and every container's
+    volume has the CRL, NATS's the shorter pins; nats-server must still be told to reload."""
+    certs, ca_dir, export = tmp_path / "certs", tmp_path / "ca", tmp_path / "export"
+    where = ["--dir", str(certs), "--ca-dir", str(ca_dir)]
+    assert certs_main([*where, "bootstrap", "--client-tokens", "--export-to", str(export)]) == 0
+    (export / "postgres").mkdir()  # a mount point with no certificate behind it: left alone
+    ops_pin = pin_of(certs / "ops.crt")
+    assert ops_pin in pins_in(export / "nats" / revocation.NATS_PINS_FILE)
+    capsys.readouterr()
+    if given == "environment":
+        monkeypatch.setenv(cli.EXPORT_DIR_VARIABLE, str(export))
+
+    assert certs_main([*where, "revoke", "ops", *(["--export-to", str(export)] if given == "option" else [])]) == 0
+
+    output = capsys.readouterr().out
+    names = ["auth", "inventory", "ledger", "nats", "ops", "payments"]
+    assert f"exported again to {export}: {', '.join(names)}; reload nats-server" in output
+    assert "docker compose kill -s HUP nats" in output
+    for name in names:
+        assert (export / name / CRL_FILE).read_bytes() == (certs / CRL_FILE).read_bytes(), name
+    assert ops_pin not in pins_in(export / "nats" / revocation.NATS_PINS_FILE)
+    assert pin_of(certs / "payments.crt") in pins_in(export / "nats" / revocation.NATS_PINS_FILE)
+    assert list((export / "postgres").iterdir()) == []
+    # The authorization server's export keeps its signing key; no export gets the CA's.
+    assert (export / "auth" / tokens.SIGNING_KEY_FILE).exists() and not list(export.rglob(authority.CA_KEY_FILE))
+
+
+def test_revoke_without_an_export_directory_touches_no_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs, export = tmp_path / "certs", tmp_path / "export"
+    monkeypatch.delenv(cli.EXPORT_DIR_VARIABLE, raising=False)
+    assert certs_main(["--dir", str(certs), "bootstrap", "--export-to", str(export)]) == 0
+
+    assert certs_main(["--dir", str(certs), "revoke", "ops"]) == 0
+
+    assert not list(export.rglob(CRL_FILE))
+    assert pin_of(certs / "ops.crt") in pins_in(export / "nats" / revocation.NATS_PINS_FILE)
+    assert certs_main(["--dir", str(certs), "revoke", "ledger", "--export-to", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_second_certificate_for_an_identity_is_revoked_on_its_own(tmp_path: Path) -> None:
+    assert certs_main(["--dir", str(tmp_path), "bootstrap"]) == 0
+    ops_before = (tmp_path / "ops.crt").read_bytes()
+
+    assert certs_main(["--dir", str(tmp_path), "issue", "client", "ops", "--file-name", "ops-ada"]) == 0
+
+    spare = authority.describe(tmp_path / "ops-ada.crt", load(tmp_path / "ca.crt"))
+    assert spare.identity == "spiffe://paysaga/client/ops" and spare.kind is Kind.CLIENT and spare.name == "ops-ada"
+    assert mode(tmp_path / "ops-ada.key") == 0o600
+    assert (tmp_path / "ops.crt").read_bytes() == ops_before
+    assert pin_of(tmp_path / "ops-ada.crt") in pins_in(tmp_path / revocation.NATS_PINS_FILE)
+    # A token bound to it works with it.
+    token = tokens.issue_client_token(
+        tmp_path, "ops", services=["payments"], scopes=["payments:read"], certificate=tmp_path / "ops-ada.crt"
+    )
+    verifier = tokens.TokenVerifier(tmp_path / tokens.PUBLIC_KEYS_FILE, audience=tokens.audience_of("payments"))
+    assert verifier.verify(token).certificate_thumbprint == tokens.certificate_file_thumbprint(tmp_path / "ops-ada.crt")
+
+    assert certs_main(["--dir", str(tmp_path), "revoke", "ops-ada"]) == 0
+
+    assert set(revocation.revoked_serials(tmp_path)) == {revocation.serial_of(tmp_path / "ops-ada.crt")}
+    pins = pins_in(tmp_path / revocation.NATS_PINS_FILE)
+    assert pin_of(tmp_path / "ops-ada.crt") not in pins and pin_of(tmp_path / "ops.crt") in pins
+    assert certs_main(["--dir", str(tmp_path), "issue", "client", "ops", "--file-name", "ops-ada"]) == 2  # no --force
+    assert certs_main(["--dir", str(tmp_path), "issue", "client", "ops", "--file-name", "ca", "--force"]) == 2
+
+
+def test_the_help_says_how_to_revoke_in_the_compose_cluster() -> None:
+    result = run_script("--help")
+
+    assert "docker compose run --rm certs paysaga-certs revoke NAME" in result.stdout
+    assert "docker compose kill -s HUP nats" in result.stdout
+    assert "nats-pins.conf" in result.stdout and "PAYSAGA_EXPORT_DIR" in result.stdout
+
+
+def test_with_no_key_to_accept_nats_lets_nobody_in_rather_than_everybody(tmp_path: Path) -> None:
+    """nats-server takes an empty pinned_certs for no pinning at all."""
+    rotation.bootstrap(tmp_path, tmp_path)
+    every = [revocation.serial_of(path) for path in tmp_path.glob("*.crt")]
+
+    revocation.revoke(tmp_path, tmp_path, every)
+
+    assert revocation.publish_nats_pins(tmp_path) == ()
+    assert pins_in(tmp_path / revocation.NATS_PINS_FILE) == [revocation.NO_KEY_PIN]
+    rendered = natsconf.render(
+        server_name="x", host="127.0.0.1", port=4222, tls=TlsFiles.in_directory(tmp_path, "nats"),
+        store_dir=tmp_path, pinned_keys=[],
+    )  # fmt: skip
+    assert f'pinned_certs: ["{revocation.NO_KEY_PIN}"]' in rendered

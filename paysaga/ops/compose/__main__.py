@@ -178,6 +178,8 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
         with stages(f"{label}: nothing else reachable; NATS refuses strangers"):
             detail(checks.check_exposure(project, port, oauth_port))
             detail(checks.check_nats_refuses_strangers(project))
+        with stages(f"{label}: a certificate revoked by ops is refused by NATS and by payments"):
+            checks.check_revoked_certificate_refused(project, target, Path(client_dir.name), detail)
     except (*FAILURES, Exception):
         with interrupts.shielded():
             say(f"\n--- {project.name}: containers and their last log lines ---\n{project.diagnostics()}")

@@ -8,7 +8,10 @@ inside the private network, as the README shows. An OAuth client that ops regist
 authorization server's container gets a token from its published token endpoint with curl;
 payments takes that token until the client revokes it, and then refuses it on every replica.
 Then that the host can reach nothing else, and that NATS refuses clients without a certificate
-of ours even inside the network.
+of ours even inside the network. Last, a revocation as ops make one: a second certificate of the
+ops identity, accepted by NATS (inside the network) and by payments (from the host), is revoked
+through the certs container and refused by both once NATS has reloaded, while the regular ops
+certificate still gets in.
 """
 
 from __future__ import annotations
@@ -16,18 +19,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import shutil
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
 import jwt
+from cryptography import x509
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -65,6 +70,11 @@ REVOCATION_TIMEOUT_S = 10.0
 # connection may reach another replica (leastconn takes turns between idle ones).
 CALLS_PER_REPLICA = 4
 CURL_TIMEOUT_S = 30.0
+# The second certificate of the ops identity that the revocation check issues, uses and revokes
+# (paysaga-certs issue client ops --file-name ...): the regular ops certificate stays usable.
+SPARE_OPS_CERTIFICATE = "compose-spare-ops"
+# nats-server applies a reload at once, services re-read the CRL every 2 s: the time both are given.
+CERTIFICATE_REVOCATION_TIMEOUT_S = 20.0
 # Where Debian installs curl, should PATH not name /usr/bin.
 CURL_FALLBACK = Path("/usr/bin/curl")
 MessageT = TypeVar("MessageT", bound=Message)
@@ -92,6 +102,12 @@ def host_client_files(project: ComposeProject, directory: Path, name: str) -> Tl
     """A client certificate and key for name, with the trust bundle, streamed out of the certs
     container as the README shows (the key created 0600)."""
     project.one_off("certs", "paysaga-certs", "issue", "client", name)
+    return fetched_files(project, directory, name)
+
+
+def fetched_files(project: Revocations, directory: Path, name: str) -> TlsFiles:
+    """The certificate and key certs/<name>.crt and .key, with the trust bundle, streamed out of the
+    certs container (the key created 0600)."""
     files = TlsFiles(directory / f"{name}.crt", directory / f"{name}.key", directory / "ca.crt")
     for path, mode in (
         (files.ca_file, authority.CERTIFICATE_MODE),
@@ -557,20 +573,152 @@ def foreign_client() -> tuple[str, str]:
         return (directory / "ops.crt").read_text(), (directory / "ops.key").read_text()
 
 
+def probe_nats(project: Revocations, given: Mapping[str, tuple[str, str]]) -> dict[str, str]:
+    """Run nats_probe.py in an ops container inside the private network, with the certificates and
+    keys (PEM) given by name (FOREIGN, SPARE): how each way of connecting fared."""
+    environment: dict[str, str] = {}
+    for name, (certificate, key) in given.items():
+        environment |= {f"PAYSAGA_PROBE_{name}_CERT": certificate, f"PAYSAGA_PROBE_{name}_KEY": key}
+    output = project.one_off(
+        "ops", "-", entrypoint="python", input_text=NATS_PROBE.read_text(), environment=environment
+    )
+    results: dict[str, str] = json.loads(output.strip().splitlines()[-1])
+    return results
+
+
 def check_nats_refuses_strangers(project: ComposeProject) -> str:
     """Inside the private network: NATS refuses plaintext, TLS without a client certificate and a
     certificate from another CA, and accepts the ops client's (so the probe itself can succeed)."""
-    certificate, key = foreign_client()
-    output = project.one_off(
-        "ops",
-        "-",
-        entrypoint="python",
-        input_text=NATS_PROBE.read_text(),
-        environment={"PAYSAGA_PROBE_FOREIGN_CERT": certificate, "PAYSAGA_PROBE_FOREIGN_KEY": key},
-    )
-    results: dict[str, str] = json.loads(output.strip().splitlines()[-1])
+    results = probe_nats(project, {"FOREIGN": foreign_client()})
     expect(results["tls_with_ops_certificate"] == "connected", f"the ops client could not reach NATS: {results}")
     strangers = ("plaintext", "tls_without_certificate", "tls_with_foreign_certificate")
     for way in strangers:
         expect(results[way].startswith("refused"), f"NATS did not refuse a client by {way}: {results}")
     return "NATS refuses: " + "; ".join(f"{way.replace('_', ' ')} ({results[way][9:].strip()})" for way in strangers)
+
+
+# -- a revoked certificate -------------------------------------------------------------------------
+
+
+class Revocations(Protocol):
+    """What check_revoked_certificate_refused needs of a compose project."""
+
+    @property
+    def topology(self) -> Topology: ...
+
+    def one_off(
+        self,
+        service: str,
+        *arguments: str,
+        entrypoint: str | None = None,
+        input_text: str | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> str: ...
+
+    def signal(self, service: str, signal: str) -> None: ...
+
+    def inspect(self, service: str | None = None) -> list[dict[str, Any]]: ...
+
+    def container_logs(self, container: str) -> str: ...
+
+
+def nats_log(project: Revocations) -> str:
+    [nats] = project.inspect("nats")
+    return project.container_logs(nats["Id"])
+
+
+def _pinned_counts(log: str) -> list[str]:
+    """What nats-server logged at each reload that changed its pins: "Reloaded: N pinned_certs"."""
+    return re.findall(r"Reloaded: (\d+) pinned_certs", log)
+
+
+def _payments_answers(target: str, files: TlsFiles, token: str, calls: int) -> list[tuple[grpc.StatusCode, str]]:
+    async def answers() -> list[tuple[grpc.StatusCode, str]]:
+        return [await list_payments_answer(target, files, token) for _ in range(calls)]
+
+    return asyncio.run(answers())
+
+
+def check_revoked_certificate_refused(project: Revocations, target: str, directory: Path, say: Say) -> None:
+    """As ops revoke a certificate in the compose cluster: a second certificate for the ops identity
+    (another file, so the regular one stays usable) is issued in the certs container, which exports
+    the NATS pins; once NATS has reloaded (SIGHUP), it lets that certificate in from inside the
+    network, and payments takes it from the host. Then revoked in the certs container, which
+    exports the CRL to every service and the shorter pins to NATS; after another reload NATS
+    refuses it, as payments does (UNAUTHENTICATED, revoked) on each of CALLS_PER_REPLICA
+    connections per replica, while the regular ops certificate still gets in, and neither reload
+    cut a connection (nats-server logs how many it closes for their pins)."""
+    name, calls = SPARE_OPS_CERTIFICATE, CALLS_PER_REPLICA * project.topology.replicas
+    issued = project.one_off("certs", "paysaga-certs", "issue", "client", "ops", "--file-name", name)
+    expect(_exported_to_nats(issued), f"paysaga-certs issue did not export NATS's pins:\n{issued}")
+    project.signal("nats", "HUP")
+    files = fetched_files(project, directory, name)
+    certificate = x509.load_pem_x509_certificate(files.cert_file.read_bytes())
+    expect(tls.uri_identity(certificate) == client_identity("ops"), f"{name}.crt is not an ops certificate")
+    spare = (files.cert_file.read_text(), files.key_file.read_text())
+    token = project.one_off(
+        "certs", "paysaga-certs", "token", "issue", "ops", "--cert", f"/certs/{name}.crt",
+        "--audience", "payments", "--scope", "payments:read",
+    ).strip()  # fmt: skip
+    results = _probe_until(project, spare, lambda found: found == "connected", "NATS lets the new ops certificate in")
+    answers = _payments_answers(target, files, token, calls)
+    expect(all(code == grpc.StatusCode.OK for code, _ in answers), f"payments did not take it: {_tally(answers)}")
+    say(f"ops: docker compose run --rm certs paysaga-certs issue client ops --file-name {name}")
+    say("ops: docker compose kill -s HUP nats")
+    say(
+        f"with this second ops certificate (serial {certificate.serial_number:x}): NATS lets the probe in "
+        f"({results['tls_with_spare_certificate']}), ListPayments through 127.0.0.1: OK on {calls} connections"
+    )
+    revoked = project.one_off("certs", "paysaga-certs", "revoke", name)
+    expect(f"revoked serial {certificate.serial_number:x}" in revoked, f"paysaga-certs revoke answered:\n{revoked}")
+    expect(_exported_to_nats(revoked), f"paysaga-certs revoke did not export NATS's pins:\n{revoked}")
+    project.signal("nats", "HUP")
+    revoked_at = time.monotonic()
+    results = _probe_until(project, spare, lambda found: found.startswith("refused"), "NATS refuses it")
+    nats_refused_after = time.monotonic() - revoked_at
+    expect(results["tls_with_ops_certificate"] == "connected", f"the regular ops certificate was refused: {results}")
+    while True:
+        answers = _payments_answers(target, files, token, calls)
+        if all(code == grpc.StatusCode.UNAUTHENTICATED and "revoked" in details for code, details in answers):
+            break
+        expect(
+            time.monotonic() - revoked_at < CERTIFICATE_REVOCATION_TIMEOUT_S,
+            f"{CERTIFICATE_REVOCATION_TIMEOUT_S:.0f} s after the revocation payments still answers: {_tally(answers)}",
+        )
+        time.sleep(POLL_INTERVAL_S)
+    log = nats_log(project)
+    expect("certificate not pinned" in log, "nats-server has not logged a refusal of the revoked certificate")
+    expect(
+        "due to pinned certs reload" not in log,
+        "a reload of the pins closed connections (the services'?): "
+        + "; ".join(line for line in log.splitlines() if "due to pinned certs reload" in line),
+    )
+    counts = _pinned_counts(log)
+    say(f"ops: docker compose run --rm certs paysaga-certs revoke {name}  (the CRL to every volume, the pins to nats')")
+    say("ops: docker compose kill -s HUP nats")
+    say(
+        f"{nats_refused_after:.1f} s later NATS refuses it ({results['tls_with_spare_certificate'][9:].strip()}; "
+        f"nats-server: certificate not pinned), payments on all {calls} connections: {_tally(answers)}"
+    )
+    say(
+        f"the regular ops certificate still connects; nats-server's pins: {' then '.join(counts[-2:])} keys, "
+        "no connection cut by either reload"
+    )
+
+
+def _exported_to_nats(output: str) -> bool:
+    """Whether paysaga-certs said it exported again, NATS's files among them (with the pins)."""
+    return re.search(r"^exported again to \S+: (.*, )?nats(,|;|$)", output, re.MULTILINE) is not None
+
+
+def _probe_until(
+    project: Revocations, spare: tuple[str, str], done: Callable[[str], bool], what: str
+) -> dict[str, str]:
+    """Probe NATS with the spare certificate until done(its outcome), for CERTIFICATE_REVOCATION_TIMEOUT_S."""
+    deadline = time.monotonic() + CERTIFICATE_REVOCATION_TIMEOUT_S
+    while True:
+        results = probe_nats(project, {"SPARE": spare})
+        if done(results["tls_with_spare_certificate"]):
+            return results
+        expect(time.monotonic() < deadline, f"expected: {what}; the probe found {results}")
+        time.sleep(POLL_INTERVAL_S)

@@ -4,7 +4,9 @@ NATS? Standard library only, so it needs nothing installed.
 Prints one JSON object: for each way of connecting, "connected", "refused: <why>" (the server
 answered, then would not let the client in), or "error: <why>" (the server was never reached,
 which proves nothing). The ops client's own certificate must get "connected": that shows the
-probe can succeed. A certificate from another CA comes in PAYSAGA_PROBE_FOREIGN_CERT and _KEY.
+probe can succeed. Other certificates come in the environment, each as PAYSAGA_PROBE_<NAME>_CERT
+and _KEY (PEM), and are tried as "tls_with_<name>_certificate": FOREIGN, one from another CA;
+SPARE, another certificate of ours, before and after it is revoked.
 """
 
 from __future__ import annotations
@@ -75,12 +77,18 @@ def attempt(client_certificate: tuple[str, str] | None, use_tls: bool) -> str:
         return f"refused: {error}"
 
 
-def foreign_certificate() -> tuple[str, str]:
-    directory = Path("/tmp/foreign")  # noqa: S108 - the one-off container's own tmpfs
+CERTIFICATES_GIVEN = ("FOREIGN", "SPARE")
+
+
+def given_certificate(name: str) -> tuple[str, str] | None:
+    """The certificate and key PAYSAGA_PROBE_<name>_CERT and _KEY hold, as files; None without them."""
+    if f"PAYSAGA_PROBE_{name}_CERT" not in os.environ:
+        return None
+    directory = Path("/tmp") / name.lower()  # noqa: S108 - the one-off container's own tmpfs
     directory.mkdir(mode=0o700, exist_ok=True)
     files = (directory / "client.crt", directory / "client.key")
-    for path, variable in zip(files, ("PAYSAGA_PROBE_FOREIGN_CERT", "PAYSAGA_PROBE_FOREIGN_KEY"), strict=True):
-        path.write_text(os.environ[variable])
+    for path, suffix in zip(files, ("CERT", "KEY"), strict=True):
+        path.write_text(os.environ[f"PAYSAGA_PROBE_{name}_{suffix}"])
     return str(files[0]), str(files[1])
 
 
@@ -88,9 +96,12 @@ def main() -> int:
     results = {
         "plaintext": attempt(None, use_tls=False),
         "tls_without_certificate": attempt(None, use_tls=True),
-        "tls_with_foreign_certificate": attempt(foreign_certificate(), use_tls=True),
-        "tls_with_ops_certificate": attempt(("/certs/ops.crt", "/certs/ops.key"), use_tls=True),
     }
+    for name in CERTIFICATES_GIVEN:
+        certificate = given_certificate(name)
+        if certificate is not None:
+            results[f"tls_with_{name.lower()}_certificate"] = attempt(certificate, use_tls=True)
+    results["tls_with_ops_certificate"] = attempt(("/certs/ops.crt", "/certs/ops.key"), use_tls=True)
     print(json.dumps(results))
     return 0
 

@@ -151,6 +151,10 @@ class ComposeProject:
         result = _run(arguments, timeout_s=CALL_TIMEOUT_S)
         return _stdout(arguments, result) + result.stderr
 
+    def signal(self, service: str, signal: str) -> None:
+        """Send signal to every container of service, as an operator does with `docker compose kill -s`."""
+        self.call("kill", "--signal", signal, service)
+
     def kill(self, container: str) -> None:
         """SIGKILL one container; its restart policy leaves it down (docker treats a kill as meant)."""
         docker("kill", "--signal", "KILL", container)

@@ -51,6 +51,9 @@ CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger", "auth")
 # The cluster service that signs OAuth access tokens: its export alone also gets the token signing
 # key (paysaga.ops.pki.rotation.export), never the CA's.
 AUTHORIZATION_SERVER = "auth"
+# The cluster service that runs nats-server: its export alone also gets the keys it may accept
+# (paysaga.ops.pki.revocation.publish_nats_pins), since nats-server reads no CRL.
+NATS_SERVER = "nats"
 CLUSTER_CLIENTS = ("ops",)
 PRIVATE_KEY_MODE = 0o600
 CERTIFICATE_MODE = 0o644
@@ -210,12 +213,16 @@ def issue(
     lifetime_days: int = LEAF_LIFETIME_DAYS,
     force: bool = False,
     now: dt.datetime | None = None,
+    file_name: str | None = None,
 ) -> CertificateInfo:
-    """Issue a key and certificate for a service or an external client into certs_dir."""
+    """Issue a key and certificate for a service or an external client into certs_dir, as
+    <name>.crt and <name>.key, or with file_name, as <file_name>.crt and .key: another certificate
+    for the same identity (e.g. one per ops workstation), which can be revoked on its own."""
     check_name(name)
     if kind is Kind.CA:
         raise CertificateError("use create_ca for a CA certificate")
-    cert_path, key_path = certs_dir / f"{name}.crt", certs_dir / f"{name}.key"
+    stem = check_name(file_name) if file_name is not None else name
+    cert_path, key_path = certs_dir / f"{stem}.crt", certs_dir / f"{stem}.key"
     if not force and (cert_path.exists() or key_path.exists()):
         raise CertificateError(f"{cert_path} already exists; pass --force to re-issue it")
     _check_lifetime(lifetime_days)

@@ -17,8 +17,9 @@ Typical use:
   paysaga-certs list                      # every certificate with its identity and expiry
   paysaga-certs check                     # exit 1 when a certificate expires soon (for monitoring)
   paysaga-certs issue service payments --force   # rotation: servers pick the new one up without restart
-  paysaga-certs revoke acme-shop          # refuse certs/acme-shop.crt from now on (certs/crl.pem)
+  paysaga-certs revoke acme-shop          # refuse certs/acme-shop.crt from now on (certs/crl.pem, certs/nats-pins.conf)
   paysaga-certs issue client acme-shop --force --revoke-old   # a new one, and the old one refused
+  paysaga-certs issue client ops --file-name ops-ada   # another certificate for an identity, revocable on its own
   paysaga-certs ca-rollover begin | finish       # replace the CA; both are trusted in between
 
 Files: <dir>/ca.crt (trust anchor to give to every peer), <dir>/<name>.crt and <dir>/<name>.key
@@ -28,6 +29,20 @@ production by pointing --ca-dir at a separate place. The token signing key,
 <ca-dir>/token-signing.key, goes to one more place only: the authorization server (auth), whose
 export (bootstrap --export-to, export auth) carries it, mode 0600; it is never exported with
 any other identity, and ca.key never at all.
+
+Revocation: gRPC servers and the token endpoint read <dir>/crl.pem (within 2 s of a change).
+nats-server reads no CRL; it accepts only the keys in <dir>/nats-pins.conf, which its
+configuration includes: every certificate key seen in <dir> until its certificate expires (a
+rotation cuts no connection; <dir>/nats-keys.json remembers them), minus those of revoked
+certificates. issue, revoke, bootstrap and export write it afresh; nats-server reads it again when
+it reloads, and a shorter list closes the connections whose key left it. Every export carries
+crl.pem (once something is revoked), nats' export nats-pins.conf too. With --export-to DIR (default
+$PAYSAGA_EXPORT_DIR), issue and revoke export again every identity DIR holds a directory for, so
+each container gets the new CRL and nats the new pins; the docker-compose "certs" job sets
+PAYSAGA_EXPORT_DIR, so revoking there takes two commands:
+
+  docker compose run --rm certs paysaga-certs revoke NAME   # crl.pem to every volume, the pins to nats'
+  docker compose kill -s HUP nats                            # NATS reloads: NAME is refused, its connections closed
 """
 
 from __future__ import annotations
@@ -45,6 +60,13 @@ from paysaga.ops.pki.authority import CertificateError, CertificateInfo, Kind
 from paysaga.runtime.security import tokens
 from paysaga.runtime.security.ratelimit import Limit, parse_limits
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS
+
+# Where bootstrap, issue and revoke export to when --export-to is not given (the compose "certs" job sets it).
+EXPORT_DIR_VARIABLE = "PAYSAGA_EXPORT_DIR"
+REFRESH_HELP = (
+    "after issuing or revoking, export again every identity DIR holds a directory for (as bootstrap --export-to "
+    f"made them): the new CRL to each, the new NATS pins to DIR/nats (default: ${EXPORT_DIR_VARIABLE})"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,12 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --force: revoke the certificate this one replaces (e.g. its key may have leaked)",
     )
+    issue.add_argument(
+        "--file-name",
+        default=None,
+        metavar="FILE",
+        help="write <dir>/FILE.crt and FILE.key instead of NAME.crt and NAME.key: another certificate for the "
+        "identity NAME (e.g. one per ops workstation), which revoke FILE refuses without touching the others",
+    )
+    _export_option(issue, REFRESH_HELP)
 
     revoke = commands.add_parser(
-        "revoke", help="stop accepting a certificate: published in <dir>/crl.pem, refused within seconds"
+        "revoke",
+        help="stop accepting a certificate: published in <dir>/crl.pem (gRPC: refused within seconds) and "
+        "<dir>/nats-pins.conf (NATS: refused once nats-server reloads)",
     )
     revoke.add_argument("name", nargs="?", help="the certificate <dir>/NAME.crt")
     revoke.add_argument("--serial", default=None, help="or its serial number in hex (for one no longer on disk)")
+    _export_option(revoke, REFRESH_HELP)
 
     listing = commands.add_parser("list", help="show every certificate with its identity and expiry")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -127,14 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=authority.RENEW_WITHIN_DAYS,
         help="re-issue certificates expiring this soon (default: %(default)s)",
     )
-    bootstrap.add_argument(
-        "--export-to",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="also copy each service's and client's certificate, key (and token), trust bundle and token keys "
+    _export_option(
+        bootstrap,
+        "also copy each service's and client's certificate, key (and token), trust bundle, token keys and CRL "
         f"into DIR/<name>/, so each host or container is given its own key only; DIR/{authority.AUTHORIZATION_SERVER}"
-        " also gets the token signing key (mode 0600), which the authorization server signs access tokens with",
+        " also gets the token signing key (mode 0600), which the authorization server signs access tokens with, "
+        f"DIR/{authority.NATS_SERVER} the keys NATS may accept (nats-pins.conf) (default: ${EXPORT_DIR_VARIABLE})",
     )
     bootstrap.add_argument(
         "--client-tokens",
@@ -216,6 +247,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--export-to",
+        type=Path,
+        default=os.environ.get(EXPORT_DIR_VARIABLE) or None,
+        metavar="DIR",
+        help=help_text,
+    )
+
+
+def _refresh_exports(certs_dir: Path, ca_dir: Path, export_dir: Path | None) -> None:
+    """After an issue or a revocation: the NATS pins written afresh and, with an export directory,
+    every identity exported there exported again (the CRL to each, the pins to nats')."""
+    revocation.publish_nats_pins(certs_dir)
+    if export_dir is None:
+        return
+    names = rotation.refresh_exports(certs_dir, export_dir, ca_dir=ca_dir)
+    print(
+        f"exported again to {export_dir}: {', '.join(names) or 'nothing (no identity exported there)'}"
+        + (
+            f"; reload nats-server for its new pins (docker compose kill -s HUP {authority.NATS_SERVER})"
+            if authority.NATS_SERVER in names
+            else ""
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     certs_dir: Path = args.dir
@@ -235,12 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             serial = int(args.serial, 16) if args.serial else revocation.serial_of(certs_dir / f"{args.name}.crt")
             path = revocation.revoke(Path(ca_dir), certs_dir, [serial])
             print(
-                f"revoked serial {serial:x}: {path} lists {len(revocation.revoked_serials(certs_dir))} certificate(s)"
+                f"revoked serial {serial:x}: {path} lists {len(revocation.revoked_serials(certs_dir))} certificate(s); "
+                f"{certs_dir / revocation.NATS_PINS_FILE} no longer lists its key"
             )
+            _refresh_exports(certs_dir, Path(ca_dir), args.export_to)
         elif args.command == "issue":
             old_serial = None
-            if args.revoke_old and (certs_dir / f"{args.name}.crt").exists():
-                old_serial = revocation.serial_of(certs_dir / f"{args.name}.crt")
+            certificate_file = certs_dir / f"{args.file_name or args.name}.crt"
+            if args.revoke_old and certificate_file.exists():
+                old_serial = revocation.serial_of(certificate_file)
             info = authority.issue(
                 authority.load_ca(Path(ca_dir)),
                 certs_dir,
@@ -250,11 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ip_addresses=args.ip,
                 lifetime_days=args.days,
                 force=args.force,
+                file_name=args.file_name,
             )
             print(f"issued {info.path} and {info.path.with_suffix('.key')}: {info.summary()}")
             if old_serial is not None:
                 revocation.revoke(Path(ca_dir), certs_dir, [old_serial])
                 print(f"revoked the certificate it replaces (serial {old_serial:x})")
+            _refresh_exports(certs_dir, Path(ca_dir), args.export_to)
         elif args.command == "list":
             return _list(certs_dir, as_json=args.json, warn_within_days=args.warn_days)
         elif args.command == "check":

@@ -12,11 +12,13 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from paysaga.ops.pki import revocation
 from paysaga.ops.pki.authority import (
     AUTHORIZATION_SERVER,
     CA_CERT_FILE,
     CA_LIFETIME_DAYS,
     CERTIFICATE_MODE,
+    NATS_SERVER,
     PREVIOUS_CA_CERT_FILE,
     PRIVATE_KEY_MODE,
     Authority,
@@ -32,6 +34,7 @@ from paysaga.ops.pki.authority import (
 )
 from paysaga.runtime.files import write_file
 from paysaga.runtime.security import tokens
+from paysaga.runtime.security.revocation import CRL_FILE
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS
 
 # An ops client's token (every scope, every service): paysaga-local and the compose cluster's
@@ -96,23 +99,28 @@ def finish_ca_rollover(ca_dir: Path, certs_dir: Path, *, force: bool = False) ->
 
 def export(certs_dir: Path, name: str, target_dir: Path, *, ca_dir: Path | None = None) -> list[Path]:
     """Copy one identity's certificate and key (and its bearer token, if it has one), with the
-    trust bundle and the token public keys, into target_dir: what a single service's or client's
-    host or container needs, and nothing of the others'.
+    trust bundle, the token public keys and the CRL (once something is revoked), into target_dir:
+    what a single service's or client's host or container needs, and nothing of the others'.
 
-    With ca_dir, the authorization server's export (AUTHORIZATION_SERVER) also gets the token
-    signing key from there (mode 0600): it signs the OAuth access tokens. No other export gets it,
-    and the CA's own key is never exported."""
+    NATS's export (NATS_SERVER) also gets the keys it may accept, published afresh
+    (revocation.publish_nats_pins: nats-pins.conf, which its configuration includes). With ca_dir,
+    the authorization server's export (AUTHORIZATION_SERVER) also gets the token signing key from
+    there (mode 0600): it signs the OAuth access tokens. No other export gets it, and the CA's own
+    key is never exported."""
     check_name(name)
     target_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    token = certs_dir / f"{name}.token"
+    optional = [(certs_dir / f"{name}.token", PRIVATE_KEY_MODE), (certs_dir / CRL_FILE, CERTIFICATE_MODE)]
     sources = [
         (certs_dir / f"{name}.crt", CERTIFICATE_MODE),
         (certs_dir / f"{name}.key", PRIVATE_KEY_MODE),
         (certs_dir / CA_CERT_FILE, CERTIFICATE_MODE),
         (certs_dir / tokens.PUBLIC_KEYS_FILE, CERTIFICATE_MODE),
-        *([(token, PRIVATE_KEY_MODE)] if token.exists() else []),
+        *((path, mode) for path, mode in optional if path.exists()),
     ]
+    if name == NATS_SERVER:
+        revocation.publish_nats_pins(certs_dir)
+        sources.append((certs_dir / revocation.NATS_PINS_FILE, CERTIFICATE_MODE))
     if name == AUTHORIZATION_SERVER and ca_dir is not None:
         sources.append((ca_dir / tokens.SIGNING_KEY_FILE, PRIVATE_KEY_MODE))
     for source, mode in sources:
@@ -121,6 +129,24 @@ def export(certs_dir: Path, name: str, target_dir: Path, *, ca_dir: Path | None 
         write_file(target_dir / source.name, source.read_bytes(), mode)
         written.append(target_dir / source.name)
     return written
+
+
+def refresh_exports(certs_dir: Path, export_dir: Path, *, ca_dir: Path | None = None) -> list[str]:
+    """Export again each identity export_dir has a directory for (export_dir/<name>, as bootstrap
+    --export-to makes them) and certs_dir a certificate for: after a certificate is issued or
+    revoked, every one gets the CRL and its own current files, and NATS the new pins. Returns
+    the names, in order."""
+    if not export_dir.is_dir():
+        raise CertificateError(f"{export_dir} is not a directory: nothing was exported there")
+    reserved = CA_CERT_FILE.removesuffix(".crt")
+    names = sorted(
+        path.name
+        for path in export_dir.iterdir()
+        if path.is_dir() and path.name != reserved and (certs_dir / f"{path.name}.crt").exists()
+    )
+    for name in names:
+        export(certs_dir, name, export_dir / name, ca_dir=ca_dir)
+    return names
 
 
 def ensure_token_signing_key(ca_dir: Path, certs_dir: Path) -> str:
@@ -160,9 +186,12 @@ def _publish_token_keys(certs_dir: Path, *keys: ec.EllipticCurvePrivateKey) -> N
 
 def bootstrap(ca_dir: Path, certs_dir: Path, **options: Any) -> list[str]:
     """Everything a cluster needs, created or renewed as required: the CA, the certificates
-    (see authority.ensure_certificates for options) and the token signing key."""
+    (see authority.ensure_certificates for options), the token signing key, and the keys NATS
+    may accept (revocation.publish_nats_pins)."""
     report = ensure_certificates(ca_dir, certs_dir, **options)
     report.append(ensure_token_signing_key(ca_dir, certs_dir))
+    pins = revocation.publish_nats_pins(certs_dir)
+    report.append(f"published {certs_dir / revocation.NATS_PINS_FILE}: {len(pins)} keys NATS may accept")
     return report
 
 
