@@ -12,6 +12,11 @@ purchases admitted and not yet stored, and grows by each purchase admitted in be
 replicas each add their own, so under a burst the limit is approximate by what they admit within
 one refresh. The check comes before the idempotency key is looked up, so while the service is
 full even a retry of a stored purchase is told to come back later.
+
+The tiers are refused in turn: a purchase is taken on while fewer are in flight than its tier's
+limit (PaymentLimits.admission_shares of max_in_flight: by default 70% for standard, 90% for
+priority, all of it for critical). Under overload the standard tier is turned away first and the
+room left above its limit is kept for priority and critical purchases.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from paysaga.core.errors import ResourceExhausted
 from paysaga.runtime.storage.unit_of_work import Database
@@ -29,24 +34,25 @@ REFRESH_S = 0.1
 
 
 class Admission:
-    def __init__(self, database: Database, max_in_flight: int) -> None:
+    def __init__(self, database: Database, limits: Mapping[str, int]) -> None:
         self._database = database
-        self._max_in_flight = max_in_flight
+        self._limits = dict(limits)  # tier -> purchases in flight below which one of it is taken on
         self._in_flight = 0  # as last counted, plus what was admitted since
         self._creating = 0  # admitted and not yet stored (or refused): the database cannot see them
         self._refresh_at = float("-inf")
         self._refreshing = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def admitted(self) -> AsyncIterator[None]:
-        """Count one more purchase in flight while the block stores it, or raise ResourceExhausted
-        (nothing is changed)."""
+    async def admitted(self, tier: str) -> AsyncIterator[None]:
+        """Count one more purchase of tier in flight while the block stores it, or raise
+        ResourceExhausted (nothing is changed)."""
         if time.monotonic() >= self._refresh_at:
             await self._refresh()
-        if self._in_flight >= self._max_in_flight:
+        limit = self._limits[tier]
+        if self._in_flight >= limit:
             raise ResourceExhausted(
-                f"{self._in_flight} purchases are still in flight, at most {self._max_in_flight} are taken on; "
-                "retry in a moment with the same idempotency key"
+                f"{self._in_flight} purchases are still in flight; {tier} purchases are taken on while fewer than "
+                f"{limit} are; retry in a moment with the same idempotency key"
             )
         self._in_flight += 1
         self._creating += 1

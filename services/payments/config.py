@@ -3,10 +3,36 @@ threshold rules (flags and PAYSAGA_* variables, as the common settings)."""
 
 from __future__ import annotations
 
+import argparse
+
 from paysaga.runtime.settings import Option, ServiceSettings, positive_float, positive_int
-from services.payments.domain import PaymentLimits
+from services.payments.domain import SLA_TIERS, PaymentLimits
 
 DEFAULTS = PaymentLimits()
+
+
+def admission_shares(text: str) -> tuple[tuple[str, float], ...]:
+    """'standard=0.7,priority=0.9,critical=1': each tier's share of --max-in-flight, between 0 and
+    1, not decreasing from standard to critical (a stricter tier is never refused first)."""
+    shares = dict(DEFAULTS.admission_shares)
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        tier, _, value = part.partition("=")
+        if tier not in SLA_TIERS:
+            raise argparse.ArgumentTypeError(f"unknown tier {tier!r} (tiers: {', '.join(SLA_TIERS)})")
+        try:
+            share = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{tier}: {value!r} is not a number") from None
+        if not 0 < share <= 1:
+            raise argparse.ArgumentTypeError(f"{tier}: a share is above 0 and at most 1, got {value}")
+        shares[tier] = share
+    ordered = [shares[tier] for tier in SLA_TIERS]
+    if ordered != sorted(ordered):
+        raise argparse.ArgumentTypeError(f"shares must not decrease from standard to critical, got {text!r}")
+    return tuple((tier, shares[tier]) for tier in SLA_TIERS)
+
+
+_SHARES = ",".join(f"{tier}={share:g}" for tier, share in DEFAULTS.admission_shares)
 # Each option's key (its flag without dashes) names the PaymentLimits field it sets.
 OPTIONS = (
     Option(
@@ -43,6 +69,13 @@ OPTIONS = (
         str(DEFAULTS.max_in_flight),
         "purchases not yet ended above which CreatePayment refuses new ones (RESOURCE_EXHAUSTED)",
         positive_int,
+    ),
+    Option(
+        "--admission-shares",
+        "PAYSAGA_ADMISSION_SHARES",
+        _SHARES,
+        "under overload, a tier's purchases are taken on while fewer than this share of --max-in-flight are in flight",
+        admission_shares,
     ),
     Option(
         "--max-watches-per-client",

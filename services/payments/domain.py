@@ -191,9 +191,21 @@ class PaymentLimits:
     # Purchases not yet ended above which new ones are refused (RESOURCE_EXHAUSTED) rather than
     # queued until they time out.
     max_in_flight: int = 500
+    # Under overload the tiers are refused in turn: a purchase of a tier is taken on while fewer
+    # purchases are in flight than its share of max_in_flight (standard first, critical last).
+    admission_shares: tuple[tuple[str, float], ...] = (("standard", 0.7), ("priority", 0.9), ("critical", 1.0))
     # WatchPayment: streams one client may hold open on one process, and how long one may last.
     max_watches_per_client: int = 32
     watch_max_s: float = 600.0
+
+
+SLA_TIERS = ("standard", "priority", "critical")
+
+
+def admission_limits(rules: PaymentLimits) -> dict[str, int]:
+    """How many purchases may be in flight when one of each tier is taken on (at least one)."""
+    shares = dict(rules.admission_shares)
+    return {tier: max(1, int(rules.max_in_flight * shares.get(tier, 1.0))) for tier in SLA_TIERS}
 
 
 def rule_violation(

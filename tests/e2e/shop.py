@@ -75,13 +75,25 @@ class Shop:
         )
 
     async def pay(
-        self, purchase: Purchase, *, amount_minor: int, quantity: int = 1, key: str | None = None
+        self,
+        purchase: Purchase,
+        *,
+        amount_minor: int,
+        quantity: int = 1,
+        key: str | None = None,
+        tier: payments_pb2.SlaTier.ValueType = payments_pb2.SLA_TIER_STANDARD,
     ) -> payments_pb2.Payment:
-        response = await self.create(purchase, amount_minor=amount_minor, quantity=quantity, key=key)
+        response = await self.create(purchase, amount_minor=amount_minor, quantity=quantity, key=key, tier=tier)
         return response.payment
 
     async def create(
-        self, purchase: Purchase, *, amount_minor: int, quantity: int = 1, key: str | None = None
+        self,
+        purchase: Purchase,
+        *,
+        amount_minor: int,
+        quantity: int = 1,
+        key: str | None = None,
+        tier: payments_pb2.SlaTier.ValueType = payments_pb2.SLA_TIER_STANDARD,
     ) -> payments_pb2.CreatePaymentResponse:
         response: payments_pb2.CreatePaymentResponse = await self.payments.CreatePayment(
             payments_pb2.CreatePaymentRequest(
@@ -91,6 +103,7 @@ class Shop:
                 sku=purchase.sku,
                 quantity=quantity,
                 amount=Money(amount_minor=amount_minor, currency=CURRENCY),
+                sla_tier=tier,
             ),
             timeout=10,
         )

@@ -16,6 +16,7 @@ from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.payments.v1 import payments_pb2
 from services.payments.admission import REFRESH_S
+from services.payments.domain import PaymentLimits, admission_limits
 from tests.e2e.conftest import MAX_AMOUNT_MINOR, MAX_IN_FLIGHT, SAGA_TIMEOUT_S, VELOCITY_LIMIT
 from tests.e2e.shop import Purchase, Shop, retry_while, status_name
 
@@ -478,7 +479,7 @@ async def test_cancel_racing_the_capture_ends_cancelled_with_everything_undone(s
     assert await shop.stock(purchase.sku) == (3, 0, 0)
 
 
-async def test_purchases_beyond_the_in_flight_limit_are_refused_and_change_nothing(shop: Shop) -> None:
+async def test_purchases_beyond_their_tiers_in_flight_limit_are_refused_and_change_nothing(shop: Shop) -> None:
     merchant = await shop.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT)
     sku = await shop.add_item(stock=MAX_IN_FLIGHT + 5)
     accepted: list[payments_pb2.Payment] = []
@@ -498,14 +499,19 @@ async def test_purchases_beyond_the_in_flight_limit_are_refused_and_change_nothi
         purchase, key, refusal = refused
         assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "in flight" in (refusal.details() or "") and "retry" in (refusal.details() or "")
-        # Earlier tests' purchases may still be in flight too, so at most the limit got in.
-        assert 0 < len(accepted) <= MAX_IN_FLIGHT
+        # Earlier tests' purchases may still be in flight too, so at most the standard tier's
+        # share of the limit got in.
+        assert 0 < len(accepted) <= admission_limits(PaymentLimits(max_in_flight=MAX_IN_FLIGHT))["standard"]
         # The refused request left nothing behind: no payment, no hold.
         listed = await shop.payments.ListPayments(
             payments_pb2.ListPaymentsRequest(payer_account_id=purchase.payer), timeout=10
         )
         assert list(listed.payments) == []
         assert await shop.balance(purchase.payer) == (PRICE, 0, PRICE)
+        # Standard purchases are refused first: the room above their share is kept for the
+        # stricter tiers, so a critical purchase still gets in.
+        urgent = Purchase(await shop.open_account(ledger_pb2.ACCOUNT_KIND_WALLET, PRICE), merchant, sku)
+        accepted.append(await shop.pay(urgent, amount_minor=PRICE, tier=payments_pb2.SLA_TIER_CRITICAL))
     finally:
         shop.cluster.resume("inventory")
 

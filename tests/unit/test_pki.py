@@ -524,9 +524,7 @@ def test_revoke_exports_again_the_crl_to_every_identity_and_the_pins_to_nats(
     assert (export / "auth" / tokens.SIGNING_KEY_FILE).exists() and not list(export.rglob(authority.CA_KEY_FILE))
 
 
-def test_revoke_without_an_export_directory_touches_no_export(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_revoke_without_an_export_directory_touches_no_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     certs, export = tmp_path / "certs", tmp_path / "export"
     monkeypatch.delenv(cli.EXPORT_DIR_VARIABLE, raising=False)
     assert certs_main(["--dir", str(certs), "bootstrap", "--export-to", str(export)]) == 0

@@ -24,7 +24,7 @@ from services.payments import handlers
 from services.payments.adapters import views
 from services.payments.adapters.repository import PaymentsUnit, as_utc
 from services.payments.admission import Admission
-from services.payments.domain import TERMINAL, Payment, PaymentLimits, PurchaseRequest, Status
+from services.payments.domain import TERMINAL, Payment, PaymentLimits, PurchaseRequest, Status, admission_limits
 
 # A watcher re-reads its payment when this process commits a change to it, and also (another
 # replica may have made the change) after a pause that starts here and doubles, up to the most,
@@ -80,7 +80,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self._database = database
         self._rules = rules
         self._watchers = Watchers(rules.max_watches_per_client)
-        self._admission = Admission(database, rules.max_in_flight)
+        self._admission = Admission(database, admission_limits(rules))
         self._creates: GroupCommit[PaymentsUnit, tuple[Payment, bool]] = GroupCommit(database)
         database.on_commit(self._watchers.committed)
 
@@ -89,7 +89,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
         purchase, caller = purchase_request(request), current_caller()
-        async with self._admission.admitted():
+        async with self._admission.admitted(tier_name(purchase.sla_tier)):
             payment, replayed = await self._creates.run(
                 lambda unit: handlers.create_payment(unit, purchase, self._rules, caller)
             )
@@ -227,6 +227,11 @@ def purchase_request(request: payments_pb2.CreatePaymentRequest) -> PurchaseRequ
         validation.currency(request.amount.currency, "amount.currency"),
         request.sla_tier or payments_pb2.SLA_TIER_STANDARD,
     )
+
+
+def tier_name(tier: int) -> str:
+    """ "standard", "priority" or "critical" for an SlaTier (unspecified is standard)."""
+    return payments_pb2.SlaTier.Name(tier or payments_pb2.SLA_TIER_STANDARD).removeprefix("SLA_TIER_").lower()  # type: ignore[arg-type]
 
 
 def status_of_proto(value: int) -> Status:
