@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from paysaga.runtime.https import serve_https
 from paysaga.runtime.messaging.consumer import Subscription
 from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
 from paysaga.runtime.service_process import ServiceDefinition, Worker
@@ -37,7 +38,7 @@ def https_worker(settings: ServiceSettings, database: Database[AuthUnit]) -> Wor
     host, _, port = options["https_bind"].rpartition(":")
 
     async def serve(stop: asyncio.Event) -> None:
-        await http_api.serve_https(endpoints.application(), host, int(port), settings.tls, stop)
+        await serve_https(endpoints.application(), host, int(port), settings.tls, stop, name="oauth")
 
     return serve
 

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from paysaga.core import eventing
 from paysaga.ops.pki import authority
+from paysaga.runtime.https import serve_https
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
 from paysaga.runtime.settings import TlsFiles
@@ -86,7 +87,7 @@ async def server(database_url: str, certs_dir: Path, tmp_path: Path) -> AsyncIte
     )
     stop = asyncio.Event()
     serving = asyncio.create_task(
-        http_api.serve_https(endpoints.application(), "127.0.0.1", port, TlsFiles.in_directory(certs_dir, "auth"), stop)
+        serve_https(endpoints.application(), "127.0.0.1", port, TlsFiles.in_directory(certs_dir, "auth"), stop)
     )
     for _ in range(100):
         try:

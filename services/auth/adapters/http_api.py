@@ -33,10 +33,8 @@ from paysaga.events.v1 import events_pb2
 from paysaga.runtime.files import FileStamp, file_stamp
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.revocation import RevocationList
-from paysaga.runtime.settings import TlsFiles
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
 from paysaga.runtime.storage.unit_of_work import Database
-from paysaga.runtime.tasks import sleep_or_stop
 from services.auth.adapters.oauth import (
     ACCESS_TOKEN,
     AUTH_METHOD,
@@ -371,26 +369,3 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         # RFC 8705: access tokens are bound to the client certificate they were asked for with.
         "tls_client_certificate_bound_access_tokens": True,
     }
-
-
-async def serve_https(app: web.Application, host: str, port: int, files: TlsFiles, stop: asyncio.Event) -> None:
-    """Serve app on host:port over mutual TLS until stop is set, with this service's certificate
-    and trust bundle followed across rotations (new handshakes use the new files)."""
-    watcher = tls.CertificateWatcher(files)
-    context = tls.server_ssl_context(files)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, ssl_context=context)
-        await site.start()
-        log.info("oauth.ready", extra={"https_bind": f"{host}:{port}"})
-        while not stop.is_set():
-            await sleep_or_stop(stop, watcher.check_interval_s)
-            if watcher.poll() is not None:
-                # A trust bundle only grows this way: a CA dropped by a rollover stays trusted
-                # here until the next restart (its certificates are expired or revoked by then).
-                context.load_cert_chain(str(files.cert_file), str(files.key_file))
-                context.load_verify_locations(cafile=str(files.ca_file))
-                log.info("oauth.certificate_reloaded", extra=watcher.material.describe())
-    finally:
-        await runner.cleanup()
