@@ -232,6 +232,11 @@ async def _drain(call: Any) -> None:
 
 async def test_each_client_touches_only_its_own_records_and_a_refusal_changes_nothing(world: World) -> None:
     assert (await alice_buys(world)).status == payments_pb2.PAYMENT_STATUS_COMPLETED
+
+    async def sale_committed() -> bool:  # inventory commits the sale on the ledger's capture, apart from payments
+        return (await world.shop.stock(world.sku))[1] == 0
+
+    await eventually(sale_committed, "inventory committing the sale")
     before = await snapshot(world)
     ids = {"wallet": world.wallet, "payment": world.payment_id, "sku": world.sku}
 
