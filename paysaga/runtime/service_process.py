@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
+from paysaga.runtime import metrics
 from paysaga.runtime.grpc_server import GrpcService, create_server
 from paysaga.runtime.logs import configure_logging
 from paysaga.runtime.messaging import streams
@@ -110,6 +111,13 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             ("token-revocations", revocations.run),
         ]
         loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
+        durables = [
+            (subscription.stream, subscription.durable_name(settings.service))
+            for subscription in definition.subscriptions
+        ]
+        loops.append(("metrics-consumers", lambda stop: metrics.follow_consumers(jetstream, durables, stop)))
+        if settings.metrics_bind:
+            loops.append(("metrics", lambda stop: metrics.serve_metrics(settings.metrics_bind, settings.tls, stop)))
         loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]
         tasks = [asyncio.create_task(_supervised(name, loop, workers_stop), name=name) for name, loop in loops]
         await built.set_serving(False)

@@ -18,6 +18,7 @@ from paysaga.runtime.security.ratelimit import DEFAULT_LIMITS, Limit, parse_limi
 from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
 
 DEFAULT_GRPC_PORTS = {"payments": 50051, "inventory": 50052, "ledger": 50053, "auth": 50054}
+DEFAULT_METRICS_PORTS = {"payments": 9151, "inventory": 9152, "ledger": 9153, "auth": 9154}
 DEFAULT_NATS_URL = "tls://127.0.0.1:4222"
 
 
@@ -48,6 +49,8 @@ class ServiceSettings:
     token_keys_file: Path
     # The issuers (iss) whose tokens are accepted: ops' ("paysaga") and the OAuth server's URL.
     token_issuers: tuple[str, ...]
+    # Where /metrics is served (HTTPS, mutual TLS); "" serves none (paysaga.runtime.metrics).
+    metrics_bind: str = ""
     # Default per-client rate limits by class of method (paysaga.runtime.security.ratelimit).
     rate_limits: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     # The values of the service's own Options, parsed, by Option.key.
@@ -139,6 +142,12 @@ def load_settings(
         "host:port to serve gRPC on",
     )
     option("--nats-url", "PAYSAGA_NATS_URL", DEFAULT_NATS_URL, "NATS server URL(s), comma-separated, tls:// scheme")
+    option(
+        "--metrics-bind",
+        "PAYSAGA_METRICS_BIND",
+        f"127.0.0.1:{DEFAULT_METRICS_PORTS.get(service, 0)}",
+        "host:port to serve Prometheus /metrics on (HTTPS, client certificate from our CA required; empty: none)",
+    )
     option("--tls-cert", "PAYSAGA_TLS_CERT", str(default_tls.cert_file), "this service's certificate")
     option("--tls-key", "PAYSAGA_TLS_KEY", str(default_tls.key_file), "this service's private key")
     option("--tls-ca", "PAYSAGA_TLS_CA", str(default_tls.ca_file), "CA certificate that peers must chain to")
@@ -201,6 +210,7 @@ def load_settings(
         stream_replicas=int(args.stream_replicas),
         token_keys_file=Path(args.token_keys),
         token_issuers=tuple(name.strip() for name in args.token_issuers.split(",") if name.strip()),
+        metrics_bind=args.metrics_bind.strip(),
         rate_limits=_rate_limits(args.rate_limits) if isinstance(args.rate_limits, str) else args.rate_limits,
         options={extra.key: getattr(args, extra.key) for extra in options},
     )

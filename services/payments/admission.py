@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 from paysaga.core.errors import ResourceExhausted
+from paysaga.runtime import metrics
 from paysaga.runtime.storage.unit_of_work import Database
 from services.payments.adapters import views
 
@@ -50,6 +51,7 @@ class Admission:
             await self._refresh()
         limit = self._limits[tier]
         if self._in_flight >= limit:
+            metrics.ADMISSION_REFUSALS.labels(tier).inc()
             raise ResourceExhausted(
                 f"{self._in_flight} purchases are still in flight; {tier} purchases are taken on while fewer than "
                 f"{limit} are; retry in a moment with the same idempotency key"

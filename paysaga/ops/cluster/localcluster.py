@@ -38,7 +38,7 @@ from paysaga.ops.pki.authority import CertificateError
 from paysaga.ops.pki.revocation import NatsPins
 from paysaga.runtime.files import write_file
 from paysaga.runtime.security import tls, tokens
-from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, TlsFiles
+from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, TlsFiles
 
 SERVICES = ("payments", "inventory", "ledger")
 # The OAuth authorization server: a service of the cluster, though not part of the purchase saga.
@@ -99,12 +99,15 @@ class LocalCluster:
         log_level: str = "INFO",
         environment: Mapping[str, Mapping[str, str]] | None = None,
         replicas: Mapping[str, int] | None = None,
+        metrics_ports: Mapping[str, int] | None = None,
     ) -> None:
         self.services = tuple(services)
         # Processes per service; replicas after the first are named "<service>-2", "<service>-3", ...
         # and share the service's database, so more than one needs PostgreSQL.
         self.replicas = {service: (replicas or {}).get(service, 1) for service in self.services}
         self._instance_ports = dict(ports.grpc)
+        # Each process's /metrics port: as given (by service name, for its first replica), else a free one.
+        self._metrics_ports: dict[str, int] = dict(metrics_ports or {})
         for service, count in self.replicas.items():
             for index in range(2, count + 1):
                 self._instance_ports[f"{service}-{index}"] = free_port()
@@ -132,6 +135,12 @@ class LocalCluster:
     def grpc_target(self, instance: str) -> str:
         """host:port of one process: a service's first replica by its name, others as <service>-N."""
         return f"127.0.0.1:{self._instance_ports[instance]}"
+
+    def metrics_target(self, instance: str) -> str:
+        """host:port of one process's Prometheus endpoint (HTTPS, mTLS), on a port of its own."""
+        if instance not in self._metrics_ports:
+            self._metrics_ports[instance] = free_port()
+        return f"127.0.0.1:{self._metrics_ports[instance]}"
 
     def instances(self, service: str) -> list[str]:
         return [service, *(f"{service}-{index}" for index in range(2, self.replicas[service] + 1))]
@@ -233,6 +242,7 @@ class LocalCluster:
         settings = {
             **self.service_environment(service),
             "PAYSAGA_GRPC_BIND": self.grpc_target(instance),
+            "PAYSAGA_METRICS_BIND": self.metrics_target(instance),
             **self.environment.get(service, {}),
             **environment,
         }
@@ -443,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         grpc={service: getattr(args, f"{service}_port") for service in (*SERVICES, AUTHORIZATION_SERVER)},
         https=args.https_port,
     )
-    busy = [port for port in (ports.nats, ports.https, *ports.grpc.values()) if _port_in_use(port)]
+    wanted = (ports.nats, ports.https, *ports.grpc.values(), *DEFAULT_METRICS_PORTS.values())
+    busy = [port for port in wanted if _port_in_use(port)]
     if busy:
         print(
             f"paysaga-local: port(s) {', '.join(map(str, busy))} already in use; is a cluster already running? "
@@ -474,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=args.log_level,
             environment=environment,
             replicas={service: args.replicas for service in SERVICES},
+            metrics_ports=DEFAULT_METRICS_PORTS,
         )
         return _serve(cluster, demo=args.demo)
 
@@ -552,6 +564,8 @@ def summary(cluster: LocalCluster) -> str:
         "For example:",
         f"  .venv/bin/paysaga-health grpc {cluster.grpc_target('payments')} \\\n"
         f"      --cert {ops.cert_file} --key {ops.key_file} --ca {ops.ca_file}",
+        "Metrics (Prometheus, mTLS): "
+        + ", ".join(f"{service} https://{cluster.metrics_target(service)}/metrics" for service in cluster.services),
         f"Logs: {cluster.state_dir / 'logs'}. Press Ctrl-C to stop.",
         "",
     ]

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic
@@ -35,6 +36,7 @@ from typing_extensions import TypeVar
 
 from paysaga.core import eventing
 from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EventEnvelope
+from paysaga.runtime import metrics
 from paysaga.runtime.logs import log_context
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
 from paysaga.runtime.storage.group_commit import each_in_savepoint
@@ -244,6 +246,7 @@ class EventConsumer(Generic[U]):
         parked for its own message only; on PostgreSQL each has a transaction of its own."""
         decoded = [(message, envelope) for message in messages if (envelope := await self._decode(message))]
         if self._batching and len(decoded) > 1:
+            started = time.perf_counter()
             try:
                 outcomes = await apply_each(self._database, self._handlers, [envelope for _, envelope in decoded])
             except Exception as error:  # noqa: BLE001 - the database failed the whole batch
@@ -255,11 +258,18 @@ class EventConsumer(Generic[U]):
                     return
                 log.info("consumer.batch_split", extra={"messages": len(decoded), "error": repr(error)})
             else:
+                share_s = (time.perf_counter() - started) / len(decoded)
                 for (message, envelope), outcome in zip(decoded, outcomes, strict=True):
+                    metrics.EVENT_HANDLING_SECONDS.labels(envelope.producer, envelope.event_type).observe(share_s)
                     await self._conclude(message, envelope, outcome)
                 return
         for message, envelope in decoded:
-            await self._conclude(message, envelope, await self._apply_alone(envelope))
+            started = time.perf_counter()
+            outcome = await self._apply_alone(envelope)
+            metrics.EVENT_HANDLING_SECONDS.labels(envelope.producer, envelope.event_type).observe(
+                time.perf_counter() - started
+            )
+            await self._conclude(message, envelope, outcome)
 
     async def _apply_alone(self, envelope: EventEnvelope) -> Exception | bool:
         try:
@@ -294,17 +304,24 @@ class EventConsumer(Generic[U]):
                     # The database or NATS is unavailable, or the transaction conflicted with a
                     # concurrent one: not the handler's fault, so it does not count.
                     log.warning("event.retry_later", extra={"delivery": attempt, "error": repr(outcome)})
+                    self._count(envelope, "retry")
                     await message.nak(delay=self.retry_delay_s(attempt))
                     return
                 # Only the handler's own failures count towards parking: deliveries during an
                 # outage or after an ack timeout do not. Kept in memory, so a restart only ever
                 # gives an event more attempts, never fewer.
+                self._count(envelope, "failed")
                 await self._handler_failed(message, envelope, sequence, outcome)
                 return
             self._failures.pop(sequence, None)
             self._conflicts.pop(sequence, None)
+            self._count(envelope, "applied" if outcome else "duplicate")
             await message.ack()
             log.debug("event.handled" if outcome else "event.duplicate_skipped")
+
+    @staticmethod
+    def _count(envelope: EventEnvelope, outcome: str) -> None:
+        metrics.EVENTS_HANDLED.labels(envelope.producer, envelope.event_type, outcome).inc()
 
     async def _handler_failed(self, message: Msg, envelope: EventEnvelope, sequence: int, error: Exception) -> None:
         failures = self._failures.pop(sequence, 0) + 1
@@ -350,6 +367,7 @@ class EventConsumer(Generic[U]):
             timeout=5,
         )
         await message.term()
+        metrics.DEAD_LETTERS.labels(envelope.producer if envelope else "unknown", event_type).inc()
         log.error(
             "event.dead_lettered",
             extra={

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
+from paysaga.runtime import metrics
 from paysaga.runtime.messaging.streams import StreamSpec, ensure_stream
 from paysaga.runtime.storage.unit_of_work import Database, OutboxRow, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop, wait_any
@@ -67,6 +68,8 @@ class OutboxRelay:
         self._scanned_at = time.monotonic()
         self._unmarked: list[str] = []  # published, not yet marked sent
         self._unmarked_since = 0.0
+        # When each queued event was committed (monotonic), for the relay lag metric.
+        self._committed_at: dict[str, float] = {}
         database.on_commit(self._committed)
 
     def _committed(self, unit: UnitOfWork) -> None:
@@ -76,9 +79,12 @@ class OutboxRelay:
         if not self._scan_due:
             if len(self._queued) + len(rows) > MAX_QUEUED:
                 self._queued.clear()
+                self._committed_at.clear()
                 self._scan_due = True  # the table has them all
             else:
                 self._queued.extend(rows)
+                now = time.monotonic()
+                self._committed_at.update((row.event_id, now) for row in rows)
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -174,6 +180,14 @@ class OutboxRelay:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # cancelled: not a failed publish
         sent = [row.event_id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
+        acknowledged_at = time.monotonic()
+        for row, result in zip(rows, results, strict=True):
+            committed_at = self._committed_at.pop(row.event_id, None)
+            if isinstance(result, Exception):
+                continue
+            metrics.EVENTS_PUBLISHED.labels(row.subject.rpartition(".")[2]).inc()
+            if committed_at is not None:
+                metrics.RELAY_LAG_SECONDS.observe(acknowledged_at - committed_at)
         if sent and not self._unmarked:
             self._unmarked_since = time.monotonic()
         self._unmarked += sent

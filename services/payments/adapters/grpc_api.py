@@ -15,6 +15,7 @@ from paysaga.core import validation
 from paysaga.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from paysaga.core.validation import PageRequest
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from paysaga.runtime import metrics
 from paysaga.runtime.grpc_server import GrpcService, abort_for, domain_errors_as_status
 from paysaga.runtime.security.authz import Rule, current_caller
 from paysaga.runtime.storage.group_commit import GroupCommit
@@ -83,6 +84,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         self._admission = Admission(database, admission_limits(rules))
         self._creates: GroupCommit[PaymentsUnit, tuple[Payment, bool]] = GroupCommit(database)
         database.on_commit(self._watchers.committed)
+        database.on_commit(count_ended_sagas)
 
     @domain_errors_as_status
     async def CreatePayment(
@@ -227,6 +229,26 @@ def purchase_request(request: payments_pb2.CreatePaymentRequest) -> PurchaseRequ
         validation.currency(request.amount.currency, "amount.currency"),
         request.sla_tier or payments_pb2.SLA_TIER_STANDARD,
     )
+
+
+# The events payments emits when a payment reaches a terminal status, and that status.
+_ENDINGS = {
+    "PaymentCompleted": "COMPLETED",
+    "PaymentFailed": "FAILED",
+    "PaymentCancelled": "CANCELLED",
+    "PaymentRejected": "REJECTED",
+    "PaymentRefunded": "REFUNDED",
+}
+
+
+def count_ended_sagas(unit: PaymentsUnit) -> None:
+    """paysaga_sagas_ended_total, from what a commit emitted (a savepoint undone takes its events
+    with it, so each ending is counted once)."""
+    for envelope in unit.emitted:
+        outcome = _ENDINGS.get(envelope.event_type)
+        if outcome is not None:
+            payment_id = getattr(envelope, envelope.WhichOneof("payload") or "").payment_id
+            metrics.SAGAS_ENDED.labels(outcome, tier_name(unit.payments.tiers.get(payment_id, 0))).inc()
 
 
 def tier_name(tier: int) -> str:
