@@ -30,7 +30,7 @@ def https_worker(settings: ServiceSettings, database: Database[AuthUnit]) -> Wor
     keys = http_api.SigningKeys(Path(options["signing_key"]), settings.token_keys_file)
     endpoints = http_api.AuthorizationEndpoints(
         database,
-        AuthorizationServer(options["issuer"], keys.signing),
+        AuthorizationServer(options["issuer"], lambda: keys.signing),
         keys,
         RevocationList(settings.tls.ca_file.parent / CRL_FILE, settings.tls.ca_file),
         options["issuer"],

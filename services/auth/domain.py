@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from paysaga.core.access import service_of_scope
 from paysaga.core.identity import client_identity, service_identity
 
+# The two kinds of token this server issues (an IssuedToken's kind, RFC 7009's token_type_hint).
+ACCESS_TOKEN = "access_token"
+REFRESH_TOKEN = "refresh_token"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_REFRESH_TOKEN = "refresh_token"
 DEFAULT_ACCESS_TOKEN_LIFETIME_S = 900
@@ -73,7 +76,7 @@ def refresh_token_hash(token: str) -> str:
 class IssuedToken:
     """An access token (by its jti) or a refresh token (by its hash) this server issued."""
 
-    kind: str  # "access_token" or "refresh_token"
+    kind: str  # ACCESS_TOKEN or REFRESH_TOKEN
     key: str  # jti or refresh token hash
     client_id: str
     scope: str

@@ -80,7 +80,7 @@ async def server(database_url: str, certs_dir: Path, tmp_path: Path) -> AsyncIte
     keys = http_api.SigningKeys(certs_dir / tokens.SIGNING_KEY_FILE, certs_dir / tokens.PUBLIC_KEYS_FILE)
     endpoints = http_api.AuthorizationEndpoints(
         store,
-        AuthorizationServer(issuer, keys.signing),
+        AuthorizationServer(issuer, lambda: keys.signing),
         keys,
         RevocationList(certs_dir / CRL_FILE, certs_dir / "ca.crt"),
         issuer,

@@ -280,7 +280,7 @@ class LocalCluster:
 
     def service_environment(self, service: str) -> dict[str, str]:
         files = self.tls_files(service)
-        return {
+        environment = {
             "PAYSAGA_GRPC_BIND": self.grpc_target(service),
             "PAYSAGA_NATS_URL": self.nats_url,
             "PAYSAGA_TLS_CERT": str(files.cert_file),
@@ -290,11 +290,14 @@ class LocalCluster:
             "PAYSAGA_DATABASE_URL": self.database_url(service),
             "PAYSAGA_LOG_LEVEL": self.log_level,
             "PAYSAGA_TOKEN_ISSUERS": f"{tokens.DEFAULT_ISSUER},{self.oauth_issuer}",
-            # Read by the authorization server only.
-            "PAYSAGA_HTTPS_BIND": f"127.0.0.1:{self.ports.https}",
-            "PAYSAGA_OAUTH_ISSUER": self.oauth_issuer,
-            "PAYSAGA_TOKEN_SIGNING_KEY": str(self.certs_dir / tokens.SIGNING_KEY_FILE),
         }
+        if service == AUTHORIZATION_SERVER:
+            environment |= {
+                "PAYSAGA_HTTPS_BIND": f"127.0.0.1:{self.ports.https}",
+                "PAYSAGA_OAUTH_ISSUER": self.oauth_issuer,
+                "PAYSAGA_TOKEN_SIGNING_KEY": str(self.certs_dir / tokens.SIGNING_KEY_FILE),
+            }
+        return environment
 
     def _spawn(self, name: str, command: list[str], environment: dict[str, str]) -> None:
         process = subprocess.Popen(

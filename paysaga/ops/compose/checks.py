@@ -600,11 +600,8 @@ def check_nats_refuses_strangers(project: ComposeProject) -> str:
 # -- a revoked certificate -------------------------------------------------------------------------
 
 
-class Revocations(Protocol):
+class Revocations(Replicas, Protocol):
     """What check_revoked_certificate_refused needs of a compose project."""
-
-    @property
-    def topology(self) -> Topology: ...
 
     def one_off(
         self,
@@ -616,10 +613,6 @@ class Revocations(Protocol):
     ) -> str: ...
 
     def signal(self, service: str, signal: str) -> None: ...
-
-    def inspect(self, service: str | None = None) -> list[dict[str, Any]]: ...
-
-    def container_logs(self, container: str) -> str: ...
 
 
 def nats_log(project: Revocations) -> str:

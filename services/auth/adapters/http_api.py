@@ -13,10 +13,10 @@ address, its identity and the reason.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,17 +36,15 @@ from paysaga.runtime.security.revocation import RevocationList
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
 from paysaga.runtime.storage.unit_of_work import Database
 from services.auth.adapters.oauth import (
-    ACCESS_TOKEN,
     AUTH_METHOD,
     GRANT_TYPES,
-    REFRESH_TOKEN,
     AuthorizationServer,
     Exchange,
     FormRequest,
     Peer,
 )
 from services.auth.adapters.repository import AuthUnit
-from services.auth.domain import GRANT_REFRESH_TOKEN, IssuedToken, refresh_token_hash
+from services.auth.domain import ACCESS_TOKEN, GRANT_REFRESH_TOKEN, REFRESH_TOKEN, IssuedToken, refresh_token_hash
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ class SigningKeys:
 
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read the files if they changed; True if they did."""
-        now = asyncio.get_event_loop().time() if not force else 0.0
+        now = time.monotonic()
         if not force and now < self._next_check_at:
             return False
         self._next_check_at = now + KEYS_CHECK_INTERVAL_S
@@ -184,15 +182,7 @@ class AuthorizationEndpoints:
         try:
             return await handler(request)
         except Refused as refused:
-            log.warning(
-                "oauth.refused",
-                extra={
-                    "path": request.path,
-                    "peer_address": request.remote,
-                    "error": refused.error,
-                    "reason": str(refused),
-                },
-            )
+            log_refused(request, "", refused.error, str(refused))
             return _json(refused.status, {"error": refused.error, "error_description": str(refused)})
         except web.HTTPException:
             raise
@@ -218,8 +208,7 @@ class AuthorizationEndpoints:
 
     async def jwks(self, request: web.Request) -> web.StreamResponse:
         peer_of(request, self.revocations)
-        if self.keys.refresh():
-            self.server.set_signing_keys(self.keys.signing)
+        self.keys.refresh()
         return web.json_response(self.keys.public_document, headers={"Cache-Control": "max-age=60"})
 
     async def metadata(self, request: web.Request) -> web.StreamResponse:
@@ -230,8 +219,7 @@ class AuthorizationEndpoints:
         peer = peer_of(request, self.revocations)
         form = await read_form(request)
         check_parameters(endpoint, form)
-        if self.keys.refresh():
-            self.server.set_signing_keys(self.keys.signing)
+        self.keys.refresh()  # the server signs with keys.signing, and _find checks with keys.public
         exchange = Exchange(peer, dt.datetime.now(dt.UTC))
         presented = form.get("refresh_token") if endpoint == "token" else form.get("token")
         async with self.database.transaction() as unit:
@@ -243,8 +231,7 @@ class AuthorizationEndpoints:
         refresh = endpoint == "token" and form.get("grant_type") == GRANT_REFRESH_TOKEN
         if refresh and self._reused(exchange):
             assert exchange.presented is not None
-            await self._revoke_family(exchange.presented, "refresh token reused")
-            return self._refused_grant(request, peer, "the refresh token was used before: its whole family is revoked")
+            return await self._refuse_reuse(request, peer, exchange.presented)
         status, body, headers = self.server.decide(
             endpoint, FormRequest(str(request.url), request.headers, form, exchange)
         )
@@ -253,10 +240,7 @@ class AuthorizationEndpoints:
                 await self._commit(exchange)
             except ReusedRefreshToken:
                 assert exchange.rotated is not None
-                await self._revoke_family(exchange.rotated, "refresh token reused")
-                return self._refused_grant(
-                    request, peer, "the refresh token was used before: its whole family is revoked"
-                )
+                return await self._refuse_reuse(request, peer, exchange.rotated)
             log.info(
                 f"oauth.{endpoint}",
                 extra={
@@ -266,19 +250,15 @@ class AuthorizationEndpoints:
                 },
             )
         else:
-            log.warning(
-                "oauth.refused",
-                extra={
-                    "path": request.path,
-                    "peer_address": request.remote,
-                    "identity": peer.identity,
-                    "error": body.get("error", "") if isinstance(body, dict) else "",
-                    "reason": body.get("error_description", "") if isinstance(body, dict) else "",
-                },
-            )
+            answer = body if isinstance(body, dict) else {}
+            log_refused(request, peer.identity, answer.get("error", ""), answer.get("error_description", ""))
         return _json(status, body, headers)
 
-    def _refused_grant(self, request: web.Request, peer: Peer, reason: str) -> web.StreamResponse:
+    async def _refuse_reuse(self, request: web.Request, peer: Peer, token: IssuedToken) -> web.StreamResponse:
+        """A refresh token presented after it was rotated away: someone else has it. Its family is
+        revoked, and the request refused."""
+        await self._revoke_family(token, "refresh token reused")
+        reason = "the refresh token was used before: its whole family is revoked"
         log.warning(
             "oauth.refresh_token_reused",
             extra={"peer_address": request.remote, "identity": peer.identity, "reason": reason, "alert": True},
@@ -323,6 +303,20 @@ class AuthorizationEndpoints:
     async def _revoke_family(self, token: IssuedToken, reason: str) -> None:
         async with self.database.transaction() as unit:
             announce(unit, token.client_id, await unit.auth.revoke_family(token.family_id), reason)
+
+
+def log_refused(request: web.Request, identity: str, error: str, reason: str) -> None:
+    """An oauth.refused line: what was refused, to whom (address and identity, if known) and why."""
+    log.warning(
+        "oauth.refused",
+        extra={
+            "path": request.path,
+            "peer_address": request.remote,
+            "identity": identity,
+            "error": error,
+            "reason": reason,
+        },
+    )
 
 
 def check_parameters(endpoint: str, form: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ import contextvars
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +30,14 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc.jwk import KeySet
 from joserfc.util import urlsafe_b64decode
 
+from paysaga.core.identity import client_identity
 from paysaga.runtime.security.ratelimit import parse_limits
 from paysaga.runtime.security.tokens import SCOPES
 from services.auth.domain import (
+    ACCESS_TOKEN,
     GRANT_CLIENT_CREDENTIALS,
     GRANT_REFRESH_TOKEN,
+    REFRESH_TOKEN,
     IssuedToken,
     RegisteredClient,
     audiences,
@@ -42,8 +45,6 @@ from services.auth.domain import (
 )
 
 AUTH_METHOD = "tls_client_auth"  # RFC 8705 section 2.1: the client certificate is the credential
-ACCESS_TOKEN = "access_token"
-REFRESH_TOKEN = "refresh_token"
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,9 @@ class ClientItself:
 
 
 class Token(TokenMixin):  # type: ignore[misc]
-    def __init__(self, issued: IssuedToken, now: dt.datetime, issuer: str) -> None:
+    def __init__(self, issued: IssuedToken, now: dt.datetime) -> None:
         self.issued = issued
         self.now = now
-        self.issuer = issuer
 
     def check_client(self, client: ClientMixin) -> bool:
         return bool(client.get_client_id() == self.issued.client_id)
@@ -233,21 +233,26 @@ class RefreshTokenGrant(_ScopeChecked, grants.RefreshTokenGrant):  # type: ignor
             return None
         if exchange.client is None or presented.client_id != exchange.client.client_id:
             return None
-        return Token(presented, exchange.now, "")
+        return Token(presented, exchange.now)
 
     def authenticate_user(self, refresh_token: Token) -> ClientItself:
-        return ClientItself(RegisteredClient(refresh_token.issued.client_id, frozenset()).identity)
+        return ClientItself(client_identity(refresh_token.issued.client_id))
 
     def revoke_old_credential(self, refresh_token: Token) -> None:
         self.request.exchange.rotated = refresh_token.issued
+
+
+def _presented_token() -> Token | None:
+    """The token the request being decided presents (read into its Exchange), if this server issued it."""
+    exchange = _EXCHANGE.get()
+    return None if exchange.presented is None else Token(exchange.presented, exchange.now)
 
 
 class Revocation(RevocationEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS = [AUTH_METHOD]  # noqa: RUF012 - Authlib's class attribute
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
-        exchange = _EXCHANGE.get()
-        return None if exchange.presented is None else Token(exchange.presented, exchange.now, "")
+        return _presented_token()
 
     def revoke_token(self, token: Token, request: FormRequest) -> None:
         request.exchange.revoke = token.issued
@@ -256,13 +261,8 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
 class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS = [AUTH_METHOD]  # noqa: RUF012 - Authlib's class attribute
 
-    def __init__(self, server: AuthorizationServer) -> None:
-        super().__init__(server)
-        self.issuer = server.issuer
-
     def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
-        exchange = _EXCHANGE.get()
-        return None if exchange.presented is None else Token(exchange.presented, exchange.now, self.issuer)
+        return _presented_token()
 
     def check_permission(self, token: Token, client: ClientMixin, request: FormRequest) -> bool:
         """Our services may introspect any token; a client its own."""
@@ -277,8 +277,8 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
             "token_type": "Bearer" if issued.kind == ACCESS_TOKEN else REFRESH_TOKEN,
             "iat": int(issued.issued_at.timestamp()),
             "exp": int(issued.expires_at.timestamp()),
-            "iss": self.issuer,
-            "sub": RegisteredClient(issued.client_id, frozenset()).identity,
+            "iss": self.server.issuer,
+            "sub": client_identity(issued.client_id),
             "aud": audiences(issued.scope.split()),
         }
         if issued.kind == ACCESS_TOKEN:
@@ -292,7 +292,7 @@ class AccessTokens(JWTBearerTokenGenerator):  # type: ignore[misc]
     subject the client's identity, bound to the certificate it asked with (cnf x5t#S256), with its
     own rate limits if it was registered with some."""
 
-    def __init__(self, issuer: str, signing_keys: KeySet) -> None:
+    def __init__(self, issuer: str, signing_keys: Callable[[], KeySet]) -> None:
         super().__init__(
             issuer,
             alg="ES256",
@@ -306,7 +306,7 @@ class AccessTokens(JWTBearerTokenGenerator):  # type: ignore[misc]
         return client.registered.access_token_lifetime_s
 
     def get_jwks(self) -> KeySet:
-        return self.signing_keys
+        return self.signing_keys()
 
     def get_jti(self, client: Client, grant_type: str, user: Any, scope: str) -> str:
         return str(uuid.uuid4())
@@ -330,7 +330,8 @@ class AccessTokens(JWTBearerTokenGenerator):  # type: ignore[misc]
 class AuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
     """Authlib's server for our grants and endpoints; decides on what the Exchange holds."""
 
-    def __init__(self, issuer: str, signing_keys: KeySet) -> None:
+    def __init__(self, issuer: str, signing_keys: Callable[[], KeySet]) -> None:
+        """signing_keys gives the key set to sign with now (it follows a key rotation)."""
         super().__init__(scopes_supported=list(SCOPES))
         self.issuer = issuer
         self.access_tokens = AccessTokens(issuer, signing_keys)
@@ -339,10 +340,7 @@ class AuthorizationServer(rfc6749.AuthorizationServer):  # type: ignore[misc]
         self.register_grant(ClientCredentialsGrant)
         self.register_grant(RefreshTokenGrant)
         self.register_endpoint(Revocation)
-        self.register_endpoint(Introspection(self))
-
-    def set_signing_keys(self, signing_keys: KeySet) -> None:
-        self.access_tokens.signing_keys = signing_keys
+        self.register_endpoint(Introspection)
 
     def query_client(self, client_id: str) -> None:
         return None  # clients come from the Exchange (authenticate_by_certificate)

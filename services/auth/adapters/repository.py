@@ -10,10 +10,7 @@ import sqlalchemy as sa
 
 from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
 from services.auth.adapters.tables import clients, tokens
-from services.auth.domain import IssuedToken, RegisteredClient
-
-ACCESS_TOKEN = "access_token"
-REFRESH_TOKEN = "refresh_token"
+from services.auth.domain import ACCESS_TOKEN, IssuedToken, RegisteredClient
 
 
 def _client_from_row(row: Any) -> RegisteredClient:
