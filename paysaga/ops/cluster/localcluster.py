@@ -105,17 +105,17 @@ class LocalCluster:
         # Processes per service; replicas after the first are named "<service>-2", "<service>-3", ...
         # and share the service's database, so more than one needs PostgreSQL.
         self.replicas = {service: (replicas or {}).get(service, 1) for service in self.services}
+        self.ports = ports
         self._instance_ports = dict(ports.grpc)
         # Each process's /metrics port: as given (by service name, for its first replica), else a free one.
         self._metrics_ports: dict[str, int] = dict(metrics_ports or {})
         for service, count in self.replicas.items():
             for index in range(2, count + 1):
-                self._instance_ports[f"{service}-{index}"] = free_port()
+                self._instance_ports[f"{service}-{index}"] = self._unused_port()
         # Extra settings per service, e.g. {"payments": {"PAYSAGA_SAGA_TIMEOUT_S": "5"}}.
         self.environment = {name: dict(values) for name, values in (environment or {}).items()}
         self.state_dir = state_dir.resolve()
         self.certs_dir = certs_dir.resolve()
-        self.ports = ports
         self.echo = echo
         self.log_level = log_level
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -139,8 +139,16 @@ class LocalCluster:
     def metrics_target(self, instance: str) -> str:
         """host:port of one process's Prometheus endpoint (HTTPS, mTLS), on a port of its own."""
         if instance not in self._metrics_ports:
-            self._metrics_ports[instance] = free_port()
+            self._metrics_ports[instance] = self._unused_port()
         return f"127.0.0.1:{self._metrics_ports[instance]}"
+
+    def _unused_port(self) -> int:
+        """A free port that no process of this cluster is given yet: each port is only reserved by
+        the process that binds it, so a port handed out but not yet bound is free to the OS too."""
+        given = {self.ports.nats, self.ports.https, *self._instance_ports.values(), *self._metrics_ports.values()}
+        while (port := free_port()) in given:
+            pass
+        return port
 
     def instances(self, service: str) -> list[str]:
         return [service, *(f"{service}-{index}" for index in range(2, self.replicas[service] + 1))]
