@@ -10,8 +10,9 @@ from google.protobuf.message import DecodeError, Message
 from paysaga.events.v1 import events_pb2
 
 EventEnvelope = events_pb2.EventEnvelope
-# A service publishes its events under paysaga.events.<service>.<EventType> and parks the ones it
-# cannot handle under paysaga.deadletter.<service>.<EventType>.
+# A service publishes its events under paysaga.events.<service>.<tier>.<EventType> (or without the
+# tier, outside a purchase: paysaga.core.lanes) and parks the ones it cannot handle under
+# paysaga.deadletter.<service>.<EventType>.
 EVENTS_SUBJECT_ROOT = "paysaga.events"
 # Who emits each event: a service subscribes to the producers of the events it handles, and may
 # publish only its own (paysaga.runtime.messaging.consumer.subscriptions_for, ops.cluster.natsconf).
@@ -47,6 +48,8 @@ PRODUCED_BY: dict[str, tuple[str, ...]] = {
 }
 PRODUCER_OF: dict[str, str] = {event: producer for producer, events in PRODUCED_BY.items() for event in events}
 DEAD_LETTER_SUBJECT_ROOT = "paysaga.deadletter"
+# A purchase's service level, strictest first: its events travel on its tier's lane (paysaga.core.lanes).
+SLA_TIERS = ("critical", "priority", "standard")
 
 # Payload message name (e.g. "FundsHeld") -> the envelope's oneof field ("funds_held").
 PAYLOAD_FIELDS: dict[str, str] = {
@@ -57,9 +60,17 @@ PAYLOAD_FIELDS: dict[str, str] = {
 
 
 def new_event(
-    *, producer: str, saga_id: str, payload: Message, causation_id: str = "", now: dt.datetime | None = None
+    *,
+    producer: str,
+    saga_id: str,
+    payload: Message,
+    causation_id: str = "",
+    sla_tier: str = "",
+    now: dt.datetime | None = None,
 ) -> EventEnvelope:
     """A new envelope around payload, with a fresh event id chosen by the producer."""
+    if sla_tier and sla_tier not in SLA_TIERS:
+        raise ValueError(f"unknown SLA tier {sla_tier!r}: one of {', '.join(SLA_TIERS)}")
     event_type = payload.DESCRIPTOR.name
     envelope = EventEnvelope(
         event_id=str(uuid.uuid4()),
@@ -67,6 +78,7 @@ def new_event(
         saga_id=saga_id,
         causation_id=causation_id,
         producer=producer,
+        sla_tier=sla_tier,
     )
     envelope.occurred_at.FromDatetime(now or dt.datetime.now(dt.UTC))
     getattr(envelope, PAYLOAD_FIELDS[event_type]).CopyFrom(payload)
@@ -74,10 +86,14 @@ def new_event(
 
 
 def subject_of(envelope: EventEnvelope) -> str:
-    return event_subject(envelope.producer, envelope.event_type)
+    return event_subject(envelope.producer, envelope.event_type, envelope.sla_tier)
 
 
-def event_subject(producer: str, event_type: str) -> str:
+def event_subject(producer: str, event_type: str, tier: str = "") -> str:
+    """paysaga.events.<producer>.<tier>.<EventType>, or without the tier for an event outside a
+    purchase (or one written before lanes)."""
+    if tier:
+        return f"{EVENTS_SUBJECT_ROOT}.{producer}.{tier}.{event_type}"
     return f"{EVENTS_SUBJECT_ROOT}.{producer}.{event_type}"
 
 
@@ -99,4 +115,6 @@ def parse(data: bytes) -> EventEnvelope:
         raise ValueError("event without event_id or saga_id")
     if PAYLOAD_FIELDS.get(envelope.event_type) != envelope.WhichOneof("payload"):
         raise ValueError(f"event_type {envelope.event_type!r} does not match its payload")
+    if envelope.sla_tier and envelope.sla_tier not in SLA_TIERS:
+        raise ValueError(f"event with unknown sla_tier {envelope.sla_tier!r}")
     return envelope

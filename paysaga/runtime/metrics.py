@@ -9,9 +9,10 @@ open files), every service has:
   ``paysaga_event_handling_seconds{producer, event_type}``: what its consumers did with the
   events they were given (outcome ``applied``, ``retry`` when it is tried again later, ``failed``);
 - ``paysaga_dead_letters_total{producer, event_type}``: events parked after their retries;
-- ``paysaga_consumer_pending{consumer}``, ``paysaga_consumer_ack_pending{consumer}``,
-  ``paysaga_consumer_redelivered{consumer}``: each durable consumer's backlog as JetStream reports
-  it (read every few seconds);
+- ``paysaga_consumer_pending{consumer, lane}``, ``paysaga_consumer_ack_pending{consumer, lane}``,
+  ``paysaga_consumer_redelivered{consumer, lane}`` and
+  ``paysaga_consumer_oldest_age_seconds{consumer, lane}``: each lane consumer's backlog as
+  JetStream reports it, and how long its oldest event has waited (read every few seconds);
 - ``paysaga_events_published_total{event_type}`` and ``paysaga_relay_lag_seconds``: the outbox
   relay's work, and the time from an event's commit to JetStream's acknowledgement.
 
@@ -30,6 +31,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from paysaga.runtime.https import serve_https
+from paysaga.runtime.messaging.lanes import read_lane_status
 from paysaga.runtime.settings import TlsFiles
 from paysaga.runtime.tasks import sleep_or_stop
 
@@ -48,9 +50,13 @@ EVENT_HANDLING_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 DEAD_LETTERS = Counter("paysaga_dead_letters", "Events parked in the dead-letter stream", ["producer", "event_type"])
-CONSUMER_PENDING = Gauge("paysaga_consumer_pending", "Messages not yet delivered to a durable consumer", ["consumer"])
-CONSUMER_ACK_PENDING = Gauge("paysaga_consumer_ack_pending", "Messages delivered, not yet acknowledged", ["consumer"])
-CONSUMER_REDELIVERED = Gauge("paysaga_consumer_redelivered", "Messages delivered more than once", ["consumer"])
+_CONSUMER = ["consumer", "lane"]
+CONSUMER_PENDING = Gauge("paysaga_consumer_pending", "Messages not yet delivered to a durable consumer", _CONSUMER)
+CONSUMER_ACK_PENDING = Gauge("paysaga_consumer_ack_pending", "Messages delivered, not yet acknowledged", _CONSUMER)
+CONSUMER_REDELIVERED = Gauge("paysaga_consumer_redelivered", "Messages delivered more than once", _CONSUMER)
+CONSUMER_OLDEST_AGE_SECONDS = Gauge(
+    "paysaga_consumer_oldest_age_seconds", "Age of the oldest message not yet acknowledged (0: none)", _CONSUMER
+)
 EVENTS_PUBLISHED = Counter("paysaga_events_published", "Events the outbox relay published", ["event_type"])
 RELAY_LAG_SECONDS = Histogram(
     "paysaga_relay_lag_seconds", "From an event's commit to JetStream's acknowledgement", buckets=_LATENCY_BUCKETS
@@ -76,16 +82,19 @@ async def serve_metrics(bind: str, files: TlsFiles, stop: asyncio.Event) -> None
     await serve_https(application(), host, int(port), files, stop, name="metrics")
 
 
-async def follow_consumers(jetstream: JetStreamContext, consumers: list[tuple[str, str]], stop: asyncio.Event) -> None:
-    """Keep the consumer gauges current: (stream, durable name) of each of this service's consumers."""
+async def follow_consumers(
+    jetstream: JetStreamContext, consumers: list[tuple[str, str, str]], stop: asyncio.Event
+) -> None:
+    """Keep the consumer gauges current: (stream, durable name, lane) of each of this service's consumers."""
     while not stop.is_set():
-        for stream, durable in consumers:
+        for stream, durable, lane in consumers:
             try:
-                info = await jetstream.consumer_info(stream, durable)
+                status = await read_lane_status(jetstream, stream, durable, lane)
             except Exception as error:  # noqa: BLE001 - a gauge left as it was is the right answer to any failure
                 log.debug("metrics.consumer_unreadable", extra={"consumer": durable, "error": repr(error)})
                 continue
-            CONSUMER_PENDING.labels(durable).set(info.num_pending or 0)
-            CONSUMER_ACK_PENDING.labels(durable).set(info.num_ack_pending or 0)
-            CONSUMER_REDELIVERED.labels(durable).set(info.num_redelivered or 0)
+            CONSUMER_PENDING.labels(durable, lane).set(status.pending)
+            CONSUMER_ACK_PENDING.labels(durable, lane).set(status.ack_pending)
+            CONSUMER_REDELIVERED.labels(durable, lane).set(status.redelivered)
+            CONSUMER_OLDEST_AGE_SECONDS.labels(durable, lane).set(status.oldest_age_s)
         await sleep_or_stop(stop, CONSUMER_POLL_INTERVAL_S)

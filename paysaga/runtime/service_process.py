@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
+from nats.js import JetStreamContext
 
 from paysaga.runtime import metrics
 from paysaga.runtime.grpc_server import GrpcService, create_server
 from paysaga.runtime.logs import configure_logging
-from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging import lanes, streams
 from paysaga.runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
 from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.messaging.revocations import RevocationFollower
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 Worker = Callable[[asyncio.Event], Awaitable[None]]
 WORKER_RESTART_DELAY_S = 1.0
 NATS_CERTIFICATE_CHECK_INTERVAL_S = 2.0
+# Lanes handling events at once on PostgreSQL (each event in a transaction of its own).
+POSTGRES_TURNS = 4
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,11 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
         revocations = RevocationFollower(jetstream, revoked)
         await revocations.catch_up()
         relay = OutboxRelay(store, jetstream, streams.owned_streams(settings.service), settings.stream_replicas)
-        consumers = [
-            EventConsumer(settings.service, jetstream, store, subscription, definition.handlers)
-            for subscription in definition.subscriptions
-        ]
+        consumers = _lane_consumers(definition, settings, jetstream, store)
+        # Before the first fetch: the lanes take over from the consumers of a version before them.
+        await lanes.adopt_single_consumers(
+            jetstream, settings.service, [(consumer.stream, consumer.config) for consumer in consumers]
+        )
         built = create_server(
             settings.grpc_bind,
             credentials,
@@ -111,11 +115,8 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             ("token-revocations", revocations.run),
         ]
         loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
-        durables = [
-            (subscription.stream, subscription.durable_name(settings.service))
-            for subscription in definition.subscriptions
-        ]
-        loops.append(("metrics-consumers", lambda stop: metrics.follow_consumers(jetstream, durables, stop)))
+        followed = [(consumer.stream, consumer.name, consumer.lane) for consumer in consumers]
+        loops.append(("metrics-consumers", lambda stop: metrics.follow_consumers(jetstream, followed, stop)))
         if settings.metrics_bind:
             loops.append(("metrics", lambda stop: metrics.serve_metrics(settings.metrics_bind, settings.tls, stop)))
         loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]
@@ -141,6 +142,28 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             await nats_client.close()  # reconnecting: nothing can be flushed, stop trying
         await engine.dispose()
     log.info("service.stopped")
+
+
+def _lane_consumers(
+    definition: ServiceDefinition[U], settings: ServiceSettings, jetstream: JetStreamContext, store: Database[U]
+) -> list[EventConsumer[U]]:
+    """A consumer per subscription (a producer's lane), taking turns at the database by lane."""
+    # One writer at a time on SQLite: a turn is the writer. On PostgreSQL transactions run side by
+    # side, and the turns only decide who goes first when there are more lanes busy than slots.
+    scheduler = lanes.LaneScheduler(settings.lanes.weights, 1 if store.single_writer else POSTGRES_TURNS)
+    return [
+        EventConsumer(
+            settings.service,
+            jetstream,
+            store,
+            subscription,
+            definition.handlers,
+            scheduler=scheduler,
+            max_ack_pending=settings.lanes.max_ack_pending.get(subscription.lane),
+            workers=settings.lanes.workers.get(subscription.lane, 1),
+        )
+        for subscription in definition.subscriptions
+    ]
 
 
 async def _supervised(name: str, loop: Worker, stop: asyncio.Event) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paysaga.core.lanes import COMPENSATION, LANES, TIERS
 from paysaga.runtime.security.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
 from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
 
@@ -36,6 +37,52 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class LaneSettings:
+    """How a service process shares its work between lanes (paysaga.core.lanes).
+
+    Each lane has its own workers (fetch loops on its durable consumer), more for stricter tiers.
+    The compensation lane is always served first. Among the tiers, each gets turns at the database
+    in proportion to its weight while they all have work, as far as its workers keep it busy (an
+    idle tier lends its turns), so a stricter tier gets more and none starves. max_ack_pending
+    caps each lane's events delivered and not yet acknowledged, across every replica of the
+    service: a lane's backlog cannot take the whole of NATS's attention."""
+
+    workers: Mapping[str, int] = field(
+        default_factory=lambda: {COMPENSATION: 2, "critical": 3, "priority": 2, "standard": 1}
+    )
+    weights: Mapping[str, int] = field(default_factory=lambda: {"critical": 6, "priority": 3, "standard": 1})
+    max_ack_pending: Mapping[str, int] = field(
+        default_factory=lambda: {COMPENSATION: 1024, "critical": 512, "priority": 256, "standard": 128}
+    )
+
+
+DEFAULT_LANES = LaneSettings()
+
+
+def _lane_numbers(text: str, lanes: Sequence[str], defaults: Mapping[str, int]) -> dict[str, int]:
+    """'critical=6,standard=1': whole numbers above 0 for some of the lanes, the rest as defaults."""
+    values = dict(defaults)
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        lane, _, value = part.partition("=")
+        if lane.strip() not in lanes:
+            raise argparse.ArgumentTypeError(f"unknown lane {lane!r} (lanes: {', '.join(lanes)})")
+        values[lane.strip()] = positive_int(value.strip())
+    return values
+
+
+def lane_workers(text: str) -> dict[str, int]:
+    return _lane_numbers(text, LANES, DEFAULT_LANES.workers)
+
+
+def lane_weights(text: str) -> dict[str, int]:
+    return _lane_numbers(text, TIERS, DEFAULT_LANES.weights)
+
+
+def lane_max_ack_pending(text: str) -> dict[str, int]:
+    return _lane_numbers(text, LANES, DEFAULT_LANES.max_ack_pending)
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     service: str
     grpc_bind: str
@@ -53,6 +100,7 @@ class ServiceSettings:
     metrics_bind: str = ""
     # Default per-client rate limits by class of method (paysaga.runtime.security.ratelimit).
     rate_limits: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    lanes: LaneSettings = DEFAULT_LANES
     # The values of the service's own Options, parsed, by Option.key.
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -110,6 +158,10 @@ def _rate_limits(text: str) -> dict[str, Limit]:
         return parse_limits(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _pairs(values: Mapping[str, int]) -> str:
+    return ",".join(f"{key}={value}" for key, value in values.items())
 
 
 def load_settings(
@@ -193,6 +245,28 @@ def load_settings(
         f"per-client limits per process, CLASS=RATE/BURST,...: classes read, write, admin (defaults {_DEFAULTS})",
         type=_rate_limits,
     )
+    option(
+        "--lane-workers",
+        "PAYSAGA_LANE_WORKERS",
+        _pairs(DEFAULT_LANES.workers),
+        "fetch loops per lane and producer in each process, LANE=COUNT,...",
+        type=lane_workers,
+    )
+    option(
+        "--lane-weights",
+        "PAYSAGA_LANE_WEIGHTS",
+        _pairs(DEFAULT_LANES.weights),
+        "each tier's share of the turns at the database while every tier has work, TIER=WEIGHT,... "
+        "(the compensation lane is always served first)",
+        type=lane_weights,
+    )
+    option(
+        "--lane-max-ack-pending",
+        "PAYSAGA_LANE_MAX_ACK_PENDING",
+        _pairs(DEFAULT_LANES.max_ack_pending),
+        "each lane's events delivered and not yet acknowledged, across replicas, LANE=COUNT,...",
+        type=lane_max_ack_pending,
+    )
     for extra in options:
         option(extra.flag, extra.variable, extra.default, extra.help, type=extra.parse)
     args = parser.parse_args(argv)
@@ -212,5 +286,6 @@ def load_settings(
         token_issuers=tuple(name.strip() for name in args.token_issuers.split(",") if name.strip()),
         metrics_bind=args.metrics_bind.strip(),
         rate_limits=_rate_limits(args.rate_limits) if isinstance(args.rate_limits, str) else args.rate_limits,
+        lanes=LaneSettings(args.lane_workers, args.lane_weights, args.lane_max_ack_pending),
         options={extra.key: getattr(args, extra.key) for extra in options},
     )

@@ -21,6 +21,7 @@ from enum import StrEnum
 
 from google.protobuf.message import Message
 
+from paysaga.core import eventing
 from paysaga.core.errors import FailedPrecondition
 from paysaga.events.v1 import events_pb2
 
@@ -81,6 +82,10 @@ class Payment:
     updated_at: dt.datetime
     deadline_at: dt.datetime
     timed_out: bool = False
+
+    @property
+    def tier(self) -> str:
+        return tier_name(self.request.sla_tier)
 
     @property
     def is_terminal(self) -> bool:
@@ -199,7 +204,13 @@ class PaymentLimits:
     watch_max_s: float = 600.0
 
 
-SLA_TIERS = ("standard", "priority", "critical")
+# Most lenient first, as paysaga.payments.v1.SlaTier numbers them (1, 2, 3).
+SLA_TIERS = tuple(reversed(eventing.SLA_TIERS))
+
+
+def tier_name(sla_tier: int) -> str:
+    """ "standard", "priority" or "critical" for an SlaTier number (unspecified is standard)."""
+    return SLA_TIERS[max(sla_tier, 1) - 1]
 
 
 def admission_limits(rules: PaymentLimits) -> dict[str, int]:

@@ -82,6 +82,7 @@ async def create_payment(
         unit.emit(
             events_pb2.PaymentRejected(payment_id=payment.payment_id, rule=rule, reason=reason),
             saga_id=payment.payment_id,
+            tier=payment.tier,
         )
         return payment, False
     requested = events_pb2.PaymentRequested(
@@ -94,7 +95,7 @@ async def create_payment(
         sla_tier=request.sla_tier,
     )
     requested.deadline.FromDatetime(payment.deadline_at)
-    unit.emit(requested, saga_id=payment.payment_id)
+    unit.emit(requested, saga_id=payment.payment_id, tier=payment.tier)
     return payment, False
 
 
@@ -163,7 +164,7 @@ async def _save_and_emit(
     if payment.version != version_before:
         await unit.payments.save(payment)
     if isinstance(outcome, Message):
-        unit.emit(outcome, saga_id=payment.payment_id, cause=cause)
+        unit.emit(outcome, saga_id=payment.payment_id, cause=cause, tier=payment.tier)
 
 
 async def _check_party(unit: PaymentsUnit, payment: Payment, account_id: str, caller: Caller) -> None:

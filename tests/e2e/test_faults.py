@@ -10,6 +10,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from paysaga.core.eventing import subject_of
 from paysaga.runtime.storage.database import create_engine
 from tests.e2e.shop import Shop, status_name
 from tests.e2e.test_saga import PRICE, settled
@@ -54,7 +55,7 @@ async def test_events_delivered_again_have_no_second_effect(shop: Shop) -> None:
         client = await connect_as(shop.cluster.nats_url, shop.cluster.tls_files(event.producer))
         try:
             await client.jetstream().publish(
-                f"paysaga.events.{event.producer}.{event.event_type}",
+                subject_of(event),
                 event.SerializeToString(),
                 headers={"Nats-Msg-Id": str(uuid.uuid4())},
                 timeout=5,

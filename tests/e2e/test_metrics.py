@@ -27,6 +27,7 @@ DOCUMENTED = (
     "paysaga_event_handling_seconds",
     "paysaga_dead_letters",
     "paysaga_consumer_pending",
+    "paysaga_consumer_oldest_age_seconds",
     "paysaga_consumer_ack_pending",
     "paysaga_consumer_redelivered",
     "paysaga_events_published",
@@ -89,9 +90,12 @@ async def test_metrics_show_sagas_events_relay_and_consumers(shop: Shop) -> None
     assert summed("payments", "paysaga_relay_lag_seconds_count") >= 1
     for service in SERVICES:
         assert summed(service, "process_cpu_seconds_total") > 0
-    # Each durable consumer reports its backlog (zero or more), under its own name.
+    # Each lane consumer reports its backlog and the age of its oldest event (zero or more).
     ledger_samples = scraped[cluster.instances("ledger")[0]][1]
-    assert ("paysaga_consumer_pending", (("consumer", "ledger-from-payments"),)) in ledger_samples
+    for lane in ("compensation", "critical", "priority", "standard"):
+        labels = (("consumer", f"ledger-from-payments-{lane}"), ("lane", lane))
+        assert ("paysaga_consumer_pending", labels) in ledger_samples
+        assert ("paysaga_consumer_oldest_age_seconds", labels) in ledger_samples
 
 
 async def test_the_metrics_endpoint_refuses_a_peer_without_our_certificate(shop: Shop) -> None:

@@ -117,19 +117,28 @@ async def alice_buys(world: World) -> payments_pb2.Payment:
     """Alice's purchase, once payments has heard of her wallet, the shop's account and its item
     (a moment after they were created: until then the answer is PERMISSION_DENIED, try again)."""
     world.key = f"order-{uuid.uuid4().hex[:8]}"
+    created = await once_known(world.alice, purchase(world, world.key), "Alice's wallet and the shop's item")
+    world.payment_id = created.payment.payment_id
+    return await world.shop.finish(world.payment_id)
+
+
+async def once_known(
+    client: ServiceClients, request: payments_pb2.CreatePaymentRequest, what: str
+) -> payments_pb2.CreatePaymentResponse:
+    """CreatePayment, retried while payments has not yet heard of the accounts and the item (they
+    come on the compensation lane, not necessarily before a purchase's events on a tier's)."""
     created: list[payments_pb2.CreatePaymentResponse] = []
 
     async def accepted() -> bool:
         try:
-            created.append(await world.alice.payments.CreatePayment(purchase(world, world.key), timeout=10))
+            created.append(await client.payments.CreatePayment(request, timeout=10))
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
             return False
         return True
 
-    await eventually(accepted, "payments knows Alice's wallet and the shop's item")
-    world.payment_id = created[-1].payment.payment_id
-    return await world.shop.finish(world.payment_id)
+    await eventually(accepted, f"payments knows {what}")
+    return created[-1]
 
 
 async def snapshot(world: World) -> tuple[Any, ...]:
@@ -252,7 +261,7 @@ async def test_each_client_touches_only_its_own_records_and_a_refusal_changes_no
         assert [payment.payment_id for payment in listed.payments] == expected
 
     # Keys are each client's own: Mallory's use of Alice's key is a payment of hers, not a replay.
-    mine = await world.mallory.payments.CreatePayment(purchase(world, world.key, world.mallorys_wallet), timeout=10)
+    mine = await once_known(world.mallory, purchase(world, world.key, world.mallorys_wallet), "Mallory's wallet")
     assert not mine.replayed and mine.payment.payment_id != world.payment_id
 
     # The merchant refunds; the money and the mug go back.

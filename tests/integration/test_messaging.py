@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from paysaga.core.eventing import EventEnvelope, new_event
+from paysaga.core.eventing import EventEnvelope, event_subject, new_event
 from paysaga.events.v1 import events_pb2
 from paysaga.ops.cluster.localcluster import LocalCluster
 from paysaga.runtime.messaging import relay as relay_module
@@ -49,8 +49,9 @@ class Rig:
     producer: str = "ledger"
     service: str = "payments"
 
-    def consumer(self, handler: EventHandler, **options: Any) -> EventConsumer:
-        subscription = Subscription(self.producer, ("FundsHeld",))
+    def consumer(self, handler: EventHandler, lane: str = "standard", **options: Any) -> EventConsumer:
+        # Events published without a tier (as before lanes) travel on the standard lane.
+        subscription = Subscription(self.producer, ("FundsHeld",), lane)
         return EventConsumer(
             self.service, self.jetstream, self.database, subscription, {"FundsHeld": handler}, **options
         )
@@ -65,8 +66,10 @@ class Rig:
             return [row.payment_id for row in await connection.execute(sa.select(effects.c.payment_id))]
 
     async def publish(self, envelope: EventEnvelope, message_id: str | None = None) -> None:
+        """On the subject of the envelope's tier, as the producer named here (the envelope's own
+        producer may differ: a forgery)."""
         await self.producer_jetstream.publish(
-            f"paysaga.events.{self.producer}.{envelope.event_type}",
+            event_subject(self.producer, envelope.event_type, envelope.sla_tier),
             envelope.SerializeToString(),
             headers={"Nats-Msg-Id": message_id or str(uuid.uuid4())},
             timeout=5,

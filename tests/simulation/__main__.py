@@ -1,6 +1,6 @@
 """Replay one seed of the saga simulator and print what happened, step by step:
 
-.venv/bin/python -m tests.simulation --seed 1234 [--variant old]
+.venv/bin/python -m tests.simulation --seed 1234 [--variant old|trusting]
 """
 
 from __future__ import annotations
@@ -12,20 +12,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.simulation.runner import SCRATCH
-from tests.simulation.world import CURRENT_CODE, run
+from tests.simulation.runner import SCRATCH, variant_code
+from tests.simulation.world import run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.simulation", description=__doc__)
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--variant", choices=["current", "old"], default="current", help="old: the pre-fix saga")
+    parser.add_argument(
+        "--variant",
+        choices=["current", "old", "trusting"],
+        default="current",
+        help="old: the saga before money moved first; trusting: an inventory that trusts event order",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    if args.variant == "old":
-        from tests.simulation.old_handlers import OLD_CODE as code
-    else:
-        code = CURRENT_CODE
+    code = variant_code(args.variant)
     with tempfile.TemporaryDirectory(prefix="paysaga-sim-", dir=SCRATCH) as directory:
         world = asyncio.run(run(args.seed, Path(directory), code))
     for number, line in enumerate(world.trace, 1):

@@ -12,7 +12,7 @@ from typing import Any
 from paysaga.core.errors import FailedPrecondition
 from paysaga.core.eventing import EventEnvelope
 from paysaga.events.v1 import events_pb2
-from paysaga.runtime.messaging.consumer import EventHandler, Subscription
+from paysaga.runtime.messaging.consumer import EventHandler, subscriptions_for
 from paysaga.runtime.storage.unit_of_work import UnitOfWork
 from services.inventory import domain as inventory_domain
 from services.inventory import handlers as inventory
@@ -86,9 +86,8 @@ def _code() -> Mapping[str, ServiceCode]:
             inventory_code.metadata,
             inventory_code.unit,
             inventory_handlers,
-            (
-                Subscription("ledger", ("FundsHeld", "FundsCaptured")),
-                Subscription("payments", ("PaymentCancellationRequested", "PaymentRefundRequested")),
+            subscriptions_for(
+                dict.fromkeys(("FundsHeld", "FundsCaptured", "PaymentCancellationRequested", "PaymentRefundRequested"))
             ),
         ),
     }

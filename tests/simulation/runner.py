@@ -9,10 +9,10 @@ import logging
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.simulation.world import run
+from tests.simulation.world import CURRENT_CODE, ServiceCode, run
 
 SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
@@ -22,11 +22,17 @@ def replay_command(seed: int, variant: str = "current") -> str:
     return f".venv/bin/python -m tests.simulation --seed {seed}{extra}"
 
 
-async def _run_seeds(seeds: Sequence[int], variant: str) -> list[tuple[int, list[str]]]:
-    from tests.simulation.old_handlers import OLD_CODE  # only the variant runner needs it
-    from tests.simulation.world import CURRENT_CODE
+def variant_code(variant: str) -> Mapping[str, ServiceCode]:
+    """The services' code for a variant: current, old (the saga before money moved first) or
+    trusting (an inventory that trusts events to come in order)."""
+    from tests.simulation.old_handlers import OLD_CODE  # only the variants need them
+    from tests.simulation.trusting_handlers import TRUSTING_CODE
 
-    code = OLD_CODE if variant == "old" else CURRENT_CODE
+    return {"current": CURRENT_CODE, "old": OLD_CODE, "trusting": TRUSTING_CODE}[variant]
+
+
+async def _run_seeds(seeds: Sequence[int], variant: str) -> list[tuple[int, list[str]]]:
+    code = variant_code(variant)
     failures = []
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="paysaga-sim-", dir=SCRATCH) as directory:

@@ -11,6 +11,7 @@ from tests.simulation.runner import replay_command, run_seeds_in_parallel
 
 SEEDS = 500
 OLD_SEEDS = 100
+TRUSTING_SEEDS = 40
 
 
 def test_every_payment_ends_and_the_books_agree_under_500_seeds() -> None:
@@ -39,3 +40,13 @@ def test_the_simulator_finds_the_refund_bug_of_the_old_saga() -> None:
     ]
     assert stuck, f"the old saga survived {OLD_SEEDS} seeds: the simulator would not have found the bug"
     print(f"{len(stuck)} of {OLD_SEEDS} seeds found it, e.g.: {replay_command(stuck[0][0], 'old')}")
+
+
+def test_the_simulator_finds_a_handler_that_trusts_events_to_come_in_order() -> None:
+    """A compensation on its own lane overtakes the step it undoes: an inventory that releases only
+    what it has already reserved (no tombstone) reserves stock for a payment that already ended."""
+    failures = run_seeds_in_parallel(range(TRUSTING_SEEDS), variant="trusting")
+
+    stranded = [seed for seed, problems in failures if any("reservation RESERVED" in p for p in problems)]
+    assert stranded, f"the trusting inventory survived {TRUSTING_SEEDS} seeds: lanes' orders went unexplored"
+    print(f"{len(stranded)} of {TRUSTING_SEEDS} seeds found it, e.g.: {replay_command(stranded[0], 'trusting')}")

@@ -2,8 +2,9 @@
 
 The three services' real handlers run over their own SQLite databases, with their real outbox and
 inbox, joined by an in-memory bus instead of JetStream. One seed decides everything the world
-does: which events a consumer gets next (so events of different streams, and redeliveries, come
-in any order), which acks are lost (a consumer that crashed between commit and ack gets the event
+does: which events a consumer gets next (so events of different streams and of different lanes,
+compensations overtaking the steps they undo, and redeliveries, come in any order; a purchase's
+tier is drawn at random, and compensation lanes are picked more often, as they are served first), which acks are lost (a consumer that crashed between commit and ack gets the event
 again), which events are delivered twice, when outboxes are relayed (and relays that publish but
 crash before marking), and, in between, what clients and the world do: purchases, cancels,
 refunds, deadlines that pass, a merchant spending what it earned, stock received.
@@ -27,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paysaga.core import eventing
+from paysaga.core import eventing, lanes
 from paysaga.core.access import Caller
 from paysaga.core.errors import DomainError
 from paysaga.core.eventing import EventEnvelope
@@ -71,6 +72,8 @@ LOST_ACK_CHANCE = 0.15
 DUPLICATE_CHANCE = 0.1
 RELAY_CRASH_CHANCE = 0.1
 SETTLE_ROUNDS_MAX = 200
+# How much likelier a compensation lane with events waiting is to deliver next than a tier's lane.
+COMPENSATION_PREFERENCE = 4.0
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,8 @@ class World:
     random: random.Random = field(init=False)
     databases: dict[str, Database[Any]] = field(init=False, default_factory=dict)
     published: set[str] = field(init=False, default_factory=set)
-    # Per consumer (service, producer), the events delivered and not yet acknowledged, in order.
-    pending: dict[tuple[str, str], list[Delivery]] = field(init=False, default_factory=dict)
+    # Per consumer (service, producer, lane), the events delivered and not yet acknowledged, in order.
+    pending: dict[tuple[str, str, str], list[Delivery]] = field(init=False, default_factory=dict)
     parked: list[str] = field(init=False, default_factory=list)
     payments: list[str] = field(init=False, default_factory=list)
     # Per service, whether it committed events its relay has not marked sent yet.
@@ -130,7 +133,7 @@ class World:
         self.random = random.Random(self.seed)
         for service, code in self.code.items():
             for subscription in code.subscriptions:
-                self.pending[(service, subscription.producer)] = []
+                self.pending[(service, subscription.producer, subscription.lane)] = []
 
     def now(self) -> dt.datetime:
         return self.clock
@@ -203,12 +206,15 @@ class World:
         if envelope.event_id in self.published:
             return
         self.published.add(envelope.event_id)
+        lane = lanes.lane_of(envelope.event_type, envelope.sla_tier)
         for service, code in self.code.items():
             for subscription in code.subscriptions:
-                if subscription.producer == producer and envelope.event_type in subscription.event_types:
-                    self.pending[(service, producer)].append(Delivery(envelope))
+                if (subscription.producer, subscription.lane) == (producer, lane) and (
+                    envelope.event_type in subscription.event_types
+                ):
+                    self.pending[(service, producer, lane)].append(Delivery(envelope))
 
-    async def deliver(self, consumer: tuple[str, str]) -> None:
+    async def deliver(self, consumer: tuple[str, str, str]) -> None:
         """Hand the consumer one of its first pending events, as its service would handle it."""
         queue = self.pending[consumer]
         index = self.random.randrange(min(REORDER_WINDOW, len(queue)))
@@ -253,11 +259,12 @@ class World:
         self.trace.append(await action())
 
     async def _pay(self, payer: str, merchant: str, sku: str) -> str:
-        request = PurchaseRequest(str(uuid.uuid4()), payer, merchant, sku, 1, PRICE_MINOR, CURRENCY, 1)
+        tier = self.random.choice((1, 2, 3))  # standard, priority, critical: each on its own lane
+        request = PurchaseRequest(str(uuid.uuid4()), payer, merchant, sku, 1, PRICE_MINOR, CURRENCY, tier)
         async with self.databases["payments"].transaction() as unit:
             payment, _ = await payments_handlers.create_payment(unit, request, RULES, OPS)
         self.payments.append(payment.payment_id)
-        return f"payment #{len(self.payments) - 1}: {payer[:4]} buys {sku} from {merchant[:4]}"
+        return f"payment #{len(self.payments) - 1}: {payer[:4]} buys {sku} from {merchant[:4]} (tier {tier})"
 
     async def _buy(self) -> str:
         return await self._pay(
@@ -298,9 +305,15 @@ class World:
         return f"relay {service}"
 
     async def _deliver_something(self) -> str:
-        consumer = self.random.choice([consumer for consumer, queue in self.pending.items() if queue])
+        consumer = self._busy_consumer()
         await self.deliver(consumer)
-        return f"deliver to {consumer[0]} from {consumer[1]}"
+        return f"deliver to {consumer[0]} from {consumer[1]} ({consumer[2]} lane)"
+
+    def _busy_consumer(self) -> tuple[str, str, str]:
+        """A consumer with events waiting; a compensation lane is likelier, as it is served first."""
+        busy = [consumer for consumer, queue in self.pending.items() if queue]
+        weights = [COMPENSATION_PREFERENCE if consumer[2] == lanes.COMPENSATION else 1.0 for consumer in busy]
+        return self.random.choices(busy, weights)[0]
 
     # -- settling and the verdict ------------------------------------------------------------------
 
@@ -313,7 +326,7 @@ class World:
             if unrelayed:
                 await self.relay(self.random.choice(unrelayed))
             elif busy:
-                await self.deliver(self.random.choice(busy))
+                await self.deliver(self._busy_consumer())
             elif stuck := await self._in_flight():
                 await self._command("payments", payments_handlers.time_out, stuck[0], 30.0)
                 self.trace.append(f"settling: deadline of {stuck[0][:8]} passes")

@@ -24,9 +24,11 @@ def test_subscriptions_are_the_producers_of_the_handled_events() -> None:
 
     subscriptions = subscriptions_for({"StockReserved": handler, "FundsHeld": handler, "FundsCaptured": handler})
 
-    assert subscriptions == (
-        Subscription("inventory", ("StockReserved",)),
-        Subscription("ledger", ("FundsHeld", "FundsCaptured")),
+    # A lane per tier for these forward steps; no compensation lane, as none of them is one.
+    assert subscriptions == tuple(
+        Subscription(producer, types, lane)
+        for producer, types in (("inventory", ("StockReserved",)), ("ledger", ("FundsHeld", "FundsCaptured")))
+        for lane in ("critical", "priority", "standard")
     )
 
 
@@ -34,6 +36,6 @@ def test_no_service_consumes_its_own_events_and_nats_lets_each_read_what_it_cons
     for name, bootstrap in (("payments", payments), ("inventory", inventory), ("ledger", ledger)):
         producers = tuple(subscription.producer for subscription in bootstrap.SUBSCRIPTIONS)
         assert name not in producers
-        assert natsconf.CONSUMES[name] == producers
+        assert natsconf.CONSUMES[name] == bootstrap.SUBSCRIPTIONS
         handled = {event for subscription in bootstrap.SUBSCRIPTIONS for event in subscription.event_types}
         assert all(PRODUCER_OF[event] != name for event in handled)

@@ -25,8 +25,11 @@ class EventEnvelope(_message.Message):
     """Every message on a paysaga event stream is one EventEnvelope. Events are facts, named in the
     past tense; a compensation is an ordinary event with an honest name.
 
-    Subjects: paysaga.events.<producer>.<EventType>, e.g. paysaga.events.ledger.FundsHeld. Each
-    service publishes only under its own producer name. The JetStream message id (Nats-Msg-Id) is
+    Subjects: paysaga.events.<producer>.<sla_tier>.<EventType> for the events of a purchase, e.g.
+    paysaga.events.ledger.critical.FundsHeld, and paysaga.events.<producer>.<EventType> for events
+    outside one (AccountOpened) or written before lanes (paysaga.core.lanes says which durable
+    consumer, the lane, each subject belongs to). Each service publishes only under its own
+    producer name. The JetStream message id (Nats-Msg-Id) is
     the event_id, so a re-published event is dropped as a duplicate.
     """
 
@@ -38,6 +41,7 @@ class EventEnvelope(_message.Message):
     SAGA_ID_FIELD_NUMBER: _builtins.int
     CAUSATION_ID_FIELD_NUMBER: _builtins.int
     PRODUCER_FIELD_NUMBER: _builtins.int
+    SLA_TIER_FIELD_NUMBER: _builtins.int
     PAYMENT_REQUESTED_FIELD_NUMBER: _builtins.int
     PAYMENT_REJECTED_FIELD_NUMBER: _builtins.int
     FUNDS_HELD_FIELD_NUMBER: _builtins.int
@@ -70,6 +74,10 @@ class EventEnvelope(_message.Message):
     """The event_id of the event this one reacts to; empty for events started by a client request."""
     producer: _builtins.str
     """The producing service: "payments", "inventory", "ledger" or "auth"."""
+    sla_tier: _builtins.str
+    """The purchase's SLA tier ("standard", "priority", "critical"), carried by every event of its
+    saga so that each travels on its tier's lane; empty outside a purchase.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -125,6 +133,7 @@ class EventEnvelope(_message.Message):
         saga_id: _builtins.str = ...,
         causation_id: _builtins.str = ...,
         producer: _builtins.str = ...,
+        sla_tier: _builtins.str = ...,
         payment_requested: Global___PaymentRequested | None = ...,
         payment_rejected: Global___PaymentRejected | None = ...,
         funds_held: Global___FundsHeld | None = ...,
@@ -150,7 +159,7 @@ class EventEnvelope(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "sla_tier", b"sla_tier", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

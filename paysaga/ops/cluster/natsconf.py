@@ -26,6 +26,7 @@ from paysaga.core.identity import client_identity, service_identity
 from paysaga.ops.pki.authority import CLUSTER_CLIENTS
 from paysaga.ops.pki.revocation import NATS_PINS_FILE, NO_KEY_PIN
 from paysaga.runtime.messaging.consumer import Subscription
+from paysaga.runtime.messaging.lanes import legacy_durable_name
 from paysaga.runtime.messaging.revocations import REVOCATIONS_STREAM
 from paysaga.runtime.messaging.streams import inbox_prefix, owned_streams
 from paysaga.runtime.settings import TlsFiles
@@ -34,16 +35,13 @@ from services.inventory import bootstrap as inventory_bootstrap
 from services.ledger import bootstrap as ledger_bootstrap
 from services.payments import bootstrap as payments_bootstrap
 
-# Which producers' events each service consumes: derived from its handlers (its bootstrap's
+# What each service consumes (a producer's lanes): derived from its handlers (its bootstrap's
 # SUBSCRIPTIONS), so the permissions cannot drift from what the service subscribes to.
-CONSUMES: Mapping[str, tuple[str, ...]] = {
-    service: tuple(subscription.producer for subscription in subscriptions)
-    for service, subscriptions in (
-        ("payments", payments_bootstrap.SUBSCRIPTIONS),
-        ("inventory", inventory_bootstrap.SUBSCRIPTIONS),
-        ("ledger", ledger_bootstrap.SUBSCRIPTIONS),
-        ("auth", auth_bootstrap.SUBSCRIPTIONS),
-    )
+CONSUMES: Mapping[str, Sequence[Subscription]] = {
+    "payments": payments_bootstrap.SUBSCRIPTIONS,
+    "inventory": inventory_bootstrap.SUBSCRIPTIONS,
+    "ledger": ledger_bootstrap.SUBSCRIPTIONS,
+    "auth": auth_bootstrap.SUBSCRIPTIONS,
 }
 OPS_CLIENTS = CLUSTER_CLIENTS
 JS_API = "$JS.API"
@@ -62,18 +60,26 @@ class NatsUser:
     subscribe: tuple[str, ...]
 
 
-def service_user(service: str, consumes: Sequence[str]) -> NatsUser:
+def service_user(service: str, consumes: Sequence[Subscription]) -> NatsUser:
     identity = service_identity(service)
     publish = [f"{EVENTS_SUBJECT_ROOT}.{service}.>", f"{DEAD_LETTER_SUBJECT_ROOT}.{service}.>", f"{JS_API}.INFO"]
     # Every service reads the token revocations, message by message (paysaga.runtime.messaging.revocations).
     publish += [f"{JS_API}.STREAM.INFO.{REVOCATIONS_STREAM}", f"{JS_API}.STREAM.MSG.GET.{REVOCATIONS_STREAM}"]
     for stream in owned_streams(service):
         publish += [f"{JS_API}.STREAM.{action}.{stream.name}" for action in ("CREATE", "UPDATE", "INFO")]
-    for producer in consumes:
-        subscription = Subscription(producer, ())
-        source, durable = subscription.stream, subscription.durable_name(service)
+    for source in dict.fromkeys(subscription.stream for subscription in consumes):
+        # The age of a lane's oldest event is read from the stream; the consumer of a version
+        # before lanes is read once more, and deleted, when its lanes take over.
+        legacy = legacy_durable_name(service, source.removesuffix("_EVENTS").lower())
         publish += [
             f"{JS_API}.STREAM.INFO.{source}",
+            f"{JS_API}.STREAM.MSG.GET.{source}",
+            f"{JS_API}.CONSUMER.INFO.{source}.{legacy}",
+            f"{JS_API}.CONSUMER.DELETE.{source}.{legacy}",
+        ]
+    for subscription in consumes:
+        source, durable = subscription.stream, subscription.durable_name(service)
+        publish += [
             f"{JS_API}.CONSUMER.CREATE.{source}.{durable}",
             f"{JS_API}.CONSUMER.CREATE.{source}.{durable}.>",
             f"{JS_API}.CONSUMER.INFO.{source}.{durable}",
@@ -83,7 +89,9 @@ def service_user(service: str, consumes: Sequence[str]) -> NatsUser:
     return NatsUser(identity, tuple(publish), (f"{inbox_prefix(identity)}.>",))
 
 
-def users(services: Mapping[str, Sequence[str]] = CONSUMES, ops_clients: Sequence[str] = OPS_CLIENTS) -> list[NatsUser]:
+def users(
+    services: Mapping[str, Sequence[Subscription]] = CONSUMES, ops_clients: Sequence[str] = OPS_CLIENTS
+) -> list[NatsUser]:
     """Every identity allowed on NATS: the services, ops (JetStream administration, no events) and
     the NATS server's own identity (used by its health check)."""
     found = [service_user(service, consumes) for service, consumes in services.items()]

@@ -34,10 +34,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from typing_extensions import TypeVar
 
-from paysaga.core import eventing
+from paysaga.core import eventing, lanes
 from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EventEnvelope
 from paysaga.runtime import metrics
 from paysaga.runtime.logs import log_context
+from paysaga.runtime.messaging.lanes import LaneScheduler, ensure_consumer
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
 from paysaga.runtime.storage.group_commit import each_in_savepoint
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
@@ -73,7 +74,7 @@ def is_operating_error(error: BaseException) -> bool:
     return isinstance(error, nats.errors.Error | TimeoutError) or is_unavailable(error)
 
 
-def consumer_config(durable: str, filter_subjects: list[str]) -> ConsumerConfig:
+def consumer_config(durable: str, filter_subjects: list[str], max_ack_pending: int | None = None) -> ConsumerConfig:
     """A durable pull consumer that delivers every event of its subjects until it is acked."""
     return ConsumerConfig(
         durable_name=durable,
@@ -82,26 +83,33 @@ def consumer_config(durable: str, filter_subjects: list[str]) -> ConsumerConfig:
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ACK_WAIT_S,
         max_deliver=-1,  # we count attempts ourselves and park the message; the server must never drop it
+        max_ack_pending=max_ack_pending,
         filter_subjects=filter_subjects,
     )
 
 
 @dataclass(frozen=True)
 class Subscription:
-    """The events of one producer that a service reacts to."""
+    """The events of one producer that a service reacts to, on one lane (paysaga.core.lanes), or
+    on all of them when lane is empty (one consumer for everything, e.g. the benchmark's)."""
 
     producer: str
     event_types: tuple[str, ...]
+    lane: str = ""
 
     @property
     def stream(self) -> str:
         return f"{self.producer.upper()}_EVENTS"
 
     def durable_name(self, consumer: str) -> str:
-        return f"{consumer}-from-{self.producer}"
+        return f"{consumer}-from-{self.producer}" + (f"-{self.lane}" if self.lane else "")
 
     def filter_subjects(self) -> list[str]:
-        return [eventing.event_subject(self.producer, event_type) for event_type in self.event_types]
+        return [
+            subject
+            for lane in ((self.lane,) if self.lane else lanes.LANES)
+            for subject in lanes.lane_subjects(self.producer, lane, self.event_types)
+        ]
 
 
 async def apply_event(database: Database[U], handlers: Mapping[str, EventHandler[U]], envelope: EventEnvelope) -> bool:
@@ -146,12 +154,18 @@ async def _handle(handlers: Mapping[str, EventHandler[U]], unit: U, envelope: Ev
 
 
 def subscriptions_for(handlers: Mapping[str, object]) -> tuple[Subscription, ...]:
-    """What a service must consume to feed its handlers: one subscription per producer, for the
-    event types it handles (the one place that says which events a service reacts to)."""
+    """What a service must consume to feed its handlers: one subscription per producer and lane
+    that carries any of the event types it handles (the one place that says which events a
+    service reacts to)."""
     by_producer: dict[str, list[str]] = {}
     for event_type in handlers:
         by_producer.setdefault(eventing.PRODUCER_OF[event_type], []).append(event_type)
-    return tuple(Subscription(producer, tuple(types)) for producer, types in sorted(by_producer.items()))
+    return tuple(
+        Subscription(producer, tuple(types), lane)
+        for producer, types in sorted(by_producer.items())
+        for lane in lanes.LANES
+        if lanes.lane_subjects(producer, lane, types)
+    )
 
 
 class EventConsumer(Generic[U]):
@@ -165,6 +179,9 @@ class EventConsumer(Generic[U]):
         *,
         max_attempts: int = MAX_ATTEMPTS,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
+        scheduler: LaneScheduler | None = None,
+        max_ack_pending: int | None = None,
+        workers: int = 1,
     ) -> None:
         missing = set(subscription.event_types) - set(handlers)
         if missing:
@@ -177,6 +194,12 @@ class EventConsumer(Generic[U]):
         self._handlers = handlers
         self._max_attempts = max_attempts
         self._retry_delays_s = tuple(retry_delays_s)
+        # Whose turn it is to handle what was fetched (lanes of one process take turns); None: always ours.
+        self._scheduler = scheduler
+        self._lane = subscription.lane or lanes.COMPENSATION
+        self._max_ack_pending = max_ack_pending
+        self._workers = workers
+        self._fetch_batch = min(FETCH_BATCH, max_ack_pending or FETCH_BATCH)
         self._failures: dict[int, int] = {}  # stream sequence -> handler failures so far
         self._conflicts: dict[int, int] = {}  # stream sequence -> transaction conflicts so far
         # Group commit on SQLite only: there writers take turns anyway. On PostgreSQL a batch would
@@ -184,10 +207,27 @@ class EventConsumer(Generic[U]):
         # replicas would wait on each other and could deadlock.
         self._batching = database.single_writer
 
+    @property
+    def stream(self) -> str:
+        return self._subscription.stream
+
+    @property
+    def lane(self) -> str:
+        return self._lane
+
+    @property
+    def config(self) -> ConsumerConfig:
+        """The durable consumer it reads through."""
+        return consumer_config(self.name, self._subscription.filter_subjects(), self._max_ack_pending)
+
     def retry_delay_s(self, attempt: int) -> float:
         return self._retry_delays_s[min(attempt, len(self._retry_delays_s)) - 1]
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and handle until stop, with as many fetch loops as it has workers."""
+        await asyncio.gather(*(self._work(stop) for _ in range(self._workers)))
+
+    async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             subscription = await self._subscribe(stop)
             if subscription is None:
@@ -206,7 +246,7 @@ class EventConsumer(Generic[U]):
         failures = 0
         while not stop.is_set():
             try:
-                messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
+                messages = await subscription.fetch(self._fetch_batch, timeout=FETCH_TIMEOUT_S)
             except TimeoutError:
                 failures = 0
                 continue
@@ -221,15 +261,18 @@ class EventConsumer(Generic[U]):
                 await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
                 continue
             failures = 0
-            await self.handle_batch(messages)
+            if self._scheduler is None:
+                await self.handle_batch(messages)
+                continue
+            async with self._scheduler.turn(self._lane):
+                await self.handle_batch(messages)
 
     async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """Create (or find) the durable consumer; waits for the producer's stream to exist."""
-        durable = self._subscription.durable_name(self._service)
-        config = consumer_config(durable, self._subscription.filter_subjects())
+        durable, config = self.name, self.config
         while not stop.is_set():
             try:
-                await self._jetstream.add_consumer(self._subscription.stream, config)
+                await ensure_consumer(self._jetstream, self._subscription.stream, config)
                 return await self._jetstream.pull_subscribe_bind(durable=durable, stream=self._subscription.stream)
             except NotFoundError:
                 log.info("consumer.waiting_for_stream", extra={"stream": self._subscription.stream})

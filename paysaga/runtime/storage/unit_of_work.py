@@ -116,9 +116,11 @@ class UnitOfWork:
         """Until commit, nobody else (in any process) gets past serialize(key) for the same key."""
         await self.database.backend.serialize(self.connection, key)
 
-    def emit(self, payload: Message, *, cause: EventEnvelope | None = None, saga_id: str = "") -> None:
-        """A new event of this service's, in the saga of the event that caused it (or saga_id);
-        written with the transaction's other events at its end."""
+    def emit(
+        self, payload: Message, *, cause: EventEnvelope | None = None, saga_id: str = "", tier: str | None = None
+    ) -> None:
+        """A new event of this service's, in the saga (and SLA tier) of the event that caused it,
+        or of saga_id (and tier); written with the transaction's other events at its end."""
         if cause is not None:
             saga_id = saga_id or cause.saga_id
         if not saga_id:
@@ -130,6 +132,7 @@ class UnitOfWork:
                 producer=self.database.producer,
                 saga_id=saga_id,
                 causation_id=cause.event_id if cause is not None else "",
+                sla_tier=tier if tier is not None else (cause.sla_tier if cause is not None else ""),
                 payload=payload,
                 now=self.now(),
             )

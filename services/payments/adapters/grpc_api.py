@@ -25,7 +25,15 @@ from services.payments import handlers
 from services.payments.adapters import views
 from services.payments.adapters.repository import PaymentsUnit, as_utc
 from services.payments.admission import Admission
-from services.payments.domain import TERMINAL, Payment, PaymentLimits, PurchaseRequest, Status, admission_limits
+from services.payments.domain import (
+    TERMINAL,
+    Payment,
+    PaymentLimits,
+    PurchaseRequest,
+    Status,
+    admission_limits,
+    tier_name,
+)
 
 # A watcher re-reads its payment when this process commits a change to it, and also (another
 # replica may have made the change) after a pause that starts here and doubles, up to the most,
@@ -247,13 +255,7 @@ def count_ended_sagas(unit: PaymentsUnit) -> None:
     for envelope in unit.emitted:
         outcome = _ENDINGS.get(envelope.event_type)
         if outcome is not None:
-            payment_id = getattr(envelope, envelope.WhichOneof("payload") or "").payment_id
-            metrics.SAGAS_ENDED.labels(outcome, tier_name(unit.payments.tiers.get(payment_id, 0))).inc()
-
-
-def tier_name(tier: int) -> str:
-    """ "standard", "priority" or "critical" for an SlaTier (unspecified is standard)."""
-    return payments_pb2.SlaTier.Name(tier or payments_pb2.SLA_TIER_STANDARD).removeprefix("SLA_TIER_").lower()  # type: ignore[arg-type]
+            metrics.SAGAS_ENDED.labels(outcome, envelope.sla_tier or "standard").inc()
 
 
 def status_of_proto(value: int) -> Status:

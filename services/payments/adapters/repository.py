@@ -78,7 +78,6 @@ class PaymentRepository(Repository):
     def __init__(self, unit: UnitOfWork) -> None:
         super().__init__(unit)
         self.changed: set[str] = set()  # the payments this unit stored a new version of
-        self.tiers: dict[str, int] = {}  # their SLA tiers
 
     async def load(self, payment_id: str) -> Payment | None:
         row = (await self._connection.execute(_LOAD, {"payment_id": payment_id})).first()
@@ -170,7 +169,6 @@ class PaymentRepository(Repository):
 
     async def _record_history(self, payment: Payment) -> None:
         self.changed.add(payment.payment_id)
-        self.tiers[payment.payment_id] = payment.request.sla_tier
         await self._connection.execute(
             _INSERT_HISTORY,
             {
