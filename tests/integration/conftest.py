@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
+from tests.integration.messaging_rig import rig  # noqa: F401 - the fixture, for every module here
 
 
 @pytest.fixture(scope="module")
