@@ -103,3 +103,27 @@ def test_a_failed_payment_makes_pay_wait_exit_3(paysaga: Callable[..., subproces
 
     assert paid.returncode == 3
     assert paid.stdout.splitlines()[-1].endswith("reason: insufficient funds: available 0, needed 10")
+
+
+def test_lanes_shows_every_lane_of_every_service(
+    paysaga: Callable[..., subprocess.CompletedProcess[str]], cluster: LocalCluster
+) -> None:
+    shown = paysaga("--json", "lanes", "--nats-url", cluster.nats_url)
+
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    lanes = {(row["service"], row["producer"], row["lane"]) for row in rows}
+    # payments reads the ledger's compensations and every tier of its forward steps, for example.
+    for lane in ("compensation", "critical", "priority", "standard"):
+        assert ("payments", "ledger", lane) in lanes
+        assert ("inventory", "ledger", lane) in lanes
+    assert all(row["pending"] >= 0 and row["oldest_age_s"] >= 0 for row in rows)
+    text = paysaga("lanes", "--nats-url", cluster.nats_url).stdout
+    assert "compensation" in text and "oldest" in text
+
+
+def test_lanes_without_nats_says_so_and_exits_1(paysaga: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    shown = paysaga("lanes", "--nats-url", "tls://127.0.0.1:1")
+
+    assert shown.returncode == 1
+    assert "could not connect to NATS" in shown.stderr

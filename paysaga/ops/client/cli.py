@@ -15,6 +15,7 @@ certs/ops.token, which the local cluster writes).
   paysaga pay --payer ID --merchant ID --sku mug-blue --quantity 1 --amount 1250 --currency EUR --wait
   paysaga payment watch PAYMENT_ID | cancel PAYMENT_ID | refund PAYMENT_ID | get | list
   paysaga account balance ACCOUNT_ID | statement ACCOUNT_ID ;  paysaga item get SKU | list
+  paysaga lanes                    # each lane's backlog on NATS (--nats-url, $PAYSAGA_NATS_URL)
 
 Human-readable output by default, --json (before the command) for scripts. Exit status: 0 on
 success, 1 when the service refused the request (the gRPC status and message are printed), 2 on
@@ -39,12 +40,13 @@ from google.protobuf.message import Message
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from paysaga.ops.client import lanes as lane_report
 from paysaga.ops.client import oauth
 from paysaga.ops.client.healthcheck import default_client_tls
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.security import tls
 from paysaga.runtime.security.tokens import read_token_file
-from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, TlsFiles
+from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, DEFAULT_NATS_URL, TlsFiles
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED"}
 TIMEOUT_S = 10.0
@@ -142,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", default="", help="e.g. COMPLETED")
     listing.add_argument("--page-size", type=int, default=0)
     listing.add_argument("--page-token", default="")
+
+    lanes = areas.add_parser("lanes", help="each service's lanes: backlog, unacknowledged, oldest event (from NATS)")
+    lanes.add_argument(
+        "--nats-url",
+        default=os.environ.get("PAYSAGA_NATS_URL", DEFAULT_NATS_URL),
+        help="NATS server URL(s), comma-separated (env PAYSAGA_NATS_URL, default %(default)s)",
+    )
     return parser
 
 
@@ -182,6 +191,10 @@ def describe_balance(balance: ledger_pb2.Balance) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     out = Output(args.json)
+    if args.area == "lanes":
+        rows = await lane_report.read_lanes(args.nats_url, TlsFiles(args.cert, args.key, args.ca))
+        print(lane_report.as_json(rows) if args.json else lane_report.as_text(rows), flush=True)
+        return 0
     target = {"account": args.ledger, "item": args.inventory}.get(args.area, args.payments)
     async with tls.secure_channel(target, TlsFiles(args.cert, args.key, args.ca), _token(args)) as channel:
         if args.area == "account":
@@ -344,6 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"paysaga: {error}", file=sys.stderr)
         return 2
     except oauth.TokenUnavailable as error:
+        print(f"paysaga: {error}", file=sys.stderr)
+        return 1
+    except ConnectionError as error:
         print(f"paysaga: {error}", file=sys.stderr)
         return 1
     except grpc.aio.AioRpcError as error:
