@@ -1,8 +1,9 @@
 """Run the benchmark against a fresh local cluster and print the report (table and JSON file).
 
-python3 scripts/dev.py bench                       # both standard scenarios, 60 s each
+python3 scripts/dev.py bench                       # every scenario, 60 s each
 python3 scripts/dev.py bench -- --duration-s 20    # shorter
 python3 scripts/dev.py bench -- --scenario latency --rate 300
+python3 scripts/dev.py bench -- --scenario lanes --lanes-rate 400
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import limits, machine, oauth, report, skeleton
-from bench.load import LoadGenerator, Mix, TerminalObserver, create_fixtures
+from bench.load import Lanes, LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga.ops.checks import invariants
 from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
@@ -36,6 +37,8 @@ SKELETON_IN_FLIGHT = 64
 # Longer than the saga deadline plus its compensation, so every purchase has ended by then.
 SETTLE_TIMEOUT_S = 120.0
 SETTLE_POLL_S = 2.0
+SCENARIOS = ("throughput", "latency", "lanes")
+LANES_RATE_DEFAULT = 300.0
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,14 +47,22 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["throughput", "latency", "both"],
-        default="both",
-        help="throughput: closed loop with --concurrency clients; latency: open loop at --rate (default: both)",
+        choices=[*SCENARIOS, "all"],
+        default="all",
+        help="throughput: closed loop with --concurrency clients; latency: open loop at --rate; lanes: open loop "
+        "at --lanes-rate, every tier, cancels and refunds (default: all, in that order)",
     )
     parser.add_argument("--duration-s", type=float, default=60.0, help="measured seconds per scenario (default 60)")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="unmeasured seconds before each (default 5)")
     parser.add_argument("--concurrency", type=int, default=256, help="closed-loop clients (default 256)")
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop purchases per second (default 200)")
+    parser.add_argument(
+        "--lanes-rate",
+        type=float,
+        default=0.0,
+        help="the lanes scenario's purchases per second (default: twice what the throughput scenario completed, "
+        f"or {LANES_RATE_DEFAULT:g} without it)",
+    )
     parser.add_argument("--mix", type=Mix.parse, default=Mix(), help="percent success,out-of-stock,no-funds (90,5,5)")
     parser.add_argument("--wallets", type=int, default=256, help="funded wallets the purchases spread over")
     parser.add_argument("--skus", type=int, default=64, help="stocked items the purchases spread over")
@@ -64,15 +75,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def scenarios(arguments: argparse.Namespace) -> list[Scenario]:
-    chosen = []
-    if arguments.scenario in ("throughput", "both"):
-        chosen.append(
-            Scenario("throughput", arguments.duration_s, arguments.warmup_s, concurrency=arguments.concurrency)
-        )
-    if arguments.scenario in ("latency", "both"):
-        chosen.append(Scenario("latency", arguments.duration_s, arguments.warmup_s, rate_per_s=arguments.rate))
-    return chosen
+def scenario(name: str, arguments: argparse.Namespace, earlier: Sequence[ScenarioResult]) -> Scenario:
+    if name == "throughput":
+        return Scenario(name, arguments.duration_s, arguments.warmup_s, concurrency=arguments.concurrency)
+    if name == "latency":
+        return Scenario(name, arguments.duration_s, arguments.warmup_s, rate_per_s=arguments.rate)
+    # About twice what the cluster can take, so that the standard tier is saturated.
+    capacity = next((result.sagas_per_s for result in earlier if result.scenario.name == "throughput"), 0.0)
+    rate = arguments.lanes_rate or (2 * capacity if capacity else LANES_RATE_DEFAULT)
+    return Scenario(name, arguments.duration_s, arguments.warmup_s, rate_per_s=round(rate), lanes=True)
 
 
 async def measure_limits(certs_dir: Path, work_dir: Path, duration_s: float) -> list[limits.RawLimit]:
@@ -97,10 +108,14 @@ async def drive(cluster: LocalCluster, arguments: argparse.Namespace) -> list[Sc
     try:
         print("setting up wallets and items ...", file=sys.stderr, flush=True)
         fixtures = await create_fixtures(clients, wallets=arguments.wallets, empty_wallets=8, skus=arguments.skus)
-        generator = LoadGenerator(clients, observer, fixtures, arguments.mix, arguments.seed)
         pids = {name: process.pid for name, process in cluster.processes.items()}
         pids["bench"] = os.getpid()
-        return [await run_scenario(scenario, generator, observer, pids) for scenario in scenarios(arguments)]
+        results: list[ScenarioResult] = []
+        for name in SCENARIOS if arguments.scenario == "all" else (arguments.scenario,):
+            lanes = Lanes() if name == "lanes" else None
+            generator = LoadGenerator(clients, observer, fixtures, arguments.mix, arguments.seed, lanes)
+            results.append(await run_scenario(scenario(name, arguments, results), generator, observer, pids))
+        return results
     finally:
         try:
             await observer.close()

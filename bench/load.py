@@ -15,6 +15,11 @@ Two ways to offer load:
 The mix decides each purchase's intended outcome: most complete, some ask for an item that is out
 of stock (the ledger's hold is released) and some come from a wallet without funds. Any other
 outcome, an RPC error or a purchase that does not end within the bound counts as an error.
+
+With lanes (the ``lanes`` scenario), each purchase also has an SLA tier (80% standard, 15%
+priority, 5% critical by default), and some are undone: cancelled as soon as they are created
+(CANCELLED, or COMPLETED when the saga won the race) or refunded once completed (REFUNDED); the
+time from the cancel or refund to its terminal event is the compensation's latency.
 """
 
 from __future__ import annotations
@@ -109,6 +114,28 @@ class Fixtures:
     out_of_stock_sku: str
 
 
+TIERS = ("standard", "priority", "critical")
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """The tier of each purchase and which are undone, in percent."""
+
+    standard: int = 80
+    priority: int = 15
+    critical: int = 5
+    cancel: int = 5
+    refund: int = 5
+
+    def chooser(self, seed: int) -> Callable[[], tuple[str, str]]:
+        """(tier, follow-up: "", "cancel" or "refund") for each purchase."""
+        generator = random.Random(seed + 2)
+        weights = [self.standard, self.priority, self.critical]
+        follow_ups = ["", "cancel", "refund"]
+        undo = [100 - self.cancel - self.refund, self.cancel, self.refund]
+        return lambda: (generator.choices(TIERS, weights)[0], generator.choices(follow_ups, undo)[0])
+
+
 @dataclass
 class Saga:
     intent: Intent
@@ -116,6 +143,17 @@ class Saga:
     ended_s: float | None = None
     status: str = ""
     error: str = ""
+    tier: str = "standard"
+    follow_up: str = ""  # "cancel" or "refund": undone once created or completed
+    compensation_started_s: float | None = None
+    compensation_ended_s: float | None = None
+    final_status: str = ""  # after the compensation
+
+    @property
+    def compensation_s(self) -> float | None:
+        if self.compensation_started_s is None or self.compensation_ended_s is None:
+            return None
+        return self.compensation_ended_s - self.compensation_started_s
 
     @property
     def latency_s(self) -> float | None:
@@ -261,15 +299,22 @@ class Run:
 
 class LoadGenerator:
     def __init__(
-        self, clients: ServiceClients, observer: TerminalObserver, fixtures: Fixtures, mix: Mix, seed: int
+        self,
+        clients: ServiceClients,
+        observer: TerminalObserver,
+        fixtures: Fixtures,
+        mix: Mix,
+        seed: int,
+        lanes: Lanes | None = None,
     ) -> None:
         self._clients = clients
         self._observer = observer
         self._fixtures = fixtures
         self._choose = mix.chooser(seed)
         self._pick = random.Random(seed + 1)
+        self._lanes = lanes.chooser(seed) if lanes is not None else None
 
-    def _request(self, intent: Intent) -> payments_pb2.CreatePaymentRequest:
+    def _request(self, intent: Intent, tier: str = "standard") -> payments_pb2.CreatePaymentRequest:
         fixtures = self._fixtures
         wallets = fixtures.empty_wallets if intent is Intent.INSUFFICIENT_FUNDS else fixtures.wallets
         sku = fixtures.out_of_stock_sku if intent is Intent.OUT_OF_STOCK else self._pick.choice(fixtures.skus)
@@ -280,14 +325,18 @@ class LoadGenerator:
             sku=sku,
             quantity=1,
             amount=Money(amount_minor=PRICE_MINOR, currency=CURRENCY),
+            sla_tier=payments_pb2.SlaTier.Value(f"SLA_TIER_{tier.upper()}"),
         )
 
     async def one(self, run: Run, due_s: float | None = None) -> None:
         """Create one purchase and wait for its end (or the bound). Its latency counts from due_s
         when given (the open loop's schedule), so a late start is measured too."""
         intent = self._choose()
-        request = self._request(intent)
-        saga = Saga(intent, time.perf_counter() if due_s is None else due_s)
+        tier, follow_up = self._lanes() if self._lanes is not None else ("standard", "")
+        if intent is not Intent.SUCCESS:
+            follow_up = ""  # only a purchase that would complete is undone
+        request = self._request(intent, tier)
+        saga = Saga(intent, time.perf_counter() if due_s is None else due_s, tier=tier, follow_up=follow_up)
         run.sagas.append(saga)
         try:
             await self._follow(saga, request, intent)
@@ -301,11 +350,49 @@ class LoadGenerator:
         except grpc.aio.AioRpcError as error:
             saga.error = error.code().name
             return
-        await self._observer.wait(response.payment.payment_id, saga, saga.created_s + TERMINAL_TIMEOUT_S)
+        payment_id = response.payment.payment_id
+        if saga.follow_up == "cancel" and not await self._undo(saga, payment_id):
+            return
+        await self._observer.wait(payment_id, saga, saga.created_s + TERMINAL_TIMEOUT_S)
         if saga.ended_s is None:
             saga.error = "NOT_TERMINAL"
+        elif saga.follow_up == "cancel":
+            saga.compensation_ended_s = saga.ended_s
+            saga.final_status = saga.status
+            if saga.status not in ("CANCELLED", "COMPLETED"):  # COMPLETED: the cancel came too late
+                saga.error = f"UNEXPECTED_{saga.status}"
         elif saga.status != intent.expected_status:
             saga.error = f"UNEXPECTED_{saga.status}"
+        elif saga.follow_up == "refund":
+            await self._refund(saga, payment_id)
+
+    async def _undo(self, saga: Saga, payment_id: str) -> bool:
+        """Cancel at once; False if the call failed (a cancel refused because the purchase already
+        completed is no failure: it then ends COMPLETED)."""
+        saga.compensation_started_s = time.perf_counter()
+        request = payments_pb2.CancelPaymentRequest(payment_id=payment_id, reason="bench: changed my mind")
+        try:
+            await self._clients.payments.CancelPayment(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                saga.error = f"CANCEL_{error.code().name}"
+                return False
+            saga.compensation_started_s = None  # nothing to undo: it had completed
+        return True
+
+    async def _refund(self, saga: Saga, payment_id: str) -> None:
+        saga.compensation_started_s = time.perf_counter()
+        request = payments_pb2.RefundPaymentRequest(payment_id=payment_id, reason="bench: returned")
+        try:
+            await self._clients.payments.RefundPayment(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            saga.error = f"REFUND_{error.code().name}"
+            return
+        refunded = Saga(saga.intent, saga.compensation_started_s)
+        await self._observer.wait(payment_id, refunded, saga.compensation_started_s + TERMINAL_TIMEOUT_S)
+        saga.compensation_ended_s, saga.final_status = refunded.ended_s, refunded.status
+        if refunded.status != "REFUNDED":
+            saga.error = f"REFUND_ENDED_{refunded.status or 'NOT_TERMINAL'}"
 
     async def closed_loop(self, run: Run, concurrency: int, until_s: float) -> None:
         async def worker() -> None:

@@ -133,6 +133,8 @@ def table(result: dict[str, Any]) -> str:
             f"  outcomes            {_counts(scenario['outcomes'])}",
             f"  errors              {_counts(scenario['errors']) or 'none'}",
         ]
+        if "lanes" in scenario:
+            lines += _lanes_lines(scenario["lanes"])
         processes = sorted(scenario["peak_rss_mib"])
         lines += [
             "  " + line
@@ -154,6 +156,31 @@ def table(result: dict[str, Any]) -> str:
     ]
     lines += [f"  {violation}" for violation in invariants["violations"]]
     return "\n".join(lines)
+
+
+def _lanes_lines(lanes: dict[str, Any]) -> list[str]:
+    compensations = lanes["compensations"]
+    rows = [
+        [
+            tier,
+            entry["offered"],
+            f"{entry['completed_per_s']:.1f}",
+            f"{entry['ended_per_s']:.1f}",
+            entry["refused"],
+            f"{entry['p50_ms']:.0f}",
+            f"{entry['p99_ms']:.0f}",
+        ]
+        for tier, entry in lanes["tiers"].items()
+    ]
+    return [
+        "  " + line
+        for line in _rows(["tier", "offered", "completed/s", "ended/s", "refused", "p50 ms", "p99 ms"], rows)
+    ] + [
+        f"  standard share      {100 * lanes['standard_share_of_completed']:.0f}% of what completed",
+        f"  compensations       {compensations['count']}: p50 {compensations['p50_ms']:.0f} ms  "
+        f"p99 {compensations['p99_ms']:.0f} ms  max {compensations['max_ms']:.0f} ms  "
+        f"({_counts(compensations['outcomes'])})",
+    ]
 
 
 def _oauth_lines(oauth: dict[str, Any], cpus: int) -> list[str]:

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from bench.load import LoadGenerator, Run, TerminalObserver
+from bench.load import TIERS, LoadGenerator, Run, TerminalObserver
 from bench.procstats import Usage
 from bench.stats import Latency
 
@@ -25,6 +25,8 @@ class Scenario:
     warmup_s: float
     concurrency: int = 0  # closed loop when set
     rate_per_s: float = 0.0  # open loop when set
+    # Purchases of every tier, some undone; refusals (RESOURCE_EXHAUSTED) are expected, not errors.
+    lanes: bool = False
 
     @property
     def offered(self) -> str:
@@ -43,9 +45,10 @@ class ScenarioResult:
     errors: dict[str, int]
     cpu_ms_per_saga: dict[str, float]
     peak_rss_mib: dict[str, float]
+    lanes: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "name": self.scenario.name,
             "offered": self.scenario.offered,
             "concurrency": self.scenario.concurrency,
@@ -60,6 +63,9 @@ class ScenarioResult:
             "cpu_ms_per_saga": {key: round(value, 3) for key, value in self.cpu_ms_per_saga.items()},
             "peak_rss_mib": {key: round(value, 1) for key, value in self.peak_rss_mib.items()},
         }
+        if self.lanes is not None:
+            found["lanes"] = self.lanes
+        return found
 
 
 async def _measure(usage: Usage, window_start_s: float, window_end_s: float) -> None:
@@ -125,6 +131,10 @@ def summarise(scenario: Scenario, run: Run, usage: Usage, window_start_s: float,
     created_in_window = [saga for saga in run.sagas if window_start_s <= saga.created_s < window_end_s]
     latencies = [saga.latency_s for saga in created_in_window if saga.latency_s is not None]
     errors = Counter(saga.error for saga in run.sagas if saga.error)
+    lanes = None
+    if scenario.lanes:
+        lanes = lanes_summary(scenario, run, window_start_s, window_end_s)
+        errors.pop("RESOURCE_EXHAUSTED", None)  # admission by tier, reported per tier
     if run.not_sent:
         errors["NOT_SENT_TOO_MANY_IN_FLIGHT"] = run.not_sent
     count = len(ended_in_window) or 1
@@ -139,4 +149,44 @@ def summarise(scenario: Scenario, run: Run, usage: Usage, window_start_s: float,
         errors=dict(errors),
         cpu_ms_per_saga=cpu_ms,
         peak_rss_mib={name: process.peak_rss_bytes / 2**20 for name, process in usage.processes.items()},
+        lanes=lanes,
     )
+
+
+def lanes_summary(scenario: Scenario, run: Run, window_start_s: float, window_end_s: float) -> dict[str, Any]:
+    """Per tier: purchases that ended in the window (per s), the create-to-terminal latency of
+    those created in it (not counting the undone ones), and the refusals; and the compensations'
+    latency, from the cancel or refund to its terminal event."""
+    in_window = [saga for saga in run.sagas if window_start_s <= saga.created_s < window_end_s]
+    tiers = {}
+    for tier in TIERS:
+        ended = [
+            saga
+            for saga in run.sagas
+            if saga.tier == tier and saga.ended_s is not None and window_start_s <= saga.ended_s < window_end_s
+        ]
+        plain = [saga for saga in in_window if saga.tier == tier and not saga.follow_up]
+        latencies = [saga.latency_s for saga in plain if saga.latency_s is not None]
+        latency = Latency.of(latencies)
+        tiers[tier] = {
+            "offered": sum(saga.tier == tier for saga in in_window),
+            "ended_per_s": round(len(ended) / scenario.duration_s, 1),
+            "completed_per_s": round(sum(saga.status == "COMPLETED" for saga in ended) / scenario.duration_s, 1),
+            "refused": sum(saga.tier == tier and saga.error == "RESOURCE_EXHAUSTED" for saga in in_window),
+            "p50_ms": round(latency.p50_ms, 1),
+            "p99_ms": round(latency.p99_ms, 1),
+        }
+    completed = sum(entry["completed_per_s"] for entry in tiers.values())
+    undone = [saga for saga in in_window if saga.compensation_s is not None]
+    compensation = Latency.of([saga.compensation_s for saga in undone if saga.compensation_s is not None])
+    return {
+        "tiers": tiers,
+        "standard_share_of_completed": round(tiers["standard"]["completed_per_s"] / completed, 3) if completed else 0.0,
+        "compensations": {
+            "count": len(undone),
+            "outcomes": dict(Counter(f"{saga.follow_up}->{saga.final_status}" for saga in undone)),
+            "p50_ms": round(compensation.p50_ms, 1),
+            "p99_ms": round(compensation.p99_ms, 1),
+            "max_ms": round(compensation.max_ms, 1),
+        },
+    }
