@@ -4,7 +4,8 @@ The three services' real handlers run over their own SQLite databases, with thei
 inbox, joined by an in-memory bus instead of JetStream. One seed decides everything the world
 does: which events a consumer gets next (so events of different streams and of different lanes,
 compensations overtaking the steps they undo, and redeliveries, come in any order; a purchase's
-tier is drawn at random, and compensation lanes are picked more often, as they are served first), which acks are lost (a consumer that crashed between commit and ack gets the event
+tier is drawn at random, and compensation lanes are picked more often, as they are served
+first), which acks are lost (a consumer that crashed between commit and ack gets the event
 again), which events are delivered twice, when outboxes are relayed (and relays that publish but
 crash before marking), and, in between, what clients and the world do: purchases, cancels,
 refunds, deadlines that pass, a merchant spending what it earned, stock received.

@@ -54,6 +54,9 @@ EventHandler = Callable[[U, EventEnvelope], Awaitable[None]]
 # transaction's length (others wait for SQLite's single writer meanwhile) and the redone work
 # when a batch must be split.
 FETCH_BATCH = 64
+# Events handled per turn while another lane waits for one (paysaga.runtime.messaging.lanes): how
+# long a compensation or a stricter tier may wait for a lane's turn to end.
+TURN_SHARE_CONTENDED = 8
 FETCH_TIMEOUT_S = 1.0
 # How long a delivered message may stay unacknowledged before JetStream delivers it again. It is
 # the time a crashed consumer's in-flight messages wait before another process (or the restarted
@@ -264,8 +267,16 @@ class EventConsumer(Generic[U]):
             if self._scheduler is None:
                 await self.handle_batch(messages)
                 continue
-            async with self._scheduler.turn(self._lane):
-                await self.handle_batch(messages)
+            await self._handle_in_turns(self._scheduler, messages)
+
+    async def _handle_in_turns(self, scheduler: LaneScheduler, messages: list[Msg]) -> None:
+        """Handle the fetch in turns: all of it in one (one commit) while no other lane waits, else a
+        short share per turn, so that the scheduler, not the size of a batch, decides who goes next."""
+        while messages:
+            async with scheduler.turn(self._lane):
+                share = TURN_SHARE_CONTENDED if scheduler.others_waiting(self._lane) else len(messages)
+                await self.handle_batch(messages[:share])
+            messages = messages[share:]
 
     async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """Create (or find) the durable consumer; waits for the producer's stream to exist."""

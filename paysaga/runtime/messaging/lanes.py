@@ -66,6 +66,10 @@ class LaneScheduler:
             self._held[lane] -= 1
             self._release()
 
+    def others_waiting(self, lane: str) -> bool:
+        """Whether another lane waits for a turn: the holder of one should keep it short."""
+        return any(queue for other, queue in self._waiting.items() if other != lane)
+
     def _active(self, lane: str) -> bool:
         return bool(self._held[lane] or self._waiting[lane])
 
