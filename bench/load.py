@@ -144,6 +144,7 @@ class Saga:
     status: str = ""
     error: str = ""
     tier: str = "standard"
+    accepted_s: float | None = None  # when CreatePayment answered
     follow_up: str = ""  # "cancel" or "refund": undone once created or completed
     compensation_started_s: float | None = None
     compensation_ended_s: float | None = None
@@ -350,6 +351,7 @@ class LoadGenerator:
         except grpc.aio.AioRpcError as error:
             saga.error = error.code().name
             return
+        saga.accepted_s = time.perf_counter()
         payment_id = response.payment.payment_id
         if saga.follow_up == "cancel" and not await self._undo(saga, payment_id):
             return

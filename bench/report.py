@@ -169,12 +169,17 @@ def _lanes_lines(lanes: dict[str, Any]) -> list[str]:
             entry["refused"],
             f"{entry['p50_ms']:.0f}",
             f"{entry['p99_ms']:.0f}",
+            f"{entry['create_p50_ms']:.0f}",
+            f"{entry['create_p99_ms']:.0f}",
         ]
         for tier, entry in lanes["tiers"].items()
     ]
     return [
         "  " + line
-        for line in _rows(["tier", "offered", "completed/s", "ended/s", "refused", "p50 ms", "p99 ms"], rows)
+        for line in _rows(
+            ["tier", "offered", "completed/s", "ended/s", "refused", "p50 ms", "p99 ms", "create p50", "create p99"],
+            rows,
+        )
     ] + [
         f"  standard share      {100 * lanes['standard_share_of_completed']:.0f}% of what completed",
         f"  compensations       {compensations['count']}: p50 {compensations['p50_ms']:.0f} ms  "

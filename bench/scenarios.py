@@ -155,8 +155,8 @@ def summarise(scenario: Scenario, run: Run, usage: Usage, window_start_s: float,
 
 def lanes_summary(scenario: Scenario, run: Run, window_start_s: float, window_end_s: float) -> dict[str, Any]:
     """Per tier: purchases that ended in the window (per s), the create-to-terminal latency of
-    those created in it (not counting the undone ones), and the refusals; and the compensations'
-    latency, from the cancel or refund to its terminal event."""
+    those created in it (not counting the undone ones) and how much of it CreatePayment took, and
+    the refusals; and the compensations' latency, from the cancel or refund to its terminal event."""
     in_window = [saga for saga in run.sagas if window_start_s <= saga.created_s < window_end_s]
     tiers = {}
     for tier in TIERS:
@@ -168,6 +168,7 @@ def lanes_summary(scenario: Scenario, run: Run, window_start_s: float, window_en
         plain = [saga for saga in in_window if saga.tier == tier and not saga.follow_up]
         latencies = [saga.latency_s for saga in plain if saga.latency_s is not None]
         latency = Latency.of(latencies)
+        create = Latency.of([saga.accepted_s - saga.created_s for saga in plain if saga.accepted_s is not None])
         tiers[tier] = {
             "offered": sum(saga.tier == tier for saga in in_window),
             "ended_per_s": round(len(ended) / scenario.duration_s, 1),
@@ -175,6 +176,8 @@ def lanes_summary(scenario: Scenario, run: Run, window_start_s: float, window_en
             "refused": sum(saga.tier == tier and saga.error == "RESOURCE_EXHAUSTED" for saga in in_window),
             "p50_ms": round(latency.p50_ms, 1),
             "p99_ms": round(latency.p99_ms, 1),
+            "create_p50_ms": round(create.p50_ms, 1),
+            "create_p99_ms": round(create.p99_ms, 1),
         }
     completed = sum(entry["completed_per_s"] for entry in tiers.values())
     undone = [saga for saga in in_window if saga.compensation_s is not None]

@@ -56,7 +56,7 @@ EventHandler = Callable[[U, EventEnvelope], Awaitable[None]]
 FETCH_BATCH = 64
 # Events handled per turn while another lane waits for one (paysaga.runtime.messaging.lanes): how
 # long a compensation or a stricter tier may wait for a lane's turn to end.
-TURN_SHARE_CONTENDED = 8
+TURN_SHARE_CONTENDED = 16
 FETCH_TIMEOUT_S = 1.0
 # How long a delivered message may stay unacknowledged before JetStream delivers it again. It is
 # the time a crashed consumer's in-flight messages wait before another process (or the restarted
