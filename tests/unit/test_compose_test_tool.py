@@ -27,6 +27,7 @@ import pytest
 from cryptography import x509
 
 from paysaga.common.v1.money_pb2 import Money
+from paysaga.ops.cluster.natsconf import CONSUMES
 from paysaga.ops.compose import checks, engine, host, images
 from paysaga.ops.compose.__main__ import Interrupts
 from paysaga.ops.compose.project import PRODUCTION, Topology
@@ -104,6 +105,40 @@ def test_the_books_check_fails_on_a_planted_fault(fault: dict[str, Any], message
 def test_the_books_check_fails_while_a_payment_has_not_ended() -> None:
     with pytest.raises(checks.CheckFailed, match="not ended"):
         checks.check_books(books(), SHOP, [*ENDED, payment("FUNDS_HELD")])
+
+
+class FakeLanes:
+    """What `paysaga --json lanes` prints: one row per lane consumer of every service."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def ops(self, commands: Sequence[Sequence[str]]) -> list[Any]:
+        assert list(commands) == [["lanes"]]
+        return [self.rows]
+
+
+def lane_rows() -> list[dict[str, Any]]:
+    return [
+        {"service": service, "producer": s.producer, "lane": s.lane, "pending": 0, "ack_pending": 0}
+        for service, subscriptions in CONSUMES.items()
+        for s in subscriptions
+    ]
+
+
+def test_the_lanes_check_passes_when_every_lane_exists_and_is_idle() -> None:
+    assert "none with events waiting" in checks.check_lanes(FakeLanes(lane_rows()))
+
+
+def test_the_lanes_check_fails_on_a_missing_consumer_or_a_backlog() -> None:
+    missing = lane_rows()
+    missing[0] = {"service": missing[0]["service"], "producer": missing[0]["producer"]}  # no consumer
+    with pytest.raises(checks.CheckFailed, match="unlike the services' lanes"):
+        checks.check_lanes(FakeLanes(missing))
+    waiting = lane_rows()
+    waiting[-1]["pending"] = 3
+    with pytest.raises(checks.CheckFailed, match="events still waiting"):
+        checks.check_lanes(FakeLanes(waiting))
 
 
 @pytest.mark.parametrize(

@@ -172,9 +172,10 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
         if topology.replicas > 1:
             with stages(f"{label}: {checks.CHAOS_PURCHASES} purchases while one replica of each service is killed"):
                 ended += asyncio.run(checks.purchases_through_kills(project, target, client, shop, detail))
-        with stages(f"{label}: money and stock agree with the payments"):
+        with stages(f"{label}: money and stock agree with the payments; every lane is idle"):
             checks.await_stock_settled(project, shop)
             detail(checks.check_books(project, shop, ended))
+            detail(checks.check_lanes(project))
         with stages(f"{label}: nothing else reachable; NATS refuses strangers"):
             detail(checks.check_exposure(project, port, oauth_port))
             detail(checks.check_nats_refuses_strangers(project))

@@ -41,6 +41,7 @@ from paysaga.core.identity import client_identity
 from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.ops.client.cli import TERMINAL
+from paysaga.ops.cluster.natsconf import CONSUMES
 from paysaga.ops.compose.engine import Say, run
 from paysaga.ops.compose.project import SERVICES, ComposeProject, Topology
 from paysaga.ops.pki import authority
@@ -202,7 +203,7 @@ class Shop:
 
 
 class Ops(Protocol):
-    def ops(self, commands: Sequence[Sequence[str]]) -> list[dict[str, Any]]: ...
+    def ops(self, commands: Sequence[Sequence[str]]) -> list[Any]: ...
 
 
 def open_shop(project: Ops, wallets: int, deposit_minor: int, stock: int, *, buyer: str, seller: str) -> Shop:
@@ -307,6 +308,24 @@ def check_books(project: Ops, shop: Shop, payments: Iterable[payments_pb2.Paymen
         f"{len(accounts)} accounts hold {total} = the deposits, none held; {shop.sku}: "
         f"{shop.received - sold} available + {sold} sold = {shop.received} received, none reserved"
     )
+
+
+def check_lanes(project: Ops) -> str:
+    """`paysaga lanes` from the ops container, as the README shows: every lane consumer of every
+    service exists (so NATS lets each service create and read its lanes), and none holds events
+    still waiting once everything has settled."""
+    [rows] = project.ops([["lanes"]])
+    listed: list[dict[str, Any]] = rows
+    expected = {
+        (service, subscription.producer, subscription.lane)
+        for service, subscriptions in CONSUMES.items()
+        for subscription in subscriptions
+    }
+    found = {(row["service"], row["producer"], row.get("lane")) for row in listed}
+    expect(found == expected, f"paysaga lanes listed {sorted(map(str, found ^ expected))} unlike the services' lanes")
+    waiting = {f"{row['service']}-from-{row['producer']}-{row['lane']}": row["pending"] for row in listed}
+    expect(not any(waiting.values()), f"events still waiting in lanes: {waiting}")
+    return f"paysaga lanes: {len(listed)} lane consumers across the services, none with events waiting"
 
 
 # -- the scenarios -------------------------------------------------------------------------------

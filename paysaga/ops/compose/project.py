@@ -128,8 +128,8 @@ class ComposeProject:
         container's environment, as `docker compose exec` does for an operator; its stdout."""
         return self.call("exec", "-T", service, *arguments)
 
-    def ops(self, commands: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
-        """Run `paysaga --json ...` commands in one ops container, in order; one JSON object each."""
+    def ops(self, commands: Sequence[Sequence[str]]) -> list[Any]:
+        """Run `paysaga --json ...` commands in one ops container, in order; one JSON value each."""
         script = "set -e\n" + "".join(f"paysaga --json {shlex.join(command)}\n" for command in commands)
         output = self.one_off("ops", "-c", script, entrypoint="sh")
         try:
