@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import uuid
@@ -351,6 +352,9 @@ async def _watch(stub: payments_pb2_grpc.PaymentServiceStub, payment_id: str, ou
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # What fails is reported once, below; the libraries' own warnings (a NATS connect retry, a TLS
+    # close) would only repeat it, or are noise.
+    logging.basicConfig(level=logging.ERROR, format="paysaga: %(message)s")
     try:
         return asyncio.run(run(args))
     except tls.TlsConfigurationError as error:
