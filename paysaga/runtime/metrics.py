@@ -13,6 +13,8 @@ open files), every service has:
   ``paysaga_consumer_redelivered{consumer, lane}`` and
   ``paysaga_consumer_oldest_age_seconds{consumer, lane}``: each lane consumer's backlog as
   JetStream reports it, and how long its oldest event has waited (read every few seconds);
+- ``paysaga_lane_wait_seconds{lane}``: how long each event waited, from its storage in the stream
+  to its handling (a turn) starting: the queueing a lane's events meet;
 - ``paysaga_events_published_total{event_type}`` and ``paysaga_relay_lag_seconds``: the outbox
   relay's work, and the time from an event's commit to JetStream's acknowledgement.
 
@@ -58,6 +60,12 @@ CONSUMER_OLDEST_AGE_SECONDS = Gauge(
     "paysaga_consumer_oldest_age_seconds", "Age of the oldest message not yet acknowledged (0: none)", _CONSUMER
 )
 EVENTS_PUBLISHED = Counter("paysaga_events_published", "Events the outbox relay published", ["event_type"])
+LANE_WAIT_SECONDS = Histogram(
+    "paysaga_lane_wait_seconds",
+    "From an event's storage in its stream to its handling starting, by lane",
+    ["lane"],
+    buckets=_LATENCY_BUCKETS,
+)
 RELAY_LAG_SECONDS = Histogram(
     "paysaga_relay_lag_seconds", "From an event's commit to JetStream's acknowledgement", buckets=_LATENCY_BUCKETS
 )

@@ -28,6 +28,7 @@ DOCUMENTED = (
     "paysaga_dead_letters",
     "paysaga_consumer_pending",
     "paysaga_consumer_oldest_age_seconds",
+    "paysaga_lane_wait_seconds",
     "paysaga_consumer_ack_pending",
     "paysaga_consumer_redelivered",
     "paysaga_events_published",
@@ -96,6 +97,8 @@ async def test_metrics_show_sagas_events_relay_and_consumers(shop: Shop) -> None
         labels = (("consumer", f"ledger-from-payments-{lane}"), ("lane", lane))
         assert ("paysaga_consumer_pending", labels) in ledger_samples
         assert ("paysaga_consumer_oldest_age_seconds", labels) in ledger_samples
+    # This test's purchase was a priority one: its forward steps waited on the priority lane.
+    assert summed("ledger", "paysaga_lane_wait_seconds_count", lane="priority") >= 1
 
 
 async def test_the_metrics_endpoint_refuses_a_peer_without_our_certificate(shop: Shop) -> None:

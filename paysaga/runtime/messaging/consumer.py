@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import logging
 import time
@@ -298,6 +299,7 @@ class EventConsumer(Generic[U]):
         """Handle fetched messages, then ack each one handled. On SQLite they share one transaction
         and one commit (one fsync), each in a savepoint, so a failure is undone, retried, counted or
         parked for its own message only; on PostgreSQL each has a transaction of its own."""
+        self._observe_waits(messages)
         decoded = [(message, envelope) for message in messages if (envelope := await self._decode(message))]
         if self._batching and len(decoded) > 1:
             started = time.perf_counter()
@@ -324,6 +326,12 @@ class EventConsumer(Generic[U]):
                 time.perf_counter() - started
             )
             await self._conclude(message, envelope, outcome)
+
+    def _observe_waits(self, messages: Sequence[Msg]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        waited = metrics.LANE_WAIT_SECONDS.labels(self._lane)
+        for message in messages:
+            waited.observe(max(0.0, (now - message.metadata.timestamp).total_seconds()))
 
     async def _apply_alone(self, envelope: EventEnvelope) -> Exception | bool:
         try:
