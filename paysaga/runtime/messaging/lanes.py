@@ -5,7 +5,8 @@ paysaga.core.lanes says which lane an event travels on; here:
 - ``LaneScheduler``: a process's lanes take turns handling what they fetched. The compensation
   lane goes first whenever it is waiting; the tiers share the rest by weight (stride scheduling:
   each turn moves a lane's pass on by 1/weight, and the waiting lane with the lowest pass goes
-  next), so a stricter tier gets more turns and no tier waits for ever;
+  next), so a stricter tier gets more turns and no tier waits for ever (and a turn is short while
+  another lane waits: paysaga.runtime.messaging.consumer);
 - ``ensure_consumer``: creates a lane's durable consumer, or brings its limits up to date;
 - ``adopt_single_consumers``: the upgrade from before lanes, when a service read each producer
   through one durable consumer (``<service>-from-<producer>``): the lane consumers start where
