@@ -74,3 +74,31 @@ def test_a_bad_payments_limit_stops_the_process_with_a_message(capsys: pytest.Ca
 
     assert stopped.value.code == 2
     assert "argument --velocity-limit: must be positive, got 0" in capsys.readouterr().err
+
+
+def test_lane_settings_take_some_lanes_and_keep_the_defaults_for_the_rest() -> None:
+    settings = load_settings(
+        "ledger",
+        ["--lane-weights", "critical=8"],
+        {"PAYSAGA_LANE_WORKERS": "standard=2", "PAYSAGA_LANE_MAX_ACK_PENDING": "compensation=64"},
+    )
+
+    assert settings.lanes.weights == {"critical": 8, "priority": 3, "standard": 1}
+    assert settings.lanes.workers == {"compensation": 2, "critical": 3, "priority": 2, "standard": 2}
+    assert settings.lanes.max_ack_pending["compensation"] == 64
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--lane-weights", "compensation=5", "unknown lane 'compensation'"),  # always first: no weight
+        ("--lane-workers", "gold=1", "unknown lane 'gold'"),
+        ("--lane-max-ack-pending", "standard=0", "must be positive"),
+    ],
+)
+def test_a_bad_lane_setting_stops_the_process_with_a_message(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        load_settings("ledger", [flag, value], {})
+    assert message in capsys.readouterr().err
