@@ -97,7 +97,9 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
         consumers = _lane_consumers(definition, settings, jetstream, store)
         # Before the first fetch: the lanes take over from the consumers of a version before them.
         await lanes.adopt_single_consumers(
-            jetstream, settings.service, [(consumer.stream, consumer.config) for consumer in consumers]
+            jetstream,
+            settings.service,
+            [(consumer.producer, consumer.stream, consumer.config) for consumer in consumers],
         )
         built = create_server(
             settings.grpc_bind,

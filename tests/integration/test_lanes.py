@@ -161,7 +161,9 @@ async def test_an_upgrade_from_one_consumer_per_producer_loses_and_repeats_nothi
 
     recorder = Recorder()
     consumers = recorder.consumers(rig)
-    adopted = await adopt_single_consumers(rig.jetstream, "payments", [(STREAM, c.config) for c in consumers])
+    adopted = await adopt_single_consumers(
+        rig.jetstream, "payments", [(c.producer, c.stream, c.config) for c in consumers]
+    )
     assert adopted == [legacy]
     assert legacy not in await _consumer_names(rig)
     # A producer not yet upgraded still publishes the old way.

@@ -67,10 +67,10 @@ def service_user(service: str, consumes: Sequence[Subscription]) -> NatsUser:
     publish += [f"{JS_API}.STREAM.INFO.{REVOCATIONS_STREAM}", f"{JS_API}.STREAM.MSG.GET.{REVOCATIONS_STREAM}"]
     for stream in owned_streams(service):
         publish += [f"{JS_API}.STREAM.{action}.{stream.name}" for action in ("CREATE", "UPDATE", "INFO")]
-    for source in dict.fromkeys(subscription.stream for subscription in consumes):
+    for producer, source in dict.fromkeys((subscription.producer, subscription.stream) for subscription in consumes):
         # The age of a lane's oldest event is read from the stream; the consumer of a version
         # before lanes is read once more, and deleted, when its lanes take over.
-        legacy = legacy_durable_name(service, source.removesuffix("_EVENTS").lower())
+        legacy = legacy_durable_name(service, producer)
         publish += [
             f"{JS_API}.STREAM.INFO.{source}",
             f"{JS_API}.STREAM.MSG.GET.{source}",

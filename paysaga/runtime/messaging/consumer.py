@@ -212,6 +212,10 @@ class EventConsumer(Generic[U]):
         self._batching = database.single_writer
 
     @property
+    def producer(self) -> str:
+        return self._subscription.producer
+
+    @property
     def stream(self) -> str:
         return self._subscription.stream
 

@@ -56,7 +56,6 @@ class LaneScheduler:
         }
         self._held = dict.fromkeys(LANES, 0)
         self._passes = dict.fromkeys(LANES, 0.0)
-        self.turns = dict.fromkeys(LANES, 0)  # turns given so far, per lane
 
     @contextlib.asynccontextmanager
     async def turn(self, lane: str) -> AsyncIterator[None]:
@@ -99,7 +98,6 @@ class LaneScheduler:
     def _granted(self, lane: str) -> None:
         self._held[lane] += 1
         self._passes[lane] += 1 / self._weights[lane]
-        self.turns[lane] += 1
 
     def _release(self) -> None:
         while (lane := self._next()) is not None:
@@ -145,18 +143,18 @@ async def ensure_consumer(jetstream: JetStreamContext, stream: str, config: Cons
 
 
 async def adopt_single_consumers(
-    jetstream: JetStreamContext, service: str, lanes: Sequence[tuple[str, ConsumerConfig]]
+    jetstream: JetStreamContext, service: str, lanes: Sequence[tuple[str, str, ConsumerConfig]]
 ) -> list[str]:
-    """Move a service from its pre-lane consumers to its lanes: for each (stream, lane consumer
-    config), if the service's old consumer of that stream still exists, create the lane consumer
-    (if missing) from the old one's acknowledgement floor; then delete the old consumer. Returns
-    the old consumers deleted. Safe to repeat and to run from several replicas at once."""
-    by_stream: dict[str, list[ConsumerConfig]] = {}
-    for stream, config in lanes:
-        by_stream.setdefault(stream, []).append(config)
+    """Move a service from its pre-lane consumers to its lanes: for each (producer, its stream,
+    lane consumer config), if the service's old consumer of that producer still exists, create the
+    lane consumer (if missing) from the old one's acknowledgement floor; then delete the old
+    consumer. Returns the old consumers deleted. Safe to repeat and to run from several replicas
+    at once."""
+    by_producer: dict[tuple[str, str], list[ConsumerConfig]] = {}
+    for producer, stream, config in lanes:
+        by_producer.setdefault((producer, stream), []).append(config)
     adopted = []
-    for stream, configs in by_stream.items():
-        producer = stream.removesuffix("_EVENTS").lower()
+    for (producer, stream), configs in by_producer.items():
         legacy = legacy_durable_name(service, producer)
         try:
             info = await jetstream.consumer_info(stream, legacy)
