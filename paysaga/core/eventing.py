@@ -26,6 +26,7 @@ PRODUCED_BY: dict[str, tuple[str, ...]] = {
         "PaymentFailed",
         "PaymentCancelled",
         "PaymentRefunded",
+        "TrafficSpikeDetected",
     ),
     "ledger": (
         "FundsHeld",

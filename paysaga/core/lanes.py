@@ -44,7 +44,7 @@ COMPENSATION_EVENTS = frozenset(
     }
 )
 # Events outside any purchase: they have no tier.
-NOTICES = frozenset({"AccountOpened", "ItemAdded", "TokensRevoked"})
+NOTICES = frozenset({"AccountOpened", "ItemAdded", "TokensRevoked", "TrafficSpikeDetected"})
 _KNOWN_EVENTS = frozenset(event for events in PRODUCED_BY.values() for event in events)
 assert COMPENSATION_EVENTS | NOTICES <= _KNOWN_EVENTS, "a lane names an event nobody produces"
 

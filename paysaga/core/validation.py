@@ -18,6 +18,7 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 SKU_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CURRENCIES = frozenset(currency.alpha_3 for currency in pycountry.currencies)
+REGIONS = frozenset(country.alpha_2 for country in pycountry.countries)
 
 
 def uuid_text(value: str, field: str) -> str:
@@ -28,6 +29,13 @@ def uuid_text(value: str, field: str) -> str:
     except ValueError:
         raise InvalidArgument(f"{field} must be a UUID, got {value[:80]!r}") from None
     return str(parsed)
+
+
+def region(value: str, field: str = "region") -> str:
+    """An ISO 3166-1 alpha-2 country code, or "" (not given)."""
+    if value and value not in REGIONS:
+        raise InvalidArgument(f"{field} must be an ISO 3166-1 alpha-2 country code such as FR, got {value[:16]!r}")
+    return value
 
 
 def currency(value: str, field: str = "currency") -> str:

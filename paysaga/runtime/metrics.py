@@ -19,7 +19,11 @@ open files), every service has:
   relay's work, and the time from an event's commit to JetStream's acknowledgement.
 
 payments adds ``paysaga_sagas_ended_total{outcome, tier}`` (a payment reaching COMPLETED, FAILED,
-CANCELLED, REJECTED or REFUNDED) and ``paysaga_admission_refusals_total{tier}``.
+CANCELLED, REJECTED or REFUNDED), ``paysaga_admission_refusals_total{tier}``, and for its fraud
+rules ``paysaga_decisions_total{action}``, ``paysaga_decision_seconds`` (gathering the inputs and
+evaluating every rule), ``paysaga_rule_hits_total{rule, mode}`` (mode ``shadow`` counts what a
+shadow rule would have done), ``paysaga_rule_errors_total{rule}``, ``paysaga_rules_reloads_total
+{outcome}`` (``loaded`` or ``refused``) and ``paysaga_traffic_spikes_total{kind}``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,16 @@ RELAY_LAG_SECONDS = Histogram(
 )
 SAGAS_ENDED = Counter("paysaga_sagas_ended", "Payments that reached a terminal status", ["outcome", "tier"])
 ADMISSION_REFUSALS = Counter("paysaga_admission_refusals", "Purchases refused while too many were in flight", ["tier"])
+DECISIONS = Counter("paysaga_decisions", "The fraud rules' decisions", ["action"])
+DECISION_SECONDS = Histogram(
+    "paysaga_decision_seconds",
+    "Gathering a purchase's inputs and evaluating every rule",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01),
+)
+RULE_HITS = Counter("paysaga_rule_hits", "Rules whose condition held (mode shadow: would have)", ["rule", "mode"])
+RULE_ERRORS = Counter("paysaga_rule_errors", "Rule conditions that failed to evaluate (taken as not held)", ["rule"])
+RULES_RELOADS = Counter("paysaga_rules_reloads", "Changed rules files read (outcome loaded or refused)", ["outcome"])
+TRAFFIC_SPIKES = Counter("paysaga_traffic_spikes", "Traffic spikes detected (kind region or merchant)", ["kind"])
 
 
 async def _metrics(_request: web.Request) -> web.Response:

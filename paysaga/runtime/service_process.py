@@ -65,7 +65,7 @@ class ServiceDefinition(Generic[U]):
     subscriptions: Sequence[Subscription] = ()
     handlers: Mapping[str, EventHandler[U]] = field(default_factory=dict)
     # Background loops of the service's own (e.g. a timeout sweeper); each runs until its event is set.
-    workers: Callable[[Database[U]], Sequence[Worker]] = lambda _database: ()
+    workers: Callable[[Database[U], JetStreamContext], Sequence[Worker]] = lambda _database, _jetstream: ()
 
 
 async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, stop: asyncio.Event) -> None:
@@ -121,7 +121,7 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
         loops.append(("metrics-consumers", lambda stop: metrics.follow_consumers(jetstream, followed, stop)))
         if settings.metrics_bind:
             loops.append(("metrics", lambda stop: metrics.serve_metrics(settings.metrics_bind, settings.tls, stop)))
-        loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store))]
+        loops += [(f"worker-{index}", worker) for index, worker in enumerate(definition.workers(store, jetstream))]
         tasks = [asyncio.create_task(_supervised(name, loop, workers_stop), name=name) for name, loop in loops]
         await built.set_serving(False)
         await built.server.start()

@@ -50,5 +50,5 @@ def bootstrap(settings: ServiceSettings) -> ServiceDefinition[AuthUnit]:
         migrations=MIGRATIONS,
         unit=AuthUnit,
         grpc_services=lambda database: [],
-        workers=lambda database: [https_worker(settings, database)],
+        workers=lambda database, _jetstream: [https_worker(settings, database)],
     )

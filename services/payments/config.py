@@ -1,12 +1,15 @@
-"""The payments service's own settings, beside every service's: the saga deadline and the
-threshold rules (flags and PAYSAGA_* variables, as the common settings)."""
+"""The payments service's own settings, beside every service's: the saga deadline, the fraud
+rules and their statistics (flags and PAYSAGA_* variables, as the common settings)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from paysaga.runtime.settings import Option, ServiceSettings, positive_float, positive_int
 from services.payments.domain import SLA_TIERS, PaymentLimits
+from services.payments.rules.reload import load
+from services.payments.rules.ruleset import RulesError
 
 DEFAULTS = PaymentLimits()
 
@@ -32,6 +35,17 @@ def admission_shares(text: str) -> tuple[tuple[str, float], ...]:
     return tuple((tier, shares[tier]) for tier in SLA_TIERS)
 
 
+def rules_file(text: str) -> str:
+    """A rules file that can be used now ("" for the built-in rules): the service does not start
+    with a broken one."""
+    if text:
+        try:
+            load(Path(text))
+        except RulesError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 _SHARES = ",".join(f"{tier}={share:g}" for tier, share in DEFAULTS.admission_shares)
 # Each option's key (its flag without dashes) names the PaymentLimits field it sets.
 OPTIONS = (
@@ -46,22 +60,71 @@ OPTIONS = (
         "--max-amount-minor",
         "PAYSAGA_MAX_AMOUNT_MINOR",
         str(DEFAULTS.max_amount_minor),
-        "larger payments are REJECTED",
+        "the built-in amount_cap rule's cap (limits.amount_minor_max in a rules file)",
         positive_int,
     ),
     Option(
         "--velocity-limit",
         "PAYSAGA_VELOCITY_LIMIT",
         str(DEFAULTS.velocity_limit),
-        "payments per payer per window before REJECTED",
+        "the built-in payer_velocity rule's limit per window (limits.velocity_limit)",
         positive_int,
     ),
     Option(
         "--velocity-window-s",
         "PAYSAGA_VELOCITY_WINDOW_S",
         str(DEFAULTS.velocity_window_s),
-        "the velocity rule's window",
+        "the window payer.velocity counts the payer's purchases in (limits.velocity_window_s)",
         positive_float,
+    ),
+    Option(
+        "--rules-file",
+        "PAYSAGA_RULES_FILE",
+        DEFAULTS.rules_file,
+        "the fraud rules (YAML, reloaded when it changes); empty: the built-in amount_cap and payer_velocity",
+        rules_file,
+    ),
+    Option(
+        "--stats-bucket-s",
+        "PAYSAGA_STATS_BUCKET_S",
+        str(DEFAULTS.stats_bucket_s),
+        "the rolling statistics' time bucket (count_1m counts the buckets of the last minute)",
+        positive_float,
+    ),
+    Option(
+        "--baseline-buckets",
+        "PAYSAGA_BASELINE_BUCKETS",
+        str(DEFAULTS.baseline_buckets),
+        "the buckets before the current one a region's or merchant's baseline is taken over",
+        positive_int,
+    ),
+    Option(
+        "--spike-z",
+        "PAYSAGA_SPIKE_Z",
+        str(DEFAULTS.spike_z),
+        "a spike is this many standard deviations above the baseline ...",
+        positive_float,
+    ),
+    Option(
+        "--spike-min-count",
+        "PAYSAGA_SPIKE_MIN_COUNT",
+        str(DEFAULTS.spike_min_count),
+        "... with at least this many attempts in the bucket ...",
+        positive_int,
+    ),
+    Option(
+        "--spike-min-buckets",
+        "PAYSAGA_SPIKE_MIN_BUCKETS",
+        str(DEFAULTS.spike_min_buckets),
+        "... over a baseline of at least this many buckets",
+        positive_int,
+    ),
+    Option(
+        "--spike-hold-buckets",
+        "PAYSAGA_SPIKE_HOLD_BUCKETS",
+        str(DEFAULTS.spike_hold_buckets),
+        "a spike stays active (region.spike, merchant.spike) for this many buckets after its own",
+        positive_int,
     ),
     Option(
         "--max-in-flight",

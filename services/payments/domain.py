@@ -1,4 +1,4 @@
-"""The payment state machine and the threshold rules. Pure code, no I/O.
+"""The payment state machine and how the fraud rules' hits make a decision. Pure code, no I/O.
 
     PENDING -> FUNDS_HELD -> STOCK_RESERVED -> COMPLETED -> REFUNDING -> REFUNDED
        |            |              |
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from google.protobuf.message import Message
@@ -56,10 +57,12 @@ class PurchaseRequest:
     sla_tier: int
     # The client asking (its identity); its idempotency keys are its own.
     requested_by: str = ""
+    # Where the purchase is made (ISO 3166-1 alpha-2), or "".
+    region: str = ""
 
     def fingerprint(self) -> str:
         """Identifies the request's content, to tell a retry from a reuse of the key."""
-        fields = (
+        fields: tuple[object, ...] = (
             self.payer_account_id,
             self.merchant_account_id,
             self.sku,
@@ -68,6 +71,8 @@ class PurchaseRequest:
             self.currency,
             self.sla_tier,
         )
+        # Only when given: a request without a region keeps the fingerprint it had before regions.
+        fields += (self.region,) if self.region else ()
         return hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest()
 
 
@@ -187,12 +192,25 @@ class Payment:
 
 @dataclass(frozen=True)
 class PaymentLimits:
-    """The saga deadline and the threshold rules (services/payments/config.py reads them)."""
+    """The saga deadline, the fraud rules' settings and the limits of the built-in rules
+    (services/payments/config.py reads them)."""
 
     saga_timeout_s: float = 30.0
+    # The built-in rules' cap and velocity limit (a rules file reads them as limits.*).
     max_amount_minor: int = 1_000_000
     velocity_limit: int = 20
     velocity_window_s: float = 60.0
+    # The rules file ("": the built-in rules), and the rolling statistics' time buckets.
+    rules_file: str = ""
+    stats_bucket_s: float = 60.0
+    baseline_buckets: int = 60
+    # A spike: at least spike_min_count attempts in a bucket, spike_z standard deviations above a
+    # baseline of at least spike_min_buckets buckets.
+    spike_z: float = 4.0
+    spike_min_count: int = 20
+    spike_min_buckets: int = 10
+    # How many buckets after the one it was detected in a spike stays active for the rules.
+    spike_hold_buckets: int = 5
     # Purchases not yet ended above which new ones are refused (RESOURCE_EXHAUSTED) rather than
     # queued until they time out.
     max_in_flight: int = 500
@@ -219,16 +237,85 @@ def admission_limits(rules: PaymentLimits) -> dict[str, int]:
     return {tier: max(1, int(rules.max_in_flight * shares.get(tier, 1.0))) for tier in SLA_TIERS}
 
 
-def rule_violation(
-    request: PurchaseRequest, rules: PaymentLimits, recent_payments_of_payer: int
-) -> tuple[str, str] | None:
-    """(rule, reason) if the request breaks a threshold rule, else None."""
-    if request.amount_minor > rules.max_amount_minor:
-        return "amount_cap", f"amount {request.amount_minor} exceeds the cap of {rules.max_amount_minor} per payment"
-    if recent_payments_of_payer >= rules.velocity_limit:
-        return (
-            "payer_velocity",
-            f"payer made {recent_payments_of_payer} payments in the last {rules.velocity_window_s:g} s "
-            f"(limit {rules.velocity_limit})",
-        )
-    return None
+class Action(StrEnum):
+    """What the rules decide about a purchase, from the most lenient."""
+
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
+
+
+@dataclass(frozen=True)
+class RuleHit:
+    """A rule whose condition held: its own action, or its score, and the inputs it read."""
+
+    rule_id: str
+    shadow: bool
+    action: Action | None
+    score: int
+    reason: str
+    inputs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreThresholds:
+    """The score rules add up; a total at or above a threshold reviews or blocks."""
+
+    review: int = 50
+    block: int = 100
+
+    def action(self, score: int) -> Action:
+        if score >= self.block:
+            return Action.BLOCK
+        return Action.REVIEW if score >= self.review else Action.ALLOW
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The rules' verdict on one purchase and everything that went into it."""
+
+    rule_set_sha256: str
+    action: Action
+    score: int
+    hits: tuple[RuleHit, ...]
+    # What the action would have been had the shadow rules been enforced too.
+    shadow_action: Action
+    # The rule that decided a review or a block ("score" when the total did), and why.
+    rule: str = ""
+    reason: str = ""
+    # Every input the rules were given, by group ("request", "payer", ...): what a backtest replays.
+    inputs: Mapping[str, Mapping[str, object]] = field(default_factory=dict, compare=False)
+
+
+def decide(
+    rule_set_sha256: str,
+    hits: tuple[RuleHit, ...],
+    thresholds: ScoreThresholds,
+    inputs: Mapping[str, Mapping[str, object]] | None = None,
+) -> Decision:
+    """The decision the hits make: the strictest of the enforced rules' actions and of what their
+    total score reaches; shadow hits only count towards shadow_action."""
+    enforced = tuple(hit for hit in hits if not hit.shadow)
+    action, rule, reason, score = _verdict(enforced, thresholds)
+    shadow_action = _verdict(hits, thresholds)[0]
+    return Decision(rule_set_sha256, action, score, hits, shadow_action, rule, reason, inputs or {})
+
+
+def _verdict(hits: tuple[RuleHit, ...], thresholds: ScoreThresholds) -> tuple[Action, str, str, int]:
+    score = sum(hit.score for hit in hits)
+    action, rule, reason = thresholds.action(score), "", ""
+    if action is not Action.ALLOW:
+        scored = ", ".join(hit.rule_id for hit in hits if hit.score)
+        threshold = thresholds.block if action is Action.BLOCK else thresholds.review
+        rule, reason = "score", f"risk score {score} reached the {action.value} threshold of {threshold} ({scored})"
+    for hit in hits:  # the first rule of the strictest action names the reason
+        if hit.action is not None and hit.action.severity > action.severity:
+            action, rule, reason = hit.action, hit.rule_id, hit.reason
+    return action, rule, reason, score

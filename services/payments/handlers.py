@@ -1,6 +1,6 @@
 """The payments handlers: one function per command or event.
 
-CreatePayment                 -> PaymentRequested | PaymentRejected
+CreatePayment                 -> screened by the rules (decision recorded) -> PaymentRequested | PaymentRejected
 FundsHeld, StockReserved      -> progress (FUNDS_HELD, STOCK_RESERVED)
 FundsCaptured                 -> COMPLETED                        -> PaymentCompleted
 FundsHoldFailed               -> FAILED                           -> PaymentFailed
@@ -34,17 +34,20 @@ from paysaga.core.eventing import EventEnvelope
 from paysaga.events.v1 import events_pb2
 from paysaga.runtime.messaging.consumer import EventHandler
 from services.payments.adapters.repository import AccountOwner, PaymentsUnit
-from services.payments.domain import Payment, PaymentLimits, PurchaseRequest, Status, rule_violation
+from services.payments.domain import Action, Decision, Payment, PaymentLimits, PurchaseRequest, Status
 
 log = logging.getLogger(__name__)
 SERVICE = "payments"
+# The rules' decision on a request, given the payer's purchases in the velocity window (counted
+# exactly, under the payer's lock) and the time: services.payments.rules.screening.Screening.decide.
+Screen = Callable[[PurchaseRequest, int, dt.datetime], Decision]
 
 
 async def create_payment(
-    unit: PaymentsUnit, request: PurchaseRequest, rules: PaymentLimits, caller: Caller
+    unit: PaymentsUnit, request: PurchaseRequest, limits: PaymentLimits, caller: Caller, screen: Screen
 ) -> tuple[Payment, bool]:
-    """Store and start a purchase the caller may make; a retry with the same key and body returns
-    the first one."""
+    """Store and start a purchase the caller may make, as the rules decide (the decision is
+    recorded with it); a retry with the same key and body returns the first one."""
     request = dataclasses.replace(request, requested_by=caller.identity)
     existing = await unit.payments.find_by_idempotency_key(caller.identity, request.idempotency_key)
     if existing is not None:
@@ -62,28 +65,38 @@ async def create_payment(
     await unit.payments.lock_payer(request.payer_account_id)
     now = unit.now()
     recent = await unit.payments.count_recent(
-        request.payer_account_id, now - dt.timedelta(seconds=rules.velocity_window_s)
+        request.payer_account_id, now - dt.timedelta(seconds=limits.velocity_window_s)
     )
-    violation = rule_violation(request, rules, recent)
+    decision = screen(request, recent, now)
+    blocked = decision.action is Action.BLOCK
     payment = Payment(
         str(uuid.uuid4()),
         request,
-        Status.REJECTED if violation else Status.PENDING,
-        violation[1] if violation else "",
+        Status.REJECTED if blocked else Status.PENDING,
+        decision.reason if blocked else "",
         1,
         now,
         now,
-        now + dt.timedelta(seconds=rules.saga_timeout_s),
+        now + dt.timedelta(seconds=limits.saga_timeout_s),
     )
     await unit.payments.insert(payment)
-    if violation is not None:
-        rule, reason = violation
-        log.info("payment.rejected", extra={"payment_id": payment.payment_id, "rule": rule, "reason": reason})
-        unit.emit(
-            events_pb2.PaymentRejected(payment_id=payment.payment_id, rule=rule, reason=reason),
-            saga_id=payment.payment_id,
-            tier=payment.tier,
+    await unit.payments.record_decision(payment.payment_id, decision, now)
+    amount = Money(amount_minor=request.amount_minor, currency=request.currency)
+    if blocked:
+        log.info(
+            "payment.rejected",
+            extra={"payment_id": payment.payment_id, "rule": decision.rule, "reason": decision.reason},
         )
+        rejected = events_pb2.PaymentRejected(
+            payment_id=payment.payment_id,
+            rule=decision.rule,
+            reason=decision.reason,
+            payer_account_id=request.payer_account_id,
+            merchant_account_id=request.merchant_account_id,
+            amount=amount,
+            region=request.region,
+        )
+        unit.emit(rejected, saga_id=payment.payment_id, tier=payment.tier)
         return payment, False
     requested = events_pb2.PaymentRequested(
         payment_id=payment.payment_id,
@@ -91,8 +104,9 @@ async def create_payment(
         merchant_account_id=request.merchant_account_id,
         sku=request.sku,
         quantity=request.quantity,
-        amount=Money(amount_minor=request.amount_minor, currency=request.currency),
+        amount=amount,
         sla_tier=request.sla_tier,
+        region=request.region,
     )
     requested.deadline.FromDatetime(payment.deadline_at)
     unit.emit(requested, saga_id=payment.payment_id, tier=payment.tier)

@@ -82,8 +82,11 @@ class Shop:
         quantity: int = 1,
         key: str | None = None,
         tier: payments_pb2.SlaTier.ValueType = payments_pb2.SLA_TIER_STANDARD,
+        region: str = "",
     ) -> payments_pb2.Payment:
-        response = await self.create(purchase, amount_minor=amount_minor, quantity=quantity, key=key, tier=tier)
+        response = await self.create(
+            purchase, amount_minor=amount_minor, quantity=quantity, key=key, tier=tier, region=region
+        )
         return response.payment
 
     async def create(
@@ -94,6 +97,7 @@ class Shop:
         quantity: int = 1,
         key: str | None = None,
         tier: payments_pb2.SlaTier.ValueType = payments_pb2.SLA_TIER_STANDARD,
+        region: str = "",
     ) -> payments_pb2.CreatePaymentResponse:
         response: payments_pb2.CreatePaymentResponse = await self.payments.CreatePayment(
             payments_pb2.CreatePaymentRequest(
@@ -104,6 +108,7 @@ class Shop:
                 quantity=quantity,
                 amount=Money(amount_minor=amount_minor, currency=CURRENCY),
                 sla_tier=tier,
+                region=region,
             ),
             timeout=10,
         )
@@ -146,6 +151,11 @@ class Shop:
     async def saga_events(self, saga_id: str, timeout_s: float = 20.0) -> list[EventEnvelope]:
         """Every event of the saga on the three event streams, in the order they happened, once
         the services have published everything they committed."""
+        return await self.events(lambda envelope: envelope.saga_id == saga_id, timeout_s)
+
+    async def events(self, wanted: Callable[[EventEnvelope], bool], timeout_s: float = 20.0) -> list[EventEnvelope]:
+        """The events on the three event streams that are wanted, in the order they happened, once
+        the services have published everything they committed."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not await self.unpublished_events():
@@ -166,7 +176,7 @@ class Shop:
                 while pending > 0:
                     messages = await subscription.fetch(min(pending, 256), timeout=5)
                     pending -= len(messages)
-                    found += [envelope for envelope in map(_decode, messages) if envelope.saga_id == saga_id]
+                    found += [envelope for envelope in map(_decode, messages) if wanted(envelope)]
                 await subscription.unsubscribe()
         finally:
             await client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -41,11 +42,13 @@ from services.payments import handlers as payments
 from services.payments.adapters import tables as payments_tables
 from services.payments.adapters import views as payments_views
 from services.payments.adapters.repository import PaymentsUnit
+from services.payments.bootstrap import screening
 from services.payments.domain import Payment, PaymentLimits, PurchaseRequest
 
 SERVICES = Path(__file__).parents[2] / "services"
 UNKNOWN = "9b2f4c1e-0d7a-4e3b-8c5f-6a1d2e3f4b5c"
 LIMITS = PaymentLimits()
+SCREEN = screening(LIMITS, time.time()).decide
 CLIENT_SCOPES = frozenset(
     {"payments:read", "payments:write", "ledger:read", "ledger:write", "inventory:read", "inventory:write"}
 )
@@ -76,7 +79,7 @@ class Services:
         self, caller: Caller, key: str, payer: str = "", quantity: int = 1
     ) -> Callable[[PaymentsUnit], Awaitable[tuple[Payment, bool]]]:
         request = PurchaseRequest(key, payer or self.payer, self.merchant, self.sku, quantity, 100 * quantity, "EUR", 1)
-        return lambda unit: payments.create_payment(unit, request, LIMITS, caller)
+        return lambda unit: payments.create_payment(unit, request, LIMITS, caller, SCREEN)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -206,7 +209,7 @@ CASES: list[tuple[str, Refusal, type[DomainError], str]] = [
         "CreatePayment paying into a wallet as if it were a merchant account",
         lambda s: s.payments.retrying(
             lambda unit: payments.create_payment(
-                unit, PurchaseRequest("m-3", s.mallory, s.payer, "mug", 1, 100, "EUR", 1), LIMITS, MALLORY
+                unit, PurchaseRequest("m-3", s.mallory, s.payer, "mug", 1, 100, "EUR", 1), LIMITS, MALLORY, SCREEN
             )
         ),
         PermissionDenied,
@@ -217,7 +220,7 @@ CASES: list[tuple[str, Refusal, type[DomainError], str]] = [
         "CreatePayment paying the shop's mug into another client's merchant account",
         lambda s: s.payments.retrying(
             lambda unit: payments.create_payment(
-                unit, PurchaseRequest("a-9", s.payer, s.mallorys_shop, "mug", 1, 100, "EUR", 1), LIMITS, ALICE
+                unit, PurchaseRequest("a-9", s.payer, s.mallorys_shop, "mug", 1, 100, "EUR", 1), LIMITS, ALICE, SCREEN
             )
         ),
         PermissionDenied,

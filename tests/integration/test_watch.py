@@ -5,6 +5,7 @@ UNAVAILABLE when the database is."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,11 +29,13 @@ from paysaga.runtime.storage.unit_of_work import Database
 from services.payments import handlers
 from services.payments.adapters import grpc_api, tables, views
 from services.payments.adapters.repository import PaymentsUnit
+from services.payments.bootstrap import screening
 from services.payments.domain import PaymentLimits, PurchaseRequest
 from tests.helpers import client_token, secure_channel
 
 MIGRATIONS = Path(grpc_api.__file__).parents[1] / "migrations"
 LIMITS = PaymentLimits(max_watches_per_client=2, watch_max_s=1.5)
+SCREEN = screening(LIMITS, time.time()).decide
 OPS = Caller(client_identity("ops"), frozenset({"payments:admin"}))
 
 
@@ -49,7 +52,9 @@ class Payments:
         """A payment that stays PENDING: no ledger here to answer."""
         payer, merchant = str(uuid.uuid4()), str(uuid.uuid4())
         request = PurchaseRequest(str(uuid.uuid4()), payer, merchant, "mug", 1, 100, "EUR", 1)
-        payment, _ = await self.database.retrying(lambda unit: handlers.create_payment(unit, request, LIMITS, OPS))
+        payment, _ = await self.database.retrying(
+            lambda unit: handlers.create_payment(unit, request, LIMITS, OPS, SCREEN)
+        )
         return payment.payment_id
 
 
@@ -61,7 +66,7 @@ async def payments(certs_dir: Path, tmp_path: Path) -> AsyncIterator[Payments]:
     built = create_server(
         "127.0.0.1:0",
         tls.server_credentials(TlsFiles.in_directory(certs_dir, "payments")),
-        [grpc_api.grpc_service(database, LIMITS)],
+        [grpc_api.grpc_service(database, LIMITS, screening(LIMITS, time.time()))],
         TokenVerifier(certs_dir / PUBLIC_KEYS_FILE, audience=audience_of("payments")),
     )
     await built.server.start()

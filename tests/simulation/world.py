@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from services.payments import bootstrap as payments_bootstrap
 from services.payments import handlers as payments_handlers
 from services.payments.adapters import tables as payments_tables
 from services.payments.adapters.repository import PaymentsUnit
+from services.payments.bootstrap import screening
 from services.payments.domain import PaymentLimits, PurchaseRequest
 
 CURRENCY = "EUR"
@@ -65,6 +67,7 @@ STOCK = 3
 OPS = Caller(client_identity("ops"), frozenset({"payments:admin", "inventory:admin", "ledger:admin"}))
 # Generous rules: the simulator is about the saga, not the threshold rules.
 RULES = PaymentLimits(velocity_limit=10_000, max_in_flight=10_000)
+SCREEN = screening(RULES, time.time()).decide
 STEPS = 40
 PAYMENTS_MAX = 6
 # How far down a consumer's pending events the next delivery may come from (redeliveries).
@@ -263,7 +266,7 @@ class World:
         tier = self.random.choice((1, 2, 3))  # standard, priority, critical: each on its own lane
         request = PurchaseRequest(str(uuid.uuid4()), payer, merchant, sku, 1, PRICE_MINOR, CURRENCY, tier)
         async with self.databases["payments"].transaction() as unit:
-            payment, _ = await payments_handlers.create_payment(unit, request, RULES, OPS)
+            payment, _ = await payments_handlers.create_payment(unit, request, RULES, OPS, SCREEN)
         self.payments.append(payment.payment_id)
         return f"payment #{len(self.payments) - 1}: {payer[:4]} buys {sku} from {merchant[:4]} (tier {tier})"
 

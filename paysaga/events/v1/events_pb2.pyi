@@ -64,6 +64,7 @@ class EventEnvelope(_message.Message):
     ACCOUNT_OPENED_FIELD_NUMBER: _builtins.int
     ITEM_ADDED_FIELD_NUMBER: _builtins.int
     TOKENS_REVOKED_FIELD_NUMBER: _builtins.int
+    TRAFFIC_SPIKE_DETECTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUID chosen by the producer when the event is written to its outbox."""
     event_type: _builtins.str
@@ -124,6 +125,8 @@ class EventEnvelope(_message.Message):
     def item_added(self) -> Global___ItemAdded: ...
     @_builtins.property
     def tokens_revoked(self) -> Global___TokensRevoked: ...
+    @_builtins.property
+    def traffic_spike_detected(self) -> Global___TrafficSpikeDetected: ...
     def __init__(
         self,
         *,
@@ -156,12 +159,13 @@ class EventEnvelope(_message.Message):
         account_opened: Global___AccountOpened | None = ...,
         item_added: Global___ItemAdded | None = ...,
         tokens_revoked: Global___TokensRevoked | None = ...,
+        traffic_spike_detected: Global___TrafficSpikeDetected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "sla_tier", b"sla_tier", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "sla_tier", b"sla_tier", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked", "traffic_spike_detected"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -181,6 +185,7 @@ class PaymentRequested(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     SLA_TIER_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     payer_account_id: _builtins.str
     merchant_account_id: _builtins.str
@@ -188,6 +193,8 @@ class PaymentRequested(_message.Message):
     quantity: _builtins.int
     sla_tier: _builtins.int
     """paysaga.payments.v1.SlaTier as its number, so events do not depend on the public API."""
+    region: _builtins.str
+    """Where the purchase is made (ISO 3166-1 alpha-2), or empty."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -205,10 +212,11 @@ class PaymentRequested(_message.Message):
         amount: _money_pb2.Money | None = ...,
         sla_tier: _builtins.int = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "payment_id", b"payment_id", "quantity", b"quantity", "sku", b"sku", "sla_tier", b"sla_tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "payment_id", b"payment_id", "quantity", b"quantity", "region", b"region", "sku", b"sku", "sla_tier", b"sla_tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,19 +231,33 @@ class PaymentRejected(_message.Message):
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PAYER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     rule: _builtins.str
     reason: _builtins.str
+    payer_account_id: _builtins.str
+    """The request, for the rules' rolling statistics (every attempt counts towards velocity)."""
+    merchant_account_id: _builtins.str
+    region: _builtins.str
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money: ...
     def __init__(
         self,
         *,
         payment_id: _builtins.str = ...,
         rule: _builtins.str = ...,
         reason: _builtins.str = ...,
+        payer_account_id: _builtins.str = ...,
+        merchant_account_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_id", b"payment_id", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "payment_id", b"payment_id", "reason", b"reason", "region", b"region", "rule", b"rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -781,3 +803,55 @@ class TokensRevoked(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TokensRevoked: _TypeAlias = TokensRevoked  # noqa: Y015
+
+@_typing.final
+class TrafficSpikeDetected(_message.Message):
+    """payments: a region's or a merchant's purchase attempts in one time bucket far above its
+    baseline (the buckets before it). Every payments replica detects the same spike in the same
+    bucket, and gives its event the same event_id, so it is stored once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    BUCKET_START_FIELD_NUMBER: _builtins.int
+    BUCKET_S_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    BASELINE_MEAN_FIELD_NUMBER: _builtins.int
+    BASELINE_STDDEV_FIELD_NUMBER: _builtins.int
+    BASELINE_BUCKETS_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"region" or "merchant"."""
+    key: _builtins.str
+    """The ISO 3166-1 alpha-2 region, or the merchant account id."""
+    bucket_s: _builtins.float
+    count: _builtins.int
+    """Attempts in the bucket when the spike was detected."""
+    baseline_mean: _builtins.float
+    baseline_stddev: _builtins.float
+    baseline_buckets: _builtins.int
+    z: _builtins.float
+    @_builtins.property
+    def bucket_start(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        key: _builtins.str = ...,
+        bucket_start: _timestamp_pb2.Timestamp | None = ...,
+        bucket_s: _builtins.float = ...,
+        count: _builtins.int = ...,
+        baseline_mean: _builtins.float = ...,
+        baseline_stddev: _builtins.float = ...,
+        baseline_buckets: _builtins.int = ...,
+        z: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_buckets", b"baseline_buckets", "baseline_mean", b"baseline_mean", "baseline_stddev", b"baseline_stddev", "bucket_s", b"bucket_s", "bucket_start", b"bucket_start", "count", b"count", "key", b"key", "kind", b"kind", "z", b"z"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrafficSpikeDetected: _TypeAlias = TrafficSpikeDetected  # noqa: Y015

@@ -26,37 +26,55 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysaga.common.v1 import money_pb2 as paysaga_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"paysaga/payments/v1/payments.proto\x12\x13paysaga.payments.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\x9b\x03\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x18\n\x10payer_account_id\x18\x03 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x04 \x01(\t\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12(\n\x06\x61mount\x18\x07 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12.\n\x08sla_tier\x18\x08 \x01(\x0e\x32\x1c.paysaga.payments.v1.SlaTier\x12\x32\n\x06status\x18\t \x01(\x0e\x32\".paysaga.payments.v1.PaymentStatus\x12\x0e\n\x06reason\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x03\"\xdf\x01\n\x14\x43reatePaymentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x18\n\x10payer_account_id\x18\x02 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12(\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12.\n\x08sla_tier\x18\x07 \x01(\x0e\x32\x1c.paysaga.payments.v1.SlaTier\"X\n\x15\x43reatePaymentResponse\x12-\n\x07payment\x18\x01 \x01(\x0b\x32\x1c.paysaga.payments.v1.Payment\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\xa7\x01\n\x13ListPaymentsRequest\x12\x18\n\x10payer_account_id\x18\x01 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".paysaga.payments.v1.PaymentStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"_\n\x14ListPaymentsResponse\x12.\n\x08payments\x18\x01 \x03(\x0b\x32\x1c.paysaga.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13WatchPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\">\n\rPaymentUpdate\x12-\n\x07payment\x18\x01 \x01(\x0b\x32\x1c.paysaga.payments.v1.Payment\":\n\x14\x43\x61ncelPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x14RefundPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\xdb\x02\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PAYMENT_STATUS_PENDING\x10\x01\x12\x1d\n\x19PAYMENT_STATUS_FUNDS_HELD\x10\x02\x12!\n\x1dPAYMENT_STATUS_STOCK_RESERVED\x10\x03\x12\x1d\n\x19PAYMENT_STATUS_CANCELLING\x10\x04\x12\x1c\n\x18PAYMENT_STATUS_REFUNDING\x10\x05\x12\x1c\n\x18PAYMENT_STATUS_COMPLETED\x10\n\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x0b\x12\x1c\n\x18PAYMENT_STATUS_CANCELLED\x10\x0c\x12\x1b\n\x17PAYMENT_STATUS_REJECTED\x10\r\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x0e*h\n\x07SlaTier\x12\x18\n\x14SLA_TIER_UNSPECIFIED\x10\x00\x12\x15\n\x11SLA_TIER_STANDARD\x10\x01\x12\x15\n\x11SLA_TIER_PRIORITY\x10\x02\x12\x15\n\x11SLA_TIER_CRITICAL\x10\x03\x32\xc5\x04\n\x0ePaymentService\x12\x66\n\rCreatePayment\x12).paysaga.payments.v1.CreatePaymentRequest\x1a*.paysaga.payments.v1.CreatePaymentResponse\x12R\n\nGetPayment\x12&.paysaga.payments.v1.GetPaymentRequest\x1a\x1c.paysaga.payments.v1.Payment\x12\x63\n\x0cListPayments\x12(.paysaga.payments.v1.ListPaymentsRequest\x1a).paysaga.payments.v1.ListPaymentsResponse\x12^\n\x0cWatchPayment\x12(.paysaga.payments.v1.WatchPaymentRequest\x1a\".paysaga.payments.v1.PaymentUpdate0\x01\x12X\n\rCancelPayment\x12).paysaga.payments.v1.CancelPaymentRequest\x1a\x1c.paysaga.payments.v1.Payment\x12X\n\rRefundPayment\x12).paysaga.payments.v1.RefundPaymentRequest\x1a\x1c.paysaga.payments.v1.Paymentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"paysaga/payments/v1/payments.proto\x12\x13paysaga.payments.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpaysaga/common/v1/money.proto\"\xdc\x03\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x18\n\x10payer_account_id\x18\x03 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x04 \x01(\t\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12(\n\x06\x61mount\x18\x07 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12.\n\x08sla_tier\x18\x08 \x01(\x0e\x32\x1c.paysaga.payments.v1.SlaTier\x12\x32\n\x06status\x18\t \x01(\x0e\x32\".paysaga.payments.v1.PaymentStatus\x12\x0e\n\x06reason\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x03\x12\x0e\n\x06region\x18\x0e \x01(\t\x12/\n\x08\x64\x65\x63ision\x18\x0f \x01(\x0b\x32\x1d.paysaga.payments.v1.Decision\"\xfd\x02\n\x08\x44\x65\x63ision\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x17\n\x0frule_set_sha256\x18\x02 \x01(\t\x12\x33\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32#.paysaga.payments.v1.DecisionAction\x12\r\n\x05score\x18\x04 \x01(\x03\x12*\n\x04hits\x18\x05 \x03(\x0b\x32\x1c.paysaga.payments.v1.RuleHit\x12:\n\rshadow_action\x18\x06 \x01(\x0e\x32#.paysaga.payments.v1.DecisionAction\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x06inputs\x18\x08 \x03(\x0b\x32).paysaga.payments.v1.Decision.InputsEntry\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe7\x01\n\x07RuleHit\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0e\n\x06shadow\x18\x02 \x01(\x08\x12\x33\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32#.paysaga.payments.v1.DecisionAction\x12\r\n\x05score\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x38\n\x06inputs\x18\x06 \x03(\x0b\x32(.paysaga.payments.v1.RuleHit.InputsEntry\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xef\x01\n\x14\x43reatePaymentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x18\n\x10payer_account_id\x18\x02 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12(\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x18.paysaga.common.v1.Money\x12.\n\x08sla_tier\x18\x07 \x01(\x0e\x32\x1c.paysaga.payments.v1.SlaTier\x12\x0e\n\x06region\x18\x08 \x01(\t\"X\n\x15\x43reatePaymentResponse\x12-\n\x07payment\x18\x01 \x01(\x0b\x32\x1c.paysaga.payments.v1.Payment\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\xa7\x01\n\x13ListPaymentsRequest\x12\x18\n\x10payer_account_id\x18\x01 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".paysaga.payments.v1.PaymentStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"_\n\x14ListPaymentsResponse\x12.\n\x08payments\x18\x01 \x03(\x0b\x32\x1c.paysaga.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13WatchPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\">\n\rPaymentUpdate\x12-\n\x07payment\x18\x01 \x01(\x0b\x32\x1c.paysaga.payments.v1.Payment\":\n\x14\x43\x61ncelPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x14RefundPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xfa\x01\n\x14ListDecisionsRequest\x12\x33\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32#.paysaga.payments.v1.DecisionAction\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x13\n\x0bshadow_only\x18\x03 \x01(\x08\x12\x18\n\x10payer_account_id\x18\x04 \x01(\t\x12\x1b\n\x13merchant_account_id\x18\x05 \x01(\t\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"b\n\x15ListDecisionsResponse\x12\x30\n\tdecisions\x18\x01 \x03(\x0b\x32\x1d.paysaga.payments.v1.Decision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xdb\x02\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PAYMENT_STATUS_PENDING\x10\x01\x12\x1d\n\x19PAYMENT_STATUS_FUNDS_HELD\x10\x02\x12!\n\x1dPAYMENT_STATUS_STOCK_RESERVED\x10\x03\x12\x1d\n\x19PAYMENT_STATUS_CANCELLING\x10\x04\x12\x1c\n\x18PAYMENT_STATUS_REFUNDING\x10\x05\x12\x1c\n\x18PAYMENT_STATUS_COMPLETED\x10\n\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x0b\x12\x1c\n\x18PAYMENT_STATUS_CANCELLED\x10\x0c\x12\x1b\n\x17PAYMENT_STATUS_REJECTED\x10\r\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x0e*h\n\x07SlaTier\x12\x18\n\x14SLA_TIER_UNSPECIFIED\x10\x00\x12\x15\n\x11SLA_TIER_STANDARD\x10\x01\x12\x15\n\x11SLA_TIER_PRIORITY\x10\x02\x12\x15\n\x11SLA_TIER_CRITICAL\x10\x03*\x83\x01\n\x0e\x44\x65\x63isionAction\x12\x1f\n\x1b\x44\x45\x43ISION_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45\x43ISION_ACTION_ALLOW\x10\x01\x12\x1a\n\x16\x44\x45\x43ISION_ACTION_REVIEW\x10\x02\x12\x19\n\x15\x44\x45\x43ISION_ACTION_BLOCK\x10\x03\x32\xad\x05\n\x0ePaymentService\x12\x66\n\rCreatePayment\x12).paysaga.payments.v1.CreatePaymentRequest\x1a*.paysaga.payments.v1.CreatePaymentResponse\x12R\n\nGetPayment\x12&.paysaga.payments.v1.GetPaymentRequest\x1a\x1c.paysaga.payments.v1.Payment\x12\x63\n\x0cListPayments\x12(.paysaga.payments.v1.ListPaymentsRequest\x1a).paysaga.payments.v1.ListPaymentsResponse\x12^\n\x0cWatchPayment\x12(.paysaga.payments.v1.WatchPaymentRequest\x1a\".paysaga.payments.v1.PaymentUpdate0\x01\x12X\n\rCancelPayment\x12).paysaga.payments.v1.CancelPaymentRequest\x1a\x1c.paysaga.payments.v1.Payment\x12X\n\rRefundPayment\x12).paysaga.payments.v1.RefundPaymentRequest\x1a\x1c.paysaga.payments.v1.Payment\x12\x66\n\rListDecisions\x12).paysaga.payments.v1.ListDecisionsRequest\x1a*.paysaga.payments.v1.ListDecisionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paysaga.payments.v1.payments_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAYMENTSTATUS']._serialized_start=1389
-  _globals['_PAYMENTSTATUS']._serialized_end=1736
-  _globals['_SLATIER']._serialized_start=1738
-  _globals['_SLATIER']._serialized_end=1842
+  _globals['_DECISION_INPUTSENTRY']._loaded_options = None
+  _globals['_DECISION_INPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_RULEHIT_INPUTSENTRY']._loaded_options = None
+  _globals['_RULEHIT_INPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_PAYMENTSTATUS']._serialized_start=2441
+  _globals['_PAYMENTSTATUS']._serialized_end=2788
+  _globals['_SLATIER']._serialized_start=2790
+  _globals['_SLATIER']._serialized_end=2894
+  _globals['_DECISIONACTION']._serialized_start=2897
+  _globals['_DECISIONACTION']._serialized_end=3028
   _globals['_PAYMENT']._serialized_start=124
-  _globals['_PAYMENT']._serialized_end=535
-  _globals['_CREATEPAYMENTREQUEST']._serialized_start=538
-  _globals['_CREATEPAYMENTREQUEST']._serialized_end=761
-  _globals['_CREATEPAYMENTRESPONSE']._serialized_start=763
-  _globals['_CREATEPAYMENTRESPONSE']._serialized_end=851
-  _globals['_GETPAYMENTREQUEST']._serialized_start=853
-  _globals['_GETPAYMENTREQUEST']._serialized_end=892
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=895
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1062
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1064
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1159
-  _globals['_WATCHPAYMENTREQUEST']._serialized_start=1161
-  _globals['_WATCHPAYMENTREQUEST']._serialized_end=1202
-  _globals['_PAYMENTUPDATE']._serialized_start=1204
-  _globals['_PAYMENTUPDATE']._serialized_end=1266
-  _globals['_CANCELPAYMENTREQUEST']._serialized_start=1268
-  _globals['_CANCELPAYMENTREQUEST']._serialized_end=1326
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1328
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1386
-  _globals['_PAYMENTSERVICE']._serialized_start=1845
-  _globals['_PAYMENTSERVICE']._serialized_end=2426
+  _globals['_PAYMENT']._serialized_end=600
+  _globals['_DECISION']._serialized_start=603
+  _globals['_DECISION']._serialized_end=984
+  _globals['_DECISION_INPUTSENTRY']._serialized_start=939
+  _globals['_DECISION_INPUTSENTRY']._serialized_end=984
+  _globals['_RULEHIT']._serialized_start=987
+  _globals['_RULEHIT']._serialized_end=1218
+  _globals['_RULEHIT_INPUTSENTRY']._serialized_start=939
+  _globals['_RULEHIT_INPUTSENTRY']._serialized_end=984
+  _globals['_CREATEPAYMENTREQUEST']._serialized_start=1221
+  _globals['_CREATEPAYMENTREQUEST']._serialized_end=1460
+  _globals['_CREATEPAYMENTRESPONSE']._serialized_start=1462
+  _globals['_CREATEPAYMENTRESPONSE']._serialized_end=1550
+  _globals['_GETPAYMENTREQUEST']._serialized_start=1552
+  _globals['_GETPAYMENTREQUEST']._serialized_end=1591
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1594
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1761
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1763
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1858
+  _globals['_WATCHPAYMENTREQUEST']._serialized_start=1860
+  _globals['_WATCHPAYMENTREQUEST']._serialized_end=1901
+  _globals['_PAYMENTUPDATE']._serialized_start=1903
+  _globals['_PAYMENTUPDATE']._serialized_end=1965
+  _globals['_CANCELPAYMENTREQUEST']._serialized_start=1967
+  _globals['_CANCELPAYMENTREQUEST']._serialized_end=2025
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=2027
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=2085
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=2088
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=2338
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=2340
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=2438
+  _globals['_PAYMENTSERVICE']._serialized_start=3031
+  _globals['_PAYMENTSERVICE']._serialized_end=3716
 # @@protoc_insertion_point(module_scope)

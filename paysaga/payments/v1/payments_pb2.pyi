@@ -86,6 +86,26 @@ SLA_TIER_PRIORITY: SlaTier.ValueType  # 2
 SLA_TIER_CRITICAL: SlaTier.ValueType  # 3
 Global___SlaTier: _TypeAlias = SlaTier  # noqa: Y015
 
+class _DecisionAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DecisionActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DecisionAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DECISION_ACTION_UNSPECIFIED: _DecisionAction.ValueType  # 0
+    DECISION_ACTION_ALLOW: _DecisionAction.ValueType  # 1
+    DECISION_ACTION_REVIEW: _DecisionAction.ValueType  # 2
+    DECISION_ACTION_BLOCK: _DecisionAction.ValueType  # 3
+
+class DecisionAction(_DecisionAction, metaclass=_DecisionActionEnumTypeWrapper):
+    """What the rules decided about a purchase."""
+
+DECISION_ACTION_UNSPECIFIED: DecisionAction.ValueType  # 0
+DECISION_ACTION_ALLOW: DecisionAction.ValueType  # 1
+DECISION_ACTION_REVIEW: DecisionAction.ValueType  # 2
+DECISION_ACTION_BLOCK: DecisionAction.ValueType  # 3
+Global___DecisionAction: _TypeAlias = DecisionAction  # noqa: Y015
+
 @_typing.final
 class Payment(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -103,6 +123,8 @@ class Payment(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     """UUID chosen by the payments service."""
     idempotency_key: _builtins.str
@@ -116,12 +138,18 @@ class Payment(_message.Message):
     """Why a payment ended FAILED, REJECTED or CANCELLED, in words a person can act on."""
     version: _builtins.int
     """Increases by one with every status change."""
+    region: _builtins.str
+    """Where the purchase is made: an ISO 3166-1 alpha-2 country code, or empty if not given."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decision(self) -> Global___Decision:
+        """What the fraud and threshold rules decided when the payment was created."""
+
     def __init__(
         self,
         *,
@@ -138,14 +166,150 @@ class Payment(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        region: _builtins.str = ...,
+        decision: Global___Decision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "decision", b"decision", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "idempotency_key", b"idempotency_key", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "payment_id", b"payment_id", "quantity", b"quantity", "reason", b"reason", "sku", b"sku", "sla_tier", b"sla_tier", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "decision", b"decision", "idempotency_key", b"idempotency_key", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "payment_id", b"payment_id", "quantity", b"quantity", "reason", b"reason", "region", b"region", "sku", b"sku", "sla_tier", b"sla_tier", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Payment: _TypeAlias = Payment  # noqa: Y015
+
+@_typing.final
+class Decision(_message.Message):
+    """The record of one CreatePayment's decision: which rule set decided, which rules fired and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    RULE_SET_SHA256_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    SHADOW_ACTION_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    rule_set_sha256: _builtins.str
+    """The sha256 of the rules file that decided (of the built-in default rules without a file)."""
+    action: Global___DecisionAction.ValueType
+    score: _builtins.int
+    """The sum of the enforced score rules that fired."""
+    shadow_action: Global___DecisionAction.ValueType
+    """What the decision would have been with the shadow rules enforced too."""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleHit]:
+        """Every rule that fired, enforced or in shadow mode."""
+
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Every input the rules were given, e.g. "payer.amount_p99": "1830.5", "region.spike": "false":
+        the figures the purchase was judged by, whether a rule fired or not.
+        """
+
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        rule_set_sha256: _builtins.str = ...,
+        action: Global___DecisionAction.ValueType = ...,
+        score: _builtins.int = ...,
+        hits: _abc.Iterable[Global___RuleHit] | None = ...,
+        shadow_action: Global___DecisionAction.ValueType = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "hits", b"hits", "inputs", b"inputs", "payment_id", b"payment_id", "rule_set_sha256", b"rule_set_sha256", "score", b"score", "shadow_action", b"shadow_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Decision: _TypeAlias = Decision  # noqa: Y015
+
+@_typing.final
+class RuleHit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    shadow: _builtins.bool
+    """A shadow rule's hit is recorded and counted, and changes nothing ("would have")."""
+    action: Global___DecisionAction.ValueType
+    """The rule's own action; unspecified for a score rule."""
+    score: _builtins.int
+    """A score rule's contribution."""
+    reason: _builtins.str
+    @_builtins.property
+    def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The inputs the rule's condition read, e.g. "request.amount_minor": "1500"."""
+
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
+        action: Global___DecisionAction.ValueType = ...,
+        score: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "inputs", b"inputs", "reason", b"reason", "rule_id", b"rule_id", "score", b"score", "shadow", b"shadow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleHit: _TypeAlias = RuleHit  # noqa: Y015
 
 @_typing.final
 class CreatePaymentRequest(_message.Message):
@@ -158,6 +322,7 @@ class CreatePaymentRequest(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     SLA_TIER_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Chosen by the client, unique per intended purchase, at most 128 characters."""
     payer_account_id: _builtins.str
@@ -165,6 +330,8 @@ class CreatePaymentRequest(_message.Message):
     sku: _builtins.str
     quantity: _builtins.int
     sla_tier: Global___SlaTier.ValueType
+    region: _builtins.str
+    """Optional: an ISO 3166-1 alpha-2 country code ("FR"), an input to the fraud rules."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -177,10 +344,11 @@ class CreatePaymentRequest(_message.Message):
         quantity: _builtins.int = ...,
         amount: _money_pb2.Money | None = ...,
         sla_tier: Global___SlaTier.ValueType = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "quantity", b"quantity", "sku", b"sku", "sla_tier", b"sla_tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "quantity", b"quantity", "region", b"region", "sku", b"sku", "sla_tier", b"sla_tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,3 +536,74 @@ class RefundPaymentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundPaymentRequest: _TypeAlias = RefundPaymentRequest  # noqa: Y015
+
+@_typing.final
+class ListDecisionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    SHADOW_ONLY_FIELD_NUMBER: _builtins.int
+    PAYER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    action: Global___DecisionAction.ValueType
+    """Optional filters; empty means any."""
+    rule_id: _builtins.str
+    """Decisions in which this rule fired (enforced or in shadow)."""
+    shadow_only: _builtins.bool
+    """Only decisions in which a shadow rule fired."""
+    payer_account_id: _builtins.str
+    merchant_account_id: _builtins.str
+    page_size: _builtins.int
+    """At most 500; 0 means the default of 50."""
+    page_token: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only decisions taken at or after this time."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___DecisionAction.ValueType = ...,
+        rule_id: _builtins.str = ...,
+        shadow_only: _builtins.bool = ...,
+        payer_account_id: _builtins.str = ...,
+        merchant_account_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "merchant_account_id", b"merchant_account_id", "page_size", b"page_size", "page_token", b"page_token", "payer_account_id", b"payer_account_id", "rule_id", b"rule_id", "shadow_only", b"shadow_only", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDecisionsRequest: _TypeAlias = ListDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListDecisionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Decision]: ...
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___Decision] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDecisionsResponse: _TypeAlias = ListDecisionsResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class PaymentServiceStub:
                 request_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.SerializeToString,
                 response_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
                 _registered_method=True)
+        self.ListDecisions = channel.unary_unary(
+                '/paysaga.payments.v1.PaymentService/ListDecisions',
+                request_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ListDecisionsRequest.SerializeToString,
+                response_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ListDecisionsResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -120,6 +125,13 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDecisions(self, request, context):
+        """Ops: the fraud and threshold rules' decisions, in the order they were taken, optionally filtered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +164,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.RefundPayment,
                     request_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.FromString,
                     response_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.SerializeToString,
+            ),
+            'ListDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDecisions,
+                    request_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ListDecisionsRequest.FromString,
+                    response_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ListDecisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +335,33 @@ class PaymentService:
             '/paysaga.payments.v1.PaymentService/RefundPayment',
             paysaga_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.SerializeToString,
             paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysaga.payments.v1.PaymentService/ListDecisions',
+            paysaga_dot_payments_dot_v1_dot_payments__pb2.ListDecisionsRequest.SerializeToString,
+            paysaga_dot_payments_dot_v1_dot_payments__pb2.ListDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,8 @@ class PaymentServiceStub:
     """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
     FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
     """
+    ListDecisions: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ListDecisionsRequest, _payments_pb2.ListDecisionsResponse]
+    """Ops: the fraud and threshold rules' decisions, in the order they were taken, optionally filtered."""
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
@@ -83,6 +85,8 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
     FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
     """
+    ListDecisions: _aio.UnaryUnaryMultiCallable[_payments_pb2.ListDecisionsRequest, _payments_pb2.ListDecisionsResponse]  # type: ignore[assignment]
+    """Ops: the fraud and threshold rules' decisions, in the order they were taken, optionally filtered."""
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public entry point of paysaga. A purchase payment moves money from a payer's wallet to a
@@ -144,5 +148,13 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
         FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
         """
+
+    @_abc_1.abstractmethod
+    def ListDecisions(
+        self,
+        request: _payments_pb2.ListDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payments_pb2.ListDecisionsResponse, _abc.Awaitable[_payments_pb2.ListDecisionsResponse]]:
+        """Ops: the fraud and threshold rules' decisions, in the order they were taken, optionally filtered."""
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

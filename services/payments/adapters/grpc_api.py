@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
+from paysaga.core.access import admin_scope
 from paysaga.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from paysaga.core.validation import PageRequest
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -27,6 +30,7 @@ from services.payments.adapters.repository import PaymentsUnit, as_utc
 from services.payments.admission import Admission
 from services.payments.domain import (
     TERMINAL,
+    Action,
     Payment,
     PaymentLimits,
     PurchaseRequest,
@@ -34,6 +38,8 @@ from services.payments.domain import (
     admission_limits,
     tier_name,
 )
+from services.payments.rules.ruleset import shown
+from services.payments.rules.screening import Screening
 
 # A watcher re-reads its payment when this process commits a change to it, and also (another
 # replica may have made the change) after a pause that starts here and doubles, up to the most,
@@ -85,9 +91,10 @@ class Watchers:
 
 
 class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, database: Database[PaymentsUnit], rules: PaymentLimits) -> None:
+    def __init__(self, database: Database[PaymentsUnit], rules: PaymentLimits, screening: Screening) -> None:
         self._database = database
         self._rules = rules
+        self._screening = screening
         self._watchers = Watchers(rules.max_watches_per_client)
         self._admission = Admission(database, admission_limits(rules))
         self._creates: GroupCommit[PaymentsUnit, tuple[Payment, bool]] = GroupCommit(database)
@@ -101,15 +108,17 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         purchase, caller = purchase_request(request), current_caller()
         async with self._admission.admitted(tier_name(purchase.sla_tier)):
             payment, replayed = await self._creates.run(
-                lambda unit: handlers.create_payment(unit, purchase, self._rules, caller)
+                lambda unit: handlers.create_payment(unit, purchase, self._rules, caller, self._screening.decide)
             )
-        return payments_pb2.CreatePaymentResponse(payment=payment_message(payment), replayed=replayed)
+        decision = await views.decision(self._database, payment.payment_id)
+        return payments_pb2.CreatePaymentResponse(payment=payment_message(payment, decision), replayed=replayed)
 
     @domain_errors_as_status
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        return payment_message(await views.payment(self._database, payment_id_of(request), current_caller()))
+        payment = await views.payment(self._database, payment_id_of(request), current_caller())
+        return payment_message(payment, await views.decision(self._database, payment.payment_id))
 
     @domain_errors_as_status
     async def ListPayments(
@@ -180,6 +189,16 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         payment = await self._database.retrying(lambda unit: handlers.refund_payment(unit, payment_id, reason, caller))
         return payment_message(payment)
 
+    @domain_errors_as_status
+    async def ListDecisions(
+        self, request: payments_pb2.ListDecisionsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListDecisionsResponse:
+        query = decisions_query(request)
+        found, next_token = await views.decisions_page(self._database, query)
+        return payments_pb2.ListDecisionsResponse(
+            decisions=[decision_message(row) for row in found], next_page_token=next_token
+        )
+
 
 # The request parsers: a request in, checked values out, or InvalidArgument; no I/O.
 
@@ -217,6 +236,62 @@ def list_query(request: payments_pb2.ListPaymentsRequest) -> ListQuery:
     )
 
 
+def decisions_query(request: payments_pb2.ListDecisionsRequest) -> views.DecisionsQuery:
+    if request.action and request.action not in payments_pb2.DecisionAction.values():
+        raise InvalidArgument(f"action {request.action} is not a known decision action")
+    rule_id = validation.text(request.rule_id, "rule_id", max_chars=64)
+    return views.DecisionsQuery(
+        validation.page_request(request.page_size, request.page_token),
+        action=action_of_proto(request.action) if request.action else None,
+        rule_id=rule_id,
+        shadow_only=request.shadow_only,
+        payer=validation.uuid_text(request.payer_account_id, "payer_account_id") if request.payer_account_id else "",
+        merchant=(
+            validation.uuid_text(request.merchant_account_id, "merchant_account_id")
+            if request.merchant_account_id
+            else ""
+        ),
+        since=request.since.ToDatetime(dt.UTC) if request.HasField("since") else None,
+    )
+
+
+def action_of_proto(value: int) -> Action:
+    return Action(payments_pb2.DecisionAction.Name(value).removeprefix("DECISION_ACTION_").lower())  # type: ignore[arg-type]
+
+
+def action_proto(action: str) -> payments_pb2.DecisionAction.ValueType:
+    return payments_pb2.DecisionAction.Value(f"DECISION_ACTION_{(action or 'unspecified').upper()}")
+
+
+def decision_message(row: Any) -> payments_pb2.Decision:
+    """A recorded decision (a payment_decisions row) as the API shows it."""
+    message = payments_pb2.Decision(
+        payment_id=row.payment_id,
+        rule_set_sha256=row.rule_set_sha256,
+        action=action_proto(row.action),
+        score=row.score,
+        shadow_action=action_proto(row.shadow_action),
+        hits=[
+            payments_pb2.RuleHit(
+                rule_id=hit["rule_id"],
+                shadow=hit["shadow"],
+                action=action_proto(hit["action"]),
+                score=hit["score"],
+                reason=hit["reason"],
+                inputs=hit["inputs"],
+            )
+            for hit in json.loads(row.hits)
+        ],
+        inputs={
+            f"{group}.{name}": shown(value)
+            for group, values in json.loads(row.inputs).items()
+            for name, value in values.items()
+        },
+    )
+    message.decided_at.FromDatetime(as_utc(row.decided_at))
+    return message
+
+
 def purchase_request(request: payments_pb2.CreatePaymentRequest) -> PurchaseRequest:
     key = validation.text(
         request.idempotency_key, "idempotency_key", required=True, max_chars=MAX_IDEMPOTENCY_KEY_CHARS
@@ -236,6 +311,7 @@ def purchase_request(request: payments_pb2.CreatePaymentRequest) -> PurchaseRequ
         validation.positive_amount(request.amount.amount_minor),
         validation.currency(request.amount.currency, "amount.currency"),
         request.sla_tier or payments_pb2.SLA_TIER_STANDARD,
+        region=validation.region(request.region),
     )
 
 
@@ -266,7 +342,8 @@ def status_of_proto(value: int) -> Status:
     return Status(name.removeprefix("PAYMENT_STATUS_"))
 
 
-def payment_message(payment: Payment) -> payments_pb2.Payment:
+def payment_message(payment: Payment, decision: Any = None) -> payments_pb2.Payment:
+    """A payment as the API shows it, with its decision (a payment_decisions row) if given."""
     request = payment.request
     message = payments_pb2.Payment(
         payment_id=payment.payment_id,
@@ -280,15 +357,18 @@ def payment_message(payment: Payment) -> payments_pb2.Payment:
         status=payments_pb2.PaymentStatus.Value(f"PAYMENT_STATUS_{payment.status.value}"),
         reason=payment.reason,
         version=payment.version,
+        region=request.region,
     )
+    if decision is not None:
+        message.decision.CopyFrom(decision_message(decision))
     message.created_at.FromDatetime(payment.created_at)
     message.updated_at.FromDatetime(payment.updated_at)
     return message
 
 
-def grpc_service(database: Database[PaymentsUnit], rules: PaymentLimits) -> GrpcService:
+def grpc_service(database: Database[PaymentsUnit], rules: PaymentLimits, screening: Screening) -> GrpcService:
     return GrpcService.of(
-        PaymentServiceServicer(database, rules),
+        PaymentServiceServicer(database, rules, screening),
         payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         payments_pb2_grpc.add_PaymentServiceServicer_to_server,
         # No service of ours calls another's API (they talk through events): external clients only.
@@ -299,5 +379,6 @@ def grpc_service(database: Database[PaymentsUnit], rules: PaymentLimits) -> Grpc
             "WatchPayment": Rule.clients("payments:read"),
             "CancelPayment": Rule.clients("payments:write"),
             "RefundPayment": Rule.clients("payments:write"),
+            "ListDecisions": Rule.clients(admin_scope(handlers.SERVICE)),
         },
     )

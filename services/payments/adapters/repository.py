@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +12,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
-from services.payments.adapters.tables import account_owners, item_sellers, payment_history, payments
-from services.payments.domain import Payment, PurchaseRequest, Status
+from services.payments.adapters.tables import (
+    account_owners,
+    decision_hits,
+    item_sellers,
+    payment_decisions,
+    payment_history,
+    payments,
+)
+from services.payments.domain import Decision, Payment, PurchaseRequest, Status
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ _INSERT = payments.insert()
 # SET takes the columns named by the parameters; the key is bound under another name.
 _UPDATE = payments.update().where(payments.c.payment_id == sa.bindparam("b_payment_id"))
 _INSERT_HISTORY = payment_history.insert()
+_INSERT_DECISION = payment_decisions.insert()
+_INSERT_HITS = decision_hits.insert()
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -58,6 +68,7 @@ def payment_from_row(row: Any) -> Payment:
         row.currency,
         row.sla_tier,
         row.requested_by,
+        row.region,
     )
     return Payment(
         row.payment_id,
@@ -142,6 +153,7 @@ class PaymentRepository(Repository):
                 "currency": request.currency,
                 "sla_tier": request.sla_tier,
                 "requested_by": request.requested_by,
+                "region": request.region,
                 "status": payment.status.value,
                 "reason": payment.reason,
                 "version": payment.version,
@@ -166,6 +178,38 @@ class PaymentRepository(Repository):
             },
         )
         await self._record_history(payment)
+
+    async def record_decision(self, payment_id: str, decision: Decision, decided_at: dt.datetime) -> None:
+        """The rules' decision on a new payment, with the payment (the same transaction)."""
+        hits = [
+            {
+                "rule_id": hit.rule_id,
+                "shadow": hit.shadow,
+                "action": hit.action.value if hit.action else "",
+                "score": hit.score,
+                "reason": hit.reason,
+                "inputs": dict(hit.inputs),
+            }
+            for hit in decision.hits
+        ]
+        await self._connection.execute(
+            _INSERT_DECISION,
+            {
+                "payment_id": payment_id,
+                "decided_at": decided_at,
+                "rule_set_sha256": decision.rule_set_sha256,
+                "action": decision.action.value,
+                "shadow_action": decision.shadow_action.value,
+                "score": decision.score,
+                "hits": json.dumps(hits, separators=(",", ":")),
+                "inputs": json.dumps(decision.inputs, separators=(",", ":")),
+            },
+        )
+        if hits:
+            await self._connection.execute(
+                _INSERT_HITS,
+                [{"payment_id": payment_id, "rule_id": hit.rule_id, "shadow": hit.shadow} for hit in decision.hits],
+            )
 
     async def _record_history(self, payment: Payment) -> None:
         self.changed.add(payment.payment_id)

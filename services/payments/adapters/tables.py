@@ -33,6 +33,8 @@ payments = sa.Table(
     # The client that asked for the payment. A key is that client's own: another client's key can
     # neither collide nor be probed.
     sa.Column("requested_by", sa.String(200), nullable=False, server_default=""),
+    # Where the purchase is made (ISO 3166-1 alpha-2), or "".
+    sa.Column("region", sa.String(2), nullable=False, server_default=""),
     sa.UniqueConstraint("requested_by", "idempotency_key", name="uq_payments_client_idempotency_key"),
     sa.Index("ix_payments_payer_created", "payer_account_id", "created_at"),
     sa.Index("ix_payments_status_deadline", "status", "deadline_at"),
@@ -64,4 +66,31 @@ item_sellers = sa.Table(
     metadata,
     sa.Column("sku", sa.String(64), primary_key=True),
     sa.Column("owner_client", sa.String(200), nullable=False),
+)
+
+# What the fraud rules decided at each CreatePayment, written with the payment: the rule set's
+# sha256, the action, the score, what would have been with the shadow rules, and every input the
+# rules were given (what a backtest replays).
+payment_decisions = sa.Table(
+    "payment_decisions",
+    metadata,
+    sa.Column("decision_number", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("payment_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rule_set_sha256", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False),
+    sa.Column("shadow_action", sa.String(8), nullable=False),
+    sa.Column("score", sa.BigInteger, nullable=False),
+    sa.Column("hits", sa.Text, nullable=False),  # JSON: the rules that fired, their inputs and reasons
+    sa.Column("inputs", sa.Text, nullable=False),  # JSON: every input of every rule
+    sa.Index("ix_payment_decisions_decided_at", "decided_at"),
+)
+# One row per rule that fired, to find the decisions a rule took part in.
+decision_hits = sa.Table(
+    "decision_hits",
+    metadata,
+    sa.Column("payment_id", sa.String(36), primary_key=True),
+    sa.Column("rule_id", sa.String(64), primary_key=True),
+    sa.Column("shadow", sa.Boolean, nullable=False),
+    sa.Index("ix_decision_hits_rule_id", "rule_id"),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,8 +15,14 @@ from paysaga.core.validation import PageRequest
 from paysaga.runtime.storage.pages import page
 from paysaga.runtime.storage.unit_of_work import Database
 from services.payments.adapters.repository import payment_from_row
-from services.payments.adapters.tables import account_owners, payment_history, payments
-from services.payments.domain import IN_FLIGHT, Payment, Status
+from services.payments.adapters.tables import (
+    account_owners,
+    decision_hits,
+    payment_decisions,
+    payment_history,
+    payments,
+)
+from services.payments.domain import IN_FLIGHT, Action, Payment, Status
 
 SERVICE = "payments"
 _GET = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id"))
@@ -27,6 +34,7 @@ _HISTORY_AFTER = (
     .where(payment_history.c.payment_id == sa.bindparam("payment_id"), payment_history.c.version > sa.bindparam("v"))
     .order_by(payment_history.c.version)
 )
+_DECISION = sa.select(payment_decisions).where(payment_decisions.c.payment_id == sa.bindparam("payment_id"))
 _COUNT_IN_FLIGHT = (
     sa.select(sa.func.count()).select_from(payments).where(payments.c.status.in_([s.value for s in IN_FLIGHT]))
 )
@@ -110,3 +118,47 @@ async def count_in_flight(database: Database) -> int:
     """Payments the saga is still moving forward (an index range on status)."""
     async with database.read() as connection:
         return int(await connection.scalar(_COUNT_IN_FLIGHT) or 0)
+
+
+async def decision(database: Database, payment_id: str) -> Any:
+    """The rules' recorded decision on a payment (a payment_decisions row), or None (a payment
+    created before decisions were recorded)."""
+    async with database.read() as connection:
+        return (await connection.execute(_DECISION, {"payment_id": payment_id})).first()
+
+
+@dataclass(frozen=True)
+class DecisionsQuery:
+    page: PageRequest
+    action: Action | None = None
+    rule_id: str = ""
+    shadow_only: bool = False
+    payer: str = ""
+    merchant: str = ""
+    since: dt.datetime | None = None
+
+
+async def decisions_page(database: Database, query: DecisionsQuery) -> tuple[list[Any], str]:
+    """A page of recorded decisions in the order they were taken, filtered; and the next page's token."""
+    select = sa.select(payment_decisions)
+    if query.action is not None:
+        select = select.where(payment_decisions.c.action == query.action.value)
+    if query.rule_id or query.shadow_only:
+        hits = sa.select(decision_hits.c.payment_id)
+        if query.rule_id:
+            hits = hits.where(decision_hits.c.rule_id == query.rule_id)
+        if query.shadow_only:
+            hits = hits.where(decision_hits.c.shadow.is_(True))
+        select = select.where(payment_decisions.c.payment_id.in_(hits))
+    if query.payer or query.merchant:
+        of_party = sa.select(payments.c.payment_id)
+        if query.payer:
+            of_party = of_party.where(payments.c.payer_account_id == query.payer)
+        if query.merchant:
+            of_party = of_party.where(payments.c.merchant_account_id == query.merchant)
+        select = select.where(payment_decisions.c.payment_id.in_(of_party))
+    if query.since is not None:
+        select = select.where(payment_decisions.c.decided_at >= query.since)
+    async with database.read() as connection:
+        found = await page(connection, select, payment_decisions.c.decision_number, query.page)
+    return list(found.rows), found.next_page_token

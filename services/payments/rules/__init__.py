@@ -1,0 +1,1 @@
+"""The fraud and threshold rules: the rules file, the rolling statistics, the spike detector."""

@@ -1,0 +1,293 @@
+"""The fraud rules against the running cluster: each kind of rule, an adaptive threshold, shadow
+mode, a regional burst detected, hot reload of a good and of a broken file, and every decision
+recorded (GetPayment, ListDecisions). On SQLite and on PostgreSQL with two payments replicas,
+whose statistics and rules must agree."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from paysaga.core.eventing import EventEnvelope
+from paysaga.ops.cluster.localcluster import LocalCluster
+from paysaga.payments.v1 import payments_pb2
+from tests.e2e.conftest import MAX_AMOUNT_MINOR, backend_cluster
+from tests.e2e.shop import Purchase, Shop, status_name
+from tests.helpers import wait_for_log
+
+pytestmark = pytest.mark.e2e
+
+RULES = """\
+score_thresholds: {review: 100, block: 100}
+rules:
+  - id: amount_cap
+    when: request.amount_minor > limits.amount_minor_max
+    action: block
+    reason: "amount {request.amount_minor} exceeds the cap of {limits.amount_minor_max} per payment"
+  - id: sanctioned_region
+    when: request.region == "KP"
+    action: block
+    reason: "no purchases from {request.region}"
+  - id: large_for_payer
+    when: payer.samples >= 3 && request.amount_minor > payer.amount_p90 * 2.0
+    action: block
+    reason: "amount {request.amount_minor} is over twice the payer's p90 of {payer.amount_p90}"
+  - id: bulk
+    when: request.quantity >= 3
+    score: 60
+  - id: risky_region
+    when: request.region == "BR"
+    score: 60
+  - id: large_in_shadow
+    when: request.amount_minor >= 5000
+    action: block
+    mode: shadow
+    reason: "amount {request.amount_minor} is 5000 or more"
+  - id: region_spike
+    when: region.spike
+    action: block
+    reason: "a burst of purchases from {request.region} ({region.count_1m} in the last minute)"
+"""
+assert MAX_AMOUNT_MINOR > 10_000
+NEW_RULE = """\
+  - id: closed_region
+    when: request.region == "CL"
+    action: block
+    reason: "purchases from CL are closed"
+"""
+BROKEN_RULE = """\
+  - id: broken
+    when: request.no_such_input > 1
+    action: block
+"""
+SPIKE_MIN_COUNT = 8
+SETTINGS = {
+    "PAYSAGA_STATS_BUCKET_S": "1",
+    "PAYSAGA_BASELINE_BUCKETS": "30",
+    "PAYSAGA_SPIKE_MIN_COUNT": str(SPIKE_MIN_COUNT),
+    "PAYSAGA_SPIKE_MIN_BUCKETS": "5",
+    "PAYSAGA_SPIKE_HOLD_BUCKETS": "30",
+    "PAYSAGA_MAX_AMOUNT_MINOR": str(MAX_AMOUNT_MINOR),
+}
+BLOCK = payments_pb2.DECISION_ACTION_BLOCK
+ALLOW = payments_pb2.DECISION_ACTION_ALLOW
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def replace_file(path: Path, text: str) -> None:
+    """As a deployment should: a new file renamed over the old one."""
+    staged = path.with_suffix(".new")
+    staged.write_text(text)
+    staged.replace(path)
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    path.write_text(RULES)
+    return path
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql-2-replicas"])
+def rules_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, certs_dir: Path, rules_file: Path
+) -> Iterator[LocalCluster]:
+    settings = {**SETTINGS, "PAYSAGA_RULES_FILE": str(rules_file)}
+    with backend_cluster(request, tmp_path_factory.mktemp("rules-cluster"), certs_dir, settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def shop(rules_cluster: LocalCluster) -> AsyncIterator[Shop]:
+    client = Shop(rules_cluster)
+    yield client
+    await client.close()
+
+
+def hits(payment: payments_pb2.Payment) -> dict[str, payments_pb2.RuleHit]:
+    return {hit.rule_id: hit for hit in payment.decision.hits}
+
+
+async def test_an_action_rule_blocks_and_the_decision_says_why(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=10_000, stock=5)
+
+    created = await shop.pay(purchase, amount_minor=1250, region="KP")
+
+    assert status_name(created) == "REJECTED"
+    assert created.reason == "no purchases from KP"
+    assert created.region == "KP"
+    stored = await shop.payment(created.payment_id)
+    assert stored.decision == created.decision
+    decision = stored.decision
+    assert decision.payment_id == created.payment_id
+    assert decision.action == BLOCK
+    assert decision.rule_set_sha256 == sha256(RULES)
+    assert list(hits(stored)) == ["sanctioned_region"]
+    hit = hits(stored)["sanctioned_region"]
+    assert (hit.action, hit.shadow, dict(hit.inputs)) == (BLOCK, False, {"request.region": "KP"})
+    assert await shop.balance(purchase.payer) == (10_000, 0, 10_000)  # nothing was held
+
+
+async def test_score_rules_add_up_to_the_thresholds(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=100_000, stock=10, price_minor=1000)
+
+    one = await shop.pay(purchase, amount_minor=3000, quantity=3)
+    both = await shop.pay(purchase, amount_minor=3000, quantity=3, region="BR")
+
+    assert status_name(await shop.finish(one.payment_id)) == "COMPLETED"
+    assert (one.decision.action, one.decision.score, list(hits(one))) == (ALLOW, 60, ["bulk"])
+    assert status_name(both) == "REJECTED"
+    assert both.reason == "risk score 120 reached the block threshold of 100 (bulk, risky_region)"
+    assert (both.decision.action, both.decision.score) == (BLOCK, 120)
+
+
+async def test_a_shadow_rule_records_what_it_would_have_done_and_changes_nothing(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=100_000, stock=5, price_minor=6000)
+
+    payment = await shop.pay(purchase, amount_minor=6000)
+
+    assert status_name(await shop.finish(payment.payment_id)) == "COMPLETED"
+    decision = payment.decision
+    assert (decision.action, decision.shadow_action) == (ALLOW, BLOCK)
+    hit = hits(payment)["large_in_shadow"]
+    assert (hit.shadow, hit.reason, dict(hit.inputs)) == (
+        True,
+        "amount 6000 is 5000 or more",
+        {"request.amount_minor": "6000"},
+    )
+    listed = await shop.payments.ListDecisions(
+        payments_pb2.ListDecisionsRequest(shadow_only=True, rule_id="large_in_shadow", payer_account_id=purchase.payer),
+        timeout=10,
+    )
+    assert [found.payment_id for found in listed.decisions] == [payment.payment_id]
+    blocked = await shop.payments.ListDecisions(
+        payments_pb2.ListDecisionsRequest(action=BLOCK, payer_account_id=purchase.payer), timeout=10
+    )
+    assert list(blocked.decisions) == []
+
+
+async def test_an_adaptive_threshold_moves_with_the_payers_amounts(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=100_000, stock=20, price_minor=1000)
+    # The same payer and merchant, an item at each price.
+    items = {price: await shop.add_item(5, price) for price in (1900, 2500)} | {1000: purchase.sku}
+
+    async def pay(amount_minor: int) -> payments_pb2.Payment:
+        item = dataclasses.replace(purchase, sku=items[amount_minor])
+        created = await shop.pay(item, amount_minor=amount_minor)
+        return await shop.finish(created.payment_id) if status_name(created) != "REJECTED" else created
+
+    for _ in range(3):
+        assert status_name(await pay(1000)) == "COMPLETED"
+    refused = await pay(2500)
+    assert status_name(refused) == "REJECTED", refused.decision
+    p90_before = float(refused.decision.inputs["payer.amount_p90"])
+    assert (
+        refused.reason == f"amount 2500 is over twice the payer's p90 of {refused.decision.inputs['payer.amount_p90']}"
+    )
+    for _ in range(3):
+        assert status_name(await pay(1900)) == "COMPLETED"
+    accepted = await pay(2500)
+
+    assert status_name(accepted) == "COMPLETED", accepted.decision
+    # The figures each was judged by are recorded, whether a rule fired or not (quantiles within 1%).
+    p90_after = float((await shop.payment(accepted.payment_id)).decision.inputs["payer.amount_p90"])
+    assert abs(p90_before - 1000) <= 10 and abs(p90_after - 1900) <= 19
+    assert accepted.decision.inputs["payer.samples"] == "6"  # the refused 2500 is not a sample
+
+
+async def test_a_regional_burst_is_detected_announced_once_and_seen_by_the_rules(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=1_000_000, stock=100, price_minor=100)
+    region = "NZ"
+    for _ in range(3):  # a trickle is no spike
+        assert status_name(await shop.pay(purchase, amount_minor=100, region=region)) != "REJECTED"
+
+    burst = await asyncio.gather(
+        *(shop.pay(purchase, amount_minor=100, region=region) for _ in range(3 * SPIKE_MIN_COUNT))
+    )
+
+    def is_spike(envelope: EventEnvelope) -> bool:
+        return envelope.event_type == "TrafficSpikeDetected" and envelope.traffic_spike_detected.key == region
+
+    deadline = time.monotonic() + 15
+    spikes = await shop.events(is_spike)
+    while not spikes and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        spikes = await shop.events(is_spike)
+    assert spikes, "no TrafficSpikeDetected for the burst"
+    buckets = [envelope.traffic_spike_detected.bucket_start.ToSeconds() for envelope in spikes]
+    assert len(buckets) == len(set(buckets)), "a spike was announced twice"
+    first = spikes[0].traffic_spike_detected
+    assert (first.kind, first.count >= SPIKE_MIN_COUNT, first.z >= 4.0) == ("region", True, True)
+    after = await shop.pay(purchase, amount_minor=100, region=region)
+    assert status_name(after) == "REJECTED"
+    assert hits(after)["region_spike"].inputs["region.spike"] == "true"
+    assert len(burst) == 3 * SPIKE_MIN_COUNT
+
+
+async def test_a_changed_rules_file_is_live_within_2_s_and_a_broken_one_is_refused(
+    shop: Shop, rules_file: Path, rules_cluster: LocalCluster
+) -> None:
+    purchase = await shop.setup(funds_minor=1_000_000, stock=100, price_minor=100)
+    good = RULES + NEW_RULE
+
+    async def pay_paced() -> payments_pb2.Payment:
+        """Fewer purchases per second than a spike (which a rule above would block)."""
+        await asyncio.sleep(1 / (SPIKE_MIN_COUNT - 2))
+        return await shop.pay(purchase, amount_minor=100, region="CL")
+
+    try:
+        replace_file(rules_file, good)
+        changed_at = time.monotonic()
+        while True:
+            payment = await pay_paced()
+            if status_name(payment) == "REJECTED" or time.monotonic() - changed_at > 2.0:
+                break
+        assert status_name(payment) == "REJECTED", "the new rule was not live within 2 s"
+        # Every replica has it: calls go round-robin.
+        later = [await pay_paced() for _ in range(4)]
+        assert {(status_name(found), found.decision.rule_set_sha256) for found in later} == {("REJECTED", sha256(good))}
+
+        replace_file(rules_file, good + BROKEN_RULE)
+        for name in rules_cluster.instances("payments"):
+            line = await asyncio.to_thread(wait_for_refusal, rules_cluster, name)
+            assert "request.no_such_input, which is not an input" in line
+        kept = [await pay_paced() for _ in range(4)]
+        assert {(status_name(found), found.decision.rule_set_sha256) for found in kept} == {("REJECTED", sha256(good))}
+    finally:
+        replace_file(rules_file, RULES)
+
+
+def wait_for_refusal(cluster: LocalCluster, name: str) -> str:
+    return wait_for_log(cluster, name, '"event":"rules.refused"', timeout_s=5)
+
+
+async def test_list_decisions_refuses_bad_filters_and_other_clients(shop: Shop, rules_cluster: LocalCluster) -> None:
+    bad = [
+        payments_pb2.ListDecisionsRequest(action=9),  # type: ignore[arg-type]
+        payments_pb2.ListDecisionsRequest(payer_account_id="not-a-uuid"),
+        payments_pb2.ListDecisionsRequest(rule_id="x" * 65),
+        payments_pb2.ListDecisionsRequest(page_size=-1),
+    ]
+    for request in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await shop.payments.ListDecisions(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+    purchase: Purchase = await shop.setup(funds_minor=1000, stock=1, price_minor=100)
+    with pytest.raises(grpc.aio.AioRpcError) as bad_region:
+        await shop.pay(purchase, amount_minor=100, region="XX")
+    assert bad_region.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ISO 3166-1" in (bad_region.value.details() or "")
+    listed = await shop.payments.ListDecisions(
+        payments_pb2.ListDecisionsRequest(payer_account_id=purchase.payer), timeout=10
+    )
+    assert list(listed.decisions) == []  # the refused request decided nothing
