@@ -27,9 +27,12 @@ PRODUCED_BY: dict[str, tuple[str, ...]] = {
         "PaymentCancelled",
         "PaymentRefunded",
         "TrafficSpikeDetected",
+        "PaymentApproved",
+        "PaymentDeclined",
     ),
     "ledger": (
         "FundsHeld",
+        "FundsHeldForReview",
         "FundsHoldFailed",
         "FundsCaptured",
         "FundsReleased",

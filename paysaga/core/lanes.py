@@ -40,6 +40,7 @@ COMPENSATION_EVENTS = frozenset(
         "StockReleased",
         "StockRestocked",
         "PaymentCancelled",
+        "PaymentDeclined",
         "PaymentRefunded",
     }
 )

@@ -4,6 +4,8 @@ Each runs inside a unit of work: load (with row locks, in id order), call the do
 emit. The ledger reacts to the saga like this:
 
     PaymentRequested              -> hold the payer's funds       -> FundsHeld | FundsHoldFailed
+      (under review)              -> hold them, and wait          -> FundsHeldForReview | FundsHoldFailed
+    PaymentApproved               -> the held funds go on         -> FundsHeld
     StockReserved                 -> capture the hold              -> FundsCaptured
     StockReservationFailed        -> release the hold              -> FundsReleased
     PaymentCancellationRequested  -> release, or refund a capture  -> FundsReleased | FundsRefunded | FundsRefundFailed
@@ -60,6 +62,9 @@ async def on_payment_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
     payer, merchant = loaded.get(request.payer_account_id), loaded.get(request.merchant_account_id)
     refusal = domain.hold_refusal(payer, merchant, request.amount.amount_minor, request.amount.currency)
     if refusal is not None:
+        if request.under_review:
+            # A marker: an approval that crosses the refusal finds that no hold will ever come.
+            await unit.ledger.insert_hold(_no_hold(request.payment_id))
         unit.emit(events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason=refusal), cause=event)
         return
     assert payer is not None
@@ -78,16 +83,36 @@ async def on_payment_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
     await _record(
         unit, payer, EntryKind.HOLD, hold.amount_minor, hold.hold_id, hold.payment_id, "funds held for purchase"
     )
-    unit.emit(
-        events_pb2.FundsHeld(
-            payment_id=hold.payment_id,
-            hold_id=hold.hold_id,
-            amount=_money(hold),
-            sku=request.sku,
-            quantity=request.quantity,
-        ),
-        cause=event,
+    if request.under_review:
+        held = events_pb2.FundsHeldForReview(payment_id=hold.payment_id, hold_id=hold.hold_id, amount=_money(hold))
+        unit.emit(held, cause=event)
+        return
+    unit.emit(_funds_held(hold, request.sku, request.quantity), cause=event)
+
+
+async def on_payment_approved(unit: LedgerUnit, event: EventEnvelope) -> None:
+    """A purchase held for review goes on: the hold placed for it now answers FundsHeld (what
+    inventory reserves stock on). A hold released meanwhile (a cancel crossed the approval) or
+    refused stays as it is: payments learns of that from its own events."""
+    approved = event.payment_approved
+    hold = await unit.ledger.load_hold(approved.payment_id)
+    if hold is None:
+        # The PaymentRequested before it has not been handled here yet (another worker, another
+        # replica): retried until it has.
+        raise FailedPrecondition(f"payment {approved.payment_id} approved before its hold was placed here")
+    if hold.status is HoldStatus.HELD:
+        unit.emit(_funds_held(hold, approved.sku, approved.quantity), cause=event)
+
+
+def _funds_held(hold: Hold, sku: str, quantity: int) -> events_pb2.FundsHeld:
+    return events_pb2.FundsHeld(
+        payment_id=hold.payment_id, hold_id=hold.hold_id, amount=_money(hold), sku=sku, quantity=quantity
     )
+
+
+def _no_hold(payment_id: str) -> Hold:
+    """The marker of a payment that must not (or could not) hold: a later request does not."""
+    return Hold(str(uuid.uuid4()), payment_id, "", "", 0, "", HoldStatus.CANCELLED)
 
 
 async def on_stock_reserved(unit: LedgerUnit, event: EventEnvelope) -> None:
@@ -137,7 +162,7 @@ async def _release(unit: LedgerUnit, event: EventEnvelope, payment_id: str, reas
     hold = await unit.ledger.load_hold(payment_id)
     if hold is None:
         # Nothing held yet: leave a marker so a late PaymentRequested does not hold.
-        await unit.ledger.insert_hold(Hold(str(uuid.uuid4()), payment_id, "", "", 0, "", HoldStatus.CANCELLED))
+        await unit.ledger.insert_hold(_no_hold(payment_id))
         unit.emit(events_pb2.FundsReleased(payment_id=payment_id, hold_id="", reason=reason), cause=event)
         return
     if hold.status is HoldStatus.HELD:
@@ -178,6 +203,7 @@ def _money(hold: Hold) -> Money:
 
 EVENT_HANDLERS = {
     "PaymentRequested": on_payment_requested,
+    "PaymentApproved": on_payment_approved,
     "StockReserved": on_stock_reserved,
     "StockReservationFailed": on_stock_reservation_failed,
     "PaymentCancellationRequested": on_payment_cancellation_requested,

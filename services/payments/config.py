@@ -57,6 +57,13 @@ OPTIONS = (
         positive_float,
     ),
     Option(
+        "--review-timeout-s",
+        "PAYSAGA_REVIEW_TIMEOUT_S",
+        str(DEFAULTS.review_timeout_s),
+        "a purchase held for review (UNDER_REVIEW) and not decided by then is declined, its hold released",
+        positive_float,
+    ),
+    Option(
         "--max-amount-minor",
         "PAYSAGA_MAX_AMOUNT_MINOR",
         str(DEFAULTS.max_amount_minor),

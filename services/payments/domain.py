@@ -6,7 +6,12 @@
        +------------+--------------+--> CANCELLING  (client cancel, or the saga deadline passed)
                                           |--> CANCELLED   (client cancel, once the ledger has undone its part)
                                           |--> FAILED      (deadline passed, once the ledger has undone its part)
-    (a request that breaks a rule)    --> REJECTED
+                                          |--> REJECTED    (a review declined, once the ledger released the hold)
+    (the rules block the request)     --> REJECTED
+    (the rules ask for a review)      --> UNDER_REVIEW (the funds are held, no stock is reserved)
+                                          |--> PENDING     (ops approve: the saga goes on, with a new deadline)
+                                          |--> CANCELLING  (declined or not reviewed in time; a client cancel)
+                                          |--> FAILED      (the hold was refused)
 
 Events from the ledger and inventory arrive on different streams, so in any order: the in-flight
 statuses only ever move forward, and an event that no longer applies changes nothing.
@@ -28,6 +33,7 @@ from paysaga.events.v1 import events_pb2
 
 
 class Status(StrEnum):
+    UNDER_REVIEW = "UNDER_REVIEW"
     PENDING = "PENDING"
     FUNDS_HELD = "FUNDS_HELD"
     STOCK_RESERVED = "STOCK_RESERVED"
@@ -87,6 +93,8 @@ class Payment:
     updated_at: dt.datetime
     deadline_at: dt.datetime
     timed_out: bool = False
+    # A review declined it: once the ledger has released the hold it ends REJECTED.
+    declined: bool = False
 
     @property
     def tier(self) -> str:
@@ -131,6 +139,9 @@ class Payment:
     def fail(self, reason: str, now: dt.datetime) -> Message | None:
         if self.status is Status.CANCELLING:
             return self.conclude_cancellation(now)
+        if self.status is Status.UNDER_REVIEW:  # the hold was refused: that, not the review, is why
+            self._move(Status.FAILED, now, reason)
+            return events_pb2.PaymentFailed(payment_id=self.payment_id, reason=self.reason)
         if self.status not in IN_FLIGHT:
             return None
         self._move(Status.FAILED, now, self.reason or reason)
@@ -141,7 +152,7 @@ class Payment:
     def request_cancellation(self, reason: str, now: dt.datetime, *, timed_out: bool = False) -> Message | None:
         if self.status is Status.CANCELLING:
             return None
-        if self.status not in IN_FLIGHT:
+        if self.status not in IN_FLIGHT and self.status is not Status.UNDER_REVIEW:
             raise FailedPrecondition(
                 f"payment {self.payment_id} is {self.status} and can no longer be cancelled"
                 + ("; refund it instead" if self.status is Status.COMPLETED else "")
@@ -153,11 +164,38 @@ class Payment:
     def conclude_cancellation(self, now: dt.datetime) -> Message | None:
         if self.status is not Status.CANCELLING:
             return None
+        if self.declined:
+            self._move(Status.REJECTED, now)
+            return events_pb2.PaymentDeclined(payment_id=self.payment_id, reason=self.reason)
         if self.timed_out:
             self._move(Status.FAILED, now)
             return events_pb2.PaymentFailed(payment_id=self.payment_id, reason=self.reason)
         self._move(Status.CANCELLED, now)
         return events_pb2.PaymentCancelled(payment_id=self.payment_id, reason=self.reason)
+
+    # A review (the rules asked a person to decide).
+
+    def _check_under_review(self) -> None:
+        if self.status is not Status.UNDER_REVIEW:
+            raise FailedPrecondition(f"payment {self.payment_id} is {self.status}, not UNDER_REVIEW: nothing to decide")
+
+    def approve(self, now: dt.datetime, deadline_at: dt.datetime) -> Message:
+        """The purchase goes on: the saga's deadline runs from now."""
+        self._check_under_review()
+        self.deadline_at = deadline_at
+        self._move(Status.PENDING, now, "")
+        approved = events_pb2.PaymentApproved(
+            payment_id=self.payment_id, sku=self.request.sku, quantity=self.request.quantity
+        )
+        approved.deadline.FromDatetime(deadline_at)
+        return approved
+
+    def decline(self, reason: str, now: dt.datetime) -> Message:
+        """The purchase is refused: the ledger releases the hold, then the payment is REJECTED."""
+        self._check_under_review()
+        self.declined = True
+        self._move(Status.CANCELLING, now, reason)
+        return events_pb2.PaymentCancellationRequested(payment_id=self.payment_id, reason=reason)
 
     def request_refund(self, reason: str, now: dt.datetime) -> Message | None:
         if self.status in (Status.REFUNDING, Status.REFUNDED):
@@ -196,6 +234,8 @@ class PaymentLimits:
     (services/payments/config.py reads them)."""
 
     saga_timeout_s: float = 30.0
+    # A purchase the rules hold for review and nobody decides within this is declined.
+    review_timeout_s: float = 3600.0
     # The built-in rules' cap and velocity limit (a rules file reads them as limits.*).
     max_amount_minor: int = 1_000_000
     velocity_limit: int = 20

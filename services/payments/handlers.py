@@ -9,6 +9,8 @@ FundsReleased                 -> FAILED, or CANCELLED after a cancel -> PaymentF
 FundsRefunded                 -> REFUNDED, or CANCELLED after a cancel -> PaymentRefunded | PaymentCancelled
 FundsRefundFailed             -> COMPLETED again (refund refused), or COMPLETED after a cancel -> PaymentCompleted
 CancelPayment / the deadline  -> CANCELLING                       -> PaymentCancellationRequested
+ApprovePayment (a review)     -> PENDING                          -> PaymentApproved (the ledger answers FundsHeld)
+DeclinePayment / its deadline -> CANCELLING, then REJECTED        -> PaymentCancellationRequested, PaymentDeclined
 RefundPayment                 -> REFUNDING                        -> PaymentRefundRequested
 AccountOpened, ItemAdded      -> payments' copy of who owns which account and sells which item
 
@@ -68,16 +70,16 @@ async def create_payment(
         request.payer_account_id, now - dt.timedelta(seconds=limits.velocity_window_s)
     )
     decision = screen(request, recent, now)
-    blocked = decision.action is Action.BLOCK
+    blocked, review = decision.action is Action.BLOCK, decision.action is Action.REVIEW
     payment = Payment(
         str(uuid.uuid4()),
         request,
-        Status.REJECTED if blocked else Status.PENDING,
-        decision.reason if blocked else "",
+        Status.REJECTED if blocked else Status.UNDER_REVIEW if review else Status.PENDING,
+        decision.reason if blocked or review else "",
         1,
         now,
         now,
-        now + dt.timedelta(seconds=limits.saga_timeout_s),
+        now + dt.timedelta(seconds=limits.review_timeout_s if review else limits.saga_timeout_s),
     )
     await unit.payments.insert(payment)
     await unit.payments.record_decision(payment.payment_id, decision, now)
@@ -107,9 +109,13 @@ async def create_payment(
         amount=amount,
         sla_tier=request.sla_tier,
         region=request.region,
+        under_review=review,
     )
     requested.deadline.FromDatetime(payment.deadline_at)
     unit.emit(requested, saga_id=payment.payment_id, tier=payment.tier)
+    if review:
+        held = {"payment_id": payment.payment_id, "rule": decision.rule, "reason": decision.reason}
+        log.warning("payment.under_review", extra=held)
     return payment, False
 
 
@@ -152,8 +158,36 @@ async def refund_payment(unit: PaymentsUnit, payment_id: str, reason: str, calle
     return payment
 
 
-async def time_out(unit: PaymentsUnit, payment_id: str, timeout_s: float) -> None:
+async def approve_payment(
+    unit: PaymentsUnit, payment_id: str, reason: str, caller: Caller, limits: PaymentLimits
+) -> Payment:
+    """Ops let a purchase held for review go on (audited)."""
     payment = await _existing(unit, payment_id)
+    now, before = unit.now(), payment.version
+    approved = payment.approve(now, now + dt.timedelta(seconds=limits.saga_timeout_s))
+    await _save_and_emit(unit, payment, before, approved)
+    log.warning("payment.review_approved", extra={"payment_id": payment_id, "by": caller.identity, "reason": reason})
+    return payment
+
+
+async def decline_payment(unit: PaymentsUnit, payment_id: str, reason: str, caller: Caller) -> Payment:
+    """Ops refuse a purchase held for review (audited): the hold is released, then it is REJECTED."""
+    payment = await _existing(unit, payment_id)
+    before = payment.version
+    declined = payment.decline(f"declined in review: {reason or 'no reason given'}", unit.now())
+    await _save_and_emit(unit, payment, before, declined)
+    log.warning("payment.review_declined", extra={"payment_id": payment_id, "by": caller.identity, "reason": reason})
+    return payment
+
+
+async def time_out(unit: PaymentsUnit, payment_id: str, limits: PaymentLimits) -> None:
+    payment = await _existing(unit, payment_id)
+    if payment.status is Status.UNDER_REVIEW:
+        reason, before = f"not reviewed within {limits.review_timeout_s:g} s", payment.version
+        await _save_and_emit(unit, payment, before, payment.decline(reason, unit.now()))
+        log.warning("payment.review_timed_out", extra={"payment_id": payment_id, "reason": reason})
+        return
+    timeout_s = limits.saga_timeout_s
     if payment.status not in (Status.PENDING, Status.FUNDS_HELD, Status.STOCK_RESERVED):
         return
     step = {Status.PENDING: "the ledger to hold funds", Status.FUNDS_HELD: "inventory to reserve stock"}.get(

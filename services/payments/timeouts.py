@@ -38,7 +38,7 @@ def deadline_sweeper(database: Database[PaymentsUnit], rules: PaymentLimits) -> 
             overdue = await views.overdue(database, database.clock(), SWEEP_BATCH)
             for payment_id in overdue:
                 async with database.transaction() as unit:
-                    await handlers.time_out(unit, payment_id, rules.saga_timeout_s)
+                    await handlers.time_out(unit, payment_id, rules)
             if loop.time() - last_alert >= STUCK_ALERT_INTERVAL_S:
                 last_alert = loop.time()
                 await _report_stuck(database, rules)

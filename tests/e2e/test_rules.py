@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from paysaga.ops.cluster.localcluster import LocalCluster
 from paysaga.payments.v1 import payments_pb2
 from tests.e2e.conftest import MAX_AMOUNT_MINOR, backend_cluster
 from tests.e2e.shop import Purchase, Shop, status_name
+from tests.e2e.test_ownership import as_client
 from tests.helpers import wait_for_log
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +52,10 @@ rules:
     action: block
     mode: shadow
     reason: "amount {request.amount_minor} is 5000 or more"
+  - id: review_region
+    when: request.region == "IN"
+    action: review
+    reason: "purchases from {request.region} are reviewed"
   - id: region_spike
     when: region.spike
     action: block
@@ -68,6 +74,7 @@ BROKEN_RULE = """\
     action: block
 """
 SPIKE_MIN_COUNT = 8
+REVIEW_TIMEOUT_S = 5
 SETTINGS = {
     "PAYSAGA_STATS_BUCKET_S": "1",
     "PAYSAGA_BASELINE_BUCKETS": "30",
@@ -75,6 +82,7 @@ SETTINGS = {
     "PAYSAGA_SPIKE_MIN_BUCKETS": "5",
     "PAYSAGA_SPIKE_HOLD_BUCKETS": "30",
     "PAYSAGA_MAX_AMOUNT_MINOR": str(MAX_AMOUNT_MINOR),
+    "PAYSAGA_REVIEW_TIMEOUT_S": str(REVIEW_TIMEOUT_S),
 }
 BLOCK = payments_pb2.DECISION_ACTION_BLOCK
 ALLOW = payments_pb2.DECISION_ACTION_ALLOW
@@ -291,3 +299,92 @@ async def test_list_decisions_refuses_bad_filters_and_other_clients(shop: Shop, 
         payments_pb2.ListDecisionsRequest(payer_account_id=purchase.payer), timeout=10
     )
     assert list(listed.decisions) == []  # the refused request decided nothing
+
+
+async def held_for_review(shop: Shop, purchase: Purchase, amount_minor: int) -> payments_pb2.Payment:
+    """A purchase the rules hold for review, once the ledger holds its funds."""
+    payment = await shop.pay(purchase, amount_minor=amount_minor, region="IN")
+    assert status_name(payment) == "UNDER_REVIEW"
+    assert payment.reason == "purchases from IN are reviewed"
+    assert payment.decision.action == payments_pb2.DECISION_ACTION_REVIEW
+    deadline = time.monotonic() + 10
+    while await shop.balance(purchase.payer) != (10_000, amount_minor, 10_000 - amount_minor):
+        assert time.monotonic() < deadline, "the funds of a purchase under review were not held"
+        await asyncio.sleep(0.05)
+    assert await shop.stock(purchase.sku) == (5, 0, 0)  # no stock reserved while under review
+    return payment
+
+
+async def test_an_approved_review_goes_on_to_completion(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=10_000, stock=5, price_minor=1000)
+    payment = await held_for_review(shop, purchase, 1000)
+
+    approved = await shop.payments.ApprovePayment(
+        payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id, reason="known customer"), timeout=10
+    )
+
+    assert status_name(approved) == "PENDING"
+    assert status_name(await shop.finish(payment.payment_id)) == "COMPLETED"
+    assert await shop.balance(purchase.payer) == (9_000, 0, 9_000)
+    assert await shop.stock(purchase.sku) == (4, 0, 1)
+    again = shop.payments.ApprovePayment(payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await again
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_declined_review_releases_the_hold_and_is_rejected(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=10_000, stock=5, price_minor=1000)
+    payment = await held_for_review(shop, purchase, 1000)
+
+    await shop.payments.DeclinePayment(
+        payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id, reason="stolen card"), timeout=10
+    )
+
+    ended = await shop.finish(payment.payment_id)
+    assert (status_name(ended), ended.reason) == ("REJECTED", "declined in review: stolen card")
+    assert await shop.balance(purchase.payer) == (10_000, 0, 10_000)
+    assert await shop.stock(purchase.sku) == (5, 0, 0)
+    assert "PaymentDeclined" in await shop.event_types(payment.payment_id)
+
+
+async def test_a_review_nobody_decides_is_declined_at_its_deadline(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=10_000, stock=5, price_minor=1000)
+    payment = await held_for_review(shop, purchase, 1000)
+
+    ended = await shop.finish(payment.payment_id, timeout_s=REVIEW_TIMEOUT_S + 10)
+
+    assert (status_name(ended), ended.reason) == ("REJECTED", f"not reviewed within {REVIEW_TIMEOUT_S} s")
+    assert await shop.balance(purchase.payer) == (10_000, 0, 10_000)
+
+
+async def test_review_calls_refuse_bad_input_and_other_clients(shop: Shop, tmp_path: Path) -> None:
+    purchase = await shop.setup(funds_minor=10_000, stock=5, price_minor=1000)
+    payment = await held_for_review(shop, purchase, 1000)
+    cases = [
+        (payments_pb2.ReviewPaymentRequest(payment_id="nope"), grpc.StatusCode.INVALID_ARGUMENT),
+        (payments_pb2.ReviewPaymentRequest(payment_id=str(uuid.uuid4())), grpc.StatusCode.NOT_FOUND),
+        (
+            payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id, reason="x" * 201),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ]
+    for request, code in cases:
+        for call in (shop.payments.ApprovePayment, shop.payments.DeclinePayment):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(request, timeout=10)
+            assert refused.value.code() == code, (request, call)
+    client = as_client(shop.cluster, tmp_path / "acme", "acme-shop")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await client.payments.ApprovePayment(
+                payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id), timeout=10
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await client.payments.ListDecisions(payments_pb2.ListDecisionsRequest(), timeout=10)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await client.close()
+    assert status_name(await shop.payment(payment.payment_id)) == "UNDER_REVIEW"  # nothing changed
+    await shop.payments.DeclinePayment(payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id), timeout=10)

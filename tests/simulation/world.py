@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +52,7 @@ from services.payments import bootstrap as payments_bootstrap
 from services.payments import handlers as payments_handlers
 from services.payments.adapters import tables as payments_tables
 from services.payments.adapters.repository import PaymentsUnit
-from services.payments.bootstrap import screening
-from services.payments.domain import PaymentLimits, PurchaseRequest
+from services.payments.domain import Action, Decision, PaymentLimits, PurchaseRequest, RuleHit, ScoreThresholds, decide
 
 CURRENCY = "EUR"
 PRICE_MINOR = 1250
@@ -65,9 +63,11 @@ STOCK = 3
 # start it (tests/integration/test_handlers.py is), and a merchant spending its balance pays from
 # a merchant account, which only ops may do.
 OPS = Caller(client_identity("ops"), frozenset({"payments:admin", "inventory:admin", "ledger:admin"}))
-# Generous rules: the simulator is about the saga, not the threshold rules.
+# Generous limits: the simulator is about the saga, not the threshold rules. Its own screen sends
+# some purchases to review, which ops then approve or decline (or whose review deadline passes).
 RULES = PaymentLimits(velocity_limit=10_000, max_in_flight=10_000)
-SCREEN = screening(RULES, time.time()).decide
+REVIEW_CHANCE = 0.3
+_REVIEW = (RuleHit("simulated_review", False, Action.REVIEW, 0, "the simulator asks for a review"),)
 STEPS = 40
 PAYMENTS_MAX = 6
 # How far down a consumer's pending events the next delivery may come from (redeliveries).
@@ -254,6 +254,7 @@ class World:
             (1.0 if self.payments else 0.0, self._cancel),
             (1.5 if self.payments else 0.0, self._refund),
             (0.7 if self.payments else 0.0, self._deadline_passes),
+            (1.5 if self.payments else 0.0, self._review),
             (0.3, self._stock_arrives),
             (4.0, self._relay_someone),
             (10.0 if busy else 0.0, self._deliver_something),
@@ -265,10 +266,12 @@ class World:
     async def _pay(self, payer: str, merchant: str, sku: str) -> str:
         tier = self.random.choice((1, 2, 3))  # standard, priority, critical: each on its own lane
         request = PurchaseRequest(str(uuid.uuid4()), payer, merchant, sku, 1, PRICE_MINOR, CURRENCY, tier)
+        review = self.random.random() < REVIEW_CHANCE
         async with self.databases["payments"].transaction() as unit:
-            payment, _ = await payments_handlers.create_payment(unit, request, RULES, OPS, SCREEN)
+            payment, _ = await payments_handlers.create_payment(unit, request, RULES, OPS, _screen(review))
         self.payments.append(payment.payment_id)
-        return f"payment #{len(self.payments) - 1}: {payer[:4]} buys {sku} from {merchant[:4]} (tier {tier})"
+        held = " (held for review)" if review else ""
+        return f"payment #{len(self.payments) - 1}: {payer[:4]} buys {sku} from {merchant[:4]} (tier {tier}){held}"
 
     async def _buy(self) -> str:
         return await self._pay(
@@ -296,7 +299,16 @@ class World:
 
     async def _deadline_passes(self) -> str:
         index, payment_id = self._some_payment()
-        return f"deadline of #{index}: {await self._command('payments', payments_handlers.time_out, payment_id, 30.0)}"
+        return f"deadline of #{index}: {await self._command('payments', payments_handlers.time_out, payment_id, RULES)}"
+
+    async def _review(self) -> str:
+        """Ops decide a review (most payments are not under review: refused)."""
+        index, payment_id = self._some_payment()
+        if self.random.random() < 0.6:
+            outcome = await self._command("payments", payments_handlers.approve_payment, payment_id, "ok", OPS, RULES)
+            return f"approve #{index}: {outcome}"
+        outcome = await self._command("payments", payments_handlers.decline_payment, payment_id, "fraud", OPS)
+        return f"decline #{index}: {outcome}"
 
     async def _stock_arrives(self) -> str:
         sku = self.random.choice(SKUS)
@@ -332,7 +344,7 @@ class World:
             elif busy:
                 await self.deliver(self._busy_consumer())
             elif stuck := await self._in_flight():
-                await self._command("payments", payments_handlers.time_out, stuck[0], 30.0)
+                await self._command("payments", payments_handlers.time_out, stuck[0], RULES)
                 self.trace.append(f"settling: deadline of {stuck[0][:8]} passes")
             else:
                 return
@@ -342,7 +354,7 @@ class World:
         payments = payments_tables.metadata.tables["payments"]
         async with self.databases["payments"].read() as connection:
             query = sa.select(payments.c.payment_id).where(
-                payments.c.status.in_(("PENDING", "FUNDS_HELD", "STOCK_RESERVED"))
+                payments.c.status.in_(("UNDER_REVIEW", "PENDING", "FUNDS_HELD", "STOCK_RESERVED"))
             )
             in_flight = {str(row.payment_id) for row in await connection.execute(query)}
         return [payment_id for payment_id in self.payments if payment_id in in_flight]  # oldest first
@@ -351,6 +363,12 @@ class World:
         """What is wrong once the world has settled: empty when every payment ended and the books agree."""
         report = await invariants.check(self.url("ledger"), self.url("inventory"), self.url("payments"))
         return [*self.parked, *report.violations]
+
+
+def _screen(review: bool) -> Callable[[PurchaseRequest, int, dt.datetime], Decision]:
+    """The simulator's rules: a review, or nothing to say."""
+    hits = _REVIEW if review else ()
+    return lambda _request, _velocity, _now: decide("simulator", hits, ScoreThresholds())
 
 
 async def run(seed: int, directory: Path, code: Mapping[str, ServiceCode] = CURRENT_CODE) -> World:

@@ -65,6 +65,9 @@ class EventEnvelope(_message.Message):
     ITEM_ADDED_FIELD_NUMBER: _builtins.int
     TOKENS_REVOKED_FIELD_NUMBER: _builtins.int
     TRAFFIC_SPIKE_DETECTED_FIELD_NUMBER: _builtins.int
+    PAYMENT_APPROVED_FIELD_NUMBER: _builtins.int
+    PAYMENT_DECLINED_FIELD_NUMBER: _builtins.int
+    FUNDS_HELD_FOR_REVIEW_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUID chosen by the producer when the event is written to its outbox."""
     event_type: _builtins.str
@@ -127,6 +130,12 @@ class EventEnvelope(_message.Message):
     def tokens_revoked(self) -> Global___TokensRevoked: ...
     @_builtins.property
     def traffic_spike_detected(self) -> Global___TrafficSpikeDetected: ...
+    @_builtins.property
+    def payment_approved(self) -> Global___PaymentApproved: ...
+    @_builtins.property
+    def payment_declined(self) -> Global___PaymentDeclined: ...
+    @_builtins.property
+    def funds_held_for_review(self) -> Global___FundsHeldForReview: ...
     def __init__(
         self,
         *,
@@ -160,12 +169,15 @@ class EventEnvelope(_message.Message):
         item_added: Global___ItemAdded | None = ...,
         tokens_revoked: Global___TokensRevoked | None = ...,
         traffic_spike_detected: Global___TrafficSpikeDetected | None = ...,
+        payment_approved: Global___PaymentApproved | None = ...,
+        payment_declined: Global___PaymentDeclined | None = ...,
+        funds_held_for_review: Global___FundsHeldForReview | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_held_for_review", b"funds_held_for_review", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_approved", b"payment_approved", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_declined", b"payment_declined", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "sla_tier", b"sla_tier", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_held_for_review", b"funds_held_for_review", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_approved", b"payment_approved", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_declined", b"payment_declined", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "sla_tier", b"sla_tier", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked", "traffic_spike_detected"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked", "traffic_spike_detected", "payment_approved", "payment_declined", "funds_held_for_review"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -186,6 +198,7 @@ class PaymentRequested(_message.Message):
     SLA_TIER_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
+    UNDER_REVIEW_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     payer_account_id: _builtins.str
     merchant_account_id: _builtins.str
@@ -195,6 +208,10 @@ class PaymentRequested(_message.Message):
     """paysaga.payments.v1.SlaTier as its number, so events do not depend on the public API."""
     region: _builtins.str
     """Where the purchase is made (ISO 3166-1 alpha-2), or empty."""
+    under_review: _builtins.bool
+    """The rules held the purchase for review: the ledger holds the funds and answers
+    FundsHeldForReview; the purchase goes on only after PaymentApproved.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -213,10 +230,11 @@ class PaymentRequested(_message.Message):
         sla_tier: _builtins.int = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         region: _builtins.str = ...,
+        under_review: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "payment_id", b"payment_id", "quantity", b"quantity", "region", b"region", "sku", b"sku", "sla_tier", b"sla_tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "deadline", b"deadline", "merchant_account_id", b"merchant_account_id", "payer_account_id", b"payer_account_id", "payment_id", b"payment_id", "quantity", b"quantity", "region", b"region", "sku", b"sku", "sla_tier", b"sla_tier", "under_review", b"under_review"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -855,3 +873,95 @@ class TrafficSpikeDetected(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrafficSpikeDetected: _TypeAlias = TrafficSpikeDetected  # noqa: Y015
+
+@_typing.final
+class FundsHeldForReview(_message.Message):
+    """ledger: the payer's funds are held for a purchase under review. Nothing else moves until
+    PaymentApproved (then FundsHeld follows, and the saga goes on) or a cancellation (the hold is
+    released).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    hold_id: _builtins.str
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "hold_id", b"hold_id", "payment_id", b"payment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FundsHeldForReview: _TypeAlias = FundsHeldForReview  # noqa: Y015
+
+@_typing.final
+class PaymentApproved(_message.Message):
+    """payments: ops approved a purchase held for review. Carries what inventory will need, for the
+    FundsHeld the ledger answers with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    sku: _builtins.str
+    quantity: _builtins.int
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """The new saga deadline, from the approval."""
+
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "payment_id", b"payment_id", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentApproved: _TypeAlias = PaymentApproved  # noqa: Y015
+
+@_typing.final
+class PaymentDeclined(_message.Message):
+    """payments: a purchase held for review was declined (by ops, or its review deadline passed) and
+    its hold released: the payment is REJECTED.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_id", b"payment_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentDeclined: _TypeAlias = PaymentDeclined  # noqa: Y015

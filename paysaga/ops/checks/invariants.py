@@ -13,6 +13,7 @@ as readable lines, so an empty list means all is well.
 - Every payment is terminal, and the services agree on how it ended: a COMPLETED payment's hold is
   captured and its stock committed; a REFUNDED one's hold refunded and stock restocked; a payment
   that FAILED or was CANCELLED or REJECTED has no money held or taken and no stock reserved or sold.
+  A payment UNDER_REVIEW has no stock reserved (its funds are held, or about to be).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ EXPECTED_OUTCOME: Mapping[str, tuple[frozenset[str | None], frozenset[str | None
         frozenset({None, "RELEASED", "CANCELLED", "REFUNDED"}),
         frozenset({None, "RELEASED", "CANCELLED", "RESTOCKED"}),
     ),
-    "REJECTED": (frozenset({None}), frozenset({None})),
+    # A review declined: the hold placed while it waited was released (or never placed), and no
+    # stock was ever reserved (inventory may have left its marker of a cancelled purchase).
+    "REJECTED": (frozenset({None, "RELEASED", "CANCELLED"}), frozenset({None, "CANCELLED"})),
 }
 
 
@@ -153,6 +156,11 @@ async def check(ledger_url: str, inventory_url: str, payments_url: str, *, requi
             for payment in await _rows(payments, query):
                 report.payments_by_status[payment.status] = report.payments_by_status.get(payment.status, 0) + 1
                 if payment.status not in TERMINAL:
+                    reservation = reservations.get(payment.payment_id)
+                    if payment.status == "UNDER_REVIEW" and reservation in ("RESERVED", "COMMITTED"):
+                        report.violations.append(
+                            f"payment {payment.payment_id} is UNDER_REVIEW but has a reservation {reservation}"
+                        )
                     if require_terminal:
                         report.violations.append(f"payments: {payment.payment_id} is still {payment.status}")
                     continue

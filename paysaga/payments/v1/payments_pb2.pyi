@@ -38,6 +38,10 @@ class _PaymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Payment
     """A cancel was accepted; the services are undoing their parts."""
     PAYMENT_STATUS_REFUNDING: _PaymentStatus.ValueType  # 5
     """A refund was accepted; the ledger and inventory are reversing."""
+    PAYMENT_STATUS_UNDER_REVIEW: _PaymentStatus.ValueType  # 6
+    """The rules asked for a person to decide (ApprovePayment, DeclinePayment): the payer's funds are
+    held meanwhile, no stock is reserved; undecided by the review deadline, it is declined.
+    """
     PAYMENT_STATUS_COMPLETED: _PaymentStatus.ValueType  # 10
     """Terminal statuses."""
     PAYMENT_STATUS_FAILED: _PaymentStatus.ValueType  # 11
@@ -58,6 +62,10 @@ PAYMENT_STATUS_CANCELLING: PaymentStatus.ValueType  # 4
 """A cancel was accepted; the services are undoing their parts."""
 PAYMENT_STATUS_REFUNDING: PaymentStatus.ValueType  # 5
 """A refund was accepted; the ledger and inventory are reversing."""
+PAYMENT_STATUS_UNDER_REVIEW: PaymentStatus.ValueType  # 6
+"""The rules asked for a person to decide (ApprovePayment, DeclinePayment): the payer's funds are
+held meanwhile, no stock is reserved; undecided by the review deadline, it is declined.
+"""
 PAYMENT_STATUS_COMPLETED: PaymentStatus.ValueType  # 10
 """Terminal statuses."""
 PAYMENT_STATUS_FAILED: PaymentStatus.ValueType  # 11
@@ -607,3 +615,26 @@ class ListDecisionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDecisionsResponse: _TypeAlias = ListDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class ReviewPaymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    reason: _builtins.str
+    """Why, for the record (and, for a decline, the payment's reason)."""
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_id", b"payment_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewPaymentRequest: _TypeAlias = ReviewPaymentRequest  # noqa: Y015

@@ -66,6 +66,16 @@ class PaymentServiceStub:
                 request_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.SerializeToString,
                 response_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
                 _registered_method=True)
+        self.ApprovePayment = channel.unary_unary(
+                '/paysaga.payments.v1.PaymentService/ApprovePayment',
+                request_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ReviewPaymentRequest.SerializeToString,
+                response_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
+                _registered_method=True)
+        self.DeclinePayment = channel.unary_unary(
+                '/paysaga.payments.v1.PaymentService/DeclinePayment',
+                request_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ReviewPaymentRequest.SerializeToString,
+                response_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
+                _registered_method=True)
         self.ListDecisions = channel.unary_unary(
                 '/paysaga.payments.v1.PaymentService/ListDecisions',
                 request_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ListDecisionsRequest.SerializeToString,
@@ -125,6 +135,23 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApprovePayment(self, request, context):
+        """Ops: starts a purchase the rules held for review (UNDER_REVIEW): the payer's funds are already
+        held; stock is reserved and the money captured as for any purchase. FAILED_PRECONDITION if
+        the payment is not UNDER_REVIEW (decided already, cancelled, or its hold refused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclinePayment(self, request, context):
+        """Ops: refuses a purchase held for review: the hold is released and the payment ends REJECTED
+        with the reason. FAILED_PRECONDITION if the payment is not UNDER_REVIEW.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDecisions(self, request, context):
         """Ops: the fraud and threshold rules' decisions, in the order they were taken, optionally filtered.
         """
@@ -163,6 +190,16 @@ def add_PaymentServiceServicer_to_server(servicer, server):
             'RefundPayment': grpc.unary_unary_rpc_method_handler(
                     servicer.RefundPayment,
                     request_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.FromString,
+                    response_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.SerializeToString,
+            ),
+            'ApprovePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApprovePayment,
+                    request_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ReviewPaymentRequest.FromString,
+                    response_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.SerializeToString,
+            ),
+            'DeclinePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclinePayment,
+                    request_deserializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.ReviewPaymentRequest.FromString,
                     response_serializer=paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.SerializeToString,
             ),
             'ListDecisions': grpc.unary_unary_rpc_method_handler(
@@ -334,6 +371,60 @@ class PaymentService:
             target,
             '/paysaga.payments.v1.PaymentService/RefundPayment',
             paysaga_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.SerializeToString,
+            paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApprovePayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysaga.payments.v1.PaymentService/ApprovePayment',
+            paysaga_dot_payments_dot_v1_dot_payments__pb2.ReviewPaymentRequest.SerializeToString,
+            paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclinePayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysaga.payments.v1.PaymentService/DeclinePayment',
+            paysaga_dot_payments_dot_v1_dot_payments__pb2.ReviewPaymentRequest.SerializeToString,
             paysaga_dot_payments_dot_v1_dot_payments__pb2.Payment.FromString,
             options,
             channel_credentials,

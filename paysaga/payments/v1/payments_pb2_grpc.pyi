@@ -55,6 +55,15 @@ class PaymentServiceStub:
     """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
     FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
     """
+    ApprovePayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ReviewPaymentRequest, _payments_pb2.Payment]
+    """Ops: starts a purchase the rules held for review (UNDER_REVIEW): the payer's funds are already
+    held; stock is reserved and the money captured as for any purchase. FAILED_PRECONDITION if
+    the payment is not UNDER_REVIEW (decided already, cancelled, or its hold refused).
+    """
+    DeclinePayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ReviewPaymentRequest, _payments_pb2.Payment]
+    """Ops: refuses a purchase held for review: the hold is released and the payment ends REJECTED
+    with the reason. FAILED_PRECONDITION if the payment is not UNDER_REVIEW.
+    """
     ListDecisions: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ListDecisionsRequest, _payments_pb2.ListDecisionsResponse]
     """Ops: the fraud and threshold rules' decisions, in the order they were taken, optionally filtered."""
 
@@ -84,6 +93,15 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     RefundPayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.RefundPaymentRequest, _payments_pb2.Payment]  # type: ignore[assignment]
     """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
     FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
+    """
+    ApprovePayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.ReviewPaymentRequest, _payments_pb2.Payment]  # type: ignore[assignment]
+    """Ops: starts a purchase the rules held for review (UNDER_REVIEW): the payer's funds are already
+    held; stock is reserved and the money captured as for any purchase. FAILED_PRECONDITION if
+    the payment is not UNDER_REVIEW (decided already, cancelled, or its hold refused).
+    """
+    DeclinePayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.ReviewPaymentRequest, _payments_pb2.Payment]  # type: ignore[assignment]
+    """Ops: refuses a purchase held for review: the hold is released and the payment ends REJECTED
+    with the reason. FAILED_PRECONDITION if the payment is not UNDER_REVIEW.
     """
     ListDecisions: _aio.UnaryUnaryMultiCallable[_payments_pb2.ListDecisionsRequest, _payments_pb2.ListDecisionsResponse]  # type: ignore[assignment]
     """Ops: the fraud and threshold rules' decisions, in the order they were taken, optionally filtered."""
@@ -147,6 +165,27 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_payments_pb2.Payment, _abc.Awaitable[_payments_pb2.Payment]]:
         """The merchant (the owner of its merchant account) refunds a COMPLETED payment.
         FAILED_PRECONDITION otherwise; NOT_FOUND for anyone else.
+        """
+
+    @_abc_1.abstractmethod
+    def ApprovePayment(
+        self,
+        request: _payments_pb2.ReviewPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payments_pb2.Payment, _abc.Awaitable[_payments_pb2.Payment]]:
+        """Ops: starts a purchase the rules held for review (UNDER_REVIEW): the payer's funds are already
+        held; stock is reserved and the money captured as for any purchase. FAILED_PRECONDITION if
+        the payment is not UNDER_REVIEW (decided already, cancelled, or its hold refused).
+        """
+
+    @_abc_1.abstractmethod
+    def DeclinePayment(
+        self,
+        request: _payments_pb2.ReviewPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payments_pb2.Payment, _abc.Awaitable[_payments_pb2.Payment]]:
+        """Ops: refuses a purchase held for review: the hold is released and the payment ends REJECTED
+        with the reason. FAILED_PRECONDITION if the payment is not UNDER_REVIEW.
         """
 
     @_abc_1.abstractmethod

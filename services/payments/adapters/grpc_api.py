@@ -190,6 +190,24 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         return payment_message(payment)
 
     @domain_errors_as_status
+    async def ApprovePayment(
+        self, request: payments_pb2.ReviewPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.Payment:
+        payment_id, reason, caller = payment_id_of(request), reason_of(request), current_caller()
+        payment = await self._database.retrying(
+            lambda unit: handlers.approve_payment(unit, payment_id, reason, caller, self._rules)
+        )
+        return payment_message(payment, await views.decision(self._database, payment_id))
+
+    @domain_errors_as_status
+    async def DeclinePayment(
+        self, request: payments_pb2.ReviewPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.Payment:
+        payment_id, reason, caller = payment_id_of(request), reason_of(request), current_caller()
+        payment = await self._database.retrying(lambda unit: handlers.decline_payment(unit, payment_id, reason, caller))
+        return payment_message(payment, await views.decision(self._database, payment_id))
+
+    @domain_errors_as_status
     async def ListDecisions(
         self, request: payments_pb2.ListDecisionsRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ListDecisionsResponse:
@@ -321,6 +339,7 @@ _ENDINGS = {
     "PaymentFailed": "FAILED",
     "PaymentCancelled": "CANCELLED",
     "PaymentRejected": "REJECTED",
+    "PaymentDeclined": "REJECTED",
     "PaymentRefunded": "REFUNDED",
 }
 
@@ -379,6 +398,8 @@ def grpc_service(database: Database[PaymentsUnit], rules: PaymentLimits, screeni
             "WatchPayment": Rule.clients("payments:read"),
             "CancelPayment": Rule.clients("payments:write"),
             "RefundPayment": Rule.clients("payments:write"),
+            "ApprovePayment": Rule.clients(admin_scope(handlers.SERVICE)),
+            "DeclinePayment": Rule.clients(admin_scope(handlers.SERVICE)),
             "ListDecisions": Rule.clients(admin_scope(handlers.SERVICE)),
         },
     )

@@ -80,6 +80,7 @@ def payment_from_row(row: Any) -> Payment:
         as_utc(row.updated_at),
         as_utc(row.deadline_at),
         row.timed_out,
+        row.declined,
     )
 
 
@@ -158,6 +159,7 @@ class PaymentRepository(Repository):
                 "reason": payment.reason,
                 "version": payment.version,
                 "timed_out": payment.timed_out,
+                "declined": payment.declined,
                 "created_at": payment.created_at,
                 "updated_at": payment.updated_at,
                 "deadline_at": payment.deadline_at,
@@ -174,7 +176,9 @@ class PaymentRepository(Repository):
                 "reason": payment.reason[:500],
                 "version": payment.version,
                 "timed_out": payment.timed_out,
+                "declined": payment.declined,
                 "updated_at": payment.updated_at,
+                "deadline_at": payment.deadline_at,
             },
         )
         await self._record_history(payment)

@@ -35,6 +35,8 @@ payments = sa.Table(
     sa.Column("requested_by", sa.String(200), nullable=False, server_default=""),
     # Where the purchase is made (ISO 3166-1 alpha-2), or "".
     sa.Column("region", sa.String(2), nullable=False, server_default=""),
+    # A review declined it (it ends REJECTED once the hold is released).
+    sa.Column("declined", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("requested_by", "idempotency_key", name="uq_payments_client_idempotency_key"),
     sa.Index("ix_payments_payer_created", "payer_account_id", "created_at"),
     sa.Index("ix_payments_status_deadline", "status", "deadline_at"),

@@ -90,11 +90,11 @@ async def history_after(database: Database, payment_id: str, version: int) -> li
 
 
 async def overdue(database: Database, now: dt.datetime, limit: int) -> list[str]:
-    """Payments still in flight past their deadline, the most overdue first."""
+    """Payments still in flight, or under review, past their deadline, the most overdue first."""
     async with database.read() as connection:
         rows = await connection.execute(
             sa.select(payments.c.payment_id)
-            .where(payments.c.status.in_([status.value for status in IN_FLIGHT]))
+            .where(payments.c.status.in_([status.value for status in (*IN_FLIGHT, Status.UNDER_REVIEW)]))
             .where(payments.c.deadline_at < now)
             .order_by(payments.c.deadline_at)
             .limit(limit)

@@ -1,4 +1,4 @@
-"""The fraud rules' decisions, and the region of a purchase.
+"""The fraud rules' decisions, the region of a purchase, and whether a review declined it.
 
 Revision ID: 0003
 """
@@ -13,6 +13,7 @@ down_revision = "0002"
 def upgrade() -> None:
     with op.batch_alter_table("payments") as batch:
         batch.add_column(sa.Column("region", sa.String(2), nullable=False, server_default=""))
+        batch.add_column(sa.Column("declined", sa.Boolean, nullable=False, server_default=sa.false()))
     op.create_table(
         "payment_decisions",
         sa.Column("decision_number", sa.Integer, primary_key=True, autoincrement=True),
