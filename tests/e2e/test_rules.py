@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -19,6 +22,7 @@ import pytest
 from paysaga.core.eventing import EventEnvelope
 from paysaga.ops.cluster.localcluster import LocalCluster
 from paysaga.payments.v1 import payments_pb2
+from services.payments.rules.ruleset import shown
 from tests.e2e.conftest import MAX_AMOUNT_MINOR, backend_cluster
 from tests.e2e.shop import Purchase, Shop, status_name
 from tests.e2e.test_ownership import as_client
@@ -199,9 +203,7 @@ async def test_an_adaptive_threshold_moves_with_the_payers_amounts(shop: Shop) -
     refused = await pay(2500)
     assert status_name(refused) == "REJECTED", refused.decision
     p90_before = float(refused.decision.inputs["payer.amount_p90"])
-    assert (
-        refused.reason == f"amount 2500 is over twice the payer's p90 of {refused.decision.inputs['payer.amount_p90']}"
-    )
+    assert refused.reason == f"amount 2500 is over twice the payer's p90 of {shown(p90_before)}"
     for _ in range(3):
         assert status_name(await pay(1900)) == "COMPLETED"
     accepted = await pay(2500)
@@ -388,3 +390,74 @@ async def test_review_calls_refuse_bad_input_and_other_clients(shop: Shop, tmp_p
         await client.close()
     assert status_name(await shop.payment(payment.payment_id)) == "UNDER_REVIEW"  # nothing changed
     await shop.payments.DeclinePayment(payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id), timeout=10)
+
+
+@pytest.fixture
+def paysaga(rules_cluster: LocalCluster) -> Callable[..., subprocess.CompletedProcess[str]]:
+    ops = rules_cluster.tls_files("ops")
+    connection = [
+        *("--payments", rules_cluster.targets("payments"), "--cert", str(ops.cert_file)),
+        *("--key", str(ops.key_file), "--ca", str(ops.ca_file)),
+    ]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "paysaga.ops.client.cli", *connection, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
+
+
+async def test_a_backtest_shows_what_a_candidate_file_would_change_and_changes_nothing(
+    shop: Shop, paysaga: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    purchase = await shop.setup(funds_minor=10_000, stock=5, price_minor=1000)
+    blocked = await shop.pay(purchase, amount_minor=1000, region="KP")
+    allowed = await shop.pay(purchase, amount_minor=1000, region="DE")
+    assert status_name(await shop.finish(allowed.payment_id)) == "COMPLETED"
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(
+        RULES.replace('request.region == "KP"', 'request.region == "DE"').replace("from {request.region}", "from DE")
+    )
+
+    shown = await asyncio.to_thread(paysaga, "rules", "backtest", str(candidate), "--since", "1h")
+    as_json = await asyncio.to_thread(paysaga, "--json", "rules", "backtest", str(candidate), "--since", "1h")
+
+    assert shown.returncode == 0, shown.stderr
+    assert f"payment {blocked.payment_id}: block -> allow (no rule)" in shown.stdout
+    assert f"payment {allowed.payment_id}: allow -> block (sanctioned_region)" in shown.stdout
+    report = json.loads(as_json.stdout)
+    changes = {change["payment_id"]: change for change in report["changes"]}
+    assert (changes[allowed.payment_id]["from"], changes[allowed.payment_id]["to"]) == ("allow", "block")
+    assert report["rule_set_sha256"] == sha256(candidate.read_text())
+    assert status_name(await shop.payment(blocked.payment_id)) == "REJECTED"  # nothing was touched
+    assert status_name(await shop.payment(allowed.payment_id)) == "COMPLETED"
+    missing = await asyncio.to_thread(paysaga, "rules", "backtest", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 1 and "cannot be read" in missing.stderr
+
+
+async def test_decisions_and_reviews_from_the_command_line(
+    shop: Shop, paysaga: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    purchase = await shop.setup(funds_minor=10_000, stock=5, price_minor=1000)
+    blocked = await shop.pay(purchase, amount_minor=1000, region="KP")
+    held = await held_for_review(shop, purchase, 1000)
+
+    decisions = await asyncio.to_thread(
+        paysaga, "decisions", "--rule", "sanctioned_region", "--payer", purchase.payer, "--since", "1h"
+    )
+    under_review = await asyncio.to_thread(paysaga, "review", "list")
+    declined = await asyncio.to_thread(paysaga, "review", "decline", held.payment_id, "--reason", "chargeback risk")
+
+    assert decisions.returncode == 0, decisions.stderr
+    [line] = decisions.stdout.splitlines()
+    assert f"payment {blocked.payment_id}  block" in line and "rules: sanctioned_region" in line
+    assert f"payment {held.payment_id} UNDER_REVIEW" in under_review.stdout
+    assert declined.returncode == 0, declined.stderr
+    ended = await shop.finish(held.payment_id)
+    assert (status_name(ended), ended.reason) == ("REJECTED", "declined in review: chargeback risk")
+    again = await asyncio.to_thread(paysaga, "review", "approve", held.payment_id)
+    assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr

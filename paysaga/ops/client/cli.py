@@ -16,6 +16,8 @@ certs/ops.token, which the local cluster writes).
   paysaga payment watch PAYMENT_ID | cancel PAYMENT_ID | refund PAYMENT_ID | get | list
   paysaga account balance ACCOUNT_ID | statement ACCOUNT_ID ;  paysaga item get SKU | list
   paysaga lanes                    # each lane's backlog on NATS (--nats-url, $PAYSAGA_NATS_URL)
+  paysaga rules check FILE | backtest FILE --since 24h ;  paysaga decisions [--action block ...]
+  paysaga review list | approve PAYMENT_ID | decline PAYMENT_ID --reason "..."
 
 Human-readable output by default, --json (before the command) for scripts. Exit status: 0 on
 success, 1 when the service refused the request (the gRPC status and message are printed), 2 on
@@ -43,11 +45,13 @@ from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.ops.client import lanes as lane_report
 from paysaga.ops.client import oauth
+from paysaga.ops.client import rules as rules_cli
 from paysaga.ops.client.healthcheck import default_client_tls
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
 from paysaga.runtime.security import tls
 from paysaga.runtime.security.tokens import read_token_file
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, DEFAULT_NATS_URL, TlsFiles
+from services.payments.rules.ruleset import RulesError
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED"}
 TIMEOUT_S = 10.0
@@ -129,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     pay.add_argument("--amount", type=int, required=True, help="total in minor units")
     pay.add_argument("--currency", required=True)
     pay.add_argument("--tier", choices=["standard", "priority", "critical"], default="standard")
+    pay.add_argument("--region", default="", help="ISO 3166-1 alpha-2 country of the purchase, e.g. FR (optional)")
     pay.add_argument("--idempotency-key", default=None, help="reuse to retry safely (default: a new UUID)")
     pay.add_argument("--wait", action="store_true", help="follow the payment until it ends")
 
@@ -145,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", default="", help="e.g. COMPLETED")
     listing.add_argument("--page-size", type=int, default=0)
     listing.add_argument("--page-token", default="")
+
+    rules_cli.add_commands(areas)
 
     lanes = areas.add_parser("lanes", help="each service's lanes: backlog, unacknowledged, oldest event (from NATS)")
     lanes.add_argument(
@@ -173,7 +180,11 @@ def money(value: Money) -> str:
 def describe_payment(payment: payments_pb2.Payment) -> str:
     status = payments_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")
     reason = f"  reason: {payment.reason}" if payment.reason else ""
-    return f"payment {payment.payment_id} {status}  {payment.quantity} x {payment.sku}, {money(payment.amount)}{reason}"
+    region = f" from {payment.region}" if payment.region else ""
+    return (
+        f"payment {payment.payment_id} {status}  {payment.quantity} x {payment.sku}, {money(payment.amount)}"
+        f"{region}{reason}"
+    )
 
 
 def describe_item(item: inventory_pb2.Item) -> str:
@@ -196,8 +207,15 @@ async def run(args: argparse.Namespace) -> int:
         rows = await lane_report.read_lanes(args.nats_url, TlsFiles(args.cert, args.key, args.ca))
         print(lane_report.as_json(rows) if args.json else lane_report.as_text(rows), flush=True)
         return 0
+    if args.area == "rules" and args.action == "check":
+        status, text = rules_cli.check(args.file)
+        print(text, file=sys.stdout if status == 0 else sys.stderr, flush=True)
+        return status
     target = {"account": args.ledger, "item": args.inventory}.get(args.area, args.payments)
     async with tls.secure_channel(target, TlsFiles(args.cert, args.key, args.ca), _token(args)) as channel:
+        if args.area in ("rules", "decisions", "review"):
+            stub = payments_pb2_grpc.PaymentServiceStub(channel)
+            return await rules_cli.run(args, stub, out, describe_payment)
         if args.area == "account":
             return await _account(ledger_pb2_grpc.LedgerServiceStub(channel), args, out)
         if args.area == "item":
@@ -302,6 +320,7 @@ async def _payment(stub: payments_pb2_grpc.PaymentServiceStub, args: argparse.Na
                 quantity=args.quantity,
                 amount=Money(amount_minor=args.amount, currency=args.currency),
                 sla_tier=payments_pb2.SlaTier.Value(f"SLA_TIER_{args.tier.upper()}"),
+                region=args.region,
             ),
             timeout=TIMEOUT_S,
         )
@@ -371,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.code() == grpc.StatusCode.UNAUTHENTICATED and args.oauth_url and not os.environ.get("PAYSAGA_TOKEN"):
             oauth.forget(TlsFiles(args.cert, args.key, args.ca))
             print("paysaga: dropped the cached token; the next command gets a new one", file=sys.stderr)
+        return 1
+    except RulesError as error:  # a backtest's candidate file
+        print(f"paysaga: {error}", file=sys.stderr)
         return 1
     except ValueError as error:
         print(f"paysaga: {error}", file=sys.stderr)

@@ -235,8 +235,9 @@ class Decision(_message.Message):
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Every input the rules were given, e.g. "payer.amount_p99": "1830.5", "region.spike": "false":
-        the figures the purchase was judged by, whether a rule fired or not.
+        """Every input the rules were given, exactly (a float in full), e.g. "payer.amount_p99":
+        "1830.4735", "region.spike": "false": the figures the purchase was judged by, whether a rule
+        fired or not, and what a backtest replays.
         """
 
     def __init__(

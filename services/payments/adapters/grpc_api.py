@@ -38,7 +38,7 @@ from services.payments.domain import (
     admission_limits,
     tier_name,
 )
-from services.payments.rules.ruleset import shown
+from services.payments.rules.ruleset import exact
 from services.payments.rules.screening import Screening
 
 # A watcher re-reads its payment when this process commits a change to it, and also (another
@@ -301,7 +301,7 @@ def decision_message(row: Any) -> payments_pb2.Decision:
             for hit in json.loads(row.hits)
         ],
         inputs={
-            f"{group}.{name}": shown(value)
+            f"{group}.{name}": exact(value)
             for group, values in json.loads(row.inputs).items()
             for name, value in values.items()
         },

@@ -276,6 +276,31 @@ def shown(value: Any) -> str:
     return str(value)
 
 
+def exact(value: Any) -> str:
+    """An input as text that reads back as the same value (parse_inputs): what a backtest replays."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def parse_inputs(flat: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Recorded inputs ("payer.amount_p99": "1830.5", as exact() wrote them) as the rules take
+    them; ValueError for an input that is not one, or whose text is not of its type."""
+    inputs: dict[str, dict[str, Any]] = {group: {} for group in INPUTS}
+    for path, text in flat.items():
+        kind = _field_type(path)
+        if kind is None:
+            raise ValueError(f"{path} is not an input")
+        group, _, name = path.partition(".")
+        if kind is bool:
+            if text not in ("true", "false"):
+                raise ValueError(f"{path}: {text!r} is not true or false")
+            inputs[group][name] = text == "true"
+        else:
+            inputs[group][name] = kind(text)
+    return inputs
+
+
 DEFAULT_RULES = """\
 # The built-in rules: the amount cap and the payer's velocity limit, with the limits from the
 # settings (PAYSAGA_MAX_AMOUNT_MINOR, PAYSAGA_VELOCITY_LIMIT, PAYSAGA_VELOCITY_WINDOW_S).

@@ -10,7 +10,8 @@ replicas that have read the same events agree exactly. (Streaming estimators suc
 exponentially weighted moments or P² quantiles depend on the order and on the first event seen,
 and so differ between replicas started at different times.)
 
-Counts are of attempts, blocked ones too (velocity is what a fraudster's retries raise); amounts
+A window counts the buckets that overlap it: count_1m is the attempts of the last 60 s and up
+to one bucket more. Counts are of attempts, blocked ones too (velocity is what a fraudster's retries raise); amounts
 are of accepted purchases only (so that a blocked burst of large amounts does not move the
 baseline it is judged by). A region's baseline is its count per bucket over the ``baseline``
 buckets before the current one, empty buckets included, from when the statistics began.
@@ -72,9 +73,10 @@ class _Series:
     def add(self, number: int, amount_minor: int | None) -> _Bucket:
         bucket = self.buckets.get(number)
         if bucket is None:
+            late = bool(self.buckets) and number < next(reversed(self.buckets))
             bucket = self.buckets[number] = _Bucket()
-            if len(self.buckets) > 1 and number < next(reversed(self.buckets)):
-                self.buckets = dict(sorted(self.buckets.items()))  # a late event: keep them in order
+            if late:  # an attempt older than the newest bucket: keep them in order
+                self.buckets = dict(sorted(self.buckets.items()))
         change = _Bucket(count=1)
         if amount_minor is not None:
             change = _Bucket(1, 1, amount_minor, amount_minor * amount_minor, Counter({_bin(amount_minor): 1}))
@@ -136,7 +138,7 @@ class TrafficStats:
         """Count one attempt; the count of its bucket for its merchant and region (what a spike
         detector compares with the baseline)."""
         number = self.bucket_of(time_s)
-        oldest = self.bucket_of(time_s - HISTORY_S) + 1
+        oldest = self.bucket_of(time_s - HISTORY_S)
         amount = amount_minor if accepted else None
         counts: dict[str, int] = {}
         for kind, key, with_amount in (
@@ -166,16 +168,16 @@ class TrafficStats:
         if series is None:
             return result
         current = self.bucket_of(now_s)
-        series.forget_before(self.bucket_of(now_s - HISTORY_S) + 1)
+        series.forget_before(self.bucket_of(now_s - HISTORY_S))
         result["count_24h"] = series.total.count
         for number, bucket in series.newest_first():
             if number > current:
                 continue  # an attempt stamped ahead of this process's clock
-            age_s = (current - number) * self.bucket_s
-            if age_s >= WINDOWS_S["count_1h"]:
+            end_s = (number + 1) * self.bucket_s
+            if end_s <= now_s - WINDOWS_S["count_1h"]:
                 break
             result["count_1h"] += bucket.count
-            if age_s < WINDOWS_S["count_1m"]:
+            if end_s > now_s - WINDOWS_S["count_1m"]:
                 result["count_1m"] += bucket.count
         return result
 
