@@ -4,6 +4,9 @@ python3 scripts/dev.py bench                       # every scenario, 60 s each
 python3 scripts/dev.py bench -- --duration-s 20    # shorter
 python3 scripts/dev.py bench -- --scenario latency --rate 300
 python3 scripts/dev.py bench -- --scenario lanes --lanes-rate 400
+
+Besides the scenarios: the raw limits of the machine, the cost of a fraud decision with 20 rules
+(bench/rules.py) and of OAuth (bench/oauth.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import limits, machine, oauth, report, skeleton
+from bench import limits, machine, oauth, report, rules, skeleton
 from bench.load import Lanes, LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga.ops.checks import invariants
@@ -67,6 +70,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--wallets", type=int, default=256, help="funded wallets the purchases spread over")
     parser.add_argument("--skus", type=int, default=64, help="stocked items the purchases spread over")
     parser.add_argument("--limits-duration-s", type=float, default=5.0, help="seconds per raw-limit measurement")
+    parser.add_argument("--rules-decisions", type=int, default=20_000, help="fraud decisions timed (default 20000)")
+    parser.add_argument(
+        "--rules-warm-attempts", type=int, default=200_000, help="attempts in the rules' statistics (default 200000)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the mix and the picks")
     parser.add_argument("--work-dir", type=Path, help="certificates and cluster state (default: a temp dir, removed)")
     parser.add_argument(
@@ -143,6 +150,8 @@ def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         pass
     print("measuring the raw limits of this machine ...", file=sys.stderr, flush=True)
     raw = run_on_fast_loop(measure_limits(certs_dir, work_dir, arguments.limits_duration_s))
+    print("measuring the fraud rules' decisions ...", file=sys.stderr, flush=True)
+    decisions = rules.measure(arguments.rules_decisions, arguments.rules_warm_attempts)
     print("starting a fresh local cluster (SQLite) ...", file=sys.stderr, flush=True)
     environment = {"payments": {"PAYSAGA_VELOCITY_LIMIT": str(10**9)}}  # many purchases per wallet, on purpose
     with LocalCluster(work_dir / "cluster", certs_dir, ClusterPorts.free(), environment=environment) as cluster:
@@ -151,7 +160,7 @@ def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         found = run_on_fast_loop(settle(cluster))
         print("measuring the token endpoint and the per-call token checks ...", file=sys.stderr, flush=True)
         token_endpoint, checks = run_on_fast_loop(oauth.measure(cluster, work_dir, arguments.limits_duration_s))
-    return report.build(machine.describe(REPO), raw, results, found, oauth=(token_endpoint, checks))
+    return report.build(machine.describe(REPO), raw, results, found, oauth=(token_endpoint, checks), rules=decisions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,7 @@ def build(
     results: Sequence[ScenarioResult],
     found: Report,
     oauth: tuple[RawLimit, CheckCost] | None = None,
+    rules: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     echo_per_s = max((limit.rate_per_s for limit in raw if limit.name == ECHO_RPC), default=0.0)
     publish_per_s = max((limit.rate_per_s for limit in raw if limit.name == JETSTREAM_PUBLISH), default=0.0)
@@ -61,6 +62,8 @@ def build(
             "tokens_per_echo_rpc": _ratio(endpoint.rate_per_s, echo.rate_per_s) if echo else None,
             "checks_per_call": checks.as_json(),
         }
+    if rules is not None:
+        built["rules"] = rules
     return built
 
 
@@ -149,6 +152,8 @@ def table(result: dict[str, Any]) -> str:
         ]
     if "oauth" in result:
         lines += _oauth_lines(result["oauth"], machine["cpus"])
+    if "rules" in result:
+        lines += _rules_lines(result["rules"])
     invariants = result["invariants"]
     lines += [
         "",
@@ -204,4 +209,22 @@ def _oauth_lines(oauth: dict[str, Any], cpus: int) -> list[str]:
         f"services: {checks['token_and_binding_us']:.1f} us of CPU per call for the token",
         f"  first use           {checks['first_use_us']:.1f} us for a token's first call (its ES256 signature "
         "and claims; remembered until it expires)",
+    ]
+
+
+def _rules_lines(rules: dict[str, Any]) -> list[str]:
+    latency = rules["latency_us"]
+    trivial_us = rules["trivial_cel_us"]
+    return [
+        "",
+        "Fraud rules",
+        f"  decision            p50 {latency['p50_us']:.0f} us  p99 {latency['p99_us']:.0f} us  "
+        f"max {latency['max_us']:.0f} us with {rules['rules']} rules over {rules['warm_attempts']} attempts of "
+        f"statistics (target p99 <= 1000 us: {latency['p99_us'] / 1000:.2f} of it); "
+        f"actions {_counts(rules['actions'])}",
+        f"  raw limit           {trivial_us:.2f} us for one trivial CEL evaluation: a decision at p50 costs "
+        f"{latency['p50_us'] / trivial_us:.0f} of them (mostly gathering the inputs)",
+        f"  reload              {rules['parse_ms']:.1f} ms to read and check the file, after a poll every "
+        f"{rules['reload_poll_s']:g} s: live within {rules['reload_poll_s'] + rules['parse_ms'] / 1000:.2f} s "
+        "(target 2 s)",
     ]

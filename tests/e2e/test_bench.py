@@ -22,6 +22,7 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
     report_file = tmp_path / "report.json"
     command = [sys.executable, "-m", "bench", "--duration-s", "4", "--warmup-s", "1", "--limits-duration-s", "0.5"]
     command += ["--concurrency", "8", "--rate", "10", "--wallets", "8", "--skus", "4", "--mix", "80,10,10"]
+    command += ["--rules-decisions", "500", "--rules-warm-attempts", "2000"]
     command += ["--work-dir", str(tmp_path / "work"), "--json", str(report_file)]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
 
@@ -73,3 +74,8 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
     assert all(checks[name] > 0 for name in ("service_identity_us", "client_token_us", "first_use_us"))
     assert "token endpoint" in finished.stdout
     assert "completed sagas/s" in finished.stdout and "Raw limits of this machine" in finished.stdout
+    rules = report["rules"]
+    assert (rules["rules"], rules["decisions"]) == (20, 500)
+    assert 0 < rules["latency_us"]["p50_us"] <= rules["latency_us"]["p99_us"] <= rules["latency_us"]["max_us"]
+    assert sum(rules["actions"].values()) == 500 and rules["trivial_cel_us"] > 0 and rules["parse_ms"] > 0
+    assert "Fraud rules" in finished.stdout
