@@ -95,6 +95,9 @@ class Payment:
     timed_out: bool = False
     # A review declined it: once the ledger has released the hold it ends REJECTED.
     declined: bool = False
+    # The rules' decision, when this payment was just created (stored beside it, and read from
+    # there otherwise).
+    decision: Decision | None = field(default=None, compare=False)
 
     @property
     def tier(self) -> str:
@@ -340,8 +343,9 @@ def decide(
     thresholds: ScoreThresholds,
     inputs: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Decision:
-    """The decision the hits make: the strictest of the enforced rules' actions and of what their
-    total score reaches; shadow hits only count towards shadow_action."""
+    """The decision the hits make: an allow rule that holds lets the purchase through whatever
+    else holds (a trusted customer); otherwise the strictest of the enforced rules' actions and of
+    what their total score reaches. Shadow hits only count towards shadow_action."""
     enforced = tuple(hit for hit in hits if not hit.shadow)
     action, rule, reason, score = _verdict(enforced, thresholds)
     shadow_action = _verdict(hits, thresholds)[0]
@@ -358,4 +362,7 @@ def _verdict(hits: tuple[RuleHit, ...], thresholds: ScoreThresholds) -> tuple[Ac
     for hit in hits:  # the first rule of the strictest action names the reason
         if hit.action is not None and hit.action.severity > action.severity:
             action, rule, reason = hit.action, hit.rule_id, hit.reason
+    allowed = next((hit for hit in hits if hit.action is Action.ALLOW), None)
+    if allowed is not None:
+        return Action.ALLOW, allowed.rule_id, allowed.reason, score
     return action, rule, reason, score

@@ -80,6 +80,7 @@ async def create_payment(
         now,
         now,
         now + dt.timedelta(seconds=limits.review_timeout_s if review else limits.saga_timeout_s),
+        decision=decision,
     )
     await unit.payments.insert(payment)
     await unit.payments.record_decision(payment.payment_id, decision, now)

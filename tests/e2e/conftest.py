@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,26 @@ def backend_cluster(
         replicas = dict.fromkeys(SERVICES, 2)
     with LocalCluster(state_dir, certs_dir, ClusterPorts.free(), environment=environment, replicas=replicas) as running:
         yield running
+
+
+def cli_runner(cluster: LocalCluster) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The paysaga CLI as ops, against the cluster: run("payment", "list") -> its exit and output."""
+    ops = cluster.tls_files("ops")
+    connection = [
+        *("--payments", cluster.targets("payments"), "--inventory", cluster.targets("inventory")),
+        *("--ledger", cluster.targets("ledger"), "--cert", str(ops.cert_file), "--key", str(ops.key_file)),
+        *("--ca", str(ops.ca_file)),
+    ]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "paysaga.ops.client.cli", *connection, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -12,6 +11,7 @@ from typing import TypeVar
 import pytest
 
 from paysaga.ops.cluster.localcluster import LocalCluster
+from tests.e2e.conftest import cli_runner
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -29,22 +29,7 @@ def eventually(look: Callable[[], T], done: Callable[[T], bool], timeout_s: floa
 
 @pytest.fixture
 def paysaga(cluster: LocalCluster) -> Callable[..., subprocess.CompletedProcess[str]]:
-    ops = cluster.tls_files("ops")
-    connection = [
-        *("--payments", cluster.targets("payments"), "--inventory", cluster.targets("inventory")),
-        *("--ledger", cluster.targets("ledger"), "--cert", str(ops.cert_file), "--key", str(ops.key_file)),
-        *("--ca", str(ops.ca_file)),
-    ]
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "paysaga.ops.client.cli", *connection, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    return run
+    return cli_runner(cluster)
 
 
 def test_a_purchase_from_the_command_line(paysaga: Callable[..., subprocess.CompletedProcess[str]]) -> None:

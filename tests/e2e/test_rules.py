@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +22,7 @@ from paysaga.core.eventing import EventEnvelope
 from paysaga.ops.cluster.localcluster import LocalCluster
 from paysaga.payments.v1 import payments_pb2
 from services.payments.rules.ruleset import shown
-from tests.e2e.conftest import MAX_AMOUNT_MINOR, backend_cluster
+from tests.e2e.conftest import MAX_AMOUNT_MINOR, backend_cluster, cli_runner
 from tests.e2e.shop import Purchase, Shop, status_name
 from tests.e2e.test_ownership import as_client
 from tests.helpers import wait_for_log
@@ -37,6 +36,10 @@ rules:
     when: request.amount_minor > limits.amount_minor_max
     action: block
     reason: "amount {request.amount_minor} exceeds the cap of {limits.amount_minor_max} per payment"
+  - id: trusted_region
+    when: request.region == "CH"
+    action: allow
+    reason: "purchases from {request.region} are trusted"
   - id: sanctioned_region
     when: request.region == "KP"
     action: block
@@ -150,6 +153,22 @@ async def test_an_action_rule_blocks_and_the_decision_says_why(shop: Shop) -> No
     assert await shop.balance(purchase.payer) == (10_000, 0, 10_000)  # nothing was held
 
 
+async def test_an_allow_rule_lets_a_purchase_through_what_would_block_it(shop: Shop) -> None:
+    purchase = await shop.setup(funds_minor=2 * MAX_AMOUNT_MINOR, stock=5, price_minor=MAX_AMOUNT_MINOR + 1)
+
+    blocked = await shop.pay(purchase, amount_minor=MAX_AMOUNT_MINOR + 1)
+    allowed = await shop.pay(purchase, amount_minor=MAX_AMOUNT_MINOR + 1, region="CH")
+
+    assert (status_name(blocked), blocked.decision.action) == ("REJECTED", BLOCK)
+    assert status_name(await shop.finish(allowed.payment_id)) == "COMPLETED"
+    assert allowed.decision.action == ALLOW
+    assert [(hit.rule_id, hit.action, hit.shadow) for hit in allowed.decision.hits] == [
+        ("amount_cap", BLOCK, False),
+        ("trusted_region", ALLOW, False),
+        ("large_in_shadow", BLOCK, True),
+    ]
+
+
 async def test_score_rules_add_up_to_the_thresholds(shop: Shop) -> None:
     purchase = await shop.setup(funds_minor=100_000, stock=10, price_minor=1000)
 
@@ -193,9 +212,12 @@ async def test_an_adaptive_threshold_moves_with_the_payers_amounts(shop: Shop) -
     # The same payer and merchant, an item at each price.
     items = {price: await shop.add_item(5, price) for price in (1900, 2500)} | {1000: purchase.sku}
 
+    payment_ids: list[str] = []
+
     async def pay(amount_minor: int) -> payments_pb2.Payment:
         item = dataclasses.replace(purchase, sku=items[amount_minor])
         created = await shop.pay(item, amount_minor=amount_minor)
+        payment_ids.append(created.payment_id)
         return await shop.finish(created.payment_id) if status_name(created) != "REJECTED" else created
 
     for _ in range(3):
@@ -213,6 +235,15 @@ async def test_an_adaptive_threshold_moves_with_the_payers_amounts(shop: Shop) -
     p90_after = float((await shop.payment(accepted.payment_id)).decision.inputs["payer.amount_p90"])
     assert abs(p90_before - 1000) <= 10 and abs(p90_after - 1900) <= 19
     assert accepted.decision.inputs["payer.samples"] == "6"  # the refused 2500 is not a sample
+    # One decision per payment, whichever replica took it; a retry with the same key takes none.
+    retried = await shop.create(
+        dataclasses.replace(purchase, sku=items[2500]), amount_minor=2500, key=accepted.idempotency_key
+    )
+    assert retried.replayed and retried.payment.decision == accepted.decision
+    listed = await shop.payments.ListDecisions(
+        payments_pb2.ListDecisionsRequest(payer_account_id=purchase.payer), timeout=10
+    )
+    assert sorted(found.payment_id for found in listed.decisions) == sorted(payment_ids)
 
 
 async def test_a_regional_burst_is_detected_announced_once_and_seen_by_the_rules(shop: Shop) -> None:
@@ -394,21 +425,7 @@ async def test_review_calls_refuse_bad_input_and_other_clients(shop: Shop, tmp_p
 
 @pytest.fixture
 def paysaga(rules_cluster: LocalCluster) -> Callable[..., subprocess.CompletedProcess[str]]:
-    ops = rules_cluster.tls_files("ops")
-    connection = [
-        *("--payments", rules_cluster.targets("payments"), "--cert", str(ops.cert_file)),
-        *("--key", str(ops.key_file), "--ca", str(ops.ca_file)),
-    ]
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "paysaga.ops.client.cli", *connection, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    return run
+    return cli_runner(rules_cluster)
 
 
 async def test_a_backtest_shows_what_a_candidate_file_would_change_and_changes_nothing(

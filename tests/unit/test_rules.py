@@ -148,6 +148,18 @@ def test_the_strictest_action_wins_and_its_first_rule_gives_the_reason() -> None
     assert (decision.action, decision.rule, decision.reason) == (Action.BLOCK, "block_me", "no")
 
 
+def test_an_allow_rule_lets_the_purchase_through_whatever_else_holds() -> None:
+    hits = (
+        RuleHit("cap", False, Action.BLOCK, 0, "too much"),
+        RuleHit("risky", False, None, 500, "risky"),
+        RuleHit("trusted", False, Action.ALLOW, 0, "a trusted customer"),
+    )
+    decision = decide("sha", hits, ScoreThresholds())
+    assert (decision.action, decision.rule, decision.score) == (Action.ALLOW, "trusted", 500)
+    in_shadow = decide("sha", (hits[0], RuleHit("trusted", True, Action.ALLOW, 0, "")), ScoreThresholds())
+    assert (in_shadow.action, in_shadow.shadow_action) == (Action.BLOCK, Action.ALLOW)
+
+
 def test_a_rule_that_fails_to_evaluate_is_not_held_and_is_alerted(caplog: pytest.LogCaptureFixture) -> None:
     # Fine on both sample inputs (0 and 1000 samples), a division by zero at 7.
     rule_set = parse("rules:\n  - {id: ratio, when: 'request.quantity / (payer.samples - 7) > 2', action: block}", "x")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 
@@ -110,8 +109,13 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
             payment, replayed = await self._creates.run(
                 lambda unit: handlers.create_payment(unit, purchase, self._rules, caller, self._screening.decide)
             )
-        decision = await views.decision(self._database, payment.payment_id)
-        return payments_pb2.CreatePaymentResponse(payment=payment_message(payment, decision), replayed=replayed)
+        # A new payment carries its decision; a replay's is read back.
+        recorded = (
+            views.DecisionRecord(payment.payment_id, payment.created_at, payment.decision)
+            if payment.decision is not None
+            else await views.decision(self._database, payment.payment_id)
+        )
+        return payments_pb2.CreatePaymentResponse(payment=payment_message(payment, recorded), replayed=replayed)
 
     @domain_errors_as_status
     async def GetPayment(
@@ -277,36 +281,38 @@ def action_of_proto(value: int) -> Action:
     return Action(payments_pb2.DecisionAction.Name(value).removeprefix("DECISION_ACTION_").lower())  # type: ignore[arg-type]
 
 
-def action_proto(action: str) -> payments_pb2.DecisionAction.ValueType:
-    return payments_pb2.DecisionAction.Value(f"DECISION_ACTION_{(action or 'unspecified').upper()}")
+def action_proto(action: Action | None) -> payments_pb2.DecisionAction.ValueType:
+    name = action.value if action is not None else "unspecified"
+    return payments_pb2.DecisionAction.Value(f"DECISION_ACTION_{name.upper()}")
 
 
-def decision_message(row: Any) -> payments_pb2.Decision:
-    """A recorded decision (a payment_decisions row) as the API shows it."""
+def decision_message(recorded: views.DecisionRecord) -> payments_pb2.Decision:
+    """A recorded decision as the API shows it."""
+    decision = recorded.decision
     message = payments_pb2.Decision(
-        payment_id=row.payment_id,
-        rule_set_sha256=row.rule_set_sha256,
-        action=action_proto(row.action),
-        score=row.score,
-        shadow_action=action_proto(row.shadow_action),
+        payment_id=recorded.payment_id,
+        rule_set_sha256=decision.rule_set_sha256,
+        action=action_proto(decision.action),
+        score=decision.score,
+        shadow_action=action_proto(decision.shadow_action),
         hits=[
             payments_pb2.RuleHit(
-                rule_id=hit["rule_id"],
-                shadow=hit["shadow"],
-                action=action_proto(hit["action"]),
-                score=hit["score"],
-                reason=hit["reason"],
-                inputs=hit["inputs"],
+                rule_id=hit.rule_id,
+                shadow=hit.shadow,
+                action=action_proto(hit.action),
+                score=hit.score,
+                reason=hit.reason,
+                inputs=dict(hit.inputs),
             )
-            for hit in json.loads(row.hits)
+            for hit in decision.hits
         ],
         inputs={
             f"{group}.{name}": exact(value)
-            for group, values in json.loads(row.inputs).items()
+            for group, values in decision.inputs.items()
             for name, value in values.items()
         },
     )
-    message.decided_at.FromDatetime(as_utc(row.decided_at))
+    message.decided_at.FromDatetime(recorded.decided_at)
     return message
 
 
@@ -361,8 +367,8 @@ def status_of_proto(value: int) -> Status:
     return Status(name.removeprefix("PAYMENT_STATUS_"))
 
 
-def payment_message(payment: Payment, decision: Any = None) -> payments_pb2.Payment:
-    """A payment as the API shows it, with its decision (a payment_decisions row) if given."""
+def payment_message(payment: Payment, decision: views.DecisionRecord | None = None) -> payments_pb2.Payment:
+    """A payment as the API shows it, with its decision if given."""
     request = payment.request
     message = payments_pb2.Payment(
         payment_id=payment.payment_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from paysaga.core.errors import NotFound
 from paysaga.core.validation import PageRequest
 from paysaga.runtime.storage.pages import page
 from paysaga.runtime.storage.unit_of_work import Database
-from services.payments.adapters.repository import payment_from_row
+from services.payments.adapters.repository import as_utc, payment_from_row
 from services.payments.adapters.tables import (
     account_owners,
     decision_hits,
@@ -22,7 +23,7 @@ from services.payments.adapters.tables import (
     payment_history,
     payments,
 )
-from services.payments.domain import IN_FLIGHT, Action, Payment, Status
+from services.payments.domain import IN_FLIGHT, Action, Decision, Payment, RuleHit, Status
 
 SERVICE = "payments"
 _GET = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id"))
@@ -120,11 +121,42 @@ async def count_in_flight(database: Database) -> int:
         return int(await connection.scalar(_COUNT_IN_FLIGHT) or 0)
 
 
-async def decision(database: Database, payment_id: str) -> Any:
-    """The rules' recorded decision on a payment (a payment_decisions row), or None (a payment
-    created before decisions were recorded)."""
+@dataclass(frozen=True)
+class DecisionRecord:
+    payment_id: str
+    decided_at: dt.datetime
+    decision: Decision
+
+
+def decision_from_row(row: Any) -> DecisionRecord:
+    hits = tuple(
+        RuleHit(
+            hit["rule_id"],
+            hit["shadow"],
+            Action(hit["action"]) if hit["action"] else None,
+            hit["score"],
+            hit["reason"],
+            tuple(hit["inputs"].items()),
+        )
+        for hit in json.loads(row.hits)
+    )
+    decision = Decision(
+        row.rule_set_sha256,
+        Action(row.action),
+        row.score,
+        hits,
+        Action(row.shadow_action),
+        inputs=json.loads(row.inputs),
+    )
+    return DecisionRecord(row.payment_id, as_utc(row.decided_at), decision)
+
+
+async def decision(database: Database, payment_id: str) -> DecisionRecord | None:
+    """The rules' recorded decision on a payment, or None (a payment created before decisions
+    were recorded)."""
     async with database.read() as connection:
-        return (await connection.execute(_DECISION, {"payment_id": payment_id})).first()
+        row = (await connection.execute(_DECISION, {"payment_id": payment_id})).first()
+    return None if row is None else decision_from_row(row)
 
 
 @dataclass(frozen=True)
@@ -138,7 +170,7 @@ class DecisionsQuery:
     since: dt.datetime | None = None
 
 
-async def decisions_page(database: Database, query: DecisionsQuery) -> tuple[list[Any], str]:
+async def decisions_page(database: Database, query: DecisionsQuery) -> tuple[list[DecisionRecord], str]:
     """A page of recorded decisions in the order they were taken, filtered; and the next page's token."""
     select = sa.select(payment_decisions)
     if query.action is not None:
@@ -161,4 +193,4 @@ async def decisions_page(database: Database, query: DecisionsQuery) -> tuple[lis
         select = select.where(payment_decisions.c.decided_at >= query.since)
     async with database.read() as connection:
         found = await page(connection, select, payment_decisions.c.decision_number, query.page)
-    return list(found.rows), found.next_page_token
+    return [decision_from_row(row) for row in found.rows], found.next_page_token
