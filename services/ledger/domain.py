@@ -33,6 +33,9 @@ class HoldStatus(StrEnum):
     REFUNDED = "REFUNDED"
     # A cancellation arrived before any hold: a later request for this payment must not hold.
     CANCELLED = "CANCELLED"
+    # A review's approval arrived before the request it approves: the request, when it comes,
+    # holds and goes on at once (FundsHeld), as if it had never waited for review.
+    APPROVED = "APPROVED"
 
 
 class EntryKind(StrEnum):

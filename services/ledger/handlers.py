@@ -51,7 +51,11 @@ async def _record(
 
 async def on_payment_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
     request = event.payment_requested
+    under_review = request.under_review
     existing = await unit.ledger.load_hold(request.payment_id)
+    if existing is not None and existing.status is HoldStatus.APPROVED:
+        await unit.ledger.delete_marker(existing)  # approved already: hold and go on
+        existing, under_review = None, False
     if existing is not None:
         if existing.status is HoldStatus.CANCELLED:
             unit.emit(
@@ -62,9 +66,9 @@ async def on_payment_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
     payer, merchant = loaded.get(request.payer_account_id), loaded.get(request.merchant_account_id)
     refusal = domain.hold_refusal(payer, merchant, request.amount.amount_minor, request.amount.currency)
     if refusal is not None:
-        if request.under_review:
+        if under_review:
             # A marker: an approval that crosses the refusal finds that no hold will ever come.
-            await unit.ledger.insert_hold(_no_hold(request.payment_id))
+            await unit.ledger.insert_hold(_marker(request.payment_id, HoldStatus.CANCELLED))
         unit.emit(events_pb2.FundsHoldFailed(payment_id=request.payment_id, reason=refusal), cause=event)
         return
     assert payer is not None
@@ -83,7 +87,7 @@ async def on_payment_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
     await _record(
         unit, payer, EntryKind.HOLD, hold.amount_minor, hold.hold_id, hold.payment_id, "funds held for purchase"
     )
-    if request.under_review:
+    if under_review:
         held = events_pb2.FundsHeldForReview(payment_id=hold.payment_id, hold_id=hold.hold_id, amount=_money(hold))
         unit.emit(held, cause=event)
         return
@@ -92,15 +96,15 @@ async def on_payment_requested(unit: LedgerUnit, event: EventEnvelope) -> None:
 
 async def on_payment_approved(unit: LedgerUnit, event: EventEnvelope) -> None:
     """A purchase held for review goes on: the hold placed for it now answers FundsHeld (what
-    inventory reserves stock on). A hold released meanwhile (a cancel crossed the approval) or
-    refused stays as it is: payments learns of that from its own events."""
+    inventory reserves stock on). Before the request it approves (another worker, another
+    replica, a redelivery): a marker, so that the request holds and goes on at once. A hold
+    released meanwhile (a cancel crossed the approval) or refused stays as it is: payments learns
+    of that from its own events."""
     approved = event.payment_approved
     hold = await unit.ledger.load_hold(approved.payment_id)
     if hold is None:
-        # The PaymentRequested before it has not been handled here yet (another worker, another
-        # replica): retried until it has.
-        raise FailedPrecondition(f"payment {approved.payment_id} approved before its hold was placed here")
-    if hold.status is HoldStatus.HELD:
+        await unit.ledger.insert_hold(_marker(approved.payment_id, HoldStatus.APPROVED))
+    elif hold.status is HoldStatus.HELD:
         unit.emit(_funds_held(hold, approved.sku, approved.quantity), cause=event)
 
 
@@ -110,9 +114,10 @@ def _funds_held(hold: Hold, sku: str, quantity: int) -> events_pb2.FundsHeld:
     )
 
 
-def _no_hold(payment_id: str) -> Hold:
-    """The marker of a payment that must not (or could not) hold: a later request does not."""
-    return Hold(str(uuid.uuid4()), payment_id, "", "", 0, "", HoldStatus.CANCELLED)
+def _marker(payment_id: str, status: HoldStatus) -> Hold:
+    """What the ledger knows of a payment before its request: CANCELLED, it must not (or could
+    not) hold; APPROVED, its review's approval came first."""
+    return Hold(str(uuid.uuid4()), payment_id, "", "", 0, "", status)
 
 
 async def on_stock_reserved(unit: LedgerUnit, event: EventEnvelope) -> None:
@@ -160,9 +165,13 @@ async def on_payment_refund_requested(unit: LedgerUnit, event: EventEnvelope) ->
 async def _release(unit: LedgerUnit, event: EventEnvelope, payment_id: str, reason: str) -> None:
     """Void the hold if there is one; always answer, so the payment can conclude."""
     hold = await unit.ledger.load_hold(payment_id)
-    if hold is None:
+    if hold is None or hold.status is HoldStatus.APPROVED:
         # Nothing held yet: leave a marker so a late PaymentRequested does not hold.
-        await unit.ledger.insert_hold(_no_hold(payment_id))
+        if hold is None:
+            await unit.ledger.insert_hold(_marker(payment_id, HoldStatus.CANCELLED))
+        else:
+            hold.status = HoldStatus.CANCELLED
+            await unit.ledger.save_hold(hold)
         unit.emit(events_pb2.FundsReleased(payment_id=payment_id, hold_id="", reason=reason), cause=event)
         return
     if hold.status is HoldStatus.HELD:

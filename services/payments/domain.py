@@ -293,6 +293,8 @@ class Action(StrEnum):
 
 
 _SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
+# A score's reason names this many of the rules that made it (the decision lists them all).
+SCORED_NAMED_MAX = 5
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,8 @@ def _verdict(hits: tuple[RuleHit, ...], thresholds: ScoreThresholds) -> tuple[Ac
     score = sum(hit.score for hit in hits)
     action, rule, reason = thresholds.action(score), "", ""
     if action is not Action.ALLOW:
-        scored = ", ".join(hit.rule_id for hit in hits if hit.score)
+        scored_ids = [hit.rule_id for hit in hits if hit.score]
+        scored = ", ".join(scored_ids[:SCORED_NAMED_MAX]) + (", ..." if len(scored_ids) > SCORED_NAMED_MAX else "")
         threshold = thresholds.block if action is Action.BLOCK else thresholds.review
         rule, reason = "score", f"risk score {score} reached the {action.value} threshold of {threshold} ({scored})"
     for hit in hits:  # the first rule of the strictest action names the reason

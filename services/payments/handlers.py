@@ -181,8 +181,13 @@ async def decline_payment(unit: PaymentsUnit, payment_id: str, reason: str, call
     return payment
 
 
-async def time_out(unit: PaymentsUnit, payment_id: str, limits: PaymentLimits) -> None:
+async def time_out(unit: PaymentsUnit, payment_id: str, limits: PaymentLimits, *, force: bool = False) -> None:
+    """The payment's deadline passed: undo it. Read again under its lock, the deadline may have
+    moved since the sweeper saw it (a review approved meanwhile starts a new one): then nothing
+    happens. force: as if it had passed (the simulator's clock does not run for 30 s)."""
     payment = await _existing(unit, payment_id)
+    if payment.deadline_at > unit.now() and not force:
+        return
     if payment.status is Status.UNDER_REVIEW:
         reason, before = f"not reviewed within {limits.review_timeout_s:g} s", payment.version
         await _save_and_emit(unit, payment, before, payment.decline(reason, unit.now()))

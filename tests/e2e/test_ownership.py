@@ -259,6 +259,10 @@ async def test_each_client_touches_only_its_own_records_and_a_refusal_changes_no
     for clients, expected in ((world.alice, [world.payment_id]), (world.acme, [world.payment_id]), (world.mallory, [])):
         listed = await clients.payments.ListPayments(payments_pb2.ListPaymentsRequest(), timeout=10)
         assert [payment.payment_id for payment in listed.payments] == expected
+    # The fraud rules' decision is for ops: it would show a client how to stay under the rules.
+    request = payments_pb2.GetPaymentRequest(payment_id=world.payment_id)
+    assert not (await world.alice.payments.GetPayment(request, timeout=10)).HasField("decision")
+    assert (await world.shop.payment(world.payment_id)).decision.payment_id == world.payment_id
 
     # Keys are each client's own: Mallory's use of Alice's key is a payment of hers, not a replay.
     mine = await once_known(world.mallory, purchase(world, world.key, world.mallorys_wallet), "Mallory's wallet")

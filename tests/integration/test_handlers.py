@@ -432,3 +432,18 @@ async def test_keys_are_the_callers_own_and_ops_may_do_everything(services: Serv
     assert (
         await services.payments.retrying(lambda unit: payments.cancel_payment(unit, mine.payment_id, "", MALLORY))
     ).status.value == "CANCELLING"
+
+
+async def test_the_sweeper_undoes_nothing_when_the_deadline_moved_since_it_looked(services: Services) -> None:
+    async def status() -> str:
+        async with services.payments.transaction() as unit:
+            payment = await unit.payments.load(services.payment_id)
+        assert payment is not None
+        return payment.status.value
+
+    # The sweeper saw the payment overdue; meanwhile its deadline moved (a review approved): as
+    # read again under the payment's lock, it is not overdue.
+    await services.payments.retrying(lambda unit: payments.time_out(unit, services.payment_id, LIMITS))
+    assert await status() == "PENDING"
+    await services.payments.retrying(lambda unit: payments.time_out(unit, services.payment_id, LIMITS, force=True))
+    assert await status() == "CANCELLING"

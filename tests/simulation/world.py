@@ -299,7 +299,7 @@ class World:
 
     async def _deadline_passes(self) -> str:
         index, payment_id = self._some_payment()
-        return f"deadline of #{index}: {await self._command('payments', payments_handlers.time_out, payment_id, RULES)}"
+        return f"deadline of #{index}: {await self._command('payments', _time_out, payment_id)}"
 
     async def _review(self) -> str:
         """Ops decide a review (most payments are not under review: refused)."""
@@ -344,7 +344,7 @@ class World:
             elif busy:
                 await self.deliver(self._busy_consumer())
             elif stuck := await self._in_flight():
-                await self._command("payments", payments_handlers.time_out, stuck[0], RULES)
+                await self._command("payments", _time_out, stuck[0])
                 self.trace.append(f"settling: deadline of {stuck[0][:8]} passes")
             else:
                 return
@@ -363,6 +363,11 @@ class World:
         """What is wrong once the world has settled: empty when every payment ended and the books agree."""
         report = await invariants.check(self.url("ledger"), self.url("inventory"), self.url("payments"))
         return [*self.parked, *report.violations]
+
+
+async def _time_out(unit: PaymentsUnit, payment_id: str) -> None:
+    """The deadline passes (the world's clock moves 10 ms a step, not the 30 s of a deadline)."""
+    await payments_handlers.time_out(unit, payment_id, RULES, force=True)
 
 
 def _screen(review: bool) -> Callable[[PurchaseRequest, int, dt.datetime], Decision]:

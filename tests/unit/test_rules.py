@@ -226,6 +226,13 @@ def test_windows_count_attempts_and_amounts_count_accepted_purchases_only() -> N
     assert amounts["amount_z"] == 1.0
 
 
+def test_the_spread_of_large_amounts_is_exact() -> None:
+    stats = TrafficStats(60, 60, NOW.timestamp() - 86400)
+    for amount in (10**13, 10**13 + 1, 10**13 + 1):
+        stats.add(NOW.timestamp() - 5, "p", "m", "FR", amount, True)
+    assert abs(stats.amounts("payer", "p", 0)["amount_stddev"] - 0.4714) < 0.001
+
+
 def test_quantiles_are_within_1_percent() -> None:
     stats = TrafficStats(60, 60, NOW.timestamp() - 86400)
     amounts = [random.Random(3).randint(100, 1_000_000) for _ in range(5000)]
@@ -257,6 +264,15 @@ def test_a_burst_above_the_baseline_is_a_spike_once_per_bucket_and_stays_active(
     assert spike.z >= 4
     assert detector.active("region", "NZ", start + 33) and not detector.active("region", "NZ", start + 35)
     assert not detector.active("region", "FR", start + 31)
+
+
+def test_a_key_without_a_baseline_has_no_spike() -> None:
+    stats = TrafficStats(1, 30, NOW.timestamp() - 86400)
+    detector = SpikeDetector(stats, SpikeSettings(z=4, min_count=8, min_buckets=5))
+    for _ in range(50):  # a region never seen before: a burst, but nothing to compare it with
+        detector.observe(NOW.timestamp(), stats.add(NOW.timestamp(), "p", "m", "CL", 100, True), {"region": "CL"})
+    assert detector.found == []
+    assert stats.baseline("region", "CL", stats.bucket_of(NOW.timestamp()), 50)["baseline_buckets"] == 0
 
 
 # -- hot reload ----------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ CONSUMES: Mapping[str, Sequence[Subscription]] = {
     "ledger": ledger_bootstrap.SUBSCRIPTIONS,
     "auth": auth_bootstrap.SUBSCRIPTIONS,
 }
+# The services that read their own events stream (payments: its fraud rules' statistics).
+READS_OWN_EVENTS = frozenset({"payments"})
 OPS_CLIENTS = CLUSTER_CLIENTS
 JS_API = "$JS.API"
 # docker-compose: where the nats service mounts deploy/nats/nats.conf, and its certificate volume.
@@ -67,14 +69,11 @@ def service_user(service: str, consumes: Sequence[Subscription]) -> NatsUser:
     publish += [f"{JS_API}.STREAM.INFO.{REVOCATIONS_STREAM}", f"{JS_API}.STREAM.MSG.GET.{REVOCATIONS_STREAM}"]
     for stream in owned_streams(service):
         publish += [f"{JS_API}.STREAM.{action}.{stream.name}" for action in ("CREATE", "UPDATE", "INFO")]
-    # A service reads its own events stream through ordered consumers of its own (payments' rolling
-    # statistics): ephemeral, unacknowledged, with flow control.
-    own = owned_streams(service)[0].name
-    publish += [
-        f"{JS_API}.CONSUMER.CREATE.{own}",
-        f"{JS_API}.CONSUMER.DELETE.{own}.*",
-        f"$JS.FC.{own}.>",
-    ]
+    if service in READS_OWN_EVENTS:
+        # An ordered consumer of its own events stream: ephemeral (the server removes it once
+        # unused), unacknowledged, with flow control. No name to grant, so no delete either.
+        own = owned_streams(service)[0].name
+        publish += [f"{JS_API}.CONSUMER.CREATE.{own}", f"$JS.FC.{own}.>"]
     for producer, source in dict.fromkeys((subscription.producer, subscription.stream) for subscription in consumes):
         # The age of a lane's oldest event is read from the stream; the consumer of a version
         # before lanes is read once more, and deleted, when its lanes take over.

@@ -156,7 +156,9 @@ class Payment(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def decision(self) -> Global___Decision:
-        """What the fraud and threshold rules decided when the payment was created."""
+        """What the fraud and threshold rules decided when the payment was created: shown to ops
+        (payments:admin) only, as it would show a client how to stay under the rules.
+        """
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ _UPDATE_ACCOUNT = accounts.update().where(accounts.c.account_id == sa.bindparam(
 _LOAD_HOLD = sa.select(holds).where(holds.c.payment_id == sa.bindparam("payment_id")).with_for_update()
 _INSERT_HOLD = holds.insert()
 _UPDATE_HOLD = holds.update().where(holds.c.hold_id == sa.bindparam("b_hold_id"))
+_DELETE_HOLD = holds.delete().where(holds.c.hold_id == sa.bindparam("b_hold_id"))
 _INSERT_ENTRY = journal_entries.insert()
 _INSERT_LINES = journal_lines.insert()
 _ENTRY_HASH = sa.select(journal_entries.c.request_hash).where(journal_entries.c.entry_id == sa.bindparam("entry_id"))
@@ -103,6 +104,11 @@ class LedgerRepository(Repository):
                 "updated_at": self._unit.now(),
             },
         )
+
+    async def delete_marker(self, hold: Hold) -> None:
+        """Remove a marker (no money in it) that a hold now takes the place of."""
+        assert hold.amount_minor == 0, f"hold {hold.hold_id} holds money: not a marker"
+        await self._connection.execute(_DELETE_HOLD, {"b_hold_id": hold.hold_id})
 
     async def save_hold(self, hold: Hold) -> None:
         await self._connection.execute(

@@ -13,7 +13,7 @@ import grpc
 
 from paysaga.common.v1.money_pb2 import Money
 from paysaga.core import validation
-from paysaga.core.access import admin_scope
+from paysaga.core.access import Caller, admin_scope
 from paysaga.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from paysaga.core.validation import PageRequest
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -109,20 +109,28 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
             payment, replayed = await self._creates.run(
                 lambda unit: handlers.create_payment(unit, purchase, self._rules, caller, self._screening.decide)
             )
-        # A new payment carries its decision; a replay's is read back.
-        recorded = (
-            views.DecisionRecord(payment.payment_id, payment.created_at, payment.decision)
-            if payment.decision is not None
-            else await views.decision(self._database, payment.payment_id)
-        )
+        # Ops see the decision: a new payment carries it, a replay's is read back.
+        recorded = None
+        if caller.is_admin(handlers.SERVICE):
+            recorded = (
+                views.DecisionRecord(payment.payment_id, payment.created_at, payment.decision)
+                if payment.decision is not None
+                else await views.decision(self._database, payment.payment_id)
+            )
         return payments_pb2.CreatePaymentResponse(payment=payment_message(payment, recorded), replayed=replayed)
 
     @domain_errors_as_status
     async def GetPayment(
         self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        payment = await views.payment(self._database, payment_id_of(request), current_caller())
-        return payment_message(payment, await views.decision(self._database, payment.payment_id))
+        caller = current_caller()
+        payment = await views.payment(self._database, payment_id_of(request), caller)
+        return payment_message(payment, await self._decision_for(caller, payment.payment_id))
+
+    async def _decision_for(self, caller: Caller, payment_id: str) -> views.DecisionRecord | None:
+        """The payment's decision, for ops only: its rules, inputs and thresholds would show a
+        client how to stay under them, and the other party's statistics."""
+        return await views.decision(self._database, payment_id) if caller.is_admin(handlers.SERVICE) else None
 
     @domain_errors_as_status
     async def ListPayments(
@@ -201,7 +209,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
         payment = await self._database.retrying(
             lambda unit: handlers.approve_payment(unit, payment_id, reason, caller, self._rules)
         )
-        return payment_message(payment, await views.decision(self._database, payment_id))
+        return payment_message(payment, await self._decision_for(caller, payment_id))
 
     @domain_errors_as_status
     async def DeclinePayment(
@@ -209,7 +217,7 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.Payment:
         payment_id, reason, caller = payment_id_of(request), reason_of(request), current_caller()
         payment = await self._database.retrying(lambda unit: handlers.decline_payment(unit, payment_id, reason, caller))
-        return payment_message(payment, await views.decision(self._database, payment_id))
+        return payment_message(payment, await self._decision_for(caller, payment_id))
 
     @domain_errors_as_status
     async def ListDecisions(
@@ -273,8 +281,17 @@ def decisions_query(request: payments_pb2.ListDecisionsRequest) -> views.Decisio
             if request.merchant_account_id
             else ""
         ),
-        since=request.since.ToDatetime(dt.UTC) if request.HasField("since") else None,
+        since=_since(request),
     )
+
+
+def _since(request: payments_pb2.ListDecisionsRequest) -> dt.datetime | None:
+    if not request.HasField("since"):
+        return None
+    try:
+        return request.since.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument("since is not a valid time") from None
 
 
 def action_of_proto(value: int) -> Action:

@@ -30,6 +30,7 @@ class AccountOwner:
 
 
 log = logging.getLogger(__name__)
+REASON_MAX_CHARS = 500  # the reason columns' size
 
 # The hot statements are built once: SQLAlchemy then finds each compiled form by a cache key it
 # memoizes on the statement, instead of building and hashing a new statement tree per call.
@@ -156,7 +157,7 @@ class PaymentRepository(Repository):
                 "requested_by": request.requested_by,
                 "region": request.region,
                 "status": payment.status.value,
-                "reason": payment.reason,
+                "reason": payment.reason[:REASON_MAX_CHARS],
                 "version": payment.version,
                 "timed_out": payment.timed_out,
                 "declined": payment.declined,
@@ -173,7 +174,7 @@ class PaymentRepository(Repository):
             {
                 "b_payment_id": payment.payment_id,
                 "status": payment.status.value,
-                "reason": payment.reason[:500],
+                "reason": payment.reason[:REASON_MAX_CHARS],
                 "version": payment.version,
                 "timed_out": payment.timed_out,
                 "declined": payment.declined,
@@ -223,7 +224,7 @@ class PaymentRepository(Repository):
                 "payment_id": payment.payment_id,
                 "version": payment.version,
                 "status": payment.status.value,
-                "reason": payment.reason[:500],
+                "reason": payment.reason[:REASON_MAX_CHARS],
                 "changed_at": payment.updated_at,
             },
         )

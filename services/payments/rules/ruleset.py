@@ -32,6 +32,8 @@ import yaml
 from services.payments.domain import Action, PaymentLimits, ScoreThresholds
 
 RULES_MAX = 200
+# A reason is a payment's reason when its rule decides: the room left for the filled-in inputs.
+REASON_MAX_CHARS = 300
 _RULE_ID = re.compile(r"[a-z0-9_]{1,64}")
 _RULE_KEYS = {"id", "when", "action", "score", "reason", "mode", "description"}
 _TOP_KEYS = {"rules", "score_thresholds"}
@@ -62,6 +64,7 @@ INPUTS: Mapping[str, Mapping[str, type]] = {
     "limits": {"amount_minor_max": int, "velocity_limit": int, "velocity_window_s": float},
     "payer": {"velocity": int, **_COUNTS, **_AMOUNTS},
     "merchant": {**_COUNTS, **_AMOUNTS, "spike": bool},
+    "stats": {"ready": bool},
     "region": {
         **_COUNTS,
         "baseline_mean": float,
@@ -180,8 +183,8 @@ def _rule(entry: Any, where: str, problems: list[str]) -> Rule | None:
     if mode not in _MODES:
         problems.append(f"{where}: mode must be enforce or shadow, got {mode!r}")
     reason = entry.get("reason", f"rule {rule_id}")
-    if not isinstance(reason, str):
-        problems.append(f"{where}: reason must be text")
+    if not isinstance(reason, str) or len(reason) > REASON_MAX_CHARS:
+        problems.append(f"{where}: reason must be text of at most {REASON_MAX_CHARS} characters")
         reason = ""
     for placeholder in _PLACEHOLDER.findall(reason):
         if _field_type(placeholder) is None:

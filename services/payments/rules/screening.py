@@ -77,6 +77,7 @@ class Screening:
                 "region": region,
             },
             "limits": self.limits,
+            "stats": {"ready": stats.ready},
             "payer": {
                 "velocity": velocity,
                 **stats.counts("payer", payer, now_s),

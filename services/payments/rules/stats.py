@@ -14,7 +14,8 @@ A window counts the buckets that overlap it: count_1m is the attempts of the las
 to one bucket more. Counts are of attempts, blocked ones too (velocity is what a fraudster's retries raise); amounts
 are of accepted purchases only (so that a blocked burst of large amounts does not move the
 baseline it is judged by). A region's baseline is its count per bucket over the ``baseline``
-buckets before the current one, empty buckets included, from when the statistics began.
+buckets before the current one, empty buckets included, but none before the key's first attempt
+(a key new to the stream, a region first named after an upgrade, has no baseline yet).
 """
 
 from __future__ import annotations
@@ -67,10 +68,14 @@ class _Series:
     def __init__(self) -> None:
         self.buckets: dict[int, _Bucket] = {}  # bucket number -> bucket, oldest first
         self.total = _Bucket()
+        # The earliest bucket of an attempt of this key: a baseline does not reach before it.
+        self.first_bucket: int | None = None
         self.version = 0
         self._quantiles: tuple[int, dict[float, float]] | None = None
 
     def add(self, number: int, amount_minor: int | None) -> _Bucket:
+        if self.first_bucket is None or number < self.first_bucket:
+            self.first_bucket = number
         bucket = self.buckets.get(number)
         if bucket is None:
             late = bool(self.buckets) and number < next(reversed(self.buckets))
@@ -128,6 +133,8 @@ class TrafficStats:
         self.first_bucket = self.bucket_of(started_at_s)
         self._series: dict[str, dict[str, _Series]] = {"payer": {}, "merchant": {}, "region": {}}
         self.events = 0
+        # Whether the attempts up to the start have all been taken in (rules read it as stats.ready).
+        self.ready = False
 
     def bucket_of(self, time_s: float) -> int:
         return math.floor(time_s / self.bucket_s)
@@ -193,9 +200,10 @@ class TrafficStats:
         if series is None or not series.total.amounts:
             return {"samples": 0, **dict.fromkeys(("amount_mean", "amount_stddev", "amount_z"), 0.0), **_NO_QUANTILES}
         total = series.total
-        mean = total.amount_sum / total.amounts
-        variance = max(total.amount_square_sum / total.amounts - mean * mean, 0.0)
-        stddev = math.sqrt(variance)
+        count, amount_sum = total.amounts, total.amount_sum
+        mean = amount_sum / count
+        # In integers until the last division: floats lose the spread of large amounts.
+        stddev = math.sqrt((count * total.amount_square_sum - amount_sum * amount_sum) / (count * count))
         quantiles = series.quantiles()
         return {
             "samples": total.amounts,
@@ -212,9 +220,10 @@ class TrafficStats:
         and standard deviation per bucket, how many buckets that is, and the z-score (against at
         least the Poisson spread of the mean, and at least 1, so a quiet key is not a spike for
         one attempt)."""
-        first = max(bucket - self.baseline_buckets, self.first_bucket)
-        buckets = max(bucket - first, 0)
         series = self._series[kind].get(key)
+        seen = bucket if series is None or series.first_bucket is None else series.first_bucket
+        first = max(bucket - self.baseline_buckets, self.first_bucket, seen)
+        buckets = max(bucket - first, 0)
         total = square_total = 0
         if series is not None and buckets:
             for number, found in series.newest_first():
@@ -225,7 +234,7 @@ class TrafficStats:
                 total += found.count
                 square_total += found.count * found.count
         mean = total / buckets if buckets else 0.0
-        stddev = math.sqrt(max(square_total / buckets - mean * mean, 0.0)) if buckets else 0.0
+        stddev = math.sqrt((buckets * square_total - total * total) / (buckets * buckets)) if buckets else 0.0
         spread = max(stddev, math.sqrt(mean), 1.0)
         return {
             "baseline_mean": mean,

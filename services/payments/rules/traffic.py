@@ -2,8 +2,9 @@
 
 Each payments process reads the stream through an ordered consumer of its own (ephemeral, no
 acknowledgements; nats-py recreates it from the next sequence after a gap or a reconnect),
-starting 24 h back, so a process that starts knows the same last day as those running. Only
-PaymentRequested and PaymentRejected are decoded; the other events are skipped by subject.
+starting 24 h back, so a process that starts knows the same last day as those running; until it
+has read up to the present, the rules see ``stats.ready`` false. Only PaymentRequested and
+PaymentRejected are decoded; the other events are skipped by subject.
 
 A spike is announced as a TrafficSpikeDetected event through the outbox, with an alert line. Its
 event_id is derived from the key and the bucket, so the same spike seen by every replica is stored
@@ -68,6 +69,7 @@ class TrafficFollower:
         self.stats = stats
         self.detector = detector
         self.database = database
+        self._next_sequence: int | None = None  # in the stream, once something was read
 
     def take(self, message_subject: str, data: bytes) -> None:
         """One message of the stream into the statistics (and the detector)."""
@@ -78,7 +80,7 @@ class TrafficFollower:
         time_s = envelope.occurred_at.ToDatetime(dt.UTC).timestamp()
         if envelope.HasField("payment_requested"):
             event = envelope.payment_requested
-            accepted = True
+            accepted = not envelope.payment_requested.under_review
         else:
             event = envelope.payment_rejected  # type: ignore[assignment]
             accepted = False
@@ -89,13 +91,12 @@ class TrafficFollower:
         self.detector.observe(time_s, counts, keys)
 
     async def announce(self) -> None:
-        """Announce the spikes found since last time, but those that are old news."""
+        """Announce the spikes found since last time, but those that are old news. One the
+        database cannot take now is tried again with the next."""
         found, self.detector.found = self.detector.found, []
         now_s = self.database.clock().timestamp()
-        for spike in found:
-            metrics.TRAFFIC_SPIKES.labels(spike.kind).inc()
         spikes = [spike for spike in found if now_s - (spike.bucket_start_s + spike.bucket_s) < ANNOUNCE_WITHIN_S]
-        for spike in spikes:
+        for index, spike in enumerate(spikes):
             try:
                 async with self.database.transaction() as unit:
                     unit.emit_envelope(spike_event(spike))
@@ -103,6 +104,11 @@ class TrafficFollower:
                 # Replicas sharing a database: another one wrote the same event (the same id) first.
                 log.info("traffic.spike_announced_elsewhere", extra={"kind": spike.kind, "key": spike.key})
                 continue
+            except Exception as error:  # noqa: BLE001 - the database is away: the next round tries again
+                log.warning("traffic.spike_not_announced_yet", extra={"error": repr(error)})
+                self.detector.found[:0] = spikes[index:]
+                return
+            metrics.TRAFFIC_SPIKES.labels(spike.kind).inc()
             log.warning(
                 "traffic.spike_detected",
                 extra={
@@ -115,27 +121,40 @@ class TrafficFollower:
                 },
             )
 
+    def _caught_up(self) -> None:
+        if not self.stats.ready:
+            self.stats.ready = True
+            log.info("traffic.caught_up", extra={"attempts": self.stats.events})
+
     async def run(self, jetstream: JetStreamContext, stop: asyncio.Event) -> None:
-        """Read the last 24 h, then every new attempt, until stop. A new run (after a crash)
-        starts the statistics afresh, as at start."""
-        start = self.database.clock() - dt.timedelta(seconds=HISTORY_S)
-        self.stats.clear(start.timestamp())
-        self.detector.clear()
+        """Read the last 24 h, then every new attempt, until stop. After a failure it goes on from
+        the next message it had not read (nothing is counted twice or missed)."""
+        if self._next_sequence is None:
+            start = self.database.clock() - dt.timedelta(seconds=HISTORY_S)
+            self.stats.clear(start.timestamp())
+            self.detector.clear()
+            policy, config = DeliverPolicy.BY_START_TIME, ConsumerConfig(opt_start_time=start)
+        else:
+            policy, config = DeliverPolicy.BY_START_SEQUENCE, ConsumerConfig(opt_start_seq=self._next_sequence)
         subscription = await jetstream.subscribe(
             f"{EVENTS_SUBJECT_ROOT}.{SERVICE}.>",
             stream=owned_streams(SERVICE)[0].name,
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            config=ConsumerConfig(opt_start_time=start),
+            deliver_policy=policy,
+            config=config,
         )
         try:
             while not stop.is_set():
                 try:
                     message = await subscription.next_msg(timeout=NEXT_TIMEOUT_S)
                 except nats.errors.TimeoutError:
+                    self._caught_up()  # nothing more to read
                     await self.announce()
                     continue
+                self._next_sequence = message.metadata.sequence.stream + 1
                 self.take(message.subject, message.data)
+                if not message.metadata.num_pending:
+                    self._caught_up()
                 if self.detector.found:
                     await self.announce()
         finally:
