@@ -37,7 +37,9 @@ rules:
   - {id: payer_hourly, when: payer.count_1h >= 60, score: 40}
   - {id: payer_daily, when: payer.count_24h >= 300, score: 30}
   - {id: large_for_payer, when: payer.samples >= 5 && request.amount_minor > payer.amount_p99 * 3.0, score: 50}
-  - {id: unusual_for_payer, when: payer.samples >= 5 && payer.amount_z > 4.0, score: 30}
+  - id: unusual_for_payer
+    when: payer.samples >= 5 && request.amount_minor > payer.amount_ew_mean + 4.0 * payer.amount_ew_stddev
+    score: 30
   - id: large_for_merchant
     when: merchant.samples >= 50 && request.amount_minor > merchant.amount_p99 * 2.0
     score: 40

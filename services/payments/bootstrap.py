@@ -29,7 +29,7 @@ def screening(limits: PaymentLimits, now_s: float) -> Screening:
     """The rules (from the rules file, or the built-in ones) and empty statistics that count from
     24 h before now_s (what the stream is read from)."""
     rules = RulesInForce(reload.load(Path(limits.rules_file)) if limits.rules_file else None)
-    stats = TrafficStats(limits.stats_bucket_s, limits.baseline_buckets, now_s - HISTORY_S)
+    stats = TrafficStats(limits.stats_bucket_s, limits.baseline_buckets, now_s - HISTORY_S, limits.stats_half_life_s)
     spikes = SpikeSettings(limits.spike_z, limits.spike_min_count, limits.spike_min_buckets, limits.spike_hold_buckets)
     return Screening(rules, stats, SpikeDetector(stats, spikes), limits)
 

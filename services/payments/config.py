@@ -99,6 +99,13 @@ OPTIONS = (
         positive_float,
     ),
     Option(
+        "--stats-half-life-s",
+        "PAYSAGA_STATS_HALF_LIFE_S",
+        str(DEFAULTS.stats_half_life_s),
+        "amount_ew_mean and amount_ew_stddev weigh an amount half as much every half-life",
+        positive_float,
+    ),
+    Option(
         "--baseline-buckets",
         "PAYSAGA_BASELINE_BUCKETS",
         str(DEFAULTS.baseline_buckets),

@@ -247,6 +247,8 @@ class PaymentLimits:
     rules_file: str = ""
     stats_bucket_s: float = 60.0
     baseline_buckets: int = 60
+    # The exponentially weighted amounts: an amount weighs half as much every half-life.
+    stats_half_life_s: float = 3600.0
     # A spike: at least spike_min_count attempts in a bucket, spike_z standard deviations above a
     # baseline of at least spike_min_buckets buckets.
     spike_z: float = 4.0

@@ -198,7 +198,7 @@ def figures(stats: TrafficStats) -> list[Any]:
         found.append(stats.counts(kind, key, now_s))
         current = stats.bucket_of(now_s)
         found.append(stats.baseline(kind, key, current, stats.bucket_count(kind, key, current)))
-    found += [stats.amounts("payer", "p1", 5000), stats.amounts("merchant", "m2", 5000)]
+    found += [stats.amounts("payer", "p1", 5000, now_s), stats.amounts("merchant", "m2", 5000, now_s)]
     return found
 
 
@@ -221,7 +221,7 @@ def test_windows_count_attempts_and_amounts_count_accepted_purchases_only() -> N
     stats.add(now_s - 90_000, "p", "m", "FR", 7000, True)  # older than a day: forgotten
 
     assert stats.counts("payer", "p", now_s) == {"count_1m": 1, "count_1h": 2, "count_24h": 3}
-    amounts = stats.amounts("payer", "p", 3000)
+    amounts = stats.amounts("payer", "p", 3000, now_s)
     assert (amounts["samples"], amounts["amount_mean"], amounts["amount_stddev"]) == (2, 2000.0, 1000.0)
     assert amounts["amount_z"] == 1.0
 
@@ -230,7 +230,32 @@ def test_the_spread_of_large_amounts_is_exact() -> None:
     stats = TrafficStats(60, 60, NOW.timestamp() - 86400)
     for amount in (10**13, 10**13 + 1, 10**13 + 1):
         stats.add(NOW.timestamp() - 5, "p", "m", "FR", amount, True)
-    assert abs(stats.amounts("payer", "p", 0)["amount_stddev"] - 0.4714) < 0.001
+    found = stats.amounts("payer", "p", 0, NOW.timestamp())
+    assert abs(found["amount_stddev"] - 0.4714) < 0.001 and abs(found["amount_ew_stddev"] - 0.4714) < 0.001
+
+
+def test_weighted_amounts_read_between_attempts_equal_those_read_once_at_the_end() -> None:
+    events = sorted(attempts(600, seed=11))  # in time order, with a few late ones below
+    events += [(events[100][0], "p1", "m2", "FR", 777, True), (events[0][0], "p1", "m2", "FR", 999, True)]
+    read_often, read_once = (TrafficStats(60, 60, NOW.timestamp() - 86400) for _ in range(2))
+    for event in events:
+        read_often.add(*event)
+        read_once.add(*event)
+        read_often.amounts("payer", "p1", 0, event[0])  # fills and reuses the cached sums
+    read_often.amounts("merchant", "m2", 0, NOW.timestamp())
+    assert figures(read_often) == figures(read_once)
+
+
+def test_the_weighted_amounts_follow_the_recent_ones() -> None:
+    stats = TrafficStats(60, 60, NOW.timestamp() - 86400, half_life_s=3600)
+    now_s = NOW.timestamp()
+    for _ in range(10):
+        stats.add(now_s - 6 * 3600 - 30, "p", "m", "FR", 1000, True)  # six half-lives before: 1/64 the weight
+        stats.add(now_s - 30, "p", "m", "FR", 2000, True)
+    found = stats.amounts("payer", "p", 0, now_s)
+    assert found["amount_mean"] == 1500.0
+    assert abs(found["amount_ew_mean"] - (1000 / 64 + 2000) / (1 / 64 + 1)) < 1e-6
+    assert 0 < found["amount_ew_stddev"] < found["amount_stddev"]
 
 
 def test_quantiles_are_within_1_percent() -> None:
@@ -238,7 +263,7 @@ def test_quantiles_are_within_1_percent() -> None:
     amounts = [random.Random(3).randint(100, 1_000_000) for _ in range(5000)]
     for index, amount in enumerate(amounts):
         stats.add(NOW.timestamp() - index, "p", "m", "FR", amount, True)
-    found = stats.amounts("payer", "p", 0)
+    found = stats.amounts("payer", "p", 0, NOW.timestamp())
     ordered = sorted(amounts)
     for name, q in (("amount_p50", 0.5), ("amount_p90", 0.9), ("amount_p99", 0.99)):
         exact_value = ordered[int(q * (len(ordered) - 1))]

@@ -49,6 +49,8 @@ _AMOUNTS = {
     "amount_p90": float,
     "amount_p99": float,
     "amount_z": float,
+    "amount_ew_mean": float,
+    "amount_ew_stddev": float,
 }
 INPUTS: Mapping[str, Mapping[str, type]] = {
     "request": {

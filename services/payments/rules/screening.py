@@ -81,11 +81,11 @@ class Screening:
             "payer": {
                 "velocity": velocity,
                 **stats.counts("payer", payer, now_s),
-                **stats.amounts("payer", payer, amount),
+                **stats.amounts("payer", payer, amount, now_s),
             },
             "merchant": {
                 **stats.counts("merchant", merchant, now_s),
-                **stats.amounts("merchant", merchant, amount),
+                **stats.amounts("merchant", merchant, amount, now_s),
                 "spike": self.spikes.active("merchant", merchant, now_s),
             },
             "region": {

@@ -6,9 +6,10 @@ Every payments replica builds the same figures from the same events: each purcha
 figure is a function of the attempts in its window only — integer counts and sums, and a
 histogram of amounts in logarithmic bins (the DDSketch idea: a quantile within 1% of the true
 value) — so neither the order in which events arrive nor when a replica started changes it: two
-replicas that have read the same events agree exactly. (Streaming estimators such as
-exponentially weighted moments or P² quantiles depend on the order and on the first event seen,
-and so differ between replicas started at different times.)
+replicas that have read the same events agree exactly. The exponentially weighted mean and
+standard deviation are computed from the same buckets, weighted by their age, for the same
+reason: streaming estimators (river's EWMean and EWVar, P² quantiles) depend on the order and on
+the first event seen, and so differ between replicas started at different times.
 
 A window counts the buckets that overlap it: count_1m is the attempts of the last 60 s and up
 to one bucket more. Counts are of attempts, blocked ones too (velocity is what a fraudster's retries raise); amounts
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ RELATIVE_ACCURACY = 0.01
 _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(_GAMMA)
 KEYS_MAX = 200_000  # per kind; the least recently active are forgotten beyond it
-_NO_QUANTILES = {"amount_p50": 0.0, "amount_p90": 0.0, "amount_p99": 0.0}
+_AMOUNT_FIGURES = ("amount_mean", "amount_stddev", "amount_z", "amount_p50", "amount_p90", "amount_p99")
+_NO_AMOUNTS = dict.fromkeys((*_AMOUNT_FIGURES, "amount_ew_mean", "amount_ew_stddev"), 0.0)
 
 
 def _bin(amount_minor: int) -> int:
@@ -70,12 +72,18 @@ class _Series:
         self.total = _Bucket()
         # The earliest bucket of an attempt of this key: a baseline does not reach before it.
         self.first_bucket: int | None = None
+        # Changes to buckets before the newest (late attempts, the window moving on): what the
+        # weighted sums of the earlier buckets depend on, with the clock's bucket.
+        self.older_version = 0
+        self.prefix: tuple[tuple[int, ...], tuple[float, float, float]] | None = None
         self.version = 0
         self._quantiles: tuple[int, dict[float, float]] | None = None
 
     def add(self, number: int, amount_minor: int | None) -> _Bucket:
         if self.first_bucket is None or number < self.first_bucket:
             self.first_bucket = number
+        if self.buckets and number < next(reversed(self.buckets)):
+            self.older_version += 1
         bucket = self.buckets.get(number)
         if bucket is None:
             late = bool(self.buckets) and number < next(reversed(self.buckets))
@@ -97,6 +105,7 @@ class _Series:
                 return
             self.total.add(self.buckets.pop(oldest), -1)
             self.version += 1
+            self.older_version += 1
 
     def newest_first(self) -> Iterator[tuple[int, _Bucket]]:
         return reversed(self.buckets.items())
@@ -119,12 +128,31 @@ class _Series:
         return found
 
 
+def _moments(
+    weighted: Iterable[tuple[float, _Bucket]], shift: int, start: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    """start plus the weighted count, sum of deviations from shift and sum of their squares of the
+    buckets' amounts (each bucket's deviations in integers)."""
+    weight_sum, deviation_sum, square_sum = start
+    for weight, bucket in weighted:
+        if bucket.amounts:
+            weight_sum += weight * bucket.amounts
+            deviation_sum += weight * (bucket.amount_sum - bucket.amounts * shift)
+            square_sum += weight * (
+                bucket.amount_square_sum - 2 * shift * bucket.amount_sum + bucket.amounts * shift * shift
+            )
+    return weight_sum, deviation_sum, square_sum
+
+
 class TrafficStats:
     """The statistics of every payer, merchant and region, as of the attempts added so far."""
 
-    def __init__(self, bucket_s: float, baseline_buckets: int, started_at_s: float) -> None:
+    def __init__(
+        self, bucket_s: float, baseline_buckets: int, started_at_s: float, half_life_s: float = 3600.0
+    ) -> None:
         self.bucket_s = bucket_s
         self.baseline_buckets = baseline_buckets
+        self._decay = 0.5 ** (bucket_s / half_life_s)  # a bucket's weight against the next one's
         self.clear(started_at_s)
 
     def clear(self, started_at_s: float) -> None:
@@ -193,18 +221,20 @@ class TrafficStats:
         found = None if series is None else series.buckets.get(bucket)
         return 0 if found is None else found.count
 
-    def amounts(self, key_kind: str, key: str, amount_minor: int) -> dict[str, Any]:
-        """The accepted amounts of the last 24 h of a payer or merchant, and where amount_minor
-        stands among them (amount_z, 0 without a spread)."""
+    def amounts(self, key_kind: str, key: str, amount_minor: int, now_s: float) -> dict[str, Any]:
+        """The accepted amounts of the last 24 h of a payer or merchant, where amount_minor stands
+        among them (amount_z, 0 without a spread), and their exponentially weighted mean and
+        standard deviation (each amount weighs half as much every half_life_s)."""
         series = self._series[key_kind].get(key)
         if series is None or not series.total.amounts:
-            return {"samples": 0, **dict.fromkeys(("amount_mean", "amount_stddev", "amount_z"), 0.0), **_NO_QUANTILES}
+            return {"samples": 0, **_NO_AMOUNTS}
         total = series.total
         count, amount_sum = total.amounts, total.amount_sum
         mean = amount_sum / count
         # In integers until the last division: floats lose the spread of large amounts.
         stddev = math.sqrt((count * total.amount_square_sum - amount_sum * amount_sum) / (count * count))
         quantiles = series.quantiles()
+        ew_mean, ew_stddev = self._weighted(series, self.bucket_of(now_s))
         return {
             "samples": total.amounts,
             "amount_mean": mean,
@@ -213,7 +243,32 @@ class TrafficStats:
             "amount_p90": quantiles[0.9],
             "amount_p99": quantiles[0.99],
             "amount_z": (amount_minor - mean) / stddev if stddev else 0.0,
+            "amount_ew_mean": ew_mean,
+            "amount_ew_stddev": ew_stddev,
         }
+
+    def _weighted(self, series: _Series, current: int) -> tuple[float, float]:
+        """The exponentially weighted mean and standard deviation of the series' amounts, from its
+        buckets in bucket order, so the same on every replica with the same buckets. Each
+        bucket's moments are taken about a shift near the amounts (the oldest bucket's mean) in
+        integers, so that large amounts keep their spread. The buckets before the current one are
+        summed once per bucket of time (and again when a late attempt or the window changes them):
+        a purchase adds only the current bucket's share."""
+        buckets = series.buckets
+        oldest = next(bucket for bucket in buckets.values() if bucket.amounts)
+        shift = oldest.amount_sum // oldest.amounts
+        newest = next(reversed(buckets))
+        token = (series.older_version, current, shift, newest, buckets[newest].amounts if newest < current else -1)
+        if series.prefix is None or series.prefix[0] != token:
+            weights = self._decay
+            earlier = (
+                (weights ** (current - number), bucket) for number, bucket in buckets.items() if number < current
+            )
+            series.prefix = (token, _moments(earlier, shift, (0.0, 0.0, 0.0)))
+        now_and_ahead = [(1.0, bucket) for number, bucket in reversed(buckets.items()) if number >= current]
+        weight_sum, deviation_sum, square_sum = _moments(reversed(now_and_ahead), shift, series.prefix[1])
+        offset = deviation_sum / weight_sum
+        return shift + offset, math.sqrt(max(square_sum / weight_sum - offset * offset, 0.0))
 
     def baseline(self, kind: str, key: str, bucket: int, count: int) -> dict[str, Any]:
         """How count, the attempts in one bucket, compares with the buckets before it: their mean
