@@ -25,7 +25,7 @@ from services.payments.rules.ruleset import shown
 from tests.e2e.conftest import MAX_AMOUNT_MINOR, backend_cluster, cli_runner
 from tests.e2e.shop import Purchase, Shop, status_name
 from tests.e2e.test_ownership import as_client
-from tests.helpers import wait_for_log
+from tests.helpers import eventually, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
@@ -362,7 +362,11 @@ async def test_an_approved_review_goes_on_to_completion(shop: Shop) -> None:
     assert status_name(approved) == "PENDING"
     assert status_name(await shop.finish(payment.payment_id)) == "COMPLETED"
     assert await shop.balance(purchase.payer) == (9_000, 0, 9_000)
-    assert await shop.stock(purchase.sku) == (4, 0, 1)
+
+    async def sold() -> bool:  # inventory commits the sale on the ledger's capture, apart from payments
+        return await shop.stock(purchase.sku) == (4, 0, 1)
+
+    await eventually(sold, "inventory committing the sale")
     again = shop.payments.ApprovePayment(payments_pb2.ReviewPaymentRequest(payment_id=payment.payment_id), timeout=10)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await again

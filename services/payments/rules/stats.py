@@ -265,7 +265,11 @@ class TrafficStats:
                 (weights ** (current - number), bucket) for number, bucket in buckets.items() if number < current
             )
             series.prefix = (token, _moments(earlier, shift, (0.0, 0.0, 0.0)))
-        now_and_ahead = [(1.0, bucket) for number, bucket in reversed(buckets.items()) if number >= current]
+        now_and_ahead: list[tuple[float, _Bucket]] = []
+        for number, bucket in reversed(buckets.items()):
+            if number < current:
+                break
+            now_and_ahead.append((1.0, bucket))
         weight_sum, deviation_sum, square_sum = _moments(reversed(now_and_ahead), shift, series.prefix[1])
         offset = deviation_sum / weight_sum
         return shift + offset, math.sqrt(max(square_sum / weight_sum - offset * offset, 0.0))
