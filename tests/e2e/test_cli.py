@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -112,3 +112,34 @@ def test_lanes_without_nats_says_so_and_exits_1(paysaga: Callable[..., subproces
 
     assert shown.returncode == 1
     assert "could not connect to NATS" in shown.stderr
+
+
+def test_trace_shows_a_payments_events_across_the_services_in_order(
+    paysaga: Callable[..., subprocess.CompletedProcess[str]], cluster: LocalCluster
+) -> None:
+    wallet = paysaga("account", "open", "--kind", "wallet", "--currency", "EUR", "--owner", "Cy").stdout.strip()
+    shop = paysaga("account", "open", "--kind", "merchant", "--currency", "EUR", "--owner", "Shop").stdout.strip()
+    paid = paysaga(
+        "--json", "pay", "--payer", wallet, "--merchant", shop, "--sku", "none", "--amount", "10", "--currency", "EUR"
+    )
+    payment_id = json.loads(paid.stdout)["payment"]["payment_id"]
+    expected = ["PaymentRequested", "FundsHoldFailed", "PaymentFailed"]
+
+    def trace() -> dict[str, Any]:
+        shown = paysaga("--json", "trace", payment_id, "--nats-url", cluster.nats_url)
+        assert shown.returncode == 0, shown.stderr
+        return dict(json.loads(shown.stdout))
+
+    # The last event is published a moment after the payment ends.
+    timeline = eventually(trace, lambda found: len(found["events"]) == len(expected))
+
+    assert [event["event_type"] for event in timeline["events"]] == expected
+    assert [event["producer"] for event in timeline["events"]] == ["payments", "ledger", "payments"]
+    assert timeline["status"] == "FAILED"
+    first, hold_failed, failed = timeline["events"]
+    assert first["after_cause_ms"] is None and hold_failed["after_cause_ms"] >= 0 and failed["after_cause_ms"] >= 0
+    assert "insufficient funds" in hold_failed["detail"]
+    text = paysaga("trace", payment_id, "--nats-url", cluster.nats_url).stdout
+    assert f"payment {payment_id} FAILED: 3 events" in text and "FundsHoldFailed" in text
+    unknown = paysaga("trace", "00000000-0000-4000-8000-000000000000", "--nats-url", cluster.nats_url)
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr

@@ -18,6 +18,7 @@ certs/ops.token, which the local cluster writes).
   paysaga lanes                    # each lane's backlog on NATS (--nats-url, $PAYSAGA_NATS_URL)
   paysaga rules check FILE | backtest FILE --since 24h ;  paysaga decisions [--action block ...]
   paysaga review list | approve PAYMENT_ID | decline PAYMENT_ID --reason "..."
+  paysaga trace PAYMENT_ID         # its events across the services, from NATS, with the gaps
 
 Human-readable output by default, --json (before the command) for scripts. Exit status: 0 on
 success, 1 when the service refused the request (the gRPC status and message are printed), 2 on
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 import sys
@@ -44,7 +46,7 @@ from paysaga.common.v1.money_pb2 import Money
 from paysaga.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from paysaga.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from paysaga.ops.client import lanes as lane_report
-from paysaga.ops.client import oauth
+from paysaga.ops.client import oauth, trace
 from paysaga.ops.client import rules as rules_cli
 from paysaga.ops.client.healthcheck import default_client_tls
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -154,11 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     rules_cli.add_commands(areas)
 
     lanes = areas.add_parser("lanes", help="each service's lanes: backlog, unacknowledged, oldest event (from NATS)")
-    lanes.add_argument(
-        "--nats-url",
-        default=os.environ.get("PAYSAGA_NATS_URL", DEFAULT_NATS_URL),
-        help="NATS server URL(s), comma-separated (env PAYSAGA_NATS_URL, default %(default)s)",
-    )
+    traced = areas.add_parser("trace", help="one payment's events across the services, with the time between them")
+    traced.add_argument("payment_id")
+    for command in (lanes, traced):
+        command.add_argument(
+            "--nats-url",
+            default=os.environ.get("PAYSAGA_NATS_URL", DEFAULT_NATS_URL),
+            help="NATS server URL(s), comma-separated (env PAYSAGA_NATS_URL, default %(default)s)",
+        )
     return parser
 
 
@@ -213,6 +218,8 @@ async def run(args: argparse.Namespace) -> int:
         return status
     target = {"account": args.ledger, "item": args.inventory}.get(args.area, args.payments)
     async with tls.secure_channel(target, TlsFiles(args.cert, args.key, args.ca), _token(args)) as channel:
+        if args.area == "trace":
+            return await _trace(payments_pb2_grpc.PaymentServiceStub(channel), args)
         if args.area in ("rules", "decisions", "review"):
             stub = payments_pb2_grpc.PaymentServiceStub(channel)
             return await rules_cli.run(args, stub, out, describe_payment)
@@ -358,6 +365,17 @@ async def _payment(stub: payments_pb2_grpc.PaymentServiceStub, args: argparse.Na
         out.show(
             listed, "\n".join([*(describe_payment(payment) for payment in listed.payments), *more]) or "no payments"
         )
+    return 0
+
+
+async def _trace(stub: payments_pb2_grpc.PaymentServiceStub, args: argparse.Namespace) -> int:
+    payment = await stub.GetPayment(payments_pb2.GetPaymentRequest(payment_id=args.payment_id), timeout=TIMEOUT_S)
+    status = payments_pb2.PaymentStatus.Name(payment.status).removeprefix("PAYMENT_STATUS_")
+    since = payment.created_at.ToDatetime(dt.UTC) - trace.CLOCK_SLACK
+    files = TlsFiles(args.cert, args.key, args.ca)
+    timeline = trace.steps(await trace.saga_events(args.nats_url, files, payment.payment_id, since))
+    show = trace.as_json if args.json else trace.as_text
+    print(show(payment.payment_id, status, timeline), flush=True)
     return 0
 
 

@@ -1,0 +1,152 @@
+"""``paysaga trace PAYMENT_ID``: one payment's saga across the services, from the event streams.
+
+Every event of the saga (its ``saga_id`` is the payment id) in the payments, ledger and
+inventory streams, in the order they happened: when, which service, which event, on which
+lane, how long after the event before it and after the event that caused it, and what it says
+(a reason, an amount). The streams are read from a little before the payment was created (as
+GetPayment tells) to their end, with an ops certificate; nothing is changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from paysaga.core import eventing, lanes
+from paysaga.core.eventing import EventEnvelope
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.settings import TlsFiles
+
+CONNECT_TIMEOUT_S = 10.0
+FETCH_BATCH = 256
+FETCH_TIMEOUT_S = 5.0
+# Events are stamped by their producer's clock when written: start a little before the payment.
+CLOCK_SLACK = dt.timedelta(seconds=5)
+PRODUCERS = ("payments", "ledger", "inventory")
+
+
+@dataclass(frozen=True)
+class Step:
+    at: dt.datetime
+    producer: str
+    event_type: str
+    lane: str
+    # Milliseconds since the step before, and since the event that caused it (None: no cause here).
+    after_previous_ms: float
+    after_cause_ms: float | None
+    detail: str
+
+
+async def saga_events(nats_url: str, files: TlsFiles, saga_id: str, since: dt.datetime) -> list[EventEnvelope]:
+    """The saga's events in the three streams, stored from since on, oldest first."""
+    client = await streams.connect(nats_url, files, name="paysaga-trace", timeout_s=CONNECT_TIMEOUT_S)
+    found: list[EventEnvelope] = []
+    try:
+        jetstream = client.jetstream()
+        for producer in PRODUCERS:
+            stream = streams.owned_streams(producer)[0].name
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=since,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=30,
+            )
+            subscription = await jetstream.pull_subscribe(
+                f"{eventing.EVENTS_SUBJECT_ROOT}.{producer}.>", stream=stream, config=config
+            )
+            try:
+                pending = (await subscription.consumer_info()).num_pending or 0
+                while pending > 0:
+                    messages = await subscription.fetch(min(pending, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
+                    pending -= len(messages)
+                    for message in messages:
+                        envelope = eventing.parse(message.data)
+                        if envelope.saga_id == saga_id:
+                            found.append(envelope)
+            finally:
+                await subscription.unsubscribe()
+    finally:
+        await client.close()
+    return sorted(found, key=lambda envelope: envelope.occurred_at.ToNanoseconds())
+
+
+def steps(events: Sequence[EventEnvelope]) -> list[Step]:
+    """The timeline: each event with the time since the one before and since its cause."""
+    at_of = {envelope.event_id: envelope.occurred_at.ToDatetime(dt.UTC) for envelope in events}
+    found: list[Step] = []
+    previous: dt.datetime | None = None
+    for envelope in events:
+        at = at_of[envelope.event_id]
+        cause = at_of.get(envelope.causation_id)
+        found.append(
+            Step(
+                at,
+                envelope.producer,
+                envelope.event_type,
+                lanes.lane_of(envelope.event_type, envelope.sla_tier),
+                0.0 if previous is None else (at - previous).total_seconds() * 1000,
+                None if cause is None else (at - cause).total_seconds() * 1000,
+                _detail(envelope),
+            )
+        )
+        previous = at
+    return found
+
+
+def _detail(envelope: EventEnvelope) -> str:
+    """What the event says that a person looks for: a reason, an amount, a quantity."""
+    payload = getattr(envelope, eventing.PAYLOAD_FIELDS[envelope.event_type])
+    shown = json_format.MessageToDict(payload, preserving_proto_field_name=True)
+    shown.pop("payment_id", None)
+    parts = []
+    if "reason" in shown:
+        parts.append(f"reason: {shown.pop('reason')}")
+    amount = shown.pop("amount", None)
+    if amount:
+        parts.append(f"{amount.get('amount_minor', 0)} {amount.get('currency', '')}")
+    for key in ("sku", "quantity", "rule", "region"):
+        if key in shown:
+            parts.append(f"{key} {shown[key]}")
+    return ", ".join(parts)
+
+
+def as_text(payment_id: str, status: str, timeline: Sequence[Step]) -> str:
+    if not timeline:
+        return f"payment {payment_id} {status}: no events in the streams (expired, or not published yet)"
+    start = timeline[0].at
+    lines = [f"payment {payment_id} {status}: {len(timeline)} events from {start:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC"]
+    lines.append(f"  {'at':>9}  {'step':>9}  {'cause':>9}  {'service':<9}  {'event':<28} {'lane':<12} detail")
+    for step in timeline:
+        since_start = (step.at - start).total_seconds() * 1000
+        cause = "" if step.after_cause_ms is None else f"+{step.after_cause_ms:.0f} ms"
+        lines.append(
+            f"  {since_start:>6.0f} ms  {'+' + format(step.after_previous_ms, '.0f') + ' ms':>9}  {cause:>9}  "
+            f"{step.producer:<9}  {step.event_type:<28} {step.lane:<12} {step.detail}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def as_json(payment_id: str, status: str, timeline: Sequence[Step]) -> str:
+    return json.dumps(
+        {
+            "payment_id": payment_id,
+            "status": status,
+            "events": [
+                {
+                    "at": step.at.isoformat(),
+                    "producer": step.producer,
+                    "event_type": step.event_type,
+                    "lane": step.lane,
+                    "after_previous_ms": round(step.after_previous_ms, 3),
+                    "after_cause_ms": None if step.after_cause_ms is None else round(step.after_cause_ms, 3),
+                    "detail": step.detail,
+                }
+                for step in timeline
+            ],
+        }
+    )
