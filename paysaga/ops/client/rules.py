@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from paysaga.payments.v1 import payments_pb2, payments_pb2_grpc
+from services.payments.adapters.actions import action_of_proto, action_proto
 from services.payments.domain import Action
 from services.payments.rules.backtest import Backtest, Recorded, backtest
 from services.payments.rules.reload import load
@@ -85,21 +86,13 @@ def check(path: Path) -> tuple[int, str]:
     )
 
 
-def action_of(value: int) -> Action:
-    return Action(payments_pb2.DecisionAction.Name(value).removeprefix("DECISION_ACTION_").lower())  # type: ignore[arg-type]
-
-
-def _proto_action(name: str) -> payments_pb2.DecisionAction.ValueType:
-    return payments_pb2.DecisionAction.Value(f"DECISION_ACTION_{(name or 'unspecified').upper()}")
-
-
 async def recorded_since(stub: payments_pb2_grpc.PaymentServiceStub, since: dt.datetime) -> AsyncIterator[Recorded]:
     request = payments_pb2.ListDecisionsRequest(page_size=PAGE_SIZE)
     request.since.FromDatetime(since)
     while True:
         page = await stub.ListDecisions(request, timeout=TIMEOUT_S)
         for decision in page.decisions:
-            yield Recorded(decision.payment_id, action_of(decision.action), parse_inputs(dict(decision.inputs)))
+            yield Recorded(decision.payment_id, action_of_proto(decision.action), parse_inputs(dict(decision.inputs)))
         if not page.next_page_token:
             return
         request.page_token = page.next_page_token
@@ -150,10 +143,12 @@ def backtest_json(result: Backtest) -> str:
 def describe_decision(decision: payments_pb2.Decision) -> str:
     enforced = ", ".join(hit.rule_id for hit in decision.hits if not hit.shadow) or "none"
     shadow = [hit.rule_id for hit in decision.hits if hit.shadow]
-    would = f"; shadow: {', '.join(shadow)} (would have: {action_of(decision.shadow_action).value})" if shadow else ""
+    would = (
+        f"; shadow: {', '.join(shadow)} (would have: {action_of_proto(decision.shadow_action).value})" if shadow else ""
+    )
     return (
         f"{decision.decided_at.ToDatetime():%Y-%m-%d %H:%M:%S}  payment {decision.payment_id}  "
-        f"{action_of(decision.action).value:<6} score {decision.score:<4} rules: {enforced}{would}  "
+        f"{action_of_proto(decision.action).value:<6} score {decision.score:<4} rules: {enforced}{would}  "
         f"rule set {decision.rule_set_sha256[:12]}"
     )
 
@@ -173,7 +168,7 @@ async def run(
         return 0
     if args.area == "decisions":
         request = payments_pb2.ListDecisionsRequest(
-            action=_proto_action(args.action),
+            action=action_proto(Action(args.action) if args.action else None),
             rule_id=args.rule,
             shadow_only=args.shadow,
             payer_account_id=args.payer,

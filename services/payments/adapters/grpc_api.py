@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,11 +26,11 @@ from paysaga.runtime.storage.unit_of_work import Database
 from paysaga.runtime.tasks import wait_any
 from services.payments import handlers
 from services.payments.adapters import views
+from services.payments.adapters.actions import action_of_proto, action_proto
 from services.payments.adapters.repository import PaymentsUnit, as_utc
 from services.payments.admission import Admission
 from services.payments.domain import (
     TERMINAL,
-    Action,
     Payment,
     PaymentLimits,
     PurchaseRequest,
@@ -46,6 +47,10 @@ from services.payments.rules.screening import Screening
 WATCH_POLL_MIN_S = 1.0
 WATCH_POLL_MAX_S = 8.0
 MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+# A review's decision on a payment: handlers.approve_payment (with its limits) or decline_payment.
+Review = Callable[[PaymentsUnit, str, str, Caller], Awaitable[Payment]]
 
 
 class WatchEnded(DeadlineExceeded):
@@ -205,18 +210,17 @@ class PaymentServiceServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def ApprovePayment(
         self, request: payments_pb2.ReviewPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
-        payment_id, reason, caller = payment_id_of(request), reason_of(request), current_caller()
-        payment = await self._database.retrying(
-            lambda unit: handlers.approve_payment(unit, payment_id, reason, caller, self._rules)
-        )
-        return payment_message(payment, await self._decision_for(caller, payment_id))
+        return await self._review(request, functools.partial(handlers.approve_payment, limits=self._rules))
 
     @domain_errors_as_status
     async def DeclinePayment(
         self, request: payments_pb2.ReviewPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.Payment:
+        return await self._review(request, handlers.decline_payment)
+
+    async def _review(self, request: payments_pb2.ReviewPaymentRequest, decide: Review) -> payments_pb2.Payment:
         payment_id, reason, caller = payment_id_of(request), reason_of(request), current_caller()
-        payment = await self._database.retrying(lambda unit: handlers.decline_payment(unit, payment_id, reason, caller))
+        payment = await self._database.retrying(lambda unit: decide(unit, payment_id, reason, caller))
         return payment_message(payment, await self._decision_for(caller, payment_id))
 
     @domain_errors_as_status
@@ -292,15 +296,6 @@ def _since(request: payments_pb2.ListDecisionsRequest) -> dt.datetime | None:
         return request.since.ToDatetime(dt.UTC)
     except (ValueError, OverflowError):
         raise InvalidArgument("since is not a valid time") from None
-
-
-def action_of_proto(value: int) -> Action:
-    return Action(payments_pb2.DecisionAction.Name(value).removeprefix("DECISION_ACTION_").lower())  # type: ignore[arg-type]
-
-
-def action_proto(action: Action | None) -> payments_pb2.DecisionAction.ValueType:
-    name = action.value if action is not None else "unspecified"
-    return payments_pb2.DecisionAction.Value(f"DECISION_ACTION_{name.upper()}")
 
 
 def decision_message(recorded: views.DecisionRecord) -> payments_pb2.Decision:

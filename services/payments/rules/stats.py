@@ -221,11 +221,11 @@ class TrafficStats:
         found = None if series is None else series.buckets.get(bucket)
         return 0 if found is None else found.count
 
-    def amounts(self, key_kind: str, key: str, amount_minor: int, now_s: float) -> dict[str, Any]:
+    def amounts(self, kind: str, key: str, amount_minor: int, now_s: float) -> dict[str, Any]:
         """The accepted amounts of the last 24 h of a payer or merchant, where amount_minor stands
         among them (amount_z, 0 without a spread), and their exponentially weighted mean and
         standard deviation (each amount weighs half as much every half_life_s)."""
-        series = self._series[key_kind].get(key)
+        series = self._series[kind].get(key)
         if series is None or not series.total.amounts:
             return {"samples": 0, **_NO_AMOUNTS}
         total = series.total
