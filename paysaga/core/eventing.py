@@ -49,6 +49,7 @@ PRODUCED_BY: dict[str, tuple[str, ...]] = {
         "ItemAdded",
     ),
     "auth": ("TokensRevoked",),
+    "reconcile": ("ReconciliationCompleted", "ReconciliationMismatchFound"),
 }
 PRODUCER_OF: dict[str, str] = {event: producer for producer, events in PRODUCED_BY.items() for event in events}
 DEAD_LETTER_SUBJECT_ROOT = "paysaga.deadletter"

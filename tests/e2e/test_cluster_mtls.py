@@ -116,11 +116,12 @@ async def test_nats_accepts_a_service_certificate_and_jetstream_holds_each_servi
     client = await connect_as(cluster.nats_url, cluster.tls_files("payments"))
     try:
         jetstream = client.jetstream()
-        saga_id = str(uuid.uuid4())
+        # A notice that belongs to no purchase: a made-up purchase event would be a payment the
+        # payments database never had (the nightly reconciliation rightly reports such a one).
         event = new_event(
             producer="payments",
-            saga_id=saga_id,
-            payload=events_pb2.PaymentRejected(payment_id=saga_id, rule="test", reason="publish check"),
+            saga_id=str(uuid.uuid4()),
+            payload=events_pb2.TrafficSpikeDetected(kind="region", key="ZZ", count=1),
         )
         ack = await jetstream.publish(
             subject_of(event), event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id}, timeout=5

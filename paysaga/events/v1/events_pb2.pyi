@@ -68,6 +68,8 @@ class EventEnvelope(_message.Message):
     PAYMENT_APPROVED_FIELD_NUMBER: _builtins.int
     PAYMENT_DECLINED_FIELD_NUMBER: _builtins.int
     FUNDS_HELD_FOR_REVIEW_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_COMPLETED_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_MISMATCH_FOUND_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUID chosen by the producer when the event is written to its outbox."""
     event_type: _builtins.str
@@ -136,6 +138,10 @@ class EventEnvelope(_message.Message):
     def payment_declined(self) -> Global___PaymentDeclined: ...
     @_builtins.property
     def funds_held_for_review(self) -> Global___FundsHeldForReview: ...
+    @_builtins.property
+    def reconciliation_completed(self) -> Global___ReconciliationCompleted: ...
+    @_builtins.property
+    def reconciliation_mismatch_found(self) -> Global___ReconciliationMismatchFound: ...
     def __init__(
         self,
         *,
@@ -172,12 +178,14 @@ class EventEnvelope(_message.Message):
         payment_approved: Global___PaymentApproved | None = ...,
         payment_declined: Global___PaymentDeclined | None = ...,
         funds_held_for_review: Global___FundsHeldForReview | None = ...,
+        reconciliation_completed: Global___ReconciliationCompleted | None = ...,
+        reconciliation_mismatch_found: Global___ReconciliationMismatchFound | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_held_for_review", b"funds_held_for_review", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_approved", b"payment_approved", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_declined", b"payment_declined", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_held_for_review", b"funds_held_for_review", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_approved", b"payment_approved", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_declined", b"payment_declined", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "reconciliation_completed", b"reconciliation_completed", "reconciliation_mismatch_found", b"reconciliation_mismatch_found", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_held_for_review", b"funds_held_for_review", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_approved", b"payment_approved", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_declined", b"payment_declined", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "saga_id", b"saga_id", "sla_tier", b"sla_tier", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "causation_id", b"causation_id", "event_id", b"event_id", "event_type", b"event_type", "funds_captured", b"funds_captured", "funds_held", b"funds_held", "funds_held_for_review", b"funds_held_for_review", "funds_hold_failed", b"funds_hold_failed", "funds_refund_failed", b"funds_refund_failed", "funds_refunded", b"funds_refunded", "funds_released", b"funds_released", "item_added", b"item_added", "occurred_at", b"occurred_at", "payload", b"payload", "payment_approved", b"payment_approved", "payment_cancellation_requested", b"payment_cancellation_requested", "payment_cancelled", b"payment_cancelled", "payment_completed", b"payment_completed", "payment_declined", b"payment_declined", "payment_failed", b"payment_failed", "payment_refund_requested", b"payment_refund_requested", "payment_refunded", b"payment_refunded", "payment_rejected", b"payment_rejected", "payment_requested", b"payment_requested", "producer", b"producer", "reconciliation_completed", b"reconciliation_completed", "reconciliation_mismatch_found", b"reconciliation_mismatch_found", "saga_id", b"saga_id", "sla_tier", b"sla_tier", "stock_committed", b"stock_committed", "stock_released", b"stock_released", "stock_reservation_failed", b"stock_reservation_failed", "stock_reserved", b"stock_reserved", "stock_restocked", b"stock_restocked", "tokens_revoked", b"tokens_revoked", "traffic_spike_detected", b"traffic_spike_detected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked", "traffic_spike_detected", "payment_approved", "payment_declined", "funds_held_for_review"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["payment_requested", "payment_rejected", "funds_held", "funds_hold_failed", "stock_reserved", "stock_reservation_failed", "funds_captured", "funds_released", "stock_committed", "stock_released", "payment_completed", "payment_failed", "payment_cancellation_requested", "payment_cancelled", "payment_refund_requested", "funds_refunded", "stock_restocked", "payment_refunded", "funds_refund_failed", "account_opened", "item_added", "tokens_revoked", "traffic_spike_detected", "payment_approved", "payment_declined", "funds_held_for_review", "reconciliation_completed", "reconciliation_mismatch_found"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -965,3 +973,130 @@ class PaymentDeclined(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PaymentDeclined: _TypeAlias = PaymentDeclined  # noqa: Y015
+
+@_typing.final
+class ReconciliationCompleted(_message.Message):
+    """reconcile: a reconciliation run ended (saga_id: the run's id, the same for a rerun of a window)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MismatchesByKindEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    LOOKBACK_START_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    PAYMENTS_CHECKED_FIELD_NUMBER: _builtins.int
+    MISMATCHES_FIELD_NUMBER: _builtins.int
+    MISMATCHES_BY_KIND_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_REASONS_FIELD_NUMBER: _builtins.int
+    REPORT_SHA256_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    verdict: _builtins.str
+    """"reconciled", "mismatches" or "incomplete"."""
+    payments_checked: _builtins.int
+    mismatches: _builtins.int
+    report_sha256: _builtins.str
+    """The SHA-256 of the run's JSON report."""
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def lookback_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def mismatches_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Mismatches per kind (e.g. "orphan_hold")."""
+
+    @_builtins.property
+    def incomplete_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the run could not judge, when the verdict is "incomplete"."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        lookback_start: _timestamp_pb2.Timestamp | None = ...,
+        verdict: _builtins.str = ...,
+        payments_checked: _builtins.int = ...,
+        mismatches: _builtins.int = ...,
+        mismatches_by_kind: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        incomplete_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        report_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lookback_start", b"lookback_start", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incomplete_reasons", b"incomplete_reasons", "lookback_start", b"lookback_start", "mismatches", b"mismatches", "mismatches_by_kind", b"mismatches_by_kind", "payments_checked", b"payments_checked", "report_sha256", b"report_sha256", "run_id", b"run_id", "verdict", b"verdict", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciliationCompleted: _TypeAlias = ReconciliationCompleted  # noqa: Y015
+
+@_typing.final
+class ReconciliationMismatchFound(_message.Message):
+    """reconcile: one mismatch a run found (saga_id: the payment's id, or the run's when it concerns none)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MISMATCH_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MISMATCH_CLASS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    mismatch_id: _builtins.str
+    """The same on every run that finds it."""
+    kind: _builtins.str
+    mismatch_class: _builtins.str
+    priority: _builtins.int
+    payment_id: _builtins.str
+    source: _builtins.str
+    """Where it was seen: a service, "settlement", or empty when between services."""
+    detail: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        mismatch_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        mismatch_class: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        payment_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "detail", b"detail", "kind", b"kind", "mismatch_class", b"mismatch_class", "mismatch_id", b"mismatch_id", "payment_id", b"payment_id", "priority", b"priority", "run_id", b"run_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconciliationMismatchFound: _TypeAlias = ReconciliationMismatchFound  # noqa: Y015

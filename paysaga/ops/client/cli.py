@@ -18,7 +18,7 @@ certs/ops.token, which the local cluster writes).
   paysaga lanes                    # each lane's backlog on NATS (--nats-url, $PAYSAGA_NATS_URL)
   paysaga rules check FILE | backtest FILE --since 24h ;  paysaga decisions [--action block ...]
   paysaga review list | approve PAYMENT_ID | decline PAYMENT_ID --reason "..."
-  paysaga trace PAYMENT_ID         # its events across the services, from NATS, with the gaps
+  paysaga trace PAYMENT_ID [--html FILE]   # its events across the services, from NATS, with the gaps
 
 Human-readable output by default, --json (before the command) for scripts. Exit status: 0 on
 success, 1 when the service refused the request (the gRPC status and message are printed), 2 on
@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     lanes = areas.add_parser("lanes", help="each service's lanes: backlog, unacknowledged, oldest event (from NATS)")
     traced = areas.add_parser("trace", help="one payment's events across the services, with the time between them")
     traced.add_argument("payment_id")
+    traced.add_argument(
+        "--html", metavar="FILE", type=Path, help="write the timeline as an HTML page to FILE instead of printing it"
+    )
     for command in (lanes, traced):
         command.add_argument(
             "--nats-url",
@@ -374,6 +377,13 @@ async def _trace(stub: payments_pb2_grpc.PaymentServiceStub, args: argparse.Name
     since = payment.created_at.ToDatetime(dt.UTC) - trace.CLOCK_SLACK
     files = TlsFiles(args.cert, args.key, args.ca)
     timeline = trace.steps(await trace.saga_events(args.nats_url, files, payment.payment_id, since))
+    if args.html is not None:
+        try:
+            args.html.write_text(trace.as_html(payment.payment_id, status, timeline), encoding="utf-8")
+        except OSError as error:  # a usage error: main reports it and exits 2
+            raise ValueError(f"could not write {args.html}: {error.strerror or error}") from error
+        print(f"wrote {args.html}", flush=True)
+        return 0
     show = trace.as_json if args.json else trace.as_text
     print(show(payment.payment_id, status, timeline), flush=True)
     return 0

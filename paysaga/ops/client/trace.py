@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from google.protobuf import json_format
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from paysaga.core import eventing, lanes
+from paysaga.core import eventing, html, lanes
 from paysaga.core.eventing import EventEnvelope
 from paysaga.runtime.messaging import streams
 from paysaga.runtime.settings import TlsFiles
@@ -149,4 +149,81 @@ def as_json(payment_id: str, status: str, timeline: Sequence[Step]) -> str:
                 for step in timeline
             ],
         }
+    )
+
+
+TIMELINE_WIDTH_PX = 960
+TIMELINE_LEFT_PX = 90
+TIMELINE_ROW_PX = 110
+
+
+def as_html(payment_id: str, status: str, timeline: Sequence[Step]) -> str:
+    """A page with the steps' table and a timeline: one row per service, a dot per event at its time."""
+    heading = f"<h1>payment <code>{html.escape(payment_id)}</code> {html.escape(status)}</h1>"
+    if not timeline:
+        body = f"{heading}\n<p>No events in the streams (expired, or not published yet).</p>"
+        return html.page(f"paysaga trace {payment_id}", body)
+    start = timeline[0].at
+    summary = f"<p>{len(timeline)} events from {html.escape(start.isoformat())}</p>"
+    body = "\n".join((heading, summary, "<h2>Timeline</h2>", _timeline_svg(timeline), "<h2>Steps</h2>"))
+    return html.page(f"paysaga trace {payment_id}", body + "\n" + _steps_table(timeline))
+
+
+def _steps_table(timeline: Sequence[Step]) -> str:
+    start = timeline[0].at
+    head = "".join(
+        f"<th{' class=number' if index < 3 else ''}>{name}</th>"
+        for index, name in enumerate(("at", "step", "cause", "service", "event", "lane", "detail"))
+    )
+    rows = []
+    for step in timeline:
+        cause = "" if step.after_cause_ms is None else f"+{step.after_cause_ms:.0f} ms"
+        rows.append(
+            f'<tr data-producer="{html.escape(step.producer)}">'
+            f'<td class="number">{(step.at - start).total_seconds() * 1000:.0f} ms</td>'
+            f'<td class="number">+{step.after_previous_ms:.0f} ms</td><td class="number">{cause}</td>'
+            f"<td>{html.escape(step.producer)}</td><td>{html.escape(step.event_type)}</td>"
+            f"<td>{html.escape(step.lane)}</td><td>{html.escape(step.detail)}</td></tr>"
+        )
+    return f'<table id="steps"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _timeline_svg(timeline: Sequence[Step]) -> str:
+    start = timeline[0].at
+    # The three services always, in the saga's order; any other producer after them.
+    producers = [*PRODUCERS, *sorted({step.producer for step in timeline} - set(PRODUCERS))]
+    last_ms = (timeline[-1].at - start).total_seconds() * 1000
+    span_ms = max(last_ms, 1.0)  # one event, or several in the same millisecond: all at the left
+    plot_px = TIMELINE_WIDTH_PX - TIMELINE_LEFT_PX - 200  # room for the last event's label
+    height_px = len(producers) * TIMELINE_ROW_PX + 30
+    shapes = []
+    for index, producer in enumerate(producers):
+        y = (index + 1) * TIMELINE_ROW_PX
+        shapes.append(
+            f'<text x="0" y="{y + 4}" font-weight="600">{html.escape(producer)}</text>'
+            f'<line class="grid" x1="{TIMELINE_LEFT_PX}" x2="{TIMELINE_LEFT_PX + plot_px}" y1="{y}" y2="{y}"/>'
+        )
+    for step in timeline:
+        since_ms = (step.at - start).total_seconds() * 1000
+        x = TIMELINE_LEFT_PX + plot_px * since_ms / span_ms
+        y = (producers.index(step.producer) + 1) * TIMELINE_ROW_PX
+        cause = "" if step.after_cause_ms is None else f", +{step.after_cause_ms:.0f} ms after its cause"
+        tip = f"{step.event_type} at +{since_ms:.0f} ms ({step.lane}{cause}) {step.detail}".rstrip()
+        # Labels slant up and right, so events close in time stay readable.
+        shapes.append(
+            f'<circle cx="{x:.1f}" cy="{y}" r="6" fill="#0969da" data-producer="{html.escape(step.producer)}" '
+            f'data-event="{html.escape(step.event_type)}" data-ms="{since_ms:.0f}">'
+            f"<title>{html.escape(tip)}</title></circle>"
+            f'<text x="{x + 4:.1f}" y="{y - 12}" transform="rotate(-30 {x + 4:.1f} {y - 12})">'
+            f"{html.escape(step.event_type)}</text>"
+        )
+    base = len(producers) * TIMELINE_ROW_PX + 20
+    shapes.append(
+        f'<text x="{TIMELINE_LEFT_PX}" y="{base}">0 ms</text>'
+        f'<text x="{TIMELINE_LEFT_PX + plot_px}" y="{base}" text-anchor="end">+{last_ms:.0f} ms</text>'
+    )
+    return (
+        f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="the events over time" '
+        f'width="{TIMELINE_WIDTH_PX}" height="{height_px}" viewBox="0 0 {TIMELINE_WIDTH_PX} {height_px}">'
+        f"{''.join(shapes)}</svg>"
     )

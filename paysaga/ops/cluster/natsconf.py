@@ -46,6 +46,9 @@ CONSUMES: Mapping[str, Sequence[Subscription]] = {
 # The services that read their own events stream (payments: its fraud rules' statistics).
 READS_OWN_EVENTS = frozenset({"payments"})
 OPS_CLIENTS = CLUSTER_CLIENTS
+# The nightly reconciliation's identity, and the services whose streams it reads.
+RECONCILE = "reconcile"
+RECONCILED = ("payments", "ledger", "inventory")
 JS_API = "$JS.API"
 # docker-compose: where the nats service mounts deploy/nats/nats.conf, and its certificate volume.
 # nats-server resolves an include relative to the directory of the file that includes it, even a
@@ -96,12 +99,28 @@ def service_user(service: str, consumes: Sequence[Subscription]) -> NatsUser:
     return NatsUser(identity, tuple(publish), (f"{inbox_prefix(identity)}.>",))
 
 
+def reconcile_user() -> NatsUser:
+    """The nightly reconciliation: it reads the services' event and dead-letter streams through
+    ordered consumers (ephemeral, unnamed: it cannot touch a service's durable consumers) and
+    publishes only its own events, into its own stream."""
+    identity = service_identity(RECONCILE)
+    publish = [f"{EVENTS_SUBJECT_ROOT}.{RECONCILE}.>", f"{JS_API}.INFO"]
+    own = owned_streams(RECONCILE)[0].name
+    publish += [f"{JS_API}.STREAM.{action}.{own}" for action in ("CREATE", "UPDATE", "INFO")]
+    for service in RECONCILED:
+        for stream in owned_streams(service):
+            publish += [f"{JS_API}.STREAM.INFO.{stream.name}", f"{JS_API}.CONSUMER.CREATE.{stream.name}"]
+            publish.append(f"$JS.FC.{stream.name}.>")
+    return NatsUser(identity, tuple(publish), (f"{inbox_prefix(identity)}.>",))
+
+
 def users(
     services: Mapping[str, Sequence[Subscription]] = CONSUMES, ops_clients: Sequence[str] = OPS_CLIENTS
 ) -> list[NatsUser]:
-    """Every identity allowed on NATS: the services, ops (JetStream administration, no events) and
-    the NATS server's own identity (used by its health check)."""
+    """Every identity allowed on NATS: the services, the reconciliation, ops (JetStream
+    administration, no events) and the NATS server's own identity (used by its health check)."""
     found = [service_user(service, consumes) for service, consumes in services.items()]
+    found.append(reconcile_user())
     for client in ops_clients:
         identity = client_identity(client)
         found.append(NatsUser(identity, (f"{JS_API}.>",), (f"{inbox_prefix(identity)}.>",)))

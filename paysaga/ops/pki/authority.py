@@ -47,7 +47,7 @@ DNS_PATTERN = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 RENEW_WITHIN_DAYS = 10
-CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger", "auth")
+CLUSTER_SERVICES = ("nats", "payments", "inventory", "ledger", "auth", "reconcile")
 # The cluster service that signs OAuth access tokens: its export alone also gets the token signing
 # key (paysaga.ops.pki.rotation.export), never the CA's.
 AUTHORIZATION_SERVER = "auth"

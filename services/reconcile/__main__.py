@@ -1,0 +1,5 @@
+import sys
+
+from services.reconcile.cli import main
+
+sys.exit(main())

@@ -1,0 +1,324 @@
+"""Reading the sources of a run: each service's database (read-only, one snapshot each), each
+service's event stream and dead-letter stream, and the settlement file; and checking that each
+covers the window. A source that cannot be read, or does not reach back far enough, makes the
+run incomplete: it is named, and nothing is judged.
+
+Streams are read through an ordered consumer (ephemeral, unacknowledged, flow-controlled: the
+server removes it once unused), from a little before the look-back's start up to the last
+message the stream held when the run began; events from the window's end on are left out, so a
+rerun over the same data reads the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from paysaga.core import eventing
+from paysaga.core.reconciliation import OutboxBacklog
+from paysaga.runtime.messaging import streams
+from paysaga.runtime.storage import read_only
+from services.inventory.adapters import records as inventory_records
+from services.ledger.adapters import records as ledger_records
+from services.payments.adapters import records as payments_records
+from services.reconcile import settlement
+from services.reconcile.observations import PURCHASE_EVENTS, DeadLetter, EventFact, Observations
+from services.reconcile.report import SourceState
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("payments", "ledger", "inventory")
+# Events carry their producer's clock; the stream its own: read from a little earlier.
+CLOCK_SLACK = dt.timedelta(minutes=10)
+NEXT_TIMEOUT_S = 10.0
+STREAM_INFO_TIMEOUT_S = 10.0
+STREAM_NOT_FOUND = 10059
+DATABASE_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Gathered:
+    observed: Observations
+    sources: list[SourceState] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+
+    def ok(self, name: str, kind: str, records: int, detail: str) -> None:
+        self.sources.append(SourceState(name, kind, "ok", records, detail))
+
+    def failed(self, name: str, kind: str, status: str, reason: str) -> None:
+        self.sources.append(SourceState(name, kind, status, 0, reason))
+        self.incomplete.append(f"{name}: {reason}")
+
+
+async def read_databases(gathered: Gathered, urls: dict[str, str]) -> None:
+    """Each service's records, each database in one read-only snapshot."""
+    window = gathered.observed.window
+    since, until = window.lookback_start, window.end
+    backlog_before = window.end - window.settle
+
+    async def payments(connection: AsyncConnection) -> tuple[int, str, OutboxBacklog]:
+        gathered.observed.payments = await payments_records.created_between(connection, since, until)
+        return (
+            len(gathered.observed.payments),
+            f"{len(gathered.observed.payments)} payments",
+            await payments_records.backlog(connection, backlog_before),
+        )
+
+    async def ledger(connection: AsyncConnection) -> tuple[int, str, OutboxBacklog]:
+        holds = await ledger_records.holds_updated_since(connection, since - CLOCK_SLACK)
+        entries = await ledger_records.entries_between(connection, since, until)
+        gathered.observed.holds, gathered.observed.entries = holds, entries
+        detail = f"{len(holds)} holds, {len(entries)} journal entries"
+        return len(holds) + len(entries), detail, await ledger_records.backlog(connection, backlog_before)
+
+    async def inventory(connection: AsyncConnection) -> tuple[int, str, OutboxBacklog]:
+        found = await inventory_records.reservations_updated_since(connection, since - CLOCK_SLACK)
+        gathered.observed.reservations = found
+        return len(found), f"{len(found)} reservations", await inventory_records.backlog(connection, backlog_before)
+
+    readers: dict[str, Callable[[AsyncConnection], Awaitable[tuple[int, str, OutboxBacklog]]]] = {
+        "payments": payments,
+        "ledger": ledger,
+        "inventory": inventory,
+    }
+    for service in SERVICES:
+        name = f"{service} database"
+        try:
+            engine = read_only.create_read_only_engine(urls[service])
+        except (read_only.DatabaseMissing, ValueError, ImportError) as error:
+            gathered.failed(name, "database", "unavailable", str(error))
+            continue
+        try:
+            async with read_only.snapshot(engine) as connection:
+                count, detail, backlog = await asyncio.wait_for(readers[service](connection), DATABASE_TIMEOUT_S)
+        except (SQLAlchemyError, OSError, TimeoutError) as error:
+            gathered.failed(name, "database", "unavailable", _first_line(error))
+            continue
+        finally:
+            await engine.dispose()
+        if backlog.count:
+            gathered.failed(
+                name,
+                "database",
+                "incomplete",
+                f"{backlog.count} events written since {backlog.oldest_at:%Y-%m-%d %H:%M:%S} UTC are not yet in its "
+                "stream (is its outbox relay running?)",
+            )
+            continue
+        gathered.ok(name, "database", count, detail)
+
+
+async def out_of_range(gathered: Gathered, payments_url: str) -> None:
+    """Payments that records or events in range name, but that were created outside the range."""
+    observed = gathered.observed
+    known = {payment.payment_id for payment in observed.payments}
+    known |= {event.saga_id for event in observed.events if event.event_type in ("PaymentRequested", "PaymentRejected")}
+    named = {event.saga_id for event in observed.events if event.event_type in PURCHASE_EVENTS}
+    named |= {hold.payment_id for hold in observed.holds} | {
+        reservation.payment_id for reservation in observed.reservations
+    }
+    named |= {entry.saga_id for entry in observed.entries if entry.saga_id}
+    unknown = named - known
+    if not unknown or gathered.incomplete:
+        return
+    engine = read_only.create_read_only_engine(payments_url)
+    try:
+        async with read_only.snapshot(engine) as connection:
+            found = await payments_records.created_outside(
+                connection, unknown, observed.window.lookback_start, observed.window.end
+            )
+    finally:
+        await engine.dispose()
+    observed.out_of_range = frozenset(found)
+
+
+async def read_streams(gathered: Gathered, client: NatsClient) -> None:
+    window = gathered.observed.window
+    events: list[EventFact] = []
+    letters: list[DeadLetter] = []
+    for service in SERVICES:
+        events_spec, letters_spec = streams.owned_streams(service)
+
+        def take_event(message: Msg, stream: str = events_spec.name) -> None:
+            fact = event_fact(stream, message)
+            if fact is not None and fact.at < window.end:
+                events.append(fact)
+
+        def take_letter(message: Msg, stream: str = letters_spec.name) -> None:
+            letters.append(dead_letter(stream, message))
+
+        before = len(events)
+        start = window.lookback_start - CLOCK_SLACK
+        reason = await _read(client, events_spec.name, events_spec.subjects[0], start, take_event, covers=start)
+        if reason:
+            gathered.failed(f"{events_spec.name} stream", "stream", "unavailable", reason)
+        else:
+            read = events[before:]
+            span = f", sequences {read[0].sequence}-{read[-1].sequence}" if read else ""
+            gathered.ok(f"{events_spec.name} stream", "stream", len(read), f"{len(read)} events in range{span}")
+        before = len(letters)
+        reason = await _read(client, letters_spec.name, letters_spec.subjects[0], None, take_letter, covers=None)
+        if reason:
+            gathered.failed(f"{letters_spec.name} stream", "dead_letters", "unavailable", reason)
+        else:
+            gathered.ok(
+                f"{letters_spec.name} stream", "dead_letters", len(letters) - before, f"{len(letters) - before} parked"
+            )
+    gathered.observed.events = events
+    gathered.observed.dead_letters = letters
+
+
+async def _read(
+    client: NatsClient,
+    stream: str,
+    subject: str,
+    start: dt.datetime | None,
+    take: Callable[[Msg], None],
+    *,
+    covers: dt.datetime | None,
+) -> str | None:
+    """Read stream from start (None: its first message) to its last message now; the reason it
+    could not, or None."""
+    try:
+        state = await stream_state(client, stream)
+    except NotFoundError:
+        return "the stream does not exist (has the service ever started?)"
+    except (nats.errors.Error, TimeoutError, ValueError) as error:
+        return f"cannot read the stream's state: {error!r}"
+    if covers is not None and state.first_sequence > 1 and state.messages and state.first_at > covers:
+        return (
+            f"its oldest event is from {state.first_at:%Y-%m-%d %H:%M:%S} UTC, after the look-back's start "
+            f"{covers:%Y-%m-%d %H:%M:%S} UTC: older events are gone"
+        )
+    last = state.last_sequence
+    if not state.messages:
+        return None
+    if start is None:
+        policy, config = DeliverPolicy.ALL, ConsumerConfig()
+    else:
+        policy, config = DeliverPolicy.BY_START_TIME, ConsumerConfig(opt_start_time=start)
+    try:
+        subscription = await client.jetstream().subscribe(
+            subject, stream=stream, ordered_consumer=True, deliver_policy=policy, config=config
+        )
+        try:
+            while True:
+                message = await subscription.next_msg(timeout=NEXT_TIMEOUT_S)
+                if message.metadata.sequence.stream > last:
+                    break
+                take(message)
+                if message.metadata.sequence.stream >= last or not message.metadata.num_pending:
+                    break
+        finally:
+            await subscription.unsubscribe()
+    except nats.errors.TimeoutError:
+        # Nothing (more) stored from start on.
+        return None
+    except (nats.errors.Error, TimeoutError) as error:
+        return f"reading stopped: {error!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class StreamState:
+    messages: int
+    first_sequence: int
+    last_sequence: int
+    # When the stream's oldest message was stored.
+    first_at: dt.datetime
+
+
+async def stream_state(client: NatsClient, stream: str) -> StreamState:
+    """The stream's state as the server reports it, with its oldest message's time (which nats-py's
+    StreamInfo leaves out): a raw $JS.API.STREAM.INFO request."""
+    reply = await client.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=STREAM_INFO_TIMEOUT_S)
+    answer = json.loads(reply.data)
+    error = answer.get("error")
+    if error is not None:
+        if error.get("err_code") == STREAM_NOT_FOUND:
+            raise NotFoundError
+        raise ValueError(error.get("description", "unknown error"))
+    state = answer["state"]
+    return StreamState(state["messages"], state["first_seq"], state["last_seq"], parse_time(state["first_ts"]))
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An RFC 3339 time as NATS writes it (nanoseconds, Z), to the microsecond."""
+    head, _, fraction = text.rstrip("Z").partition(".")
+    moment = dt.datetime.fromisoformat(head).replace(tzinfo=dt.UTC)
+    return moment + dt.timedelta(microseconds=int((fraction + "000000")[:6]))
+
+
+def event_fact(stream: str, message: Msg) -> EventFact | None:
+    try:
+        envelope = eventing.parse(message.data)
+    except ValueError:
+        return None  # not ours to judge here: consumers park what they cannot read
+    if envelope.event_type not in PURCHASE_EVENTS:
+        return None
+    payload = eventing.payload_of(envelope)
+    has = payload.DESCRIPTOR.fields_by_name
+    amount = getattr(payload, "amount", None) if "amount" in has else None
+    return EventFact(
+        stream,
+        message.metadata.sequence.stream,
+        envelope.event_id,
+        envelope.event_type,
+        envelope.producer,
+        envelope.saga_id,
+        envelope.occurred_at.ToDatetime(dt.UTC),
+        amount_minor=None if amount is None else amount.amount_minor,
+        currency="" if amount is None else amount.currency,
+        sku=str(getattr(payload, "sku", "")),
+        quantity=int(getattr(payload, "quantity")) if "quantity" in has else None,  # noqa: B009
+        hold_id=str(getattr(payload, "hold_id", "")),
+    )
+
+
+def dead_letter(stream: str, message: Msg) -> DeadLetter:
+    headers = message.headers or {}
+    saga_id, event_type = "", message.subject.rsplit(".", 1)[-1]
+    try:
+        envelope = eventing.parse(message.data)
+        saga_id, event_type = envelope.saga_id, envelope.event_type
+    except ValueError:
+        pass
+    return DeadLetter(
+        stream,
+        message.metadata.sequence.stream,
+        message.subject,
+        message.metadata.timestamp.astimezone(dt.UTC),
+        headers.get("Paysaga-Reason", ""),
+        saga_id,
+        event_type,
+    )
+
+
+def read_settlement(gathered: Gathered, path: Path | None) -> None:
+    if path is None:
+        gathered.sources.append(SourceState("settlement file", "settlement", "not_given", 0, "none given"))
+        return
+    try:
+        lines = settlement.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, settlement.SettlementFileError) as error:
+        gathered.failed(f"settlement file {path.name}", "settlement", "unavailable", str(error))
+        return
+    gathered.observed.settlement = lines
+    gathered.ok(f"settlement file {path.name}", "settlement", len(lines), f"{len(lines)} lines")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [repr(error)])[0]
