@@ -6,7 +6,8 @@ python3 scripts/dev.py bench -- --scenario latency --rate 300
 python3 scripts/dev.py bench -- --scenario lanes --lanes-rate 400
 
 Besides the scenarios: the raw limits of the machine, the cost of a fraud decision with 20 rules
-(bench/rules.py) and of OAuth (bench/oauth.py).
+(bench/rules.py), of OAuth (bench/oauth.py), and the nightly reconciliation of 100,000 purchases
+(bench/reconcile.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import limits, machine, oauth, report, rules, skeleton
+from bench import limits, machine, oauth, reconcile, report, rules, skeleton
 from bench.load import Lanes, LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga.ops.checks import invariants
@@ -73,6 +74,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rules-decisions", type=int, default=20_000, help="fraud decisions timed (default 20000)")
     parser.add_argument(
         "--rules-warm-attempts", type=int, default=200_000, help="attempts in the rules' statistics (default 200000)"
+    )
+    parser.add_argument(
+        "--reconcile-sagas",
+        type=int,
+        default=100_000,
+        help="finished purchases the nightly reconciliation is timed on (default 100000; 0: skip)",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the mix and the picks")
     parser.add_argument("--work-dir", type=Path, help="certificates and cluster state (default: a temp dir, removed)")
@@ -160,7 +167,21 @@ def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         found = run_on_fast_loop(settle(cluster))
         print("measuring the token endpoint and the per-call token checks ...", file=sys.stderr, flush=True)
         token_endpoint, checks = run_on_fast_loop(oauth.measure(cluster, work_dir, arguments.limits_duration_s))
-    return report.build(machine.describe(REPO), raw, results, found, oauth=(token_endpoint, checks), rules=decisions)
+    reconciliation = None
+    if arguments.reconcile_sagas:
+        print(f"timing the reconciliation of {arguments.reconcile_sagas} purchases ...", file=sys.stderr, flush=True)
+        reconciliation = run_on_fast_loop(
+            reconcile.measure(certs_dir, work_dir / "reconcile", arguments.reconcile_sagas, arguments.seed)
+        )
+    return report.build(
+        machine.describe(REPO),
+        raw,
+        results,
+        found,
+        oauth=(token_endpoint, checks),
+        rules=decisions,
+        reconciliation=reconciliation,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

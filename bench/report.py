@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.limits import ECHO_RPC, JETSTREAM_PUBLISH, RawLimit
 from bench.oauth import CheckCost
+from bench.reconcile import lines as reconcile_lines
 from bench.scenarios import ScenarioResult
 from bench.skeleton import NAME as SKELETON
 from paysaga.ops.checks.invariants import Report
@@ -35,6 +36,7 @@ def build(
     found: Report,
     oauth: tuple[RawLimit, CheckCost] | None = None,
     rules: dict[str, Any] | None = None,
+    reconciliation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     echo_per_s = max((limit.rate_per_s for limit in raw if limit.name == ECHO_RPC), default=0.0)
     publish_per_s = max((limit.rate_per_s for limit in raw if limit.name == JETSTREAM_PUBLISH), default=0.0)
@@ -64,12 +66,19 @@ def build(
         }
     if rules is not None:
         built["rules"] = rules
+    if reconciliation is not None:
+        built["reconciliation"] = reconciliation
     return built
 
 
 def clean(result: dict[str, Any]) -> bool:
     """No errors other than the intended business failures, and every invariant holds."""
-    return bool(result["invariants"]["ok"]) and not any(scenario["errors"] for scenario in result["scenarios"])
+    reconciled = result.get("reconciliation", {}).get("verdict", "reconciled") == "reconciled"
+    return (
+        reconciled
+        and bool(result["invariants"]["ok"])
+        and not any(scenario["errors"] for scenario in result["scenarios"])
+    )
 
 
 def _rows(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -154,6 +163,8 @@ def table(result: dict[str, Any]) -> str:
         lines += _oauth_lines(result["oauth"], machine["cpus"])
     if "rules" in result:
         lines += _rules_lines(result["rules"])
+    if "reconciliation" in result:
+        lines += reconcile_lines(result["reconciliation"])
     invariants = result["invariants"]
     lines += [
         "",

@@ -16,7 +16,7 @@ def utc(moment: dt.datetime) -> dt.datetime:
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PaymentRecord:
     payment_id: str
     status: str
@@ -29,7 +29,7 @@ class PaymentRecord:
     deadline_at: dt.datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HoldRecord:
     payment_id: str
     hold_id: str
@@ -39,7 +39,7 @@ class HoldRecord:
     updated_at: dt.datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntryRecord:
     """A journal entry: its lines' sum per currency (zero when it balances) and what it moved."""
 
@@ -53,7 +53,7 @@ class EntryRecord:
     currency: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReservationRecord:
     payment_id: str
     reservation_id: str
@@ -63,7 +63,7 @@ class ReservationRecord:
     updated_at: dt.datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutboxBacklog:
     """Events a service has written but not yet published: its stream is behind its database."""
 

@@ -42,7 +42,7 @@ PURCHASE_EVENTS = frozenset(
 SAGA_STARTS = frozenset({"PaymentRequested", "PaymentRejected"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventFact:
     """One event of a purchase as stored in its producer's stream, and what it says."""
 
@@ -61,7 +61,7 @@ class EventFact:
     hold_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     stream: str
     sequence: int
@@ -72,7 +72,7 @@ class DeadLetter:
     event_type: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SettlementLine:
     """One line of the bank's settlement file (paysaga.services.reconcile.settlement)."""
 

@@ -162,7 +162,7 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
 
         before = len(events)
         start = window.lookback_start - CLOCK_SLACK
-        reason = await _read(client, events_spec.name, events_spec.subjects[0], start, take_event, covers=start)
+        reason = await read_stream(client, events_spec.name, events_spec.subjects[0], start, take_event, covers=start)
         if reason:
             gathered.failed(f"{events_spec.name} stream", "stream", "unavailable", reason)
         else:
@@ -170,7 +170,7 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
             span = f", sequences {read[0].sequence}-{read[-1].sequence}" if read else ""
             gathered.ok(f"{events_spec.name} stream", "stream", len(read), f"{len(read)} events in range{span}")
         before = len(letters)
-        reason = await _read(client, letters_spec.name, letters_spec.subjects[0], None, take_letter, covers=None)
+        reason = await read_stream(client, letters_spec.name, letters_spec.subjects[0], None, take_letter, covers=None)
         if reason:
             gathered.failed(f"{letters_spec.name} stream", "dead_letters", "unavailable", reason)
         else:
@@ -181,7 +181,7 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
     gathered.observed.dead_letters = letters
 
 
-async def _read(
+async def read_stream(
     client: NatsClient,
     stream: str,
     subject: str,

@@ -22,7 +22,7 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
     report_file = tmp_path / "report.json"
     command = [sys.executable, "-m", "bench", "--duration-s", "4", "--warmup-s", "1", "--limits-duration-s", "0.5"]
     command += ["--concurrency", "8", "--rate", "10", "--wallets", "8", "--skus", "4", "--mix", "80,10,10"]
-    command += ["--rules-decisions", "500", "--rules-warm-attempts", "2000"]
+    command += ["--rules-decisions", "500", "--rules-warm-attempts", "2000", "--reconcile-sagas", "300"]
     command += ["--work-dir", str(tmp_path / "work"), "--json", str(report_file)]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
 
@@ -79,3 +79,7 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
     assert 0 < rules["latency_us"]["p50_us"] <= rules["latency_us"]["p99_us"] <= rules["latency_us"]["max_us"]
     assert sum(rules["actions"].values()) == 500 and rules["trivial_cel_us"] > 0 and rules["parse_ms"] > 0
     assert "Fraud rules" in finished.stdout
+    # The generated purchases are what the services would have written: they reconcile.
+    reconciliation = report["reconciliation"]
+    assert (reconciliation["verdict"], reconciliation["exit_code"]) == ("reconciled", 0)
+    assert reconciliation["sagas_checked"] == 300 and reconciliation["events"] > 300

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import sqlite3
 import subprocess
-import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,27 +43,15 @@ def quiet_cluster(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> 
     """A cluster of its own (SQLite), since the test plants faults in its databases and streams."""
     settings = {"PAYSAGA_SAGA_TIMEOUT_S": str(SAGA_TIMEOUT_S), "PAYSAGA_MAX_AMOUNT_MINOR": str(MAX_AMOUNT_MINOR)}
     state_dir = tmp_path_factory.mktemp("reconcile-cluster")
-    with LocalCluster(state_dir, certs_dir, ClusterPorts.free(), environment={"payments": settings}) as running:
+    with LocalCluster(
+        state_dir, certs_dir, ClusterPorts.free(), environment={"payments": settings}, reconcile_at="02:30"
+    ) as running:
         yield running
 
 
 def reconcile(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     """paysaga-reconcile against the cluster, as the reconciliation identity."""
-    own = cluster.tls_files("reconcile")
-    databases = [
-        arg
-        for service in ("payments", "ledger", "inventory")
-        for arg in (f"--{service}-db", cluster.database_url(service))
-    ]
-    command = [
-        sys.executable,
-        "-m",
-        "services.reconcile",
-        *("--nats-url", cluster.nats_url, "--cert", str(own.cert_file), "--key", str(own.key_file)),
-        *("--ca", str(own.ca_file), *databases),
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cluster.reconcile_command(*args), capture_output=True, text=True, timeout=120)
 
 
 def sqlite_path(cluster: LocalCluster, service: str) -> Path:
@@ -391,3 +379,13 @@ def test_a_source_that_cannot_be_read_makes_the_run_incomplete(quiet_cluster: Lo
     )
     assert missing_db.returncode == 2 and "INCOMPLETE" in missing_db.stdout
     assert "ledger database" in missing_db.stdout and not (tmp_path / "nowhere.db").exists()
+
+
+def test_the_cluster_runs_the_reconciliation_nightly_when_asked(quiet_cluster: LocalCluster) -> None:
+    scheduler = quiet_cluster.processes["reconcile"]
+    assert scheduler.poll() is None, quiet_cluster.log_tail("reconcile")
+    deadline = time.monotonic() + 10
+    while "reconcile.next_run" not in quiet_cluster.log_tail("reconcile") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    next_day = now().date() + dt.timedelta(days=int(now().time() >= dt.time(2, 30)))
+    assert f'"at":"{next_day}T02:30:00+00:00"' in quiet_cluster.log_tail("reconcile")

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import datetime as dt
 import functools
 import json
 import logging
@@ -41,6 +42,7 @@ from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, TlsFiles
 
 SERVICES = ("payments", "inventory", "ledger")
+RECONCILE = natsconf.RECONCILE
 # The OAuth authorization server: a service of the cluster, though not part of the purchase saga.
 AUTHORIZATION_SERVER = "auth"
 DEFAULT_HTTPS_PORT = 8443
@@ -100,8 +102,11 @@ class LocalCluster:
         environment: Mapping[str, Mapping[str, str]] | None = None,
         replicas: Mapping[str, int] | None = None,
         metrics_ports: Mapping[str, int] | None = None,
+        reconcile_at: str | None = None,
     ) -> None:
         self.services = tuple(services)
+        # HH:MM (UTC): run the nightly reconciliation then, keeping its reports in <state>/reports.
+        self.reconcile_at = reconcile_at
         # Processes per service; replicas after the first are named "<service>-2", "<service>-3", ...
         # and share the service's database, so more than one needs PostgreSQL.
         self.replicas = {service: (replicas or {}).get(service, 1) for service in self.services}
@@ -243,6 +248,22 @@ class LocalCluster:
             self.start_service(instance)
         for instance in everyone:
             self._wait(instance, deadline, functools.partial(self._grpc_serving, instance))
+        if self.reconcile_at is not None:
+            nightly = ("--at", self.reconcile_at, "--report-dir", str(self.reports_dir), "--log-level", self.log_level)
+            self._spawn(RECONCILE, self.reconcile_command(*nightly), {})
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    def reconcile_command(self, *args: str) -> list[str]:
+        """paysaga-reconcile against this cluster, as the reconciliation's own identity."""
+        files = self.tls_files(RECONCILE)
+        command = [sys.executable, "-m", "services.reconcile", "--nats-url", self.nats_url]
+        command += ["--cert", str(files.cert_file), "--key", str(files.key_file), "--ca", str(files.ca_file)]
+        for service in SERVICES:
+            command += [f"--{service}-db", self.database_url(service)]
+        return [*command, *args]
 
     def start_service(self, instance: str, **environment: str) -> subprocess.Popen[bytes]:
         """Start one service process (without waiting for it); environment overrides its settings."""
@@ -458,6 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="INFO", help="services' log level (default: %(default)s)")
     parser.add_argument("--demo", action="store_true", help="once up, run a purchase that completes and one that fails")
+    parser.add_argument(
+        "--reconcile-at",
+        type=_daily_time,
+        metavar="HH:MM",
+        help="run the nightly reconciliation every day at HH:MM UTC, reports in <state-dir>/reports (default: off)",
+    )
     args = parser.parse_args(argv)
     ports = ClusterPorts(
         nats=args.nats_port,
@@ -497,8 +524,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             environment=environment,
             replicas={service: args.replicas for service in SERVICES},
             metrics_ports=DEFAULT_METRICS_PORTS,
+            reconcile_at=args.reconcile_at,
         )
         return _serve(cluster, demo=args.demo)
+
+
+def _daily_time(text: str) -> str:
+    try:
+        hour, minute = (int(part) for part in text.split(":"))
+        dt.time(hour, minute)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time of day HH:MM (UTC)") from None
+    return f"{hour:02d}:{minute:02d}"
 
 
 def _serve(cluster: LocalCluster, *, demo: bool) -> int:
@@ -577,6 +614,14 @@ def summary(cluster: LocalCluster) -> str:
         f"      --cert {ops.cert_file} --key {ops.key_file} --ca {ops.ca_file}",
         "Metrics (Prometheus, mTLS): "
         + ", ".join(f"{service} https://{cluster.metrics_target(service)}/metrics" for service in cluster.services),
+        *(
+            [
+                f"Nightly reconciliation at {cluster.reconcile_at} UTC; reports in {cluster.reports_dir}. Now:",
+                "  .venv/bin/paysaga-reconcile " + " ".join(cluster.reconcile_command("--until", "now")[3:]),
+            ]
+            if cluster.reconcile_at
+            else []
+        ),
         f"Logs: {cluster.state_dir / 'logs'}. Press Ctrl-C to stop.",
         "",
     ]
