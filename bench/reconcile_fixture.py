@@ -42,27 +42,10 @@ SERVICES = ("payments", "ledger", "inventory")
 REPO = Path(__file__).resolve().parent.parent
 # How purchases end, in shares of a hundred.
 ENDINGS = (("completed", 85), ("refunded", 5), ("no funds", 4), ("no stock", 3), ("rejected", 3))
+SOLD = ("PaymentRequested", "FundsHeld", "StockReserved", "FundsCaptured", "StockCommitted", "PaymentCompleted")
 EVENTS = {
-    "completed": (
-        "PaymentRequested",
-        "FundsHeld",
-        "StockReserved",
-        "FundsCaptured",
-        "StockCommitted",
-        "PaymentCompleted",
-    ),
-    "refunded": (
-        "PaymentRequested",
-        "FundsHeld",
-        "StockReserved",
-        "FundsCaptured",
-        "StockCommitted",
-        "PaymentCompleted",
-        "PaymentRefundRequested",
-        "FundsRefunded",
-        "StockRestocked",
-        "PaymentRefunded",
-    ),
+    "completed": SOLD,
+    "refunded": (*SOLD, "PaymentRefundRequested", "FundsRefunded", "StockRestocked", "PaymentRefunded"),
     "no funds": ("PaymentRequested", "FundsHoldFailed", "PaymentFailed"),
     "no stock": ("PaymentRequested", "FundsHeld", "StockReservationFailed", "FundsReleased", "PaymentFailed"),
     "rejected": ("PaymentRejected",),

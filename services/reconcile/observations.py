@@ -8,36 +8,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from paysaga.core import lanes
+from paysaga.core.eventing import PRODUCED_BY
 from paysaga.core.reconciliation import EntryRecord, HoldRecord, PaymentRecord, ReservationRecord
 from services.reconcile.domain import Window
 
-# The events of a purchase; the others (accounts opened, items added, spikes, revocations) belong
-# to no payment.
-PURCHASE_EVENTS = frozenset(
-    {
-        "PaymentRequested",
-        "PaymentRejected",
-        "PaymentCancellationRequested",
-        "PaymentRefundRequested",
-        "PaymentCompleted",
-        "PaymentFailed",
-        "PaymentCancelled",
-        "PaymentRefunded",
-        "PaymentApproved",
-        "PaymentDeclined",
-        "FundsHeld",
-        "FundsHeldForReview",
-        "FundsHoldFailed",
-        "FundsCaptured",
-        "FundsReleased",
-        "FundsRefunded",
-        "FundsRefundFailed",
-        "StockReserved",
-        "StockReservationFailed",
-        "StockCommitted",
-        "StockReleased",
-        "StockRestocked",
-    }
+# The events of a purchase: what the three services of the saga emit, but their notices
+# (accounts opened, items added, spikes), which belong to no payment.
+PURCHASE_EVENTS = (
+    frozenset(event for producer in ("payments", "ledger", "inventory") for event in PRODUCED_BY[producer])
+    - lanes.NOTICES
 )
 SAGA_STARTS = frozenset({"PaymentRequested", "PaymentRejected"})
 

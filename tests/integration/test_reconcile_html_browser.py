@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 from paysaga.ops.client import trace
@@ -16,6 +15,7 @@ from services.reconcile import html as report_html
 from services.reconcile.compare import Counts
 from services.reconcile.domain import Kind, Mismatch, Window
 from services.reconcile.report import Report, SourceState
+from tests.html_dom import Dom
 
 BROWSER_TIMEOUT_S = 60
 # A blank 1280 x 2000 page compresses to a few kilobytes; charts, tables and text take far more.
@@ -30,41 +30,6 @@ PLANTED = [
     (Kind.SETTLEMENT_MISSING, 6, 2),
     (Kind.ORPHAN_RESERVATION, 2, 4),
 ]
-
-
-class Dom(HTMLParser):
-    """Each element's tag and attributes, and the text inside each element that has an id."""
-
-    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"})
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict[str, str]]] = []
-        self.text: dict[str, str] = {}
-        self._open: list[tuple[str, str]] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {name: value or "" for name, value in attrs}
-        self.elements.append((tag, attributes))
-        if tag not in self.VOID:
-            self._open.append((tag, attributes.get("id", "")))
-            self.text.setdefault(attributes.get("id", ""), "")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append((tag, {name: value or "" for name, value in attrs}))
-
-    def handle_endtag(self, tag: str) -> None:
-        while self._open and self._open.pop()[0] != tag:
-            pass
-
-    def handle_data(self, data: str) -> None:
-        for _, identifier in self._open:
-            if identifier:
-                self.text[identifier] += data
-
-    def all(self, tag: str, attribute: str) -> list[dict[str, str]]:
-        return [attributes for name, attributes in self.elements if name == tag and attribute in attributes]
 
 
 def browse(chromium: str, page: Path, *flags: str) -> str:

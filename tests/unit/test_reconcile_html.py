@@ -8,7 +8,6 @@ import datetime as dt
 import hashlib
 import re
 from collections import Counter
-from html.parser import HTMLParser
 
 import pytest
 
@@ -17,6 +16,7 @@ from services.reconcile import html as report_html
 from services.reconcile.compare import Counts
 from services.reconcile.domain import KINDS, Kind, Mismatch, Window
 from services.reconcile.report import Report, SourceState
+from tests.html_dom import Dom
 
 END = dt.datetime(2025, 3, 2, tzinfo=dt.UTC)
 SOURCES = [
@@ -44,41 +44,6 @@ PLANTED = [
 ]
 
 
-class Page(HTMLParser):
-    """Each element's tag and attributes, and the text inside each element that has an id."""
-
-    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"})
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict[str, str]]] = []
-        self.text: dict[str, str] = {}
-        self._open: list[tuple[str, str]] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {name: value or "" for name, value in attrs}
-        self.elements.append((tag, attributes))
-        if tag not in self.VOID:
-            self._open.append((tag, attributes.get("id", "")))
-            self.text.setdefault(attributes.get("id", ""), "")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append((tag, {name: value or "" for name, value in attrs}))
-
-    def handle_endtag(self, tag: str) -> None:
-        while self._open and self._open.pop()[0] != tag:
-            pass
-
-    def handle_data(self, data: str) -> None:
-        for _, identifier in self._open:
-            if identifier:
-                self.text[identifier] += data
-
-    def all(self, tag: str, attribute: str) -> list[dict[str, str]]:
-        return [attributes for name, attributes in self.elements if name == tag and attribute in attributes]
-
-
 def planted_mismatches() -> list[Mismatch]:
     found = []
     for kind, hour, count in PLANTED:
@@ -95,7 +60,7 @@ def report_of(mismatches: list[Mismatch], incomplete: tuple[str, ...] = ()) -> R
 
 def test_a_report_with_mismatches_shows_the_verdict_in_red_with_the_window_and_run_id() -> None:
     report = report_of(planted_mismatches())
-    page = Page(report_html.as_html(report))
+    page = Dom(report_html.as_html(report))
 
     verdict = next(attributes for tag, attributes in page.elements if attributes.get("id") == "verdict")
     assert page.text["verdict"] == "MISMATCHES" and "bad" in verdict["class"].split()
@@ -107,7 +72,7 @@ def test_a_report_with_mismatches_shows_the_verdict_in_red_with_the_window_and_r
 
 
 def test_the_kind_chart_has_a_bar_per_kind_with_its_count_title_priority_and_class() -> None:
-    page = Page(report_html.as_html(report_of(planted_mismatches())))
+    page = Dom(report_html.as_html(report_of(planted_mismatches())))
 
     expected: Counter[str] = Counter()
     for kind, _, count in PLANTED:
@@ -122,7 +87,7 @@ def test_the_kind_chart_has_a_bar_per_kind_with_its_count_title_priority_and_cla
 
 
 def test_the_hourly_chart_has_a_rect_per_hour_and_kind_with_its_count_and_one_colour_per_kind() -> None:
-    page = Page(report_html.as_html(report_of(planted_mismatches())))
+    page = Dom(report_html.as_html(report_of(planted_mismatches())))
 
     bars = page.all("rect", "data-hour")
     found = {(bar["data-hour"][11:13], bar["data-kind"]): int(bar["data-count"]) for bar in bars}
@@ -138,7 +103,7 @@ def test_the_hourly_chart_has_a_rect_per_hour_and_kind_with_its_count_and_one_co
 
 def test_the_mismatch_table_is_most_urgent_first_with_a_filter_for_each_kind_present() -> None:
     mismatches = planted_mismatches()
-    page = Page(report_html.as_html(report_of(list(reversed(mismatches)))))
+    page = Dom(report_html.as_html(report_of(list(reversed(mismatches)))))
 
     rows = [attributes["data-kind"] for tag, attributes in page.elements if tag == "tr" and "data-kind" in attributes]
     assert len(rows) == len(mismatches)
@@ -160,7 +125,7 @@ def test_data_from_the_records_is_escaped_everywhere() -> None:
     assert "<script>alert" not in shown and "<img" not in shown and "<b>ledger" not in shown and "<i>db" not in shown
     assert shown.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 2
     assert shown.count("<script>") == 1, "only the page's own script"
-    assert Page(shown).text["mismatches"].count(hostile) == 1, "a person still reads the detail as it was"
+    assert Dom(shown).text["mismatches"].count(hostile) == 1, "a person still reads the detail as it was"
 
 
 def test_the_pages_policy_lets_only_its_own_script_run_and_loads_nothing() -> None:
@@ -169,7 +134,7 @@ def test_the_pages_policy_lets_only_its_own_script_run_and_loads_nothing() -> No
     script = shown.split("<script>", 1)[1].split("</script>", 1)[0]
     policy = next(
         attributes["content"]
-        for tag, attributes in Page(shown).elements
+        for tag, attributes in Dom(shown).elements
         if tag == "meta" and attributes.get("http-equiv") == "Content-Security-Policy"
     )
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
@@ -181,7 +146,7 @@ def test_the_pages_policy_lets_only_its_own_script_run_and_loads_nothing() -> No
 
 def test_a_reconciled_report_says_plainly_that_every_source_agrees() -> None:
     shown = report_html.as_html(report_of([]))
-    page = Page(shown)
+    page = Dom(shown)
 
     assert page.text["verdict"] == "RECONCILED"
     assert "ok" in next(attributes["class"] for _, attributes in page.elements if attributes.get("id") == "verdict")
@@ -193,7 +158,7 @@ def test_a_reconciled_report_says_plainly_that_every_source_agrees() -> None:
 def test_an_incomplete_report_lists_why_and_judges_nothing() -> None:
     reasons = ("the LEDGER stream was unavailable: <timeout>", "the payments database does not cover the window")
     shown = report_html.as_html(report_of([], incomplete=reasons))
-    page = Page(shown)
+    page = Dom(shown)
 
     assert page.text["verdict"] == "INCOMPLETE"
     assert "warn" in next(attributes["class"] for _, attributes in page.elements if attributes.get("id") == "verdict")
@@ -209,7 +174,7 @@ def test_the_table_stops_at_its_cap_and_says_how_many_more_are_in_the_json() -> 
         Mismatch(Kind.STUCK_SAGA, f"pay-{index:05d}", "payments", at, "stuck")
         for index in range(report_html.TABLE_ROWS_MAX + extra)
     ]
-    page = Page(report_html.as_html(report_of(many)))
+    page = Dom(report_html.as_html(report_of(many)))
 
     rows = [attributes for tag, attributes in page.elements if tag == "tr" and "data-kind" in attributes]
     assert len(rows) == report_html.TABLE_ROWS_MAX
