@@ -217,7 +217,7 @@ async def migrate(data_dir: Path) -> None:
 
 def accounts_rows(now: dt.datetime) -> tuple[list[str], list[dict[str, object]]]:
     ids = [str(uuid.uuid4()) for _ in range(WALLETS + MERCHANTS)]
-    rows = [
+    rows: list[dict[str, object]] = [
         {
             "account_id": account_id,
             "kind": "WALLET" if index < WALLETS else "MERCHANT",
