@@ -23,8 +23,8 @@ RUN groupadd --system --gid 10001 paysaga \
         --shell /usr/sbin/nologin paysaga \
     && mkdir -p /certs /ca /data \
         /export/nats /export/payments /export/inventory /export/ledger /export/auth /export/ops \
-        /export/postgres \
-    && chown -R paysaga:paysaga /certs /ca /data /export
+        /export/postgres /export/reconcile /reports \
+    && chown -R paysaga:paysaga /certs /ca /data /export /reports
 
 WORKDIR /app
 # Dependencies first, in a layer of their own, so a change to our code does not reinstall them.

@@ -4,16 +4,22 @@
 # Nobody logs in with a password. Each service connects over TLS with its own client certificate
 # from the paysaga CA (the one it also uses for gRPC and NATS), and the certificate's subject
 # "CN=<service>,OU=service,O=paysaga" maps to the role of the same name, which may connect only
-# to its own database. The server's own certificate and key come from the certs job (/certs).
+# to its own database. The nightly reconciliation connects the same way as the role "reconcile",
+# which may only read the databases it compares. The server's own certificate and key come from
+# the certs job (/certs).
 #
 # Every step is safe to repeat, and the access rules are written at every start, so a first start
 # that was cut short is finished by the next one.
 set -eu
 
 services="payments inventory ledger auth"
-# Lists the services whose role and database exist: a service added later (auth was) gets its own
-# at the next start of an existing server.
+# The databases the reconciliation reads (paysaga-reconcile), as the role of the same name.
+reader=reconcile
+read_databases="payments ledger inventory"
+# Records which roles, databases and grants exist: when they change (auth was added later, then
+# the reconciliation's role), an existing server is completed at its next start.
 initialized="$PGDATA/paysaga-initialized"
+wanted="services: $services; $reader reads: $read_databases"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -rf "$PGDATA"
@@ -27,6 +33,9 @@ fi
     echo "local all paysaga peer"
     for service in $services; do
         echo "hostssl $service $service all cert clientname=DN map=services"
+    done
+    for database in $read_databases; do
+        echo "hostssl $database $reader all cert clientname=DN map=services"
     done
 } > "$PGDATA/pg_hba.conf"
 # Quoted: a comma would otherwise split the pattern into a list.
@@ -48,7 +57,7 @@ CONF
 grep -q "^include 'paysaga.conf'" "$PGDATA/postgresql.conf" \
     || echo "include 'paysaga.conf'" >> "$PGDATA/postgresql.conf"
 
-if [ "$(cat "$initialized" 2>/dev/null)" != "$services" ]; then
+if [ "$(cat "$initialized" 2>/dev/null)" != "$wanted" ]; then
     pg_ctl --pgdata="$PGDATA" --options="-c listen_addresses=''" --wait start
     for service in $services; do
         psql --host=/tmp --dbname=postgres --quiet --set=ON_ERROR_STOP=1 <<SQL
@@ -58,8 +67,24 @@ SELECT 'CREATE DATABASE $service OWNER $service'
 REVOKE ALL ON DATABASE $service FROM PUBLIC;
 SQL
     done
+    # Read-only whatever it runs: every transaction of the role is, and it is granted nothing but
+    # SELECT. The services create their tables at their first start, as their own role, through
+    # their migrations: the default privileges cover those, the grant on all tables the ones an
+    # existing server already has.
+    psql --host=/tmp --dbname=postgres --quiet --set=ON_ERROR_STOP=1 <<SQL
+SELECT 'CREATE ROLE $reader LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$reader')\gexec
+ALTER ROLE $reader SET default_transaction_read_only = on;
+SQL
+    for database in $read_databases; do
+        psql --host=/tmp --dbname="$database" --quiet --set=ON_ERROR_STOP=1 <<SQL
+GRANT CONNECT ON DATABASE $database TO $reader;
+GRANT USAGE ON SCHEMA public TO $reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO $reader;
+ALTER DEFAULT PRIVILEGES FOR ROLE $database IN SCHEMA public GRANT SELECT ON TABLES TO $reader;
+SQL
+    done
     pg_ctl --pgdata="$PGDATA" --mode=fast --wait stop
-    echo "$services" > "$initialized"
+    echo "$wanted" > "$initialized"
 fi
 
 exec postgres -D "$PGDATA"

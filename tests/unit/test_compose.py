@@ -371,7 +371,9 @@ def test_postgres_takes_only_certificates_and_each_role_only_its_own_database(pr
     assert postgres["stop_signal"] == "SIGINT", "fast shutdown, not a wait for pooled connections"
     assert "postgres-certs:/certs:ro" in postgres["volumes"]
     assert "postgres-certs:/export/postgres" in service(production, "certs")["volumes"]
-    assert "--services=nats,payments,inventory,ledger,auth,postgres" in service(production, "certs")["command"]
+    assert (
+        "--services=nats,payments,inventory,ledger,auth,reconcile,postgres" in service(production, "certs")["command"]
+    )
     assert postgres["healthcheck"]["test"][1] == "pg_isready"
     assert 'echo "hostssl $service $service all cert clientname=DN map=services"' in entrypoint
     assert "--auth-host=reject" in entrypoint and "ssl = on" in entrypoint

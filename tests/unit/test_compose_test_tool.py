@@ -568,7 +568,7 @@ def test_the_revocation_check_passes_when_the_certs_job_exports_the_pins_and_nat
     assert "OK on 8 connections" in said[2]  # 4 per payments replica, on connections of their own
     assert "paysaga-certs revoke compose-spare-ops " in said[3]
     assert "NATS refuses it" in said[5] and "8 UNAUTHENTICATED (the client certificate (serial" in said[5]
-    assert "regular ops certificate still connects" in said[6] and "8 then 7 keys" in said[6]
+    assert "regular ops certificate still connects" in said[6] and "9 then 8 keys" in said[6]
 
 
 @pytest.mark.parametrize(

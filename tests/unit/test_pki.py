@@ -123,6 +123,7 @@ def test_private_keys_are_0600_even_under_a_permissive_umask(tmp_path: Path) -> 
         "nats.key",
         "ops.key",
         "payments.key",
+        "reconcile.key",
         "token-signing.key",
     ]
     assert all(mode(key) == 0o600 for key in keys)
@@ -167,7 +168,7 @@ def test_list_shows_every_certificate_with_identity_and_expiry(tmp_path: Path) -
 
     assert result.returncode == 0, result.stderr
     listed = {entry["name"]: entry for entry in json.loads(result.stdout)}
-    assert set(listed) == {"ca", "nats", "payments", "inventory", "ledger", "auth", "ops"}
+    assert set(listed) == {"ca", "nats", "payments", "inventory", "ledger", "auth", "reconcile", "ops"}
     assert listed["ledger"]["identity"] == "spiffe://paysaga/ledger"
     assert listed["ops"]["kind"] == "client"
     assert listed["ca"]["kind"] == "ca"
@@ -319,7 +320,9 @@ def test_export_gives_one_identity_its_own_files_only(tmp_path: Path) -> None:
 
     assert exported == ["ca.crt", "payments.crt", "payments.key", "token-keys.json"]
     assert mode(export / "payments" / "payments.key") == 0o600
-    assert sorted(path.name for path in export.iterdir()) == ["auth", "inventory", "ledger", "nats", "ops", "payments"]
+    assert sorted(path.name for path in export.iterdir()) == [
+        *("auth", "inventory", "ledger", "nats", "ops", "payments", "reconcile")
+    ]
     # The ops client gets its own key and its token, with every scope, and nothing of the services'.
     assert sorted(path.name for path in (export / "ops").iterdir()) == [
         "ca.crt",
@@ -512,7 +515,7 @@ def test_revoke_exports_again_the_crl_to_every_identity_and_the_pins_to_nats(
     assert certs_main([*where, "revoke", "ops", *(["--export-to", str(export)] if given == "option" else [])]) == 0
 
     output = capsys.readouterr().out
-    names = ["auth", "inventory", "ledger", "nats", "ops", "payments"]
+    names = ["auth", "inventory", "ledger", "nats", "ops", "payments", "reconcile"]
     assert f"exported again to {export}: {', '.join(names)}; reload nats-server" in output
     assert "docker compose kill -s HUP nats" in output
     for name in names:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from paysaga.ops.cluster.localcluster import free_port
-from paysaga.ops.compose import checks, engine, images
+from paysaga.ops.compose import checks, engine, images, reconciliation
 from paysaga.ops.compose.project import DEFAULT, PRODUCTION, REPO, ComposeError, ComposeProject, Topology
 
 STATE_DIR = REPO / ".run" / "compose-test"
@@ -139,6 +140,9 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
         "PAYSAGA_PAYMENTS_PORT": str(port),
         "PAYSAGA_OAUTH_PORT": str(oauth_port),
     }
+    reconcile_at = reconciliation.schedule_time(dt.datetime.now(dt.UTC))
+    if topology.reconciles:
+        environment["PAYSAGA_RECONCILE_AT"] = reconcile_at
     project = ComposeProject(topology, environment, STATE_DIR / f"{label}.log")
     _record_project(project.name, present=True)
     target, oauth_target = f"127.0.0.1:{port}", f"127.0.0.1:{oauth_port}"
@@ -174,8 +178,15 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
                 ended += asyncio.run(checks.purchases_through_kills(project, target, client, shop, detail))
         with stages(f"{label}: money and stock agree with the payments; every lane is idle"):
             checks.await_stock_settled(project, shop)
+            settled_at = time.monotonic()
             detail(checks.check_books(project, shop, ended))
             detail(checks.check_lanes(project))
+        if topology.reconciles:
+            with stages(f"{label}: the nightly reconciliation is scheduled; run now, it finds every source agrees"):
+                detail(reconciliation.check_scheduler(project, reconcile_at))
+                detail(reconciliation.check_database_role(project))
+                for line in reconciliation.check_run(project, ended, settled_at):
+                    detail(line)
         with stages(f"{label}: nothing else reachable; NATS refuses strangers"):
             detail(checks.check_exposure(project, port, oauth_port))
             detail(checks.check_nats_refuses_strangers(project))

@@ -41,6 +41,8 @@ class Topology:
     # The service publishing the authorization server's HTTPS port: auth itself, or the same proxy.
     oauth_entry: str
     replicas: int
+    # Whether a "reconcile" service runs the nightly reconciliation.
+    reconciles: bool = False
 
 
 DEFAULT = Topology("default", ("docker-compose.yml",), entry="payments", oauth_entry="auth", replicas=1)
@@ -50,6 +52,7 @@ PRODUCTION = Topology(
     entry="edge",
     oauth_entry="edge",
     replicas=2,
+    reconciles=True,
 )
 # The purchase saga's services (the authorization server, "auth", takes no part in a purchase).
 SERVICES = ("payments", "inventory", "ledger")
@@ -92,12 +95,18 @@ class ComposeProject:
 
     def call(self, *arguments: str, timeout_s: float = CALL_TIMEOUT_S, input_text: str | None = None) -> str:
         """Run docker compose on this project; its stdout. The progress it prints goes to the log."""
+        return _stdout(self.command(*arguments), self.attempt(*arguments, timeout_s=timeout_s, input_text=input_text))
+
+    def attempt(
+        self, *arguments: str, timeout_s: float = CALL_TIMEOUT_S, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run docker compose on this project, whatever its exit status; stderr goes to the log too."""
         environ = {key: value for key, value in os.environ.items() if key not in IGNORED_ENVIRONMENT}
         command = self.command(*arguments)
         result = _run(command, timeout_s=timeout_s, input_text=input_text, environ={**environ, **self.environment})
         with self.log.open("a") as log:
             log.write(f"$ docker {shlex.join(command)}\n{result.stderr}")
-        return _stdout(command, result)
+        return result
 
     def build(self) -> None:
         self.call("build", timeout_s=BUILD_TIMEOUT_S)
