@@ -27,16 +27,23 @@ class Machine:
     service: str
     by_event: Mapping[str, tuple[str, int]]
     by_status: Mapping[str, tuple[str, int]]
+    # The events each state stands on: one of each group must be in the stream.
+    requires: Mapping[str, tuple[tuple[str, ...], ...]]
 
     def from_stream(self, events: list[EventFact]) -> tuple[tuple[str, int], EventFact | None]:
         best, cause = NOTHING, None
         for event in events:
             state = self.by_event.get(event.event_type)
-            if event.event_type == "FundsReleased" and not event.hold_id:
-                state = NOTHING  # released nothing: no hold had been placed
+            if event.event_type == "FundsReleased" and (not event.hold_id or best[1] == 0):
+                state = NOTHING  # released nothing: no hold had been placed (or only a marker)
             if state is not None and state[1] >= best[1]:
                 best, cause = state, event
         return best, cause
+
+    def lacking(self, state: str, events: list[EventFact]) -> list[str]:
+        """The events state stands on that the stream does not have (the first of each group)."""
+        present = {event.event_type for event in events}
+        return [group[0] for group in self.requires.get(state, ()) if not present.intersection(group)]
 
     def from_status(self, status: str | None) -> tuple[str, int]:
         if status is None:
@@ -63,6 +70,14 @@ PAYMENTS = Machine(
         **{status: (status, 2) for status in ("COMPLETED", "FAILED", "CANCELLED", "REJECTED")},
         "REFUNDED": ("REFUNDED", 3),
     },
+    {
+        "REQUESTED": (("PaymentRequested", "PaymentRejected"),),
+        "COMPLETED": (("PaymentRequested",), ("PaymentCompleted",)),
+        "FAILED": (("PaymentRequested",), ("PaymentFailed",)),
+        "CANCELLED": (("PaymentRequested",), ("PaymentCancelled",)),
+        "REJECTED": (("PaymentRejected", "PaymentDeclined"),),
+        "REFUNDED": (("PaymentRequested",), ("PaymentCompleted",), ("PaymentRefunded",)),
+    },
 )
 LEDGER = Machine(
     "ledger",
@@ -77,6 +92,12 @@ LEDGER = Machine(
     # CANCELLED and APPROVED are markers: what the ledger knew before any hold.
     {"HELD": ("HELD", 1), "CAPTURED": ("CAPTURED", 2), "RELEASED": ("RELEASED", 2), "REFUNDED": ("REFUNDED", 3)}
     | dict.fromkeys(("CANCELLED", "APPROVED"), NOTHING),
+    {
+        "HELD": (("FundsHeld", "FundsHeldForReview"),),
+        "CAPTURED": (("FundsHeld",), ("FundsCaptured",)),
+        "RELEASED": (("FundsHeld", "FundsHeldForReview"), ("FundsReleased",)),
+        "REFUNDED": (("FundsHeld",), ("FundsCaptured",), ("FundsRefunded",)),
+    },
 )
 INVENTORY = Machine(
     "inventory",
@@ -95,6 +116,12 @@ INVENTORY = Machine(
         "RESTOCKED": ("RESTOCKED", 3),
     }
     | {"CANCELLED": NOTHING},
+    {
+        "RESERVED": (("StockReserved",),),
+        "COMMITTED": (("StockReserved",), ("StockCommitted",)),
+        "RELEASED": (("StockReserved",), ("StockReleased",)),
+        "RESTOCKED": (("StockReserved",), ("StockRestocked",)),
+    },
 )
 # What the ledger and inventory end in, for each way a payment ends.
 EXPECTED: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -112,6 +139,8 @@ class SagaChecks:
         self.window = window
         self.at = saga.started_at
         self.in_lookback = self.at < window.start
+        # Created before the look-back: its earlier events were not read, only what happened in range.
+        self.partial = saga.payment is not None and saga.payment.created_at < window.lookback_start
         self.statuses = {
             "payments": self._status("payments", PAYMENTS, saga.payment.status if saga.payment else None),
             "ledger": self._status("ledger", LEDGER, saga.hold.status if saga.hold else None),
@@ -146,12 +175,26 @@ class SagaChecks:
         yield from self.outcome()
 
     def stream_against_database(self, machine: Machine, status: str | None) -> Iterator[Mismatch]:
-        (streamed, streamed_rank), cause = machine.from_stream(self.saga.by(machine.service))
+        events = self.saga.by(machine.service)
+        (streamed, streamed_rank), cause = machine.from_stream(events)
         stored, stored_rank = machine.from_status(status)
-        if streamed == stored or (streamed_rank == 0 and stored_rank == 0):
+        if streamed_rank == 0 and stored_rank == 0:
+            return
+        if streamed == stored:
+            lacking = [] if self.partial else machine.lacking(stored, events)
+            if lacking:
+                yield self.mismatch(
+                    Kind.MISSING_IN_STREAM,
+                    machine.service,
+                    f"{_owner(machine.service)} stream lacks {', '.join(lacking)}, which {stored} follows",
+                    ",".join(lacking),
+                )
             return
         record = "no record" if status is None else f"status {status}"
         if stored_rank > streamed_rank:
+            if self.partial:
+                return  # what announced it may be from before the range
+
             announced = f"its stream only says {streamed}" if streamed else "its stream has no event of it"
             yield self.mismatch(
                 Kind.MISSING_IN_STREAM, machine.service, f"{_owner(machine.service)} database has {record}; {announced}"
@@ -214,6 +257,13 @@ class SagaChecks:
                 f"inventory still reserves stock; the payment is {payment or unknown}",
             )
         if not payment:
+            moved = [
+                f"{name} says {state}"
+                for name, state in (("the ledger", ledger), ("inventory", inventory))
+                if state not in ("", "HELD", "RESERVED")
+            ]
+            if moved:
+                yield self.mismatch(Kind.OUTCOME_DISAGREES, "", "payments has no such payment; " + ", ".join(moved))
             return
         ledger_ends, inventory_ends = EXPECTED[payment]
         wrong = []

@@ -28,6 +28,7 @@ from nats.aio.client import Client as NatsClient
 
 from paysaga.runtime.logs import configure_logging
 from paysaga.runtime.messaging import streams
+from paysaga.runtime.security import tls
 from paysaga.runtime.settings import TlsFiles
 from services.reconcile import report as reports
 from services.reconcile import sources
@@ -77,14 +78,14 @@ async def gather(options: Options, window: Window) -> tuple[reports.Report, Nats
         client = await streams.connect(
             options.nats_url, options.tls, name="paysaga-reconcile", timeout_s=CONNECT_TIMEOUT_S
         )
-    except (ConnectionError, OSError, nats.errors.Error) as error:
+    except (ConnectionError, OSError, nats.errors.Error, tls.TlsConfigurationError) as error:
         gathered.failed("NATS", "stream", "unavailable", str(error))
     if client is not None:
         await sources.read_streams(gathered, client)
     sources.read_settlement(gathered, options.settlement)
+    await sources.other_payments(gathered, options.database_urls["payments"])
     if gathered.incomplete:
         return reports.Report(window, gathered.sources, gathered.incomplete, None, []), client
-    await sources.out_of_range(gathered, options.database_urls["payments"])
     mismatches, counts = reconcile(gathered.observed)
     return reports.Report(window, gathered.sources, [], counts, mismatches), client
 
@@ -238,9 +239,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     try:
         options = options_from(args)
+        # The window's limits, checked now even when its end is only known at each run.
+        Window(dt.datetime.now(dt.UTC), options.window_length, options.lookback, options.settle)
     except ValueError as error:
         print(f"paysaga-reconcile: {error}", file=sys.stderr)
         return 2
+    try:
+        return run(options, args)
+    except Exception as error:
+        log.exception("reconcile.failed", extra={"alert": True})
+        print(f"paysaga-reconcile: could not reconcile: {error!r}", file=sys.stderr)
+        return EXIT_CODES[Verdict.INCOMPLETE]
+
+
+def run(options: Options, args: argparse.Namespace) -> int:
     if options.window is not None and options.window.end > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1):
         print("paysaga-reconcile: --until is in the future; a window must have ended", file=sys.stderr)
         return 2

@@ -75,8 +75,7 @@ class Observations:
     dead_letters: Sequence[DeadLetter] = ()
     # None: no settlement file was given.
     settlement: Sequence[SettlementLine] | None = None
-    # Payments created before the look-back or after the window: their records and events that
-    # fall in range belong to no payment of this run.
+    # Payments created from the window's end on: their records and events belong to the next run.
     out_of_range: frozenset[str] = frozenset()
 
 
@@ -117,9 +116,9 @@ class Saga:
 
 
 def sagas_of(observed: Observations) -> dict[str, Saga]:
-    """The run's payments, each with what every source says of it: those created in range (by
-    payments' records or by a request in its stream), and any other that a record or event in
-    range names, unless it is a payment from outside the range."""
+    """The run's payments, each with what every source says of it: those payments' records hold
+    (created in range, older ones not ended, older ones something in range names), and any other
+    that a record or event in range names, unless it was created after the window."""
     found: dict[str, Saga] = {}
     skip = observed.out_of_range
 

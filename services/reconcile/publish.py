@@ -72,5 +72,6 @@ async def publish(client: NatsClient, report: Report, report_sha256: str, replic
     for start in range(0, len(outgoing), PUBLISHES_IN_FLIGHT):
         await asyncio.gather(*(send(*item) for item in outgoing[start : start + PUBLISHES_IN_FLIGHT]))
     # Last, once every mismatch is stored: whoever sees the run completed can read all it found.
-    await send(report.run_id, completed(report, report_sha256), f"{report.run_id}:completed")
+    # A rerun of the window over changed data is announced again (its report differs).
+    await send(report.run_id, completed(report, report_sha256), f"{report.run_id}:completed:{report_sha256[:16]}")
     return len(outgoing) + 1

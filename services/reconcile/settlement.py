@@ -6,6 +6,9 @@ The file is CSV (UTF-8, comma-separated, a header row first; columns in any orde
     0b6f3c1e-8f2a-4c55-9d1e-2f1f7a9c0d11,capture,1500,EUR,2026-12-01
     0b6f3c1e-8f2a-4c55-9d1e-2f1f7a9c0d11,refund,1500,EUR,2026-12-03
 
+It is the bank's (or PSP's) report of our captures and refunds of the run's window, each with
+the date it settles on.
+
 - ``reference``: the payment id; ``type``: ``capture`` (money taken from the payer) or
   ``refund`` (money given back); ``amount_minor``: a positive integer in the currency's minor
   units; ``currency``: ISO 4217; ``value_date``: ISO 8601 date the bank settled it.
@@ -41,6 +44,7 @@ DONE = {"capture": "captured", "refund": "refunded"}
 VALUE_DAYS = 4
 LINES_MAX = 10_000_000
 CURRENCY = re.compile(r"^[A-Z]{3}$")
+DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class SettlementFileError(Exception):
@@ -49,14 +53,17 @@ class SettlementFileError(Exception):
 
 def parse(text: str) -> list[SettlementLine]:
     reader = csv.DictReader(io.StringIO(text))
-    missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
-    if missing:
-        raise SettlementFileError(f"line 1: the header lacks {', '.join(missing)} (it needs {','.join(COLUMNS)})")
-    lines = []
-    for row in reader:
-        if reader.line_num > LINES_MAX:
-            raise SettlementFileError(f"more than {LINES_MAX} lines")
-        lines.append(_line(reader.line_num, row))
+    try:
+        missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise SettlementFileError(f"line 1: the header lacks {', '.join(missing)} (it needs {','.join(COLUMNS)})")
+        lines = []
+        for row in reader:
+            if reader.line_num > LINES_MAX:
+                raise SettlementFileError(f"more than {LINES_MAX} lines")
+            lines.append(_line(reader.line_num, row))
+    except csv.Error as error:
+        raise SettlementFileError(f"line {reader.line_num}: {error}") from None
     return lines
 
 
@@ -69,7 +76,7 @@ def _line(number: int, row: dict[str, str]) -> SettlementLine:
         raise fail("no reference")
     if values["type"] not in TYPES:
         raise fail(f"type {values['type']!r} is not one of {', '.join(TYPES)}")
-    if not values["amount_minor"].isdigit() or int(values["amount_minor"]) <= 0:
+    if not DIGITS.fullmatch(values["amount_minor"]) or int(values["amount_minor"]) <= 0:
         raise fail(f"amount_minor {values['amount_minor']!r} is not a positive integer")
     if not CURRENCY.match(values["currency"]):
         raise fail(f"currency {values['currency']!r} is not an ISO 4217 code")

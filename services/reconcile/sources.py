@@ -3,15 +3,17 @@ service's event stream and dead-letter stream, and the settlement file; and chec
 covers the window. A source that cannot be read, or does not reach back far enough, makes the
 run incomplete: it is named, and nothing is judged.
 
-Streams are read through an ordered consumer (ephemeral, unacknowledged, flow-controlled: the
-server removes it once unused), from a little before the look-back's start up to the last
-message the stream held when the run began; events from the window's end on are left out, so a
-rerun over the same data reads the same events.
+Streams are read through a pull consumer named "reconcile" (unacknowledged, in memory, deleted
+after the read and removed by the server if a run dies), from a little before the look-back's
+start up to what the stream held when its reading began; events from the window's end on are
+left out, so a rerun over the same data reads the same events. A read that stops short makes the
+run incomplete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -22,7 +24,7 @@ from pathlib import Path
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -44,6 +46,11 @@ SERVICES = ("payments", "ledger", "inventory")
 # Events carry their producer's clock; the stream its own: read from a little earlier.
 CLOCK_SLACK = dt.timedelta(minutes=10)
 NEXT_TIMEOUT_S = 10.0
+FETCH_BATCH = 1000
+# The one consumer the reconciliation may create on a stream (its NATS permissions name it), so it
+# can never touch a service's consumers; the server removes it if a run dies while reading.
+CONSUMER = "reconcile"
+CONSUMER_INACTIVE_S = 60.0
 STREAM_INFO_TIMEOUT_S = 10.0
 STREAM_NOT_FOUND = 10059
 DATABASE_TIMEOUT_S = 600.0
@@ -81,13 +88,16 @@ async def read_databases(gathered: Gathered, urls: dict[str, str]) -> None:
         holds = await ledger_records.holds_updated_since(connection, since - CLOCK_SLACK)
         entries = await ledger_records.entries_between(connection, since, until)
         gathered.observed.holds, gathered.observed.entries = holds, entries
-        detail = f"{len(holds)} holds, {len(entries)} journal entries"
-        return len(holds) + len(entries), detail, await ledger_records.backlog(connection, backlog_before)
+        # Counted up to the end: what changed since is the next run's, and a rerun counts the same.
+        counted = sum(hold.updated_at < until for hold in holds)
+        detail = f"{counted} holds, {len(entries)} journal entries"
+        return counted + len(entries), detail, await ledger_records.backlog(connection, backlog_before)
 
     async def inventory(connection: AsyncConnection) -> tuple[int, str, OutboxBacklog]:
         found = await inventory_records.reservations_updated_since(connection, since - CLOCK_SLACK)
         gathered.observed.reservations = found
-        return len(found), f"{len(found)} reservations", await inventory_records.backlog(connection, backlog_before)
+        counted = sum(reservation.updated_at < until for reservation in found)
+        return counted, f"{counted} reservations", await inventory_records.backlog(connection, backlog_before)
 
     readers: dict[str, Callable[[AsyncConnection], Awaitable[tuple[int, str, OutboxBacklog]]]] = {
         "payments": payments,
@@ -121,28 +131,32 @@ async def read_databases(gathered: Gathered, urls: dict[str, str]) -> None:
         gathered.ok(name, "database", count, detail)
 
 
-async def out_of_range(gathered: Gathered, payments_url: str) -> None:
-    """Payments that records or events in range name, but that were created outside the range."""
+async def other_payments(gathered: Gathered, payments_url: str) -> None:
+    """The payments that records or events in range name, beyond those payments' records in range
+    hold: one created before the look-back (a refund today of last week's purchase) is judged on
+    what happened in range; one created from the window's end on is the next run's."""
     observed = gathered.observed
     known = {payment.payment_id for payment in observed.payments}
-    known |= {event.saga_id for event in observed.events if event.event_type in ("PaymentRequested", "PaymentRejected")}
     named = {event.saga_id for event in observed.events if event.event_type in PURCHASE_EVENTS}
-    named |= {hold.payment_id for hold in observed.holds} | {
-        reservation.payment_id for reservation in observed.reservations
-    }
+    named |= {hold.payment_id for hold in observed.holds}
+    named |= {reservation.payment_id for reservation in observed.reservations}
     named |= {entry.saga_id for entry in observed.entries if entry.saga_id}
-    unknown = named - known
+    unknown = named - known - {""}
     if not unknown or gathered.incomplete:
         return
-    engine = read_only.create_read_only_engine(payments_url)
     try:
-        async with read_only.snapshot(engine) as connection:
-            found = await payments_records.created_outside(
-                connection, unknown, observed.window.lookback_start, observed.window.end
-            )
-    finally:
-        await engine.dispose()
-    observed.out_of_range = frozenset(found)
+        engine = read_only.create_read_only_engine(payments_url)
+        try:
+            async with read_only.snapshot(engine) as connection:
+                found = await payments_records.by_ids(connection, unknown)
+        finally:
+            await engine.dispose()
+    except (SQLAlchemyError, OSError, read_only.DatabaseMissing) as error:
+        gathered.failed("payments database", "database", "unavailable", _first_line(error))
+        return
+    end = observed.window.end
+    observed.out_of_range = frozenset(record.payment_id for record in found if record.created_at >= end)
+    observed.payments = [*observed.payments, *(record for record in found if record.created_at < end)]
 
 
 async def read_streams(gathered: Gathered, client: NatsClient) -> None:
@@ -153,7 +167,7 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
         events_spec, letters_spec = streams.owned_streams(service)
 
         def take_event(message: Msg, stream: str = events_spec.name) -> None:
-            fact = event_fact(stream, message)
+            fact = event_fact(stream, message.metadata.sequence.stream, message.data)
             if fact is not None and fact.at < window.end:
                 events.append(fact)
 
@@ -190,8 +204,8 @@ async def read_stream(
     *,
     covers: dt.datetime | None,
 ) -> str | None:
-    """Read stream from start (None: its first message) to its last message now; the reason it
-    could not, or None."""
+    """Read stream from start (None: its first message) up to its last message now; the reason it
+    could not, or None. A read that stops short is a reason, never a partial success."""
     try:
         state = await stream_state(client, stream)
     except NotFoundError:
@@ -203,32 +217,49 @@ async def read_stream(
             f"its oldest event is from {state.first_at:%Y-%m-%d %H:%M:%S} UTC, after the look-back's start "
             f"{covers:%Y-%m-%d %H:%M:%S} UTC: older events are gone"
         )
-    last = state.last_sequence
     if not state.messages:
         return None
-    if start is None:
-        policy, config = DeliverPolicy.ALL, ConsumerConfig()
-    else:
-        policy, config = DeliverPolicy.BY_START_TIME, ConsumerConfig(opt_start_time=start)
+    jetstream = client.jetstream()
     try:
-        subscription = await client.jetstream().subscribe(
-            subject, stream=stream, ordered_consumer=True, deliver_policy=policy, config=config
+        await jetstream.consumer_info(stream, CONSUMER)
+        return (
+            f"another reconciliation is reading it (its consumer {CONSUMER!r} exists; the server removes an idle one)"
         )
-        try:
-            while True:
-                message = await subscription.next_msg(timeout=NEXT_TIMEOUT_S)
-                if message.metadata.sequence.stream > last:
-                    break
-                take(message)
-                if message.metadata.sequence.stream >= last or not message.metadata.num_pending:
-                    break
-        finally:
-            await subscription.unsubscribe()
-    except nats.errors.TimeoutError:
-        # Nothing (more) stored from start on.
-        return None
+    except NotFoundError:
+        pass
     except (nats.errors.Error, TimeoutError) as error:
-        return f"reading stopped: {error!r}"
+        return f"cannot read the stream: {error!r}"
+    config = ConsumerConfig(
+        name=CONSUMER,
+        filter_subject=subject,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=CONSUMER_INACTIVE_S,
+        mem_storage=True,
+        **(
+            {"deliver_policy": DeliverPolicy.ALL}
+            if start is None
+            else {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": start}
+        ),
+    )
+    read = 0
+    try:
+        created = await jetstream.add_consumer(stream, config)
+        try:
+            # What is stored from start on now: the run's cut of this stream.
+            wanted = created.num_pending or 0
+            subscription = await jetstream.pull_subscribe_bind(CONSUMER, stream=stream)
+            try:
+                while read < wanted:
+                    for message in await subscription.fetch(min(wanted - read, FETCH_BATCH), timeout=NEXT_TIMEOUT_S):
+                        read += 1
+                        take(message)
+            finally:
+                await subscription.unsubscribe()
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await jetstream.delete_consumer(stream, CONSUMER)
+    except (nats.errors.Error, TimeoutError) as error:
+        return f"reading stopped after {read} messages: {error!r}"
     return None
 
 
@@ -262,9 +293,10 @@ def parse_time(text: str) -> dt.datetime:
     return moment + dt.timedelta(microseconds=int((fraction + "000000")[:6]))
 
 
-def event_fact(stream: str, message: Msg) -> EventFact | None:
+def event_fact(stream: str, sequence: int, data: bytes) -> EventFact | None:
+    """What a stored event of a purchase says; None for any other message."""
     try:
-        envelope = eventing.parse(message.data)
+        envelope = eventing.parse(data)
     except ValueError:
         return None  # not ours to judge here: consumers park what they cannot read
     if envelope.event_type not in PURCHASE_EVENTS:
@@ -274,7 +306,7 @@ def event_fact(stream: str, message: Msg) -> EventFact | None:
     amount = getattr(payload, "amount", None) if "amount" in has else None
     return EventFact(
         stream,
-        message.metadata.sequence.stream,
+        sequence,
         envelope.event_id,
         envelope.event_type,
         envelope.producer,

@@ -281,6 +281,12 @@ async def announced(cluster: LocalCluster, run_id: str) -> tuple[list[events_pb2
                 await own.jetstream().publish(subject, b"x", timeout=2)
             except (nats.errors.Error, TimeoutError):
                 refused.append(subject)
+        # Nor may it create (so change) a consumer of any name but its own: here the ledger's.
+        durable = ConsumerConfig(name="ledger-from-payments-standard", ack_policy=AckPolicy.NONE, max_deliver=1)
+        try:
+            await own.jetstream().add_consumer("PAYMENTS_EVENTS", durable, timeout=2)
+        except (nats.errors.Error, TimeoutError):
+            refused.append("consumer ledger-from-payments-standard")
     finally:
         await own.close()
     return found, refused
@@ -363,7 +369,11 @@ async def test_a_clean_cluster_reconciles_then_every_planted_mismatch_is_found(
     assert completed[0].mismatches == len(report["mismatches"]) == len(mismatches)
     assert dict(completed[0].mismatches_by_kind) == report["counts"]["by_kind"]
     assert all(envelope.producer == "reconcile" for envelope in found)
-    assert refused == ["paysaga.events.ledger.standard.FundsCaptured", "paysaga.deadletter.ledger.X"]
+    assert refused == [
+        "paysaga.events.ledger.standard.FundsCaptured",
+        "paysaga.deadletter.ledger.X",
+        "consumer ledger-from-payments-standard",
+    ]
 
 
 def test_a_source_that_cannot_be_read_makes_the_run_incomplete(quiet_cluster: LocalCluster, tmp_path: Path) -> None:

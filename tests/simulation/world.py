@@ -21,6 +21,7 @@ import datetime as dt
 import functools
 import random
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ from services.payments import handlers as payments_handlers
 from services.payments.adapters import tables as payments_tables
 from services.payments.adapters.repository import PaymentsUnit
 from services.payments.domain import Action, Decision, PaymentLimits, PurchaseRequest, RuleHit, ScoreThresholds, decide
+from services.reconcile import sources
+from services.reconcile.compare import reconcile
+from services.reconcile.domain import Window
+from services.reconcile.observations import Observations
 
 CURRENCY = "EUR"
 PRICE_MINOR = 1250
@@ -121,6 +126,8 @@ class World:
     random: random.Random = field(init=False)
     databases: dict[str, Database[Any]] = field(init=False, default_factory=dict)
     published: set[str] = field(init=False, default_factory=set)
+    # Each producer's stream: what it published, once per event id (as Nats-Msg-Id deduplicates).
+    streams: defaultdict[str, list[EventEnvelope]] = field(init=False, default_factory=lambda: defaultdict(list))
     # Per consumer (service, producer, lane), the events delivered and not yet acknowledged, in order.
     pending: dict[tuple[str, str, str], list[Delivery]] = field(init=False, default_factory=dict)
     parked: list[str] = field(init=False, default_factory=list)
@@ -210,6 +217,7 @@ class World:
         if envelope.event_id in self.published:
             return
         self.published.add(envelope.event_id)
+        self.streams[producer].append(envelope)
         lane = lanes.lane_of(envelope.event_type, envelope.sla_tier)
         for service, code in self.code.items():
             for subscription in code.subscriptions:
@@ -362,7 +370,25 @@ class World:
     async def verdict(self) -> list[str]:
         """What is wrong once the world has settled: empty when every payment ended and the books agree."""
         report = await invariants.check(self.url("ledger"), self.url("inventory"), self.url("payments"))
-        return [*self.parked, *report.violations]
+        return [*self.parked, *report.violations, *await self.reconciliation()]
+
+    async def reconciliation(self) -> list[str]:
+        """The nightly reconciliation over the settled world's databases and streams: in a world
+        that ended well, whatever it finds it should not have found."""
+        window = Window(self.clock + dt.timedelta(hours=1))
+        gathered = sources.Gathered(Observations(window))
+        await sources.read_databases(gathered, {service: self.url(service) for service in sources.SERVICES})
+        facts = [
+            sources.event_fact(f"{producer.upper()}_EVENTS", sequence, envelope.SerializeToString())
+            for producer, envelopes in self.streams.items()
+            for sequence, envelope in enumerate(envelopes, 1)
+        ]
+        gathered.observed.events = [fact for fact in facts if fact is not None]
+        await sources.other_payments(gathered, self.url("payments"))
+        if gathered.incomplete:
+            return [f"reconciliation incomplete: {reason}" for reason in gathered.incomplete]
+        mismatches, _ = reconcile(gathered.observed)
+        return [f"reconciliation: {m.kind} on {m.payment_id}: {m.detail}" for m in mismatches]
 
 
 async def _time_out(unit: PaymentsUnit, payment_id: str) -> None:

@@ -275,13 +275,60 @@ def test_a_payment_still_moving_at_the_window_end_is_not_judged_yet() -> None:
     assert mismatches == [] and counts.in_flight == 1
 
 
-def test_records_of_payments_from_outside_the_range_are_left_alone() -> None:
+def test_records_of_payments_created_after_the_window_are_left_to_the_next_run() -> None:
+    books = Books()
+    later = books.purchase("refunded")
+    books.payments = []
+    assert found(books.observations(out_of_range=frozenset({later}), settlement=None)) == set()
+    assert (Kind.MISSING_IN_DATABASE, later) in found(books.observations(settlement=None))
+
+
+def test_an_older_payment_is_judged_on_what_happened_in_range_only() -> None:
+    """Last week's purchase refunded today: its request, capture and sale are not read."""
     books = Books()
     old = books.purchase("refunded")
+    created = WINDOW.lookback_start - dt.timedelta(days=5)
+    replace(books.payments, old, created_at=created, deadline_at=created + dt.timedelta(seconds=30))
+    refund = ("PaymentRefundRequested", "FundsRefunded", "StockRestocked", "PaymentRefunded")
+    books.events = [event for event in books.events if event.event_type in refund]
+    books.entries = [entry for entry in books.entries if entry.kind == "REFUND"]
+    assert found(books.observations(settlement=None)) == set()
+    # What happened in range is still judged: refunded twice.
+    books.entries.append(EntryRecord("e2", "REFUND", old, END - dt.timedelta(hours=1), (("EUR", 0),), PRICE, "EUR"))
+    assert found(books.observations(settlement=None)) == {(Kind.DUPLICATE_EFFECT, old)}
+
+
+def test_a_lost_event_is_found_even_when_a_later_one_survives() -> None:
+    books, ids = every_ending()
+    books.events = [e for e in books.events if not (e.saga_id == ids["completed"] and e.event_type == "StockReserved")]
+    mismatches, _ = reconcile(books.observations())
+    assert [(m.kind, m.payment_id, m.source, m.reference) for m in mismatches] == [
+        (Kind.MISSING_IN_STREAM, ids["completed"], "inventory", "StockReserved")
+    ]
+
+
+def test_money_moved_for_a_payment_that_payments_never_had_is_found() -> None:
+    books = Books()
+    ghost = books.purchase("completed")
     books.payments = []
-    books.events = [event for event in books.events if event.event_type not in ("PaymentRequested",)]
-    assert found(books.observations(out_of_range=frozenset({old}), settlement=None)) == set()
-    assert (Kind.MISSING_IN_DATABASE, old) in found(books.observations(settlement=None))
+    books.events = [event for event in books.events if event.producer != "payments"]
+    assert (Kind.OUTCOME_DISAGREES, ghost) in found(books.observations(settlement=None))
+
+
+def test_a_review_whose_hold_was_refused_then_declined_reconciles() -> None:
+    """The ledger leaves a marker (CANCELLED, with an id) where it refused the hold, and answers
+    the decline's release with that id: nothing was ever held."""
+    books = Books()
+    at = END - dt.timedelta(hours=2)
+    payment_id = str(uuid.uuid4())
+    for index, event_type in enumerate(
+        ("PaymentRequested", "FundsHoldFailed", "PaymentCancellationRequested", "FundsReleased", "PaymentDeclined")
+    ):
+        books.event(payment_id, event_type, at + dt.timedelta(milliseconds=50 * index))
+    last = at + dt.timedelta(seconds=1)
+    books.payments.append(PaymentRecord(payment_id, "REJECTED", PRICE, "EUR", "sku-1", 1, at, last, last))
+    books.holds.append(HoldRecord(payment_id, "marker", "CANCELLED", 0, "", last))
+    assert found(books.observations(settlement=None)) == set()
 
 
 def test_dead_letters_are_reported_with_their_reason() -> None:

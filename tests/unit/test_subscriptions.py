@@ -39,3 +39,15 @@ def test_no_service_consumes_its_own_events_and_nats_lets_each_read_what_it_cons
         assert natsconf.CONSUMES[name] == bootstrap.SUBSCRIPTIONS
         handled = {event for subscription in bootstrap.SUBSCRIPTIONS for event in subscription.event_types}
         assert all(PRODUCER_OF[event] != name for event in handled)
+
+
+def test_the_reconciliation_may_read_only_through_its_own_consumer_and_publish_only_its_own_events() -> None:
+    user = next(user for user in natsconf.users() if user.identity == "spiffe://paysaga/reconcile")
+    consumer_calls = [subject for subject in user.publish if subject.startswith("$JS.API.CONSUMER.")]
+    # A create naming no consumer (or any) could update a service's durable consumer.
+    assert len(consumer_calls) == 6 * 5
+    assert all(subject.endswith((".reconcile", ".reconcile.>")) for subject in consumer_calls), consumer_calls
+    events = [subject for subject in user.publish if not subject.startswith("$JS.")]
+    assert events == ["paysaga.events.reconcile.>"]
+    assert not any(subject.startswith(("$JS.FC", "$JS.ACK")) for subject in user.publish)
+    assert user.subscribe == ("_INBOX.reconcile.>",)

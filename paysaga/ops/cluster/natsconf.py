@@ -34,6 +34,7 @@ from services.auth import bootstrap as auth_bootstrap
 from services.inventory import bootstrap as inventory_bootstrap
 from services.ledger import bootstrap as ledger_bootstrap
 from services.payments import bootstrap as payments_bootstrap
+from services.reconcile.sources import CONSUMER as RECONCILE_CONSUMER
 
 # What each service consumes (a producer's lanes): derived from its handlers (its bootstrap's
 # SUBSCRIPTIONS), so the permissions cannot drift from what the service subscribes to.
@@ -100,17 +101,25 @@ def service_user(service: str, consumes: Sequence[Subscription]) -> NatsUser:
 
 
 def reconcile_user() -> NatsUser:
-    """The nightly reconciliation: it reads the services' event and dead-letter streams through
-    ordered consumers (ephemeral, unnamed: it cannot touch a service's durable consumers) and
-    publishes only its own events, into its own stream."""
+    """The nightly reconciliation: it reads the services' event and dead-letter streams through a
+    consumer of its own, by name (services.reconcile.sources.CONSUMER: a create request naming
+    any other consumer is refused, so it cannot change a service's), and publishes only its own
+    events, into its own stream."""
     identity = service_identity(RECONCILE)
     publish = [f"{EVENTS_SUBJECT_ROOT}.{RECONCILE}.>", f"{JS_API}.INFO"]
     own = owned_streams(RECONCILE)[0].name
     publish += [f"{JS_API}.STREAM.{action}.{own}" for action in ("CREATE", "UPDATE", "INFO")]
     for service in RECONCILED:
         for stream in owned_streams(service):
-            publish += [f"{JS_API}.STREAM.INFO.{stream.name}", f"{JS_API}.CONSUMER.CREATE.{stream.name}"]
-            publish.append(f"$JS.FC.{stream.name}.>")
+            consumer = f"{stream.name}.{RECONCILE_CONSUMER}"
+            publish += [
+                f"{JS_API}.STREAM.INFO.{stream.name}",
+                f"{JS_API}.CONSUMER.CREATE.{consumer}",
+                f"{JS_API}.CONSUMER.CREATE.{consumer}.>",
+                f"{JS_API}.CONSUMER.INFO.{consumer}",
+                f"{JS_API}.CONSUMER.MSG.NEXT.{consumer}",
+                f"{JS_API}.CONSUMER.DELETE.{consumer}",
+            ]
     return NatsUser(identity, tuple(publish), (f"{inbox_prefix(identity)}.>",))
 
 

@@ -12,8 +12,10 @@ import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -34,9 +36,17 @@ def create_read_only_engine(url: str) -> AsyncEngine:
         database = parsed.database or ""
         if not database or database == ":memory:" or not Path(database).is_file():
             raise DatabaseMissing(f"no SQLite database at {database or '(no path)'}")
-        return create_async_engine(
+        engine = create_async_engine(
             url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS, ("query_only=ON",))
         )
+
+        # The driver's connections are in autocommit mode: without a BEGIN, each statement would
+        # see the database as it is then, not one snapshot.
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+        return engine
     return create_async_engine(
         url,
         pool_size=1,

@@ -10,10 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from paysaga.core.reconciliation import OutboxBacklog, ReservationRecord, utc
 from paysaga.runtime.storage import read_only
 from services.inventory.adapters.tables import outbox, reservations
+from services.inventory.domain import ReservationStatus
 
 
 async def reservations_updated_since(connection: AsyncConnection, since: dt.datetime) -> list[ReservationRecord]:
-    """Every reservation (and tombstone) last changed from since on."""
+    """Every reservation (and tombstone) last changed from since on, and every one still reserved."""
     query = sa.select(
         reservations.c.payment_id,
         reservations.c.reservation_id,
@@ -21,7 +22,7 @@ async def reservations_updated_since(connection: AsyncConnection, since: dt.date
         reservations.c.sku,
         reservations.c.quantity,
         reservations.c.updated_at,
-    ).where(reservations.c.updated_at >= since)
+    ).where(sa.or_(reservations.c.updated_at >= since, reservations.c.status == ReservationStatus.RESERVED.value))
     return [
         ReservationRecord(row.payment_id, row.reservation_id, row.status, row.sku, row.quantity, utc(row.updated_at))
         for row in await connection.execute(query)

@@ -11,13 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from paysaga.core.reconciliation import EntryRecord, HoldRecord, OutboxBacklog, utc
 from paysaga.runtime.storage import read_only
 from services.ledger.adapters.tables import accounts, holds, journal_entries, journal_lines, outbox
+from services.ledger.domain import HoldStatus
 
 
 async def holds_updated_since(connection: AsyncConnection, since: dt.datetime) -> list[HoldRecord]:
-    """Every hold (and marker) last changed from since on."""
+    """Every hold (and marker) last changed from since on, and every one still held, however old."""
     query = sa.select(
         holds.c.payment_id, holds.c.hold_id, holds.c.status, holds.c.amount_minor, holds.c.currency, holds.c.updated_at
-    ).where(holds.c.updated_at >= since)
+    ).where(sa.or_(holds.c.updated_at >= since, holds.c.status == HoldStatus.HELD.value))
     return [
         HoldRecord(row.payment_id, row.hold_id, row.status, row.amount_minor, row.currency, utc(row.updated_at))
         for row in await connection.execute(query)
