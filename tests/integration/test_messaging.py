@@ -13,7 +13,7 @@ from nats.js.errors import NotFoundError
 from paysaga.core.eventing import EventEnvelope, new_event
 from paysaga.events.v1 import events_pb2
 from paysaga.runtime.messaging import relay as relay_module
-from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging import streams, windows
 from paysaga.runtime.messaging.consumer import EventConsumer
 from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.storage.database import create_engine
@@ -309,4 +309,4 @@ async def test_dead_letters_never_expire_while_events_keep_a_week(rig: Rig) -> N
     events, dead_letters = streams.owned_streams(rig.service)
 
     assert (await rig.ops.stream_info(dead_letters.name)).config.max_age == 0
-    assert (await rig.ops.stream_info(events.name)).config.max_age == streams.STREAM_MAX_AGE_S
+    assert (await rig.ops.stream_info(events.name)).config.max_age == windows.STREAM_MAX_AGE_S

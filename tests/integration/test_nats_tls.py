@@ -15,7 +15,7 @@ from nats.js.api import StorageType
 
 from paysaga.ops.cluster import natsconf
 from paysaga.ops.cluster.localcluster import LocalCluster, find_nats_server
-from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging import streams, windows
 from paysaga.runtime.settings import TlsFiles
 from tests.helpers import connect_as, connect_nats, ssl_context_without_client_certificate, wait_for_log
 
@@ -41,7 +41,7 @@ async def test_service_certificate_connects_and_can_publish_to_jetstream_with_de
         assert again.duplicate and again.seq == first.seq
         info = await jetstream.stream_info("LEDGER_EVENTS")
         assert StorageType(info.config.storage) is StorageType.FILE
-        assert info.config.duplicate_window == streams.DUPLICATE_WINDOW_S
+        assert info.config.duplicate_window == windows.DUPLICATE_WINDOW_S
     finally:
         await client.close()
 

@@ -24,17 +24,13 @@ from nats.js.errors import NotFoundError
 
 from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT
 from paysaga.core.identity import service_identity
+from paysaga.runtime.messaging.windows import DUPLICATE_WINDOW_S, STREAM_MAX_AGE_S
 from paysaga.runtime.security import tls
 from paysaga.runtime.settings import TlsFiles
 from paysaga.runtime.tasks import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
-# Long enough for the nightly reconciliation's 48 h look-back, with room for a missed night.
-STREAM_MAX_AGE_S = 7 * 24 * 3600
-# Re-publishing an event (e.g. the outbox relay after a crash) within this window is dropped by
-# its Nats-Msg-Id; the relay retries far sooner than this.
-DUPLICATE_WINDOW_S = 120
 CONNECT_ATTEMPT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 1
 # Long enough to flush what was published; a drain must never hold up a shutdown for long.

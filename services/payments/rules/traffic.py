@@ -28,7 +28,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from paysaga.core.eventing import EVENTS_SUBJECT_ROOT, EventEnvelope, new_event
 from paysaga.events.v1 import events_pb2
 from paysaga.runtime import metrics
-from paysaga.runtime.messaging.streams import DUPLICATE_WINDOW_S, owned_streams
+from paysaga.runtime.messaging.streams import owned_streams
+from paysaga.runtime.messaging.windows import DUPLICATE_WINDOW_S
 from paysaga.runtime.storage.unit_of_work import Database
 from services.payments.adapters.repository import PaymentsUnit
 from services.payments.rules.spikes import Spike, SpikeDetector
