@@ -33,7 +33,7 @@ from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.security.ratelimit import RateLimiter
 from paysaga.runtime.security.revocation import CRL_FILE, RevocationList
 from paysaga.runtime.settings import Option, ServiceSettings, load_settings
-from paysaga.runtime.storage import database, migrations
+from paysaga.runtime.storage import database, migrations, retention
 from paysaga.runtime.storage.unit_of_work import Database, UnitFactory, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop
 
@@ -115,6 +115,7 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             ("outbox-relay", relay.run),
             ("nats-certificate", lambda stop: streams.follow_certificate(client, certificate, stop)),
             ("token-revocations", revocations.run),
+            ("retention", lambda stop: retention.run(store, settings.retention, stop)),
         ]
         loops += [(f"consumer-{consumer.name}", consumer.run) for consumer in consumers]
         followed = [(consumer.stream, consumer.name, consumer.lane) for consumer in consumers]

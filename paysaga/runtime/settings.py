@@ -17,6 +17,7 @@ from typing import Any
 from paysaga.core.lanes import COMPENSATION, LANES, TIERS
 from paysaga.runtime.security.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
 from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
+from paysaga.runtime.storage.retention import INBOX_RETENTION_S, OUTBOX_RETENTION_S, Retention
 
 DEFAULT_GRPC_PORTS = {"payments": 50051, "inventory": 50052, "ledger": 50053, "auth": 50054}
 DEFAULT_METRICS_PORTS = {"payments": 9151, "inventory": 9152, "ledger": 9153, "auth": 9154}
@@ -101,6 +102,8 @@ class ServiceSettings:
     # Default per-client rate limits by class of method (paysaga.runtime.security.ratelimit).
     rate_limits: Mapping[str, Limit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     lanes: LaneSettings = DEFAULT_LANES
+    # How long handled inbox rows and published outbox rows are kept (paysaga.runtime.storage.retention).
+    retention: Retention = field(default_factory=Retention)
     # The values of the service's own Options, parsed, by Option.key.
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -267,11 +270,29 @@ def load_settings(
         "each lane's events delivered and not yet acknowledged, across replicas, LANE=COUNT,...",
         type=lane_max_ack_pending,
     )
+    option(
+        "--outbox-retention-s",
+        "PAYSAGA_OUTBOX_RETENTION_S",
+        f"{OUTBOX_RETENTION_S:g}",
+        "published outbox rows are kept this long, then pruned (at least the streams' duplicate window)",
+        type=positive_float,
+    )
+    option(
+        "--inbox-retention-s",
+        "PAYSAGA_INBOX_RETENTION_S",
+        f"{INBOX_RETENTION_S:g}",
+        "the ids of handled events are kept this long, then pruned (at least the streams' maximum age)",
+        type=positive_float,
+    )
     for extra in options:
         option(extra.flag, extra.variable, extra.default, extra.help, type=extra.parse)
     args = parser.parse_args(argv)
     if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         parser.error(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {args.log_level}")
+    try:
+        retention = Retention(float(args.outbox_retention_s), float(args.inbox_retention_s))
+    except ValueError as error:
+        parser.error(str(error))
     return ServiceSettings(
         service=service,
         grpc_bind=args.grpc_bind,
@@ -287,5 +308,6 @@ def load_settings(
         metrics_bind=args.metrics_bind.strip(),
         rate_limits=_rate_limits(args.rate_limits) if isinstance(args.rate_limits, str) else args.rate_limits,
         lanes=LaneSettings(args.lane_workers, args.lane_weights, args.lane_max_ack_pending),
+        retention=retention,
         options={extra.key: getattr(args, extra.key) for extra in options},
     )

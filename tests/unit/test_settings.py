@@ -38,6 +38,8 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
         ({"PAYSAGA_STREAM_REPLICAS": "2"}, "must be 1, 3 or 5"),
         ({"PAYSAGA_STARTUP_TIMEOUT_S": "0"}, "must be positive"),
         ({"PAYSAGA_DRAIN_TIMEOUT_S": "soon"}, "argument --drain-timeout-s: must be a number, got 'soon'"),
+        ({"PAYSAGA_INBOX_RETENTION_S": "86400"}, "the inbox retention must be at least the streams' maximum age"),
+        ({"PAYSAGA_OUTBOX_RETENTION_S": "60"}, "the outbox retention must be at least the streams' duplicate window"),
     ],
 )
 def test_bad_environment_values_stop_the_process_with_a_message(

@@ -59,6 +59,8 @@ def messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("event_type", sa.String(64), nullable=False),
         sa.Column("saga_id", sa.String(36), nullable=False),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
+        # What retention prunes by (paysaga.runtime.storage.retention).
+        sa.Index("ix_inbox_processed_at", "processed_at"),
     )
     return outbox, inbox
 
