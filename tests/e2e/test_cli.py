@@ -107,13 +107,6 @@ def test_lanes_shows_every_lane_of_every_service(
     assert "compensation" in text and "oldest" in text
 
 
-def test_lanes_without_nats_says_so_and_exits_1(paysaga: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    shown = paysaga("lanes", "--nats-url", "tls://127.0.0.1:1")
-
-    assert shown.returncode == 1
-    assert "could not connect to NATS" in shown.stderr
-
-
 def test_trace_shows_a_payments_events_across_the_services_in_order(
     paysaga: Callable[..., subprocess.CompletedProcess[str]], cluster: LocalCluster
 ) -> None:
