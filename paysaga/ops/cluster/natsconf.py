@@ -51,6 +51,7 @@ OPS_CLIENTS = CLUSTER_CLIENTS
 RECONCILE = "reconcile"
 RECONCILED = ("payments", "ledger", "inventory")
 JS_API = "$JS.API"
+CLUSTER_NAME = "paysaga"
 # docker-compose: where the nats service mounts deploy/nats/nats.conf, and its certificate volume.
 # nats-server resolves an include relative to the directory of the file that includes it, even a
 # path written as absolute (2.15: "/certs/x" from /etc/nats.conf opens /etc/certs/x); with the
@@ -172,6 +173,7 @@ def render(
     pinned_keys: Sequence[str] | None = None,
     pins_include: str | None = None,
     fsync_always: bool = True,
+    routes: Routes | None = None,
 ) -> str:
     """The configuration; with pinned_keys, only clients whose certificate's key is listed get in
     (paysaga.ops.pki.revocation.NatsPins: how a revoked certificate is shut out). With
@@ -216,6 +218,37 @@ tls {{
 jetstream {{
   store_dir: {_quoted(store_dir)}
   sync_interval: {"always" if fsync_always else "2m"}
+}}
+{"" if routes is None else routes.render(tls)}"""
+
+
+@dataclass(frozen=True)
+class Routes:
+    """This node's place in a cluster of nats-servers: where it listens for the other nodes, and
+    where they listen (its own address may be among them; nats-server skips it)."""
+
+    listen: str
+    peers: tuple[str, ...]
+    name: str = CLUSTER_NAME
+
+    def render(self, tls: TlsFiles) -> str:
+        peers = _list([f"tls://{peer}" for peer in self.peers], "  ")
+        return f"""
+# A cluster: the nodes replicate the streams (R3) and elect a leader per stream. Routes are mutual
+# TLS with certificates from our CA (server and client usage: each node dials the others); a node
+# that presents none, or another CA's, is refused, and no route speaks plaintext.
+cluster {{
+  name: {_quoted(self.name)}
+  listen: {_quoted(self.listen)}
+  routes: {peers}
+  tls {{
+    cert_file: {_quoted(tls.cert_file)}
+    key_file: {_quoted(tls.key_file)}
+    ca_file: {_quoted(tls.ca_file)}
+    verify: true
+    min_version: "1.2"
+    timeout: 2
+  }}
 }}
 """
 
