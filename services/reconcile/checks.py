@@ -123,6 +123,7 @@ INVENTORY = Machine(
         "RESTOCKED": (("StockReserved",), ("StockRestocked",)),
     },
 )
+MACHINES = (PAYMENTS, LEDGER, INVENTORY)
 # What the ledger and inventory end in, for each way a payment ends.
 EXPECTED: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
     "COMPLETED": (frozenset({"CAPTURED"}), frozenset({"COMMITTED"})),
@@ -141,17 +142,14 @@ class SagaChecks:
         self.in_lookback = self.at < window.start
         # Created before the look-back: its earlier events were not read, only what happened in range.
         self.partial = saga.payment is not None and saga.payment.created_at < window.lookback_start
-        self.statuses = {
-            "payments": self._status("payments", PAYMENTS, saga.payment.status if saga.payment else None),
-            "ledger": self._status("ledger", LEDGER, saga.hold.status if saga.hold else None),
-            "inventory": self._status("inventory", INVENTORY, saga.reservation.status if saga.reservation else None),
-        }
+        self.statuses = {machine.service: self._status(machine) for machine in MACHINES}
 
-    def _status(self, service: str, machine: Machine, status: str | None) -> str:
+    def _status(self, machine: Machine) -> str:
         """What the books say (the database), or, when there is no record, what the stream says."""
+        status = self.saga.recorded_status(machine.service)
         if status is not None:
             return machine.from_status(status)[0]
-        return machine.from_stream(self.saga.by(service))[0][0]
+        return machine.from_stream(self.saga.by(machine.service))[0][0]
 
     def mismatch(self, kind: Kind, source: str, detail: str, reference: str = "") -> Mismatch:
         return Mismatch(kind, self.saga.payment_id, source, self.at, detail, reference, self.in_lookback)
@@ -166,15 +164,13 @@ class SagaChecks:
         yield from self.stuck()
         if self.in_flight:
             return
-        yield from self.stream_against_database(PAYMENTS, self.saga.payment.status if self.saga.payment else None)
-        yield from self.stream_against_database(LEDGER, self.saga.hold.status if self.saga.hold else None)
-        yield from self.stream_against_database(
-            INVENTORY, self.saga.reservation.status if self.saga.reservation else None
-        )
+        for machine in MACHINES:
+            yield from self.stream_against_database(machine)
         yield from self.amounts()
         yield from self.outcome()
 
-    def stream_against_database(self, machine: Machine, status: str | None) -> Iterator[Mismatch]:
+    def stream_against_database(self, machine: Machine) -> Iterator[Mismatch]:
+        status = self.saga.recorded_status(machine.service)
         events = self.saga.by(machine.service)
         (streamed, streamed_rank), cause = machine.from_stream(events)
         stored, stored_rank = machine.from_status(status)

@@ -123,13 +123,13 @@ async def run_once(options: Options, now: dt.datetime) -> int:
 
 def write_reports(options: Options, report: reports.Report, text: str, json_text: str) -> list[Path]:
     targets: list[tuple[Path, str]] = []
+    html_text = as_html(report) if options.html_file is not None or options.report_dir is not None else ""
     if options.json_file is not None:
         targets.append((options.json_file, json_text))
     if options.html_file is not None:
-        targets.append((options.html_file, as_html(report)))
+        targets.append((options.html_file, html_text))
     if options.report_dir is not None:
         stem = f"reconciliation-{report.window.end.astimezone(dt.UTC):%Y%m%dT%H%MZ}"
-        html_text = as_html(report)
         targets += [
             (options.report_dir / f"{stem}.json", json_text),
             (options.report_dir / f"{stem}.html", html_text),

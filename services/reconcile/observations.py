@@ -96,6 +96,11 @@ class Saga:
     def by(self, producer: str) -> list[EventFact]:
         return [event for event in self.events if event.producer == producer]
 
+    def recorded_status(self, service: str) -> str | None:
+        """The status of the service's record of this payment; None when it has none."""
+        record = {"payments": self.payment, "ledger": self.hold, "inventory": self.reservation}[service]
+        return None if record is None else record.status
+
     def entries_of(self, kind: str) -> list[EntryRecord]:
         return [entry for entry in self.entries if entry.kind == kind]
 

@@ -33,6 +33,7 @@ from paysaga.core import eventing
 from paysaga.core.reconciliation import OutboxBacklog
 from paysaga.runtime.messaging import streams
 from paysaga.runtime.storage import read_only
+from paysaga.runtime.storage.backends import DatabaseMissing
 from services.inventory.adapters import records as inventory_records
 from services.ledger.adapters import records as ledger_records
 from services.payments.adapters import records as payments_records
@@ -54,6 +55,8 @@ CONSUMER_INACTIVE_S = 60.0
 STREAM_INFO_TIMEOUT_S = 10.0
 STREAM_NOT_FOUND = 10059
 DATABASE_TIMEOUT_S = 600.0
+# Why a database could not be read: missing, a bad URL or driver, unreachable, too slow.
+UNREADABLE = (DatabaseMissing, ValueError, ImportError, SQLAlchemyError, OSError, TimeoutError)
 
 
 @dataclass
@@ -107,18 +110,11 @@ async def read_databases(gathered: Gathered, urls: dict[str, str]) -> None:
     for service in SERVICES:
         name = f"{service} database"
         try:
-            engine = read_only.create_read_only_engine(urls[service])
-        except (read_only.DatabaseMissing, ValueError, ImportError) as error:
-            gathered.failed(name, "database", "unavailable", str(error))
-            continue
-        try:
-            async with read_only.snapshot(engine) as connection:
+            async with read_only.reading(urls[service]) as connection:
                 count, detail, backlog = await asyncio.wait_for(readers[service](connection), DATABASE_TIMEOUT_S)
-        except (SQLAlchemyError, OSError, TimeoutError) as error:
+        except UNREADABLE as error:
             gathered.failed(name, "database", "unavailable", _first_line(error))
             continue
-        finally:
-            await engine.dispose()
         if backlog.count:
             gathered.failed(
                 name,
@@ -145,13 +141,9 @@ async def other_payments(gathered: Gathered, payments_url: str) -> None:
     if not unknown or gathered.incomplete:
         return
     try:
-        engine = read_only.create_read_only_engine(payments_url)
-        try:
-            async with read_only.snapshot(engine) as connection:
-                found = await payments_records.by_ids(connection, unknown)
-        finally:
-            await engine.dispose()
-    except (SQLAlchemyError, OSError, read_only.DatabaseMissing) as error:
+        async with read_only.reading(payments_url) as connection:
+            found = await payments_records.by_ids(connection, unknown)
+    except UNREADABLE as error:
         gathered.failed("payments database", "database", "unavailable", _first_line(error))
         return
     end = observed.window.end

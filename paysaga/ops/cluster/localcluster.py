@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
-import datetime as dt
 import functools
 import json
 import logging
@@ -40,6 +39,7 @@ from paysaga.ops.pki.revocation import NatsPins
 from paysaga.runtime.files import write_file
 from paysaga.runtime.security import tls, tokens
 from paysaga.runtime.settings import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS, TlsFiles
+from services.reconcile.schedule import parse_daily_time
 
 SERVICES = ("payments", "inventory", "ledger")
 RECONCILE = natsconf.RECONCILE
@@ -530,12 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _daily_time(text: str) -> str:
-    try:
-        hour, minute = (int(part) for part in text.split(":"))
-        dt.time(hour, minute)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time of day HH:MM (UTC)") from None
-    return f"{hour:02d}:{minute:02d}"
+    return f"{parse_daily_time(text):%H:%M}"
 
 
 def _serve(cluster: LocalCluster, *, demo: bool) -> int:

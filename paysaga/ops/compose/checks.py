@@ -522,6 +522,19 @@ class Replicas(Protocol):
     def container_logs(self, container: str) -> str: ...
 
 
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The log records among text's lines (paysaga logs one JSON object a line)."""
+    found = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            found.append(record)
+    return found
+
+
 def check_every_replica_refused(project: Replicas, client: OAuthClient) -> str:
     """Every payments replica applied the client's revocation (read from AUTH_EVENTS) and refused
     its token, as its own log says: none was left out behind the proxy."""
@@ -529,12 +542,7 @@ def check_every_replica_refused(project: Replicas, client: OAuthClient) -> str:
     replicas = [item for item in project.inspect("payments") if item["State"]["Running"]]
     expect(len(replicas) == project.topology.replicas, f"payments: {len(replicas)} replicas running")
     for item in replicas:
-        lines = []
-        for line in project.container_logs(item["Id"]).splitlines():
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        lines = json_lines(project.container_logs(item["Id"]))
         applied = any(e.get("event") == "revocations.applied" and e.get("client") == identity for e in lines)
         refused = any(
             e.get("event") == "grpc.refused" and e.get("peer") == identity and "revoked" in str(e.get("reason"))

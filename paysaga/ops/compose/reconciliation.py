@@ -15,9 +15,8 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from paysaga.ops.compose.checks import expect
+from paysaga.ops.compose.checks import expect, json_lines
 from paysaga.ops.compose.project import ComposeProject
 from paysaga.payments.v1 import payments_pb2
 
@@ -36,19 +35,6 @@ READ_DATABASES = ("payments", "ledger", "inventory")
 def schedule_time(now: dt.datetime) -> str:
     """The PAYSAGA_RECONCILE_AT the test gives its cluster: HH:MM (UTC), SCHEDULE_AHEAD from now."""
     return f"{(now.astimezone(dt.UTC) + SCHEDULE_AHEAD):%H:%M}"
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    """The log records among text's lines (paysaga logs one JSON object a line)."""
-    found = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            found.append(record)
-    return found
 
 
 def check_scheduler(project: ComposeProject, at: str) -> str:

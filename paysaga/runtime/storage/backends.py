@@ -12,7 +12,8 @@ Every place that would ask "which database is this?" asks the engine's Backend i
   REPEATABLE READ, read-only; SQLite: its BEGIN already does).
 - ``exclusive(connection, key)``: a session-level lock around schema migrations, so replicas
   starting together migrate once;
-- ``create_engine(url)``: how its engine is made.
+- ``create_engine(url)``: how its engine is made; ``create_read_only_engine(url)``: one that can
+  change nothing (paysaga.runtime.storage.read_only).
 
 SQLite goes through paysaga.runtime.storage.sqlite_driver: statements run on the event loop's
 thread, and only what waits (for another writer, for fsync) on the connection's own thread. Every
@@ -42,9 +43,14 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON")
 # Set on a connection that will write; see paysaga.runtime.storage.unit_of_work.
 WRITE_OPTION = "paysaga_write"
+READ_ONLY_CONNECT_TIMEOUT_S = 10
 
 
-def create_sqlite_engine(url: str) -> AsyncEngine:
+class DatabaseMissing(Exception):
+    """The database named by a URL does not exist."""
+
+
+def create_sqlite_engine(url: str, pragmas: tuple[str, ...] = SQLITE_PRAGMAS) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.query:
         raise ValueError(f"SQLite URLs take no options here, got {sorted(parsed.query)}")
@@ -54,9 +60,7 @@ def create_sqlite_engine(url: str) -> AsyncEngine:
     # The driver's own implicit transactions would start only at the first write, so a handler's
     # reads would not be isolated from another writer: its connections are in autocommit mode and
     # we issue BEGIN ourselves, below.
-    engine = create_async_engine(
-        url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS, SQLITE_PRAGMAS)
-    )
+    engine = create_async_engine(url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS, pragmas))
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Any) -> None:
@@ -64,6 +68,28 @@ def create_sqlite_engine(url: str) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     return engine
+
+
+def create_read_only_sqlite_engine(url: str) -> AsyncEngine:
+    """Reading a database another process writes: every write refused (query_only), and a missing
+    file an error, never a new empty database."""
+    database = make_url(url).database or ""
+    if not database or database == ":memory:" or not Path(database).is_file():
+        raise DatabaseMissing(f"no SQLite database at {database or '(no path)'}")
+    return create_sqlite_engine(url, pragmas=("query_only=ON",))
+
+
+def create_read_only_server_engine(url: str) -> AsyncEngine:
+    """Reading a database server's database: every transaction read-only, one connection."""
+    return create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        connect_args={
+            "timeout": READ_ONLY_CONNECT_TIMEOUT_S,
+            "server_settings": {"default_transaction_read_only": "on", "application_name": "paysaga-reconcile"},
+        },
+    )
 
 
 def create_server_engine(url: str) -> AsyncEngine:
@@ -88,6 +114,10 @@ class Backend:
     @staticmethod
     def create_engine(url: str) -> AsyncEngine:
         return create_server_engine(url)
+
+    @staticmethod
+    def create_read_only_engine(url: str) -> AsyncEngine:
+        return create_read_only_server_engine(url)
 
     def __init__(self) -> None:
         self._write_lock = asyncio.Lock()
@@ -114,6 +144,10 @@ class SQLiteBackend(Backend):
     @staticmethod
     def create_engine(url: str) -> AsyncEngine:
         return create_sqlite_engine(url)
+
+    @staticmethod
+    def create_read_only_engine(url: str) -> AsyncEngine:
+        return create_read_only_sqlite_engine(url)
 
 
 class PostgreSQLBackend(Backend):

@@ -11,61 +11,36 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from paysaga.core.reconciliation import OutboxBacklog, utc
-from paysaga.runtime.storage import sqlite_driver
-from paysaga.runtime.storage.backends import SQLITE_BUSY_TIMEOUT_MS
-
-CONNECT_TIMEOUT_S = 10
-
-
-class DatabaseMissing(Exception):
-    """The database named by a URL does not exist."""
+from paysaga.runtime.storage.backends import backend_for_url, backend_of
 
 
 def create_read_only_engine(url: str) -> AsyncEngine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if not database or database == ":memory:" or not Path(database).is_file():
-            raise DatabaseMissing(f"no SQLite database at {database or '(no path)'}")
-        engine = create_async_engine(
-            url, async_creator=sqlite_driver.connector(database, SQLITE_BUSY_TIMEOUT_MS, ("query_only=ON",))
-        )
-
-        # The driver's connections are in autocommit mode: without a BEGIN, each statement would
-        # see the database as it is then, not one snapshot.
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN")
-
-        return engine
-    return create_async_engine(
-        url,
-        pool_size=1,
-        max_overflow=0,
-        connect_args={
-            "timeout": CONNECT_TIMEOUT_S,
-            "server_settings": {"default_transaction_read_only": "on", "application_name": "paysaga-reconcile"},
-        },
-    )
+    return backend_for_url(url).create_read_only_engine(url)
 
 
 @contextlib.asynccontextmanager
 async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One read-only transaction that sees a single consistent state of the database."""
     async with engine.connect() as connection:
-        if engine.dialect.name != "sqlite":
-            await connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        await backend_of(engine).snapshot(connection)
         async with connection.begin():
             yield connection
+
+
+@contextlib.asynccontextmanager
+async def reading(url: str) -> AsyncIterator[AsyncConnection]:
+    """A read-only engine on url, for one snapshot, disposed after it."""
+    engine = create_read_only_engine(url)
+    try:
+        async with snapshot(engine) as connection:
+            yield connection
+    finally:
+        await engine.dispose()
 
 
 async def outbox_backlog(connection: AsyncConnection, outbox: sa.Table, before: dt.datetime) -> OutboxBacklog:
