@@ -97,7 +97,7 @@ async def connect_nats(
     try:
         await asyncio.wait_for(
             client.connect(
-                url,
+                url.split(","),
                 tls=context,
                 tls_handshake_first=True,
                 allow_reconnect=False,

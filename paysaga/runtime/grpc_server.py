@@ -31,6 +31,7 @@ from paysaga.runtime.security.authz import AuthorizationInterceptor, Authorizer,
 from paysaga.runtime.security.ratelimit import RateLimiter
 from paysaga.runtime.security.revocation import RevocationList
 from paysaga.runtime.security.tokens import TokenVerifier
+from paysaga.runtime.storage.backends import ReplicaUnavailable
 from paysaga.runtime.storage.database import is_unavailable
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ async def abort_for(context: grpc.aio.ServicerContext, error: Exception) -> None
     if not is_unavailable(error):
         raise error
     log.warning("grpc.database_unavailable", extra={"error": repr(error)})
-    await context.abort(grpc.StatusCode.UNAVAILABLE, "the service's database is unavailable; retry shortly")
+    detail = str(error) if isinstance(error, ReplicaUnavailable) else "the service's database is unavailable"
+    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{detail}; retry shortly")
 
 
 @dataclass(frozen=True)

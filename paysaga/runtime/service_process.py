@@ -88,8 +88,12 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             settings.nats_url, settings.tls, name=settings.service, timeout_s=settings.startup_timeout_s
         )
         jetstream = nats_client.jetstream()
-        for stream in streams.owned_streams(settings.service):
-            await streams.ensure_stream(jetstream, stream, settings.stream_replicas)
+        await streams.ensure_streams(
+            jetstream,
+            streams.owned_streams(settings.service),
+            settings.stream_replicas,
+            timeout_s=settings.startup_timeout_s,
+        )
         # Every token revoked so far is known before the first call is served.
         revocations = RevocationFollower(jetstream, revoked)
         await revocations.catch_up()

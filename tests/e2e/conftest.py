@@ -27,14 +27,15 @@ PAYMENTS_SETTINGS = {
 }
 
 
-@pytest.fixture(scope="package", params=["sqlite", "postgresql-2-replicas"])
+@pytest.fixture(scope="package", params=["sqlite", "postgresql-2-replicas-3-nats"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, certs_dir: Path
 ) -> Iterator[LocalCluster]:
     """The whole cluster as local processes: real nats-server, the three services, our certificates.
 
-    Every end-to-end test runs twice: on SQLite with one process per service, and on PostgreSQL
-    with two replicas of every service sharing the work (clients round-robin between them).
+    Every end-to-end test runs twice: on SQLite with one process per service and one nats-server,
+    and on PostgreSQL with two replicas of every service sharing the work (clients round-robin
+    between them) and a cluster of three nats-servers keeping every stream on each (R3).
     """
     with backend_cluster(request, tmp_path_factory.mktemp("cluster"), certs_dir, PAYMENTS_SETTINGS) as running:
         yield running
@@ -45,8 +46,9 @@ def backend_cluster(
     request: pytest.FixtureRequest, state_dir: Path, certs_dir: Path, payments_settings: dict[str, str]
 ) -> Iterator[LocalCluster]:
     """A running cluster for the backend the fixture's parameter names: "sqlite" (one process per
-    service) or "postgresql-2-replicas" (a database per service on the session's throwaway
-    PostgreSQL server, two processes per service of the saga, one authorization server)."""
+    service) or "postgresql-2-replicas..." (a database per service on the session's throwaway
+    PostgreSQL server, two processes per service of the saga, one authorization server); a name
+    ending "-3-nats" runs a cluster of three nats-servers."""
     environment: dict[str, dict[str, str]] = {service: {} for service in (*SERVICES, AUTHORIZATION_SERVER)}
     environment["payments"].update(payments_settings)
     replicas = {}
@@ -56,7 +58,10 @@ def backend_cluster(
             database = postgres.create_database(f"{service}_{uuid.uuid4().hex[:8]}")
             environment[service]["PAYSAGA_DATABASE_URL"] = database
         replicas = dict.fromkeys(SERVICES, 2)
-    with LocalCluster(state_dir, certs_dir, ClusterPorts.free(), environment=environment, replicas=replicas) as running:
+    nats_nodes = 3 if request.param.endswith("-3-nats") else 1
+    with LocalCluster(
+        state_dir, certs_dir, ClusterPorts.free(), environment=environment, replicas=replicas, nats_nodes=nats_nodes
+    ) as running:
         yield running
 
 

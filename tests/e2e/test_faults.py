@@ -1,16 +1,18 @@
-"""Faults in the running cluster: a service killed mid-saga, events delivered twice, a relay
-that crashed between publishing and marking sent. Every saga still ends, nothing is done twice,
+"""Faults in the running cluster: a service or a NATS node killed mid-saga, events delivered
+twice, a relay that crashed between publishing and marking sent. Every saga still ends, nothing is done twice,
 and money and stock are conserved."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from paysaga.core.eventing import subject_of
+from paysaga.runtime.messaging.streams import owned_streams
 from paysaga.runtime.storage.database import create_engine
 from tests.e2e.shop import Shop, status_name
 from tests.e2e.test_saga import PRICE, settled
@@ -18,6 +20,9 @@ from tests.helpers import connect_as
 
 pytestmark = pytest.mark.e2e
 SAGAS = 8
+# The longest a cluster of three nats-servers may take to carry on after losing a node: its
+# stream and consumer groups elect new leaders (a few seconds each, measured).
+STALL_MAX_S = 30.0
 
 
 @pytest.mark.parametrize("victim", ["ledger", "inventory", "payments"])
@@ -40,6 +45,55 @@ async def test_service_killed_mid_saga_every_saga_still_ends_and_nothing_is_lost
         assert await shop.balance(purchase.payer) == ((0, 0, 0) if completed else (PRICE, 0, PRICE))
         assert await shop.balance(purchase.merchant) == ((PRICE, 0, PRICE) if completed else (0, 0, 0))
     await settled(shop)
+
+
+async def test_nats_node_killed_mid_saga_every_saga_still_ends_and_nothing_is_lost(shop: Shop) -> None:
+    """The node leading the payments stream dies. A lone nats-server is an outage until it is
+    back; a cluster of three elects new leaders and carries on without it."""
+    cluster = shop.cluster
+    purchases = [await shop.setup(funds_minor=PRICE, stock=1) for _ in range(SAGAS)]
+    created = await asyncio.gather(*(shop.pay(purchase, amount_minor=PRICE) for purchase in purchases))
+    victim = await stream_leader(shop, owned_streams("payments")[0].name)
+
+    killed_at = time.monotonic()
+    cluster.kill(victim)
+    if len(cluster.nats_nodes) == 1:
+        await asyncio.sleep(0.3)
+        cluster.start_nats(victim)
+    else:
+        # A purchase made after the loss completes while the node is still down: the stall measured.
+        probe = await shop.setup(funds_minor=PRICE, stock=1)
+        while status_name(await shop.finish((await shop.pay(probe, amount_minor=PRICE)).payment_id)) != "COMPLETED":
+            assert time.monotonic() - killed_at < STALL_MAX_S, "no purchase completes without the lost node"
+        print(f"a purchase completed {time.monotonic() - killed_at:.1f} s after NATS node {victim} was killed")
+    finished = [await shop.finish(payment.payment_id) for payment in created]
+
+    assert {status_name(payment) for payment in finished} <= {"COMPLETED", "FAILED"}
+    assert all(
+        payment.reason.startswith("saga timed out") for payment in finished if status_name(payment) == "FAILED"
+    ), "a saga may only fail here by running out of time while NATS was electing new leaders"
+    for purchase, payment in zip(purchases, finished, strict=True):
+        completed = status_name(payment) == "COMPLETED"
+        assert await shop.balance(purchase.payer) == ((0, 0, 0) if completed else (PRICE, 0, PRICE))
+        assert await shop.balance(purchase.merchant) == ((PRICE, 0, PRICE) if completed else (0, 0, 0))
+    await settled(shop)
+    if victim not in cluster.processes:
+        cluster.start_nats(victim)
+        await settled(shop)
+
+
+async def stream_leader(shop: Shop, stream: str) -> str:
+    """The process name of the NATS node that leads a stream (the only one, without a cluster)."""
+    cluster = shop.cluster
+    if len(cluster.nats_nodes) == 1:
+        return cluster.nats_nodes[0].name
+    client = await connect_as(cluster.nats_url, cluster.tls_files("ops"))
+    try:
+        info = await client.jetstream().stream_info(stream)
+    finally:
+        await client.close()
+    assert info.cluster is not None
+    return next(node.name for node in cluster.nats_nodes if node.server_name == info.cluster.leader)
 
 
 async def test_events_delivered_again_have_no_second_effect(shop: Shop) -> None:

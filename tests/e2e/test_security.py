@@ -188,10 +188,11 @@ async def test_nats_refuses_a_certificate_whose_key_it_was_never_given(
 ) -> None:
     """A valid certificate of our CA, issued outside the cluster's certificates directory: its key
     is not pinned, so the handshake itself fails."""
+    first = cluster.nats_nodes[0]  # whose log is read below (a cluster's client picks any node)
     with pytest.raises(Exception):  # noqa: B017 - nats-py reports a refused handshake in several ways
-        await connect_as(cluster.nats_url, stranger)
+        await connect_as(first.url, stranger)
 
-    wait_for_log(cluster, "nats", "certificate not pinned")
+    wait_for_log(cluster, first.name, "certificate not pinned")
 
 
 async def test_nats_refuses_a_valid_certificate_of_an_identity_it_does_not_know(cluster: LocalCluster) -> None:
@@ -200,15 +201,16 @@ async def test_nats_refuses_a_valid_certificate_of_an_identity_it_does_not_know(
     name = f"stranger-{uuid.uuid4().hex[:8]}"
     authority.issue(authority.load_ca(cluster.certs_dir), cluster.certs_dir, name, Kind.CLIENT)
     files = TlsFiles.in_directory(cluster.certs_dir, name)
+    first = cluster.nats_nodes[0]  # whose log is read below (a cluster's client picks any node)
 
     def authentication_errors() -> int:
-        return cluster.log_path("nats").read_text(errors="replace").count("authentication error")
+        return cluster.log_path(first.name).read_text(errors="replace").count("authentication error")
 
     before = authentication_errors()
 
     async def refused_as_unknown() -> bool:
         with pytest.raises(Exception):  # noqa: B017 - an authorization violation closes the connection
-            await connect_as(cluster.nats_url, files)
+            await connect_as(first.url, files)
         return authentication_errors() > before
 
     await eventually(refused_as_unknown, f"NATS refuses {name} as an unknown user once its key is pinned")

@@ -32,7 +32,7 @@ from typing import IO, Any, TextIO, TypeVar
 from paysaga.ops.client import healthcheck
 from paysaga.ops.client.clients import ServiceClients
 from paysaga.ops.cluster import demo, natsconf
-from paysaga.ops.cluster.postgres import PostgresUnavailable, ThrowawayPostgres
+from paysaga.ops.cluster.postgres import PostgresUnavailable, ThrowawayPostgres, ThrowawayStandby
 from paysaga.ops.pki import rotation
 from paysaga.ops.pki.authority import CertificateError
 from paysaga.ops.pki.revocation import NatsPins
@@ -48,6 +48,9 @@ AUTHORIZATION_SERVER = "auth"
 DEFAULT_HTTPS_PORT = 8443
 T = TypeVar("T")
 STOP_TIMEOUT_S = 20.0
+# One nats-server, or a cluster of three that keeps every stream on each (R3) and survives the
+# loss of any one.
+NATS_NODE_COUNTS = (1, 3)
 PR_SET_PDEATHSIG = 1
 CERTIFICATE_CHECK_INTERVAL_S = 1.0
 POLL_INTERVAL_S = 0.2
@@ -89,6 +92,28 @@ def find_nats_server() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class NatsNode:
+    """One nats-server of the cluster: its process name ("nats", then "nats-2", ...), the port
+    clients connect to, and, in a cluster of several, the port the other nodes route to."""
+
+    name: str
+    client_port: int
+    route_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"tls://127.0.0.1:{self.client_port}"
+
+    @property
+    def server_name(self) -> str:
+        return self.name.replace("nats", "paysaga-local", 1)
+
+    @property
+    def store_directory(self) -> str:
+        return self.name.replace("nats", "jetstream", 1)
+
+
 class LocalCluster:
     def __init__(
         self,
@@ -103,7 +128,10 @@ class LocalCluster:
         replicas: Mapping[str, int] | None = None,
         metrics_ports: Mapping[str, int] | None = None,
         reconcile_at: str | None = None,
+        nats_nodes: int = 1,
     ) -> None:
+        if nats_nodes not in NATS_NODE_COUNTS:
+            raise ValueError(f"nats_nodes must be one of {NATS_NODE_COUNTS}, not {nats_nodes}")
         self.services = tuple(services)
         # HH:MM (UTC): run the nightly reconciliation then, keeping its reports in <state>/reports.
         self.reconcile_at = reconcile_at
@@ -112,11 +140,18 @@ class LocalCluster:
         self.replicas = {service: (replicas or {}).get(service, 1) for service in self.services}
         self.ports = ports
         self._instance_ports = dict(ports.grpc)
+        self.nats_nodes: list[NatsNode] = []
         # Each process's /metrics port: as given (by service name, for its first replica), else a free one.
         self._metrics_ports: dict[str, int] = dict(metrics_ports or {})
         for service, count in self.replicas.items():
             for index in range(2, count + 1):
                 self._instance_ports[f"{service}-{index}"] = self._unused_port()
+        for index in range(1, nats_nodes + 1):
+            # A lone server needs no route port; each of a cluster's nodes listens for the others.
+            client_port = ports.nats if index == 1 else self._unused_port()
+            route_port = None if nats_nodes == 1 else self._unused_port(client_port)
+            name = "nats" if index == 1 else f"nats-{index}"
+            self.nats_nodes.append(NatsNode(name, client_port, route_port))
         # Extra settings per service, e.g. {"payments": {"PAYSAGA_SAGA_TIMEOUT_S": "5"}}.
         self.environment = {name: dict(values) for name, values in (environment or {}).items()}
         self.state_dir = state_dir.resolve()
@@ -130,7 +165,19 @@ class LocalCluster:
 
     @property
     def nats_url(self) -> str:
-        return f"tls://127.0.0.1:{self.ports.nats}"
+        """Every NATS node, comma-separated: clients pick one and move to another when it is lost."""
+        return ",".join(node.url for node in self.nats_nodes)
+
+    @property
+    def stream_replicas(self) -> int:
+        """Copies of each stream: one per node (R3 in a cluster of three)."""
+        return len(self.nats_nodes)
+
+    def _nats_ports(self) -> list[int]:
+        return [port for node in self.nats_nodes for port in (node.client_port, node.route_port) if port is not None]
+
+    def nats_node(self, name: str) -> NatsNode:
+        return next(node for node in self.nats_nodes if node.name == name)
 
     @property
     def oauth_issuer(self) -> str:
@@ -147,10 +194,11 @@ class LocalCluster:
             self._metrics_ports[instance] = self._unused_port()
         return f"127.0.0.1:{self._metrics_ports[instance]}"
 
-    def _unused_port(self) -> int:
+    def _unused_port(self, *also_given: int) -> int:
         """A free port that no process of this cluster is given yet: each port is only reserved by
         the process that binds it, so a port handed out but not yet bound is free to the OS too."""
         given = {self.ports.nats, self.ports.https, *self._instance_ports.values(), *self._metrics_ports.values()}
+        given |= {*also_given, *self._nats_ports()}
         while (port := free_port()) in given:
             pass
         return port
@@ -177,10 +225,12 @@ class LocalCluster:
         )
 
     def reload_nats(self) -> None:
-        """Make nats-server re-read its configuration and certificates (SIGHUP); connections stay up."""
-        process = self.processes.get("nats")
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGHUP)
+        """Make every nats-server re-read its configuration and certificates (SIGHUP); connections
+        stay up."""
+        for node in self.nats_nodes:
+            process = self.processes.get(node.name)
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGHUP)
 
     def _follow_nats_certificate(self, watcher: tls.CertificateWatcher, pins: NatsPins) -> None:
         """Reload NATS when its certificate, key or the trust bundle changes (a rotation) and the
@@ -193,18 +243,28 @@ class LocalCluster:
             if watcher.poll() is not None or pins_changed:
                 self.reload_nats()
 
-    def _write_nats_config(self, pinned_keys: Sequence[str]) -> Path:
-        config_path = self.state_dir / "nats.conf"
-        text = natsconf.render(
-            server_name="paysaga-local",
-            host="127.0.0.1",
-            port=self.ports.nats,
-            tls=self.tls_files("nats"),
-            store_dir=self.state_dir / "jetstream",
-            pinned_keys=pinned_keys,
-        )
-        write_file(config_path, text.encode(), 0o644)
-        return config_path
+    def _write_nats_config(self, pinned_keys: Sequence[str]) -> None:
+        routes = tuple(f"127.0.0.1:{node.route_port}" for node in self.nats_nodes if node.route_port is not None)
+        for node in self.nats_nodes:
+            text = natsconf.render(
+                server_name=node.server_name,
+                host="127.0.0.1",
+                port=node.client_port,
+                tls=self.tls_files("nats"),
+                store_dir=self.state_dir / node.store_directory,
+                pinned_keys=pinned_keys,
+                routes=None if node.route_port is None else natsconf.Routes(f"127.0.0.1:{node.route_port}", routes),
+            )
+            write_file(self._nats_config_path(node), text.encode(), 0o644)
+
+    def _nats_config_path(self, node: NatsNode) -> Path:
+        return self.state_dir / f"{node.name}.conf"
+
+    def start_nats(self, name: str, timeout_s: float = 30.0) -> None:
+        """Start one NATS node (again, e.g. after kill) and wait until its JetStream answers."""
+        node = self.nats_node(name)
+        self._spawn(node.name, [find_nats_server(), "-c", str(self._nats_config_path(node))], {})
+        self._wait(node.name, time.monotonic() + timeout_s, functools.partial(self._nats_ready, node))
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
@@ -227,19 +287,22 @@ class LocalCluster:
             raise
 
     def _start(self, timeout_s: float) -> None:
-        for directory in ("logs", "data", "jetstream"):
+        for directory in ("logs", "data", *(node.store_directory for node in self.nats_nodes)):
             (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
         for line in rotation.bootstrap(self.certs_dir, self.certs_dir):
             if self.echo:
                 say(f"certs     | {line}")
         rotation.write_ops_token(self.certs_dir, self.certs_dir, "ops")
         pins = NatsPins(self.certs_dir)
-        config_path = self._write_nats_config(pins.pins)
+        self._write_nats_config(pins.pins)
         deadline = time.monotonic() + timeout_s
         # Watch from before NATS reads its files, so a rotation during its start is not missed.
         watcher = tls.CertificateWatcher(self.tls_files("nats"), check_interval_s=CERTIFICATE_CHECK_INTERVAL_S)
-        self._spawn("nats", [find_nats_server(), "-c", str(config_path)], {})
-        self._wait("nats", deadline, self._nats_ready)
+        for node in self.nats_nodes:
+            self._spawn(node.name, [find_nats_server(), "-c", str(self._nats_config_path(node))], {})
+        # In a cluster, JetStream answers once the nodes have elected a leader among themselves.
+        for node in self.nats_nodes:
+            self._wait(node.name, deadline, functools.partial(self._nats_ready, node))
         threading.Thread(
             target=self._follow_nats_certificate, args=(watcher, pins), daemon=True, name="nats-certificate"
         ).start()
@@ -260,8 +323,18 @@ class LocalCluster:
         """paysaga-reconcile against this cluster, as the reconciliation's own identity."""
         files = self.tls_files(RECONCILE)
         command = [sys.executable, "-m", "services.reconcile", "--nats-url", self.nats_url]
+        command += ["--stream-replicas", str(self.stream_replicas)]
         command += ["--cert", str(files.cert_file), "--key", str(files.key_file), "--ca", str(files.ca_file)]
         for service in SERVICES:
+            command += [f"--{service}-db", self.database_url(service)]
+        return [*command, *args]
+
+    def backup_command(self, tool: str, *args: str) -> list[str]:
+        """paysaga-backup (tool "backup") or paysaga-restore ("restore") against this cluster, as ops."""
+        files = self.tls_files("ops")
+        command = [sys.executable, "-m", "paysaga.ops.backup", tool, "--nats-url", self.nats_url]
+        command += ["--cert", str(files.cert_file), "--key", str(files.key_file), "--ca", str(files.ca_file)]
+        for service in (*SERVICES, AUTHORIZATION_SERVER):
             command += [f"--{service}-db", self.database_url(service)]
         return [*command, *args]
 
@@ -312,6 +385,7 @@ class LocalCluster:
         environment = {
             "PAYSAGA_GRPC_BIND": self.grpc_target(service),
             "PAYSAGA_NATS_URL": self.nats_url,
+            "PAYSAGA_STREAM_REPLICAS": str(self.stream_replicas),
             "PAYSAGA_TLS_CERT": str(files.cert_file),
             "PAYSAGA_TLS_KEY": str(files.key_file),
             "PAYSAGA_TLS_CA": str(files.ca_file),
@@ -374,8 +448,8 @@ class LocalCluster:
         """Wait until a service started with start_service reports SERVING; raise with its log if not."""
         self._wait(service, time.monotonic() + timeout_s, functools.partial(self._grpc_serving, service))
 
-    def _nats_ready(self) -> bool:
-        _run_apart(healthcheck.nats_jetstream_ready(self.nats_url, self.tls_files("ops")))
+    def _nats_ready(self, node: NatsNode) -> bool:
+        _run_apart(healthcheck.nats_jetstream_ready(node.url, self.tls_files("ops")))
         return True
 
     def _grpc_serving(self, service: str) -> bool:
@@ -388,10 +462,8 @@ class LocalCluster:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int | None]:
         """SIGTERM the services (they drain), then NATS; SIGKILL whatever outlives timeout_s."""
         self._watching.set()
-        order = [name for name in self.processes if name != "nats"] + [
-            name for name in self.processes if name == "nats"
-        ]
-        for group in ([name for name in order if name != "nats"], ["nats"]):
+        nats = [node.name for node in self.nats_nodes]
+        for group in ([name for name in self.processes if name not in nats], nats):
             running = [self.processes[name] for name in group if name in self.processes]
             for process in running:
                 if process.poll() is None:
@@ -475,7 +547,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the services on a throwaway PostgreSQL server (deleted on exit) instead of SQLite files",
     )
     parser.add_argument(
+        "--postgres-standby",
+        action="store_true",
+        help="--postgres with a synchronous standby: a commit returns once the standby has applied it",
+    )
+    parser.add_argument(
         "--replicas", type=int, default=1, help="processes per service, sharing the work (more than 1 needs --postgres)"
+    )
+    parser.add_argument(
+        "--nats-nodes",
+        type=int,
+        choices=NATS_NODE_COUNTS,
+        default=1,
+        help="nats-servers: 3 make a cluster with every stream on each node (R3), surviving the loss of any one; "
+        "the others take free ports (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nats-only",
+        action="store_true",
+        help="start NATS only, no services (e.g. to restore a backup: paysaga-restore)",
     )
     parser.add_argument("--log-level", default="INFO", help="services' log level (default: %(default)s)")
     parser.add_argument("--demo", action="store_true", help="once up, run a purchase that completes and one that fails")
@@ -500,31 +590,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.replicas < 1 or (args.replicas > 1 and not args.postgres):
+    if args.replicas < 1 or (args.replicas > 1 and not (args.postgres or args.postgres_standby)):
         print("paysaga-local: --replicas above 1 needs --postgres (replicas share one database)", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as resources:
         environment: dict[str, dict[str, str]] = {}
-        if args.postgres:
+        if args.postgres or args.postgres_standby:
             try:
-                postgres = ThrowawayPostgres(free_port())
+                postgres = ThrowawayPostgres(free_port(), synchronous_standby=args.postgres_standby)
             except PostgresUnavailable as error:
                 print(f"paysaga-local: {error}", file=sys.stderr)
                 return 2
             resources.callback(postgres.stop)
             postgres.start()
+            if args.postgres_standby:
+                standby = ThrowawayStandby(postgres, free_port())
+                resources.callback(standby.stop)
+                standby.start()
+                say(f"postgres  | synchronous standby on 127.0.0.1:{standby.port} (data {standby.data})")
             environment = {service: {"PAYSAGA_DATABASE_URL": postgres.create_database(service)} for service in SERVICES}
             say(f"postgres  | throwaway server on 127.0.0.1:{postgres.port}, databases {', '.join(SERVICES)}")
         cluster = LocalCluster(
             args.state_dir,
             args.certs_dir,
             ports,
+            services=() if args.nats_only else (*SERVICES, AUTHORIZATION_SERVER),
             echo=True,
             log_level=args.log_level,
             environment=environment,
             replicas={service: args.replicas for service in SERVICES},
             metrics_ports=DEFAULT_METRICS_PORTS,
             reconcile_at=args.reconcile_at,
+            nats_nodes=args.nats_nodes,
         )
         return _serve(cluster, demo=args.demo)
 
@@ -590,8 +687,15 @@ def summary(cluster: LocalCluster) -> str:
     ops = cluster.tls_files("ops")
     lines = [
         "",
-        "paysaga local cluster is up; every service reports SERVING over mTLS.",
-        f"  nats       {cluster.nats_url}   (JetStream, fsync before ack)",
+        "paysaga local cluster is up; every service reports SERVING over mTLS."
+        if cluster.services
+        else "paysaga local cluster: NATS only, no services.",
+        f"  nats       {cluster.nats_url}   (JetStream, fsync before ack"
+        + (
+            f"; {len(cluster.nats_nodes)} nodes, R{cluster.stream_replicas} streams)"
+            if len(cluster.nats_nodes) > 1
+            else ")"
+        ),
         *(f"  {service:<10} {cluster.targets(service)}" for service in cluster.services),
         *(
             [f"  oauth      {cluster.oauth_issuer}/oauth2/token   (OAuth 2.0 token endpoint, mTLS)"]

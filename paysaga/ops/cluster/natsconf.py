@@ -133,7 +133,8 @@ def users(
     found.append(reconcile_user())
     for client in ops_clients:
         identity = client_identity(client)
-        found.append(NatsUser(identity, (f"{JS_API}.>",), (f"{inbox_prefix(identity)}.>",)))
+        # JetStream's administration, and the chunks of a stream's snapshot or restore (backups).
+        found.append(NatsUser(identity, (f"{JS_API}.>", "$JS.SNAPSHOT.>"), (f"{inbox_prefix(identity)}.>",)))
     nats = service_identity("nats")
     found.append(NatsUser(nats, (f"{JS_API}.INFO",), (f"{inbox_prefix(nats)}.>",)))
     return found

@@ -16,6 +16,8 @@ from pathlib import Path
 
 SUPERUSER = "paysaga"
 START_TIMEOUT_S = 30
+# The synchronous standby's name (its cluster_name, which its WAL receiver reports).
+STANDBY_NAME = "paysaga_standby"
 
 
 class PostgresUnavailable(Exception):
@@ -37,8 +39,14 @@ def find_binaries() -> Path:
 
 
 class ThrowawayPostgres:
-    def __init__(self, port: int, binaries: Path | None = None) -> None:
+    """A server of its own; with synchronous_standby, a commit returns only once a standby named
+    STANDBY_NAME has applied it (ThrowawayStandby; synchronous_commit = remote_apply, which the
+    services ask for). The setting is given on the command line, not in the data directory, so a
+    standby copied from it and promoted does not wait for a standby of its own."""
+
+    def __init__(self, port: int, binaries: Path | None = None, *, synchronous_standby: bool = False) -> None:
         self.port = port
+        self.synchronous_standby = synchronous_standby
         self.binaries = binaries or find_binaries()
         # Not under a root-only temporary directory: the server's user must reach it.
         self.directory = Path(tempfile.mkdtemp(prefix="paysaga-pg-"))
@@ -78,6 +86,12 @@ class ThrowawayPostgres:
     def _start(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200"
+        if self.synchronous_standby:
+            # pg_ctl hands the options to a shell: the quotes keep the setting one word.
+            options += f" -c 'synchronous_standby_names=ANY 1 ({STANDBY_NAME})' -c synchronous_commit=remote_apply"
+        self._pg_ctl_start(options)
+
+    def _pg_ctl_start(self, options: str) -> None:
         self._run(
             "pg_ctl",
             "-D",
@@ -101,8 +115,13 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         """Stop the server (fast, then immediate) and delete its directory."""
+        self.halt()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def halt(self, modes: tuple[str, ...] = ("fast", "immediate")) -> None:
+        """Stop the server, keeping its data ("immediate" alone: as a crash would)."""
         if (self.data / "postmaster.pid").exists():
-            for mode in ("fast", "immediate"):
+            for mode in modes:
                 command = [
                     *self._as_user,
                     str(self.binaries / "pg_ctl"),
@@ -118,4 +137,31 @@ class ThrowawayPostgres:
                         break
                 except subprocess.TimeoutExpired:
                     continue
-        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ThrowawayStandby(ThrowawayPostgres):
+    """A hot standby of a ThrowawayPostgres, streaming from it (pg_basebackup -R), named
+    STANDBY_NAME: the primary's synchronous standby. It can be stopped and started again, and
+    promoted to take over as the primary."""
+
+    def __init__(self, primary: ThrowawayPostgres, port: int) -> None:
+        super().__init__(port, primary.binaries)
+        self.primary = primary
+
+    def _start(self) -> None:
+        self._run(
+            "pg_basebackup",
+            *("-h", "127.0.0.1", "-p", str(self.primary.port), "-U", SUPERUSER),
+            *("-D", str(self.data), "-R", "-X", "stream", "--no-sync"),
+        )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start (again) and stream from the primary."""
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c cluster_name={STANDBY_NAME}"
+        options += " -c max_connections=200"  # a hot standby needs at least what its primary has
+        self._pg_ctl_start(options)
+
+    def promote(self) -> None:
+        """Make it a primary: it stops following and takes writes (no standby of its own)."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(START_TIMEOUT_S), "promote")

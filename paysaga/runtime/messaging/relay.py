@@ -94,8 +94,9 @@ class OutboxRelay:
             try:
                 published = await self.publish_pending()
             except NoStreamResponseError:
-                # Nothing stores our subjects any more (a stream deleted, NATS restored empty).
-                log.error("outbox.stream_missing", extra={"alert": True})
+                # Nothing stores our subjects: a NATS cluster electing a stream's new leader, or
+                # (alerted when found) a stream deleted, NATS restored empty.
+                log.warning("outbox.no_stream_response")
                 self._scan_due = True
                 await self._recreate_streams()
                 await sleep_or_stop(stop, RETRY_DELAY_S)
@@ -120,7 +121,8 @@ class OutboxRelay:
     async def _recreate_streams(self) -> None:
         for stream in self._streams:
             try:
-                await ensure_stream(self._jetstream, stream, self._replicas)
+                if await ensure_stream(self._jetstream, stream, self._replicas) == "created":
+                    log.error("outbox.stream_missing", extra={"stream": stream.name, "alert": True})
             except Exception as error:  # noqa: BLE001 - tried again on the next failed publish
                 log.warning("outbox.stream_recreate_failed", extra={"stream": stream.name, "error": repr(error)})
 
@@ -152,6 +154,13 @@ class OutboxRelay:
     async def _read_table(self) -> list[OutboxRow]:
         await self.flush_marks()  # else the read would find them unpublished and publish them again
         self._scanned_at = time.monotonic()
+        if not await self._database.backend.replicated(self._database.engine):
+            # A commit can be on this database before its synchronous standby has it (its wait
+            # cancelled, the server restarted): its events wait until the standby has it too, so
+            # that a failover to the standby never leaves an event whose origin is gone.
+            log.warning("outbox.waiting_for_standby")
+            self._scan_due = True
+            return []
         statements = self._database.statements
         async with self._database.read() as connection:
             found = (await connection.execute(statements.unpublished, {"limit": BATCH_SIZE})).all()

@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EVENTS_SUBJECT_ROOT
 from paysaga.core.identity import service_identity
@@ -35,6 +37,9 @@ CONNECT_ATTEMPT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 1
 # Long enough to flush what was published; a drain must never hold up a shutdown for long.
 DRAIN_TIMEOUT_S = 5
+# Between attempts to create a stream that JetStream could not take yet (a cluster electing its
+# leader, or busy placing the replicas of many new streams at once).
+STREAM_RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -177,3 +182,20 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -
     await js.update_stream(config)
     log.info("stream.updated", extra={"stream": spec.name})
     return "updated"
+
+
+async def ensure_streams(js: JetStreamContext, specs: Sequence[StreamSpec], replicas: int, *, timeout_s: float) -> None:
+    """ensure_stream for each, retried while JetStream is not ready for it (no answer in time, or
+    "unavailable"), until timeout_s. Retrying is safe: a create that timed out but went through is
+    found the next time and left as it is."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    for spec in specs:
+        while True:
+            try:
+                await ensure_stream(js, spec, replicas)
+                break
+            except (nats.errors.TimeoutError, ServiceUnavailableError) as error:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                log.warning("stream.ensure_retry", extra={"stream": spec.name, "error": repr(error)})
+                await asyncio.sleep(STREAM_RETRY_S)

@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
 from paysaga.runtime.storage import sqlite_driver
 
@@ -44,6 +46,12 @@ SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON")
 # Set on a connection that will write; see paysaga.runtime.storage.unit_of_work.
 WRITE_OPTION = "paysaga_write"
 READ_ONLY_CONNECT_TIMEOUT_S = 10
+
+
+# How stale a write's view of the synchronous standbys may be, and how long a commit may wait for
+# one before the write is answered as unavailable (together under 2 s).
+REPLICATION_CHECK_INTERVAL_S = 0.5
+COMMIT_WAIT_MAX_S = 1.2
 
 
 class DatabaseMissing(Exception):
@@ -100,8 +108,10 @@ def create_server_engine(url: str) -> AsyncEngine:
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
-        # Durable commits whatever the server's default: a commit returns once it is on disk.
-        connect_args={"server_settings": {"synchronous_commit": "on"}},
+        # Durable commits whatever the server's default: a commit returns once it is on disk and,
+        # when the server names synchronous standbys, once they have applied it (readable there).
+        # Without standbys this is the same as "on".
+        connect_args={"server_settings": {"synchronous_commit": "remote_apply"}},
     )
 
 
@@ -137,6 +147,16 @@ class Backend:
         """Across processes, one holder of key at a time (outside any transaction)."""
         yield
 
+    async def admit_write(self, engine: AsyncEngine) -> None:
+        """Raise ReplicaUnavailable when a write could not be made durable as configured now."""
+
+    async def commit(self, connection: AsyncConnection, transaction: AsyncTransaction) -> None:
+        await transaction.commit()
+
+    async def replicated(self, engine: AsyncEngine) -> bool:
+        """Whether everything committed so far is on every replica a commit waits for."""
+        return True
+
 
 class SQLiteBackend(Backend):
     single_writer = True
@@ -150,8 +170,70 @@ class SQLiteBackend(Backend):
         return create_read_only_sqlite_engine(url)
 
 
+class ReplicaUnavailable(Exception):
+    """The server is configured to wait for a synchronous standby and none is streaming: a commit
+    would wait until one returns, so writes are refused meanwhile (quickly, not hanging)."""
+
+
+@dataclass(frozen=True)
+class Replication:
+    required: bool  # synchronous_standby_names is set: a commit waits for a standby
+    streaming: int  # synchronous (or quorum) standbys streaming now
+    behind_bytes: int  # WAL written here that no such standby has applied yet
+    checked_at: float
+
+
 class PostgreSQLBackend(Backend):
     _SERIALIZE = sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+    # Sees the standbys' progress as a superuser or a member of pg_monitor (pg_read_all_stats).
+    _REPLICATION = sa.text(
+        "SELECT current_setting('synchronous_standby_names') <> '' AS required,"
+        " count(*) FILTER (WHERE state = 'streaming') AS streaming,"
+        " COALESCE(pg_current_wal_lsn() - max(replay_lsn), pg_current_wal_lsn() - '0/0') AS behind"
+        " FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')"
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replication: Replication | None = None
+
+    async def replication(self, engine: AsyncEngine, max_age_s: float = REPLICATION_CHECK_INTERVAL_S) -> Replication:
+        """The standbys' state, read at most every max_age_s (a write asks on every transaction)."""
+        now = time.monotonic()
+        if self._replication is None or now - self._replication.checked_at >= max_age_s:
+            async with engine.connect() as connection:
+                row = (await connection.execute(self._REPLICATION)).one()
+            self._replication = Replication(bool(row.required), int(row.streaming), int(row.behind or 0), now)
+        return self._replication
+
+    async def admit_write(self, engine: AsyncEngine) -> None:
+        replication = await self.replication(engine)
+        if replication.required and replication.streaming == 0:
+            raise ReplicaUnavailable(
+                "no synchronous standby is streaming from the database: writes are refused until one is"
+            )
+
+    async def commit(self, connection: AsyncConnection, transaction: AsyncTransaction) -> None:
+        """Commit; when the commit waits for a synchronous standby that has gone (since the last
+        look), stop waiting after COMMIT_WAIT_MAX_S: the transaction is then committed here but not
+        confirmed there, which ReplicaUnavailable says. Its events wait for the standby (see
+        replicated), and a client's retry with the same idempotency key finds it."""
+        replication = await self.replication(connection.engine)
+        if not replication.required:
+            await transaction.commit()
+            return
+        try:
+            await asyncio.wait_for(transaction.commit(), COMMIT_WAIT_MAX_S)
+        except TimeoutError:
+            await connection.invalidate()
+            self._replication = None
+            raise ReplicaUnavailable(
+                "no synchronous standby confirmed the commit in time: it is on the primary, not yet on a standby"
+            ) from None
+
+    async def replicated(self, engine: AsyncEngine) -> bool:
+        replication = await self.replication(engine, max_age_s=0)
+        return not replication.required or (replication.streaming > 0 and replication.behind_bytes <= 0)
 
     async def serialize(self, connection: AsyncConnection, key: str) -> None:
         await connection.execute(self._SERIALIZE, {"key": key})

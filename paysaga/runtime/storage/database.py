@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paysaga.runtime.storage.backends import backend_for_url
+from paysaga.runtime.storage.backends import ReplicaUnavailable, backend_for_url
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -41,7 +41,10 @@ def is_retryable(error: BaseException) -> bool:
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """The database cannot be reached or is not accepting work right now; nobody's fault but time's."""
+    """The database cannot be reached or is not accepting work right now (its synchronous standby
+    gone included); nobody's fault but time's."""
+    if isinstance(error, ReplicaUnavailable):
+        return True
     if isinstance(error, OSError | OperationalError | InterfaceError | SATimeoutError | DisconnectionError):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:

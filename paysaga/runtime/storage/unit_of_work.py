@@ -261,13 +261,23 @@ class Database(Generic[U]):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[U]:
-        """A write transaction; commits when the block ends, rolls back if it raises."""
+        """A write transaction; commits when the block ends, rolls back if it raises. Refused at
+        once (ReplicaUnavailable) while the synchronous standby a commit would wait for is gone."""
+        await self.backend.admit_write(self.engine)
         async with self.backend.write_turn(), self.engine.connect() as connection:
             await connection.execution_options(**{WRITE_OPTION: True})
-            async with connection.begin():
+            transaction = await connection.begin()
+            try:
                 unit = self._unit(connection, self)
                 yield unit
                 await unit.write_outbox()
+            except BaseException:
+                # The error that ended the work is what matters; a connection already broken
+                # cannot roll back (the server drops the transaction with it).
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            await self.backend.commit(connection, transaction)
         for listener in self._commit_listeners:
             listener(unit)
 
