@@ -178,6 +178,7 @@ class ReplicaUnavailable(Exception):
 @dataclass(frozen=True)
 class Replication:
     required: bool  # synchronous_standby_names is set: a commit waits for a standby
+    visible: bool  # this role may see the standbys' state (a superuser, or pg_monitor)
     streaming: int  # synchronous (or quorum) standbys streaming now
     behind_bytes: int  # WAL written here that no such standby has applied yet
     checked_at: float
@@ -188,6 +189,7 @@ class PostgreSQLBackend(Backend):
     # Sees the standbys' progress as a superuser or a member of pg_monitor (pg_read_all_stats).
     _REPLICATION = sa.text(
         "SELECT current_setting('synchronous_standby_names') <> '' AS required,"
+        " pg_has_role('pg_read_all_stats', 'MEMBER') AS sees_standbys,"
         " count(*) FILTER (WHERE state = 'streaming') AS streaming,"
         " COALESCE(pg_current_wal_lsn() - max(replay_lsn), pg_current_wal_lsn() - '0/0') AS behind"
         " FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')"
@@ -203,11 +205,18 @@ class PostgreSQLBackend(Backend):
         if self._replication is None or now - self._replication.checked_at >= max_age_s:
             async with engine.connect() as connection:
                 row = (await connection.execute(self._REPLICATION)).one()
-            self._replication = Replication(bool(row.required), int(row.streaming), int(row.behind or 0), now)
+            self._replication = Replication(
+                bool(row.required), bool(row.sees_standbys), int(row.streaming), int(row.behind or 0), now
+            )
         return self._replication
 
     async def admit_write(self, engine: AsyncEngine) -> None:
         replication = await self.replication(engine)
+        if replication.required and not replication.visible:
+            raise ReplicaUnavailable(
+                "the database waits for a synchronous standby, and this service's role cannot see the standbys:"
+                " grant it pg_monitor"
+            )
         if replication.required and replication.streaming == 0:
             raise ReplicaUnavailable(
                 "no synchronous standby is streaming from the database: writes are refused until one is"
