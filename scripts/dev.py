@@ -4,6 +4,7 @@
   python3 scripts/dev.py run     # set up, then start the local cluster (Ctrl-C stops it)
   python3 scripts/dev.py test    # set up, then lint, type-check and run the whole test suite
   python3 scripts/dev.py bench   # set up, then benchmark a fresh local cluster (README: "Benchmark")
+  python3 scripts/dev.py chaos   # set up, then the seeded chaos suite (root; --short: the CI run; --seed N)
   python3 scripts/dev.py compose-test    # set up, then run the docker-compose cluster for real and check it
   python3 scripts/dev.py compose-engine  # a Docker engine and the base image for docker compose (--stop: stop it)
   python3 scripts/dev.py setup   # only the set-up: .venv, dependencies, protobuf stubs
@@ -15,7 +16,8 @@ pyproject.toml or constraints.txt change. Arguments after ``test --`` go to pyte
 after ``run --`` go to paysaga-local (e.g. ``run -- --payments-port 6051``), arguments after
 ``bench --`` to the benchmark (e.g. ``bench -- --duration-s 20``). compose-test and
 compose-engine take their own options directly (``--production``, ``--all``, ``--stop``,
-``--help``; README: "Running with docker-compose").
+``--help``; README: "Running with docker-compose"), and so does chaos (``--short``, ``--seed N``,
+``--purchases N``, ``--faults N``; README: "The chaos suite").
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ def main(argv: list[str]) -> int:
         os.chdir(REPO)
         action = command.removeprefix("compose-")
         os.execv(str(PYTHON), [str(PYTHON), "-m", "paysaga.ops.compose", action, *rest])  # noqa: S606 - our own module
+    if command == "chaos":
+        setup(refresh_stubs=False)
+        os.chdir(REPO)
+        os.execv(str(PYTHON), [str(PYTHON), "-m", "tests.chaos", *rest])  # noqa: S606 - our own module
     if command == "bench":
         setup(refresh_stubs=True)
         os.chdir(REPO)

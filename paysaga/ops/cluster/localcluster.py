@@ -48,6 +48,7 @@ AUTHORIZATION_SERVER = "auth"
 DEFAULT_HTTPS_PORT = 8443
 T = TypeVar("T")
 STOP_TIMEOUT_S = 20.0
+LOOPBACK = "127.0.0.1"
 # One nats-server, or a cluster of three that keeps every stream on each (R3) and survives the
 # loss of any one.
 NATS_NODE_COUNTS = (1, 3)
@@ -100,10 +101,11 @@ class NatsNode:
     name: str
     client_port: int
     route_port: int | None = None
+    host: str = LOOPBACK
 
     @property
     def url(self) -> str:
-        return f"tls://127.0.0.1:{self.client_port}"
+        return f"tls://{self.host}:{self.client_port}"
 
     @property
     def server_name(self) -> str:
@@ -129,10 +131,17 @@ class LocalCluster:
         metrics_ports: Mapping[str, int] | None = None,
         reconcile_at: str | None = None,
         nats_nodes: int = 1,
+        hosts: Mapping[str, str] | None = None,
+        launcher: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         if nats_nodes not in NATS_NODE_COUNTS:
             raise ValueError(f"nats_nodes must be one of {NATS_NODE_COUNTS}, not {nats_nodes}")
         self.services = tuple(services)
+        # The address each process listens on, by process name (default: loopback), and what its
+        # command is run under (e.g. "ip netns exec NAME": the chaos suite gives each process a
+        # network namespace of its own, and cuts it off at will).
+        self.hosts = dict(hosts or {})
+        self.launcher = launcher or (lambda _name: ())
         # HH:MM (UTC): run the nightly reconciliation then, keeping its reports in <state>/reports.
         self.reconcile_at = reconcile_at
         # Processes per service; replicas after the first are named "<service>-2", "<service>-3", ...
@@ -151,7 +160,7 @@ class LocalCluster:
             client_port = ports.nats if index == 1 else self._unused_port()
             route_port = None if nats_nodes == 1 else self._unused_port(client_port)
             name = "nats" if index == 1 else f"nats-{index}"
-            self.nats_nodes.append(NatsNode(name, client_port, route_port))
+            self.nats_nodes.append(NatsNode(name, client_port, route_port, self.host_of(name)))
         # Extra settings per service, e.g. {"payments": {"PAYSAGA_SAGA_TIMEOUT_S": "5"}}.
         self.environment = {name: dict(values) for name, values in (environment or {}).items()}
         self.state_dir = state_dir.resolve()
@@ -182,17 +191,20 @@ class LocalCluster:
     @property
     def oauth_issuer(self) -> str:
         """The authorization server's URL (its issuer identifier); the token endpoint is under it."""
-        return f"https://127.0.0.1:{self.ports.https}"
+        return f"https://{self.host_of(AUTHORIZATION_SERVER)}:{self.ports.https}"
 
     def grpc_target(self, instance: str) -> str:
         """host:port of one process: a service's first replica by its name, others as <service>-N."""
-        return f"127.0.0.1:{self._instance_ports[instance]}"
+        return f"{self.host_of(instance)}:{self._instance_ports[instance]}"
 
     def metrics_target(self, instance: str) -> str:
         """host:port of one process's Prometheus endpoint (HTTPS, mTLS), on a port of its own."""
         if instance not in self._metrics_ports:
             self._metrics_ports[instance] = self._unused_port()
-        return f"127.0.0.1:{self._metrics_ports[instance]}"
+        return f"{self.host_of(instance)}:{self._metrics_ports[instance]}"
+
+    def host_of(self, process: str) -> str:
+        return self.hosts.get(process, LOOPBACK)
 
     def _unused_port(self, *also_given: int) -> int:
         """A free port that no process of this cluster is given yet: each port is only reserved by
@@ -244,16 +256,16 @@ class LocalCluster:
                 self.reload_nats()
 
     def _write_nats_config(self, pinned_keys: Sequence[str]) -> None:
-        routes = tuple(f"127.0.0.1:{node.route_port}" for node in self.nats_nodes if node.route_port is not None)
+        routes = tuple(f"{node.host}:{node.route_port}" for node in self.nats_nodes if node.route_port is not None)
         for node in self.nats_nodes:
             text = natsconf.render(
                 server_name=node.server_name,
-                host="127.0.0.1",
+                host=node.host,
                 port=node.client_port,
                 tls=self.tls_files("nats"),
                 store_dir=self.state_dir / node.store_directory,
                 pinned_keys=pinned_keys,
-                routes=None if node.route_port is None else natsconf.Routes(f"127.0.0.1:{node.route_port}", routes),
+                routes=None if node.route_port is None else natsconf.Routes(f"{node.host}:{node.route_port}", routes),
             )
             write_file(self._nats_config_path(node), text.encode(), 0o644)
 
@@ -396,7 +408,7 @@ class LocalCluster:
         }
         if service == AUTHORIZATION_SERVER:
             environment |= {
-                "PAYSAGA_HTTPS_BIND": f"127.0.0.1:{self.ports.https}",
+                "PAYSAGA_HTTPS_BIND": f"{self.host_of(AUTHORIZATION_SERVER)}:{self.ports.https}",
                 "PAYSAGA_OAUTH_ISSUER": self.oauth_issuer,
                 "PAYSAGA_TOKEN_SIGNING_KEY": str(self.certs_dir / tokens.SIGNING_KEY_FILE),
             }
@@ -404,7 +416,7 @@ class LocalCluster:
 
     def _spawn(self, name: str, command: list[str], environment: dict[str, str]) -> None:
         process = subprocess.Popen(
-            command,
+            [*self.launcher(name), *command],
             cwd=self.state_dir,
             env={"GRPC_VERBOSITY": "ERROR", **os.environ, **environment, "PYTHONUNBUFFERED": "1"},
             stdin=subprocess.DEVNULL,
@@ -623,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reconcile_at=args.reconcile_at,
             nats_nodes=args.nats_nodes,
         )
-        return _serve(cluster, demo=args.demo)
+        return _serve(cluster, demo=args.demo and not args.nats_only)
 
 
 def _daily_time(text: str) -> str:

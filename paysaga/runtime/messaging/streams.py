@@ -37,6 +37,11 @@ CONNECT_ATTEMPT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 1
 # Long enough to flush what was published; a drain must never hold up a shutdown for long.
 DRAIN_TIMEOUT_S = 5
+# A server cut off without closing the connection (a network partition) is given up on after
+# about PING_INTERVAL_S x (MAX_OUTSTANDING_PINGS + 1), and another node of a cluster is tried
+# (nats-py's defaults would wait some six minutes).
+PING_INTERVAL_S = 5
+MAX_OUTSTANDING_PINGS = 2
 # Between attempts to create a stream that JetStream could not take yet (a cluster electing its
 # leader, or busy placing the replicas of many new streams at once).
 STREAM_RETRY_S = 0.5
@@ -95,6 +100,8 @@ async def connect(servers: str, tls_files: TlsFiles, *, name: str, timeout_s: fl
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 drain_timeout=DRAIN_TIMEOUT_S,
+                ping_interval=PING_INTERVAL_S,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                 **_logging_callbacks(client),
             ),
             timeout=timeout_s,
