@@ -204,7 +204,8 @@ def test_nats_takes_the_keys_it_accepts_from_the_file_the_certs_job_exports_to_i
     configuration file's directory (even a path written as absolute)."""
     compose = load(PROFILES[profile])
     nats, certs = service(compose, "nats"), service(compose, "certs")
-    config = (REPO / "deploy" / "nats" / "nats.conf").read_text()
+    [source] = [volume.split(":")[0] for volume in nats["volumes"] if volume.startswith("./deploy/nats/")]
+    config = (REPO / source).read_text()
     includes = re.findall(r'^\s*include\s+"([^"]+)"\s*$', config, re.MULTILINE)
     tls_block = config[config.index("\ntls {") : config.index("\n}", config.index("\ntls {"))]
 
@@ -218,6 +219,38 @@ def test_nats_takes_the_keys_it_accepts_from_the_file_the_certs_job_exports_to_i
     [volume] = [volume.split(":")[0] for volume in nats["volumes"] if volume.split(":")[1] == str(pins.parent)]
     assert f"{volume}:/export/{authority.NATS_SERVER}" in certs["volumes"]
     assert Path(config_target) == natsconf.COMPOSE_CONFIG_PATH
+
+
+def test_the_production_profile_runs_three_nats_nodes_and_every_service_knows_them_all(
+    production: dict[str, Any],
+) -> None:
+    """Each node has its own configuration (routes to the others, mTLS), its own store, and the
+    one NATS certificate, issued naming every node; every client of NATS is given every node and
+    creates its streams with three replicas."""
+    nodes = natsconf.COMPOSE_CLUSTER_NODES
+    for node in nodes:
+        spec = service(production, node)
+        [mount] = [volume for volume in spec["volumes"] if volume.startswith("./deploy/nats/")]
+        source, target, mode = mount.split(":")
+        assert Path(source) == Path(".") / natsconf.compose_config_path(node) and mode == "ro"
+        config = (REPO / source).read_text()
+        assert config == natsconf.compose_config(node), "stale: python -m paysaga.ops.cluster.natsconf --write"
+        assert spec["command"] == ["nats-server", "--config", target]
+        assert f"{node}-data:/data" in spec["volumes"] and "nats-certs:/certs:ro" in spec["volumes"]
+        for peer in nodes:
+            assert f'"tls://{peer}:{natsconf.COMPOSE_ROUTE_PORT}"' in config
+        assert re.search(r"^\s*verify:\s*true\s*$", config, re.MULTILINE)
+    assert "--dns=nats=nats-2,nats-3" in service(production, "certs")["command"]
+    for name, spec in production["services"].items():
+        url = spec.get("environment", {}).get("PAYSAGA_NATS_URL")
+        if url is None:
+            continue
+        assert url == ",".join(f"tls://{node}:4222" for node in nodes), name
+        assert environment_of(spec)["PAYSAGA_STREAM_REPLICAS"] == "3", name
+        if name == "ops":  # a tool, run by hand once the cluster is up
+            continue
+        healthy = [node for node in nodes if spec["depends_on"].get(node, {}).get("condition") == "service_healthy"]
+        assert healthy == list(nodes), name
 
 
 def test_only_payments_and_the_authorization_server_are_published_on_loopback_with_configurable_ports() -> None:
@@ -264,9 +297,11 @@ def test_a_one_shot_job_gives_each_container_its_own_certificate_volume_before_a
         if name == "certs" or (spec.get("image") != "paysaga:latest" and name != "postgres"):
             continue
         certificates = [volume for volume in spec["volumes"] if volume.endswith(":/certs:ro")]
-        # Each container sees its own key only: not the CA's, not another service's, not ops'.
-        assert certificates == [f"{name}-certs:/certs:ro"], name
-        assert f"{name}-certs:/export/{name}" in certs["volumes"], name
+        # Each container sees its own key only: not the CA's, not another service's, not ops'
+        # (the nodes of the NATS cluster are one identity, "nats", with one certificate).
+        owner = "nats" if name in natsconf.COMPOSE_CLUSTER_NODES else name
+        assert certificates == [f"{owner}-certs:/certs:ro"], name
+        assert f"{owner}-certs:/export/{owner}" in certs["volumes"], name
         assert not any(volume.startswith(("ca:", "certs:")) for volume in spec["volumes"]), name
         if name != "ops":  # a one-off client, run once the cluster is up
             assert spec["depends_on"]["certs"]["condition"] == "service_completed_successfully", name

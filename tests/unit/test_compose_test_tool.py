@@ -559,11 +559,12 @@ def test_the_revocation_check_passes_when_the_certs_job_exports_the_pins_and_nat
 
     said = revocation_check(monkeypatch, tmp_path, cluster)
 
-    assert cluster.signals == ["nats HUP", "nats HUP"]
+    # Every node of the production profile's NATS cluster reloads, once after the issue, once after the revoke.
+    assert cluster.signals == [f"{node} HUP" for node in PRODUCTION.nats_nodes] * 2
     spare = cluster.certs / f"{checks.SPARE_OPS_CERTIFICATE}.crt"
     assert revocation.serial_of(spare) in revocation.revoked_serials(cluster.certs)
     assert len(said) == 7 and said[0].endswith("paysaga-certs issue client ops --file-name compose-spare-ops")
-    assert said[1] == said[4] == "ops: docker compose kill -s HUP nats"
+    assert said[1] == said[4] == "ops: docker compose kill -s HUP nats nats-2 nats-3"
     assert "NATS lets the probe in (connected)" in said[2]
     assert "OK on 8 connections" in said[2]  # 4 per payments replica, on connections of their own
     assert "paysaga-certs revoke compose-spare-ops " in said[3]

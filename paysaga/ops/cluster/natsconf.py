@@ -7,8 +7,9 @@ manage only its own streams, and read only the producers it consumes, through it
 consumers; replies reach it only under its own inbox prefix (paysaga.runtime.messaging.streams.inbox_prefix).
 ``sync_interval: always`` makes JetStream fsync every write before it acknowledges a publish.
 
-deploy/nats/nats.conf is this module's output for docker-compose (``python -m paysaga.ops.cluster.natsconf``);
-a test fails when it is stale. There, the keys NATS may accept (``pinned_certs``: how a revoked
+deploy/nats/nats.conf is this module's output for docker-compose, and deploy/nats/cluster/*.conf
+for the production profile's three nodes (``python -m paysaga.ops.cluster.natsconf --write``); a
+test fails when one is stale. There, the keys NATS may accept (``pinned_certs``: how a revoked
 certificate is shut out) come from a file the CA script writes into NATS's certificate volume
 (paysaga.ops.pki.revocation.publish_nats_pins), which the configuration includes.
 """
@@ -58,6 +59,9 @@ CLUSTER_NAME = "paysaga"
 # configuration at /, the include "certs/nats-pins.conf" is the volume's /certs/nats-pins.conf.
 COMPOSE_CONFIG_PATH = Path("/nats.conf")
 COMPOSE_CERTS_DIR = Path("/certs")
+# The production profile's cluster: its nodes' compose service names, and the port they route on.
+COMPOSE_CLUSTER_NODES = ("nats", "nats-2", "nats-3")
+COMPOSE_ROUTE_PORT = 6222
 
 
 @dataclass(frozen=True)
@@ -254,10 +258,18 @@ cluster {{
 """
 
 
-def compose_config() -> str:
-    """deploy/nats/nats.conf: the same configuration with the paths of the docker-compose volumes."""
+def compose_config(node: str | None = None) -> str:
+    """deploy/nats/nats.conf: the same configuration with the paths of the docker-compose volumes.
+    With node (one of COMPOSE_CLUSTER_NODES), that node's configuration in the production
+    profile's cluster of three (deploy/nats/cluster/<node>.conf): routes to the others, by their
+    compose service names, which the one NATS certificate names too (paysaga-certs bootstrap
+    --dns nats=nats-2,nats-3)."""
+    routes = None
+    if node is not None:
+        peers = tuple(f"{peer}:{COMPOSE_ROUTE_PORT}" for peer in COMPOSE_CLUSTER_NODES)
+        routes = Routes(f"0.0.0.0:{COMPOSE_ROUTE_PORT}", peers)
     return render(
-        server_name="paysaga-nats",
+        server_name=f"paysaga-{node or 'nats'}",
         host="0.0.0.0",  # noqa: S104 - inside the private compose network; mTLS still applies
         port=4222,
         tls=TlsFiles.in_directory(COMPOSE_CERTS_DIR, "nats"),
@@ -265,8 +277,31 @@ def compose_config() -> str:
         store_dir=Path("/data"),
         # Exported by the certs job with NATS's certificate (paysaga-certs bootstrap --export-to).
         pins_include=str((COMPOSE_CERTS_DIR / NATS_PINS_FILE).relative_to(COMPOSE_CONFIG_PATH.parent)),
+        routes=routes,
     )
 
 
-if __name__ == "__main__":
+def compose_config_path(node: str | None = None) -> Path:
+    """Where compose_config(node) is kept in the repository, relative to its root."""
+    return Path("deploy/nats/nats.conf") if node is None else Path(f"deploy/nats/cluster/{node}.conf")
+
+
+def main(argv: Sequence[str]) -> int:
+    """No argument: deploy/nats/nats.conf on stdout. --write: every compose configuration, into
+    the repository (the current directory)."""
+    if list(argv) == ["--write"]:
+        for node in (None, *COMPOSE_CLUSTER_NODES):
+            path = compose_config_path(node)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(compose_config(node))
+            print(f"wrote {path}")
+        return 0
+    if argv:
+        print("usage: python -m paysaga.ops.cluster.natsconf [--write]", file=sys.stderr)
+        return 2
     sys.stdout.write(compose_config())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -61,6 +61,8 @@ POLL_INTERVAL_S = 0.25
 # The consumers' ack wait (10 s) for a redelivery after a kill, with room to spare.
 STOCK_SETTLE_TIMEOUT_S = 30.0
 CHAOS_PURCHASES = 50
+# A NATS node killed during those purchases, started again: until it is healthy (cluster joined).
+NATS_NODE_RETURN_TIMEOUT_S = 120.0
 CHAOS_CONCURRENCY = 10
 NATS_PROBE = Path(__file__).with_name("nats_probe.py")
 # The scopes the OAuth client is registered for; its token is used for ListPayments (payments:read).
@@ -355,8 +357,8 @@ async def completed_and_compensated(
 async def purchases_through_kills(
     project: ComposeProject, target: str, client: HostClient, shop: Shop, say: Say
 ) -> list[payments_pb2.Payment]:
-    """CHAOS_PURCHASES purchases from the host while one replica of every service is killed: funds
-    and stock suffice for all, so every one must complete."""
+    """CHAOS_PURCHASES purchases from the host while one replica of every service (and one node of
+    a NATS cluster) is killed: funds and stock suffice for all, so every one must complete."""
     kill_at = CHAOS_CONCURRENCY * 2
     started = 0
     retries: Counter[str] = Counter()
@@ -375,6 +377,7 @@ async def purchases_through_kills(
         stub = payments_pb2_grpc.PaymentServiceStub(channel)
         gate = asyncio.Semaphore(CHAOS_CONCURRENCY)
         ended = await asyncio.gather(*(one(index, stub, gate) for index in range(CHAOS_PURCHASES)))
+    await asyncio.to_thread(restore_killed_nats_node, project, say)
     outcomes = Counter(status_name(p) for p in ended)
     say(f"all {len(ended)} purchases ended: {dict(outcomes)}")
     say(f"calls sent again after a transient failure: {dict(retries) or 'none'}")
@@ -384,11 +387,26 @@ async def purchases_through_kills(
 
 
 def kill_one_replica_each(project: ComposeProject, say: Say) -> None:
+    """One replica of every service, and in a NATS cluster one of its nodes (the last)."""
     for service in SERVICES:
         replicas = [item["Id"] for item in project.inspect(service) if item["State"]["Running"]]
         expect(len(replicas) == project.topology.replicas, f"{service}: {len(replicas)} replicas running")
         project.kill(replicas[0])
         say(f"killed one of {len(replicas)} {service} replicas ({replicas[0][:12]})")
+    nodes = project.topology.nats_nodes
+    if len(nodes) > 1:
+        [node] = project.inspect(nodes[-1])
+        project.kill(node["Id"])
+        say(f"killed NATS node {nodes[-1]} of {len(nodes)} ({node['Id'][:12]})")
+
+
+def restore_killed_nats_node(project: ComposeProject, say: Say) -> None:
+    """Start the NATS node kill_one_replica_each killed, and wait until it is healthy again (the
+    later checks reload every node)."""
+    nodes = project.topology.nats_nodes
+    if len(nodes) > 1:
+        project.call("up", "--wait", "--no-deps", nodes[-1], timeout_s=NATS_NODE_RETURN_TIMEOUT_S)
+        say(f"NATS node {nodes[-1]} started again and healthy")
 
 
 # -- an OAuth client, registered by ops ----------------------------------------------------------
@@ -642,6 +660,12 @@ class Revocations(Replicas, Protocol):
     def signal(self, service: str, signal: str) -> None: ...
 
 
+def reload_nats(project: Revocations) -> None:
+    """SIGHUP every nats-server: each reads the pins again (a cluster's nodes share them)."""
+    for node in project.topology.nats_nodes:
+        project.signal(node, "HUP")
+
+
 def nats_log(project: Revocations) -> str:
     [nats] = project.inspect("nats")
     return project.container_logs(nats["Id"])
@@ -671,7 +695,7 @@ def check_revoked_certificate_refused(project: Revocations, target: str, directo
     name, calls = SPARE_OPS_CERTIFICATE, CALLS_PER_REPLICA * project.topology.replicas
     issued = project.one_off("certs", "paysaga-certs", "issue", "client", "ops", "--file-name", name)
     expect(_exported_to_nats(issued), f"paysaga-certs issue did not export NATS's pins:\n{issued}")
-    project.signal("nats", "HUP")
+    reload_nats(project)
     files = fetched_files(project, directory, name)
     certificate = x509.load_pem_x509_certificate(files.cert_file.read_bytes())
     expect(tls.uri_identity(certificate) == client_identity("ops"), f"{name}.crt is not an ops certificate")
@@ -684,7 +708,7 @@ def check_revoked_certificate_refused(project: Revocations, target: str, directo
     answers = _payments_answers(target, files, token, calls)
     expect(all(code == grpc.StatusCode.OK for code, _ in answers), f"payments did not take it: {_tally(answers)}")
     say(f"ops: docker compose run --rm certs paysaga-certs issue client ops --file-name {name}")
-    say("ops: docker compose kill -s HUP nats")
+    say(f"ops: docker compose kill -s HUP {' '.join(project.topology.nats_nodes)}")
     say(
         f"with this second ops certificate (serial {certificate.serial_number:x}): NATS lets the probe in "
         f"({results['tls_with_spare_certificate']}), ListPayments through 127.0.0.1: OK on {calls} connections"
@@ -692,7 +716,7 @@ def check_revoked_certificate_refused(project: Revocations, target: str, directo
     revoked = project.one_off("certs", "paysaga-certs", "revoke", name)
     expect(f"revoked serial {certificate.serial_number:x}" in revoked, f"paysaga-certs revoke answered:\n{revoked}")
     expect(_exported_to_nats(revoked), f"paysaga-certs revoke did not export NATS's pins:\n{revoked}")
-    project.signal("nats", "HUP")
+    reload_nats(project)
     revoked_at = time.monotonic()
     results = _probe_until(project, spare, lambda found: found.startswith("refused"), "NATS refuses it")
     nats_refused_after = time.monotonic() - revoked_at
@@ -715,7 +739,7 @@ def check_revoked_certificate_refused(project: Revocations, target: str, directo
     )
     counts = _pinned_counts(log)
     say(f"ops: docker compose run --rm certs paysaga-certs revoke {name}  (the CRL to every volume, the pins to nats')")
-    say("ops: docker compose kill -s HUP nats")
+    say(f"ops: docker compose kill -s HUP {' '.join(project.topology.nats_nodes)}")
     say(
         f"{nats_refused_after:.1f} s later NATS refuses it ({results['tls_with_spare_certificate'][9:].strip()}; "
         f"nats-server: certificate not pinned), payments on all {calls} connections: {_tally(answers)}"

@@ -43,6 +43,8 @@ class Topology:
     replicas: int
     # Whether a "reconcile" service runs the nightly reconciliation.
     reconciles: bool = False
+    # The nats-servers: one, or the production profile's cluster of three.
+    nats_nodes: tuple[str, ...] = ("nats",)
 
 
 DEFAULT = Topology("default", ("docker-compose.yml",), entry="payments", oauth_entry="auth", replicas=1)
@@ -53,6 +55,7 @@ PRODUCTION = Topology(
     oauth_entry="edge",
     replicas=2,
     reconciles=True,
+    nats_nodes=("nats", "nats-2", "nats-3"),
 )
 # The purchase saga's services (the authorization server, "auth", takes no part in a purchase).
 SERVICES = ("payments", "inventory", "ledger")

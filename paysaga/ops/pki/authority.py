@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -286,11 +286,15 @@ def ensure_certificates(
     clients: Sequence[str] = CLUSTER_CLIENTS,
     lifetime_days: int = LEAF_LIFETIME_DAYS,
     renew_within_days: int = RENEW_WITHIN_DAYS,
+    dns_names: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
-    """Create the CA if there is none and (re-)issue what is missing, expiring or from another CA.
+    """Create the CA if there is none and (re-)issue what is missing, expiring, from another CA or
+    without the extra DNS names dns_names gives it (e.g. {"nats": ["nats-2", "nats-3"]}: one
+    certificate for every node of a NATS cluster).
 
     Never replaces an existing CA. Returns one line per certificate saying what was done.
     """
+    extra = dict(dns_names or {})
     if (ca_dir / CA_KEY_FILE).exists():
         ca = load_ca(ca_dir)
         publish_ca_certificate(ca_dir, certs_dir)
@@ -304,10 +308,14 @@ def ensure_certificates(
         cert_path = certs_dir / f"{check_name(name)}.crt"
         current = _readable(cert_path, ca.certificate)
         reason = needs_issuing(current, cert_path.with_suffix(".key"), now, renew_within_days)
+        missing = sorted(set(extra.get(name, ())) - set(current.dns_names if current else ()))
+        if reason is None and missing:
+            reason = f"without {', '.join(missing)}"
         if reason is None and current is not None:
             report.append(f"kept {kind.value} {name}: {current.summary()}")
             continue
-        info = issue(ca, certs_dir, name, kind, lifetime_days=lifetime_days, force=True, now=now)
+        names = extra.get(name, ())
+        info = issue(ca, certs_dir, name, kind, dns_names=names, lifetime_days=lifetime_days, force=True, now=now)
         report.append(f"issued {kind.value} {name} ({reason}): {info.summary()}")
     return report
 

@@ -155,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime of new certificates (default: %(default)s)",
     )
     bootstrap.add_argument(
+        "--dns",
+        action="append",
+        type=_extra_names,
+        default=[],
+        metavar="SERVICE=NAME[,NAME]",
+        help="extra DNS names for a service's certificate, e.g. nats=nats-2,nats-3 for every node of a NATS "
+        "cluster; a certificate without them is issued again (repeatable)",
+    )
+    bootstrap.add_argument(
         "--renew-within-days",
         type=int,
         default=authority.RENEW_WITHIN_DAYS,
@@ -274,6 +283,13 @@ def _refresh_exports(certs_dir: Path, ca_dir: Path, export_dir: Path | None) -> 
     )
 
 
+def _extra_names(text: str) -> tuple[str, list[str]]:
+    service, separator, names = text.partition("=")
+    if not separator or not service or not names:
+        raise argparse.ArgumentTypeError(f"expected SERVICE=NAME[,NAME], got {text!r}")
+    return service, [name for name in names.split(",") if name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     certs_dir: Path = args.dir
@@ -342,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 clients=_names(args.clients),
                 lifetime_days=args.days,
                 renew_within_days=args.renew_within_days,
+                dns_names=dict(args.dns),
             ):
                 print(line)
             if args.client_tokens:

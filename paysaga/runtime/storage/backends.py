@@ -52,6 +52,7 @@ READ_ONLY_CONNECT_TIMEOUT_S = 10
 # one before the write is answered as unavailable (together under 2 s).
 REPLICATION_CHECK_INTERVAL_S = 0.5
 COMMIT_WAIT_MAX_S = 1.2
+REPLICATION_POLL_S = 0.05
 
 
 class DatabaseMissing(Exception):
@@ -180,7 +181,6 @@ class Replication:
     required: bool  # synchronous_standby_names is set: a commit waits for a standby
     visible: bool  # this role may see the standbys' state (a superuser, or pg_monitor)
     streaming: int  # synchronous (or quorum) standbys streaming now
-    behind_bytes: int  # WAL written here that no such standby has applied yet
     checked_at: float
 
 
@@ -190,9 +190,12 @@ class PostgreSQLBackend(Backend):
     _REPLICATION = sa.text(
         "SELECT current_setting('synchronous_standby_names') <> '' AS required,"
         " pg_has_role('pg_read_all_stats', 'MEMBER') AS sees_standbys,"
-        " count(*) FILTER (WHERE state = 'streaming') AS streaming,"
-        " COALESCE(pg_current_wal_lsn() - max(replay_lsn), pg_current_wal_lsn() - '0/0') AS behind"
+        " count(*) FILTER (WHERE state = 'streaming') AS streaming"
         " FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')"
+    )
+    _APPLIED = sa.text(
+        "SELECT COALESCE(max(replay_lsn) >= CAST(CAST(:target AS text) AS pg_lsn), false)"
+        " FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum') AND state = 'streaming'"
     )
 
     def __init__(self) -> None:
@@ -205,9 +208,7 @@ class PostgreSQLBackend(Backend):
         if self._replication is None or now - self._replication.checked_at >= max_age_s:
             async with engine.connect() as connection:
                 row = (await connection.execute(self._REPLICATION)).one()
-            self._replication = Replication(
-                bool(row.required), bool(row.sees_standbys), int(row.streaming), int(row.behind or 0), now
-            )
+            self._replication = Replication(bool(row.required), bool(row.sees_standbys), int(row.streaming), now)
         return self._replication
 
     async def admit_write(self, engine: AsyncEngine) -> None:
@@ -241,8 +242,19 @@ class PostgreSQLBackend(Backend):
             ) from None
 
     async def replicated(self, engine: AsyncEngine) -> bool:
-        replication = await self.replication(engine, max_age_s=0)
-        return not replication.required or (replication.streaming > 0 and replication.behind_bytes <= 0)
+        """Whether a synchronous standby has applied everything committed before this call (the
+        WAL position now), waiting up to COMMIT_WAIT_MAX_S for it to catch up."""
+        if not (await self.replication(engine)).required:
+            return True
+        deadline = time.monotonic() + COMMIT_WAIT_MAX_S
+        async with engine.connect() as connection:
+            target = await connection.scalar(sa.text("SELECT pg_current_wal_lsn()::text"))
+            while True:
+                if await connection.scalar(self._APPLIED, {"target": target}):
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(REPLICATION_POLL_S)
 
     async def serialize(self, connection: AsyncConnection, key: str) -> None:
         await connection.execute(self._SERIALIZE, {"key": key})
