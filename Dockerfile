@@ -23,7 +23,7 @@ RUN groupadd --system --gid 10001 paysaga \
         --shell /usr/sbin/nologin paysaga \
     && mkdir -p /certs /ca /data \
         /export/nats /export/payments /export/inventory /export/ledger /export/auth /export/ops \
-        /export/postgres /export/reconcile /reports \
+        /export/postgres /export/postgres-standby /export/reconcile /reports \
     && chown -R paysaga:paysaga /certs /ca /data /export /reports
 
 WORKDIR /app

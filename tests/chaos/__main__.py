@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from tests.chaos.run import NATS_NODES
 MEMBERS = ("client", *NATS_NODES, *SERVICES, AUTHORIZATION_SERVER)
 SHORT = {"purchases": 300, "faults": 6}
 LONG = {"purchases": 10_000, "faults": 24}
+STOP_TIMEOUT_S = 30
 
 
 def main() -> int:
@@ -31,9 +33,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="replays a run (default: a new one, printed)")
     parser.add_argument("--short", action="store_true", help=f"the CI run: {SHORT}")
     parser.add_argument("--purchases", type=int, help=f"default {LONG['purchases']}")
-    parser.add_argument("--faults", type=int, help=f"default {LONG['faults']}")
+    parser.add_argument("--faults", type=int, help=f"at least 3 (default {LONG['faults']})")
     parser.add_argument("--work-dir", type=Path, help="keep logs and databases here (default: a temporary one)")
     args = parser.parse_args()
+    # A CI job's timeout sends SIGTERM: end as Ctrl-C does, through the clean-up below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sizes = SHORT if args.short else LONG
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     try:
@@ -59,15 +63,28 @@ def main() -> int:
             "faults": args.faults or sizes["faults"],
         }
         command = [*network.run_in("client"), sys.executable, "-m", "tests.chaos.run", json.dumps(arguments)]
-        return subprocess.run(command, check=False).returncode
+        # Its own process group: stopped whole (the cluster's processes die with it) if this is.
+        run = subprocess.Popen(command, start_new_session=True)
+        try:
+            code = run.wait()
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGTERM)
+                try:
+                    run.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    run.wait()
     except NetworkError as error:
         print(f"chaos: {error}", file=sys.stderr)
-        return 2
+        code = 2
     finally:
         failed = network.remove()
         left = network.leftovers()
         if failed or left:
             print(f"chaos: could not remove every namespace: {failed or left}", file=sys.stderr)
+            code = 2
+    return code
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ TARGETS = {
     "partition": (*SERVICES, *NATS_NODES),
 }
 TERMINAL_WITHIN_S = 30.0
+QUIET_WITHIN_S = 60.0
 TERMINAL_NAMES = {"COMPLETED", "FAILED", "CANCELLED", "REJECTED", "REFUNDED"}
 CALL_TIMEOUT_S = 5.0
 # A client retries a call that found the cluster unavailable, with the same idempotency key.
@@ -97,8 +98,9 @@ class Outcome:
 
 
 def schedule(rng: random.Random, count: int, span_s: float) -> list[Fault]:
-    """count faults spread over span_s, one at a time; at least one NATS node loss and one
-    partition of a NATS node and of a service, whatever the draw."""
+    """count (at least 3) faults spread over span_s, one at a time; whatever the draw, at least
+    one NATS node lost and one NATS node cut off by a partition."""
+    count = max(count, 3)
     kinds = ["kill-nats", "partition", "partition"] + [rng.choice(list(TARGETS)) for _ in range(max(0, count - 3))]
     rng.shuffle(kinds)
     slot_s = span_s / max(1, count)
@@ -158,6 +160,8 @@ class Load:
         self.payments: list[str] = []
         self.refunded: set[str] = set()
         self.issued = 0
+        # The load goes on past count until the last fault is over: every fault strikes under load.
+        self.faults_over = asyncio.Event()
 
     async def prepare(self) -> None:
         shop = self.shop
@@ -168,15 +172,15 @@ class Load:
         ]
         self.poor = await shop.open_account(ledger_pb2.ACCOUNT_KIND_WALLET, funds_minor=0)
         self.merchant = await shop.open_account(ledger_pb2.ACCOUNT_KIND_MERCHANT)
-        # Drawn up front, so that the seed alone says who buys what, whatever the timing.
-        self.plan = [(self.rng.random(), self.rng.choice(self.payers), self.rng.random()) for _ in range(self.count)]
+        # Drawn in order from a generator of its own, so the seed alone says who buys what.
+        self.plan = random.Random(self.rng.random())
 
     async def run(self) -> None:
         await asyncio.gather(*(self._worker() for _ in range(WORKERS)))
 
     async def _worker(self) -> None:
-        while self.issued < self.count:
-            kind, payer, follow_up = self.plan[self.issued]
+        while self.issued < self.count or not self.faults_over.is_set():
+            kind, payer, follow_up = self.plan.random(), self.plan.choice(self.payers), self.plan.random()
             self.issued += 1
             purchase = Purchase(payer, self.merchant, self.stocked)
             if kind < 0.08:
@@ -229,9 +233,10 @@ async def verdict(shop: Shop, load: Load, outcome: Outcome, last_fault_end: floa
     for payment_id in load.payments:
         status = statuses.get(payment_id, "missing")
         outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
-    quiet_by = time.monotonic() + 60
-    while time.monotonic() < quiet_by:
-        if not (await shop.unpublished_events() or await shop.busy_consumers()):
+    quiet_by = time.monotonic() + QUIET_WITHIN_S
+    while not await quiet(shop):
+        if time.monotonic() > quiet_by:
+            outcome.problems.append(f"events still unpublished or unhandled {QUIET_WITHIN_S:g} s after the end")
             break
         await asyncio.sleep(0.5)
     report = await shop.invariants()
@@ -239,6 +244,10 @@ async def verdict(shop: Shop, load: Load, outcome: Outcome, last_fault_end: floa
     dead = await shop.dead_letters()
     if dead:
         outcome.problems.append(f"dead letters: {dead}")
+
+
+async def quiet(shop: Shop) -> bool:
+    return not (await shop.unpublished_events() or await shop.busy_consumers())
 
 
 async def payment_statuses(cluster: LocalCluster) -> dict[str, str]:
@@ -299,14 +308,18 @@ async def chaos(work_dir: Path, network: Network, seed: int, purchases: int, fau
             began = time.monotonic()
 
             async def faults() -> float:
-                for fault in outcome.faults:
-                    await asyncio.sleep(max(0.0, began + fault.start_s - time.monotonic()))
-                    print(f"chaos | {time.monotonic() - began:6.1f} s {fault.kind} {fault.target}", flush=True)
-                    await strike(cluster, network, fault)
-                return time.monotonic()
+                try:
+                    for fault in outcome.faults:
+                        await asyncio.sleep(max(0.0, began + fault.start_s - time.monotonic()))
+                        print(f"chaos | {time.monotonic() - began:6.1f} s {fault.kind} {fault.target}", flush=True)
+                        await strike(cluster, network, fault)
+                    return time.monotonic()
+                finally:
+                    load.faults_over.set()
 
             _, last_fault_end = await asyncio.gather(load.run(), faults())
             outcome.last_fault_end_s = last_fault_end - began
+            outcome.purchases = len(load.payments)
             await verdict(shop, load, outcome, last_fault_end)
         finally:
             await shop.close()

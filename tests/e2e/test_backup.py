@@ -27,6 +27,7 @@ PAYERS = 6
 WORKERS = 3
 LOAD_AROUND_BACKUP_S = 1.5
 TOOL_TIMEOUT_S = 120
+PACE_S = 0.05
 
 
 @contextlib.asynccontextmanager
@@ -56,6 +57,7 @@ async def purchases_until(shop: Shop, purchases: list[Purchase], stop: asyncio.E
             payment = await shop.pay(purchases[index % len(purchases)], amount_minor=PRICE)
             made.append((time.monotonic(), payment.payment_id))
             index += WORKERS
+            await asyncio.sleep(PACE_S)  # a steady load, not a flood the admission limit turns away
 
     await asyncio.gather(*(worker(offset) for offset in range(WORKERS)))
     return made

@@ -25,14 +25,19 @@ SAGAS = 8
 STALL_MAX_S = 30.0
 
 
-@pytest.mark.parametrize("victim", ["ledger", "inventory", "payments"])
-async def test_service_killed_mid_saga_every_saga_still_ends_and_nothing_is_lost(shop: Shop, victim: str) -> None:
+async def test_services_killed_mid_saga_every_saga_still_ends_and_nothing_is_lost(shop: Shop) -> None:
+    """Each service of the saga (its first replica, where there are two) SIGKILLed with sagas at
+    every step: one after another, each started again at once. (The chaos suite, run by CI, kills
+    them one at a time, at random, under load.)"""
     purchases = [await shop.setup(funds_minor=PRICE, stock=1) for _ in range(SAGAS)]
     created = await asyncio.gather(*(shop.pay(purchase, amount_minor=PRICE) for purchase in purchases))
 
-    shop.cluster.kill(victim)  # SIGKILL: no drain, in-flight transactions and acks are lost
-    await asyncio.sleep(0.3)
-    shop.cluster.restart(victim)
+    for victim in ("ledger", "inventory", "payments"):
+        shop.cluster.kill(victim)  # SIGKILL: no drain, in-flight transactions and acks are lost
+        await asyncio.sleep(0.1)
+        shop.cluster.start_service(victim)
+    for victim in ("ledger", "inventory", "payments"):
+        shop.cluster.wait_serving(victim)
 
     finished = [await shop.finish(payment.payment_id) for payment in created]
     statuses = {status_name(payment) for payment in finished}

@@ -13,6 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_FILES = ("docker-compose.yml",)
 PRODUCTION_FILES = ("docker-compose.yml", "docker-compose.production.yml")
+STANDBY_FILES = (*PRODUCTION_FILES, "docker-compose.standby.yml")
 
 
 class Reset(list[Any]):

@@ -24,6 +24,7 @@ from tests.unit.compose_files import (
     DEFAULT_FILES,
     PRODUCTION_FILES,
     REPO,
+    STANDBY_FILES,
     Override,
     Reset,
     load,
@@ -38,7 +39,7 @@ SAGA_SERVICES = ("payments", "inventory", "ledger")
 SERVICES = (*SAGA_SERVICES, "auth")
 # What the host reaches, on 127.0.0.1: the payments API, and the authorization server's HTTPS endpoints.
 PUBLISHED = {"payments": "50051", "auth": "8443"}
-PROFILES = {"default": DEFAULT_FILES, "production": PRODUCTION_FILES}
+PROFILES = {"default": DEFAULT_FILES, "production": PRODUCTION_FILES, "standby": STANDBY_FILES}
 
 
 @pytest.fixture(scope="module", params=sorted(PROFILES))

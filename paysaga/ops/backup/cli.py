@@ -21,6 +21,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from paysaga.ops.backup import databases, jetstream, procedures
@@ -32,7 +33,16 @@ from paysaga.runtime.settings import DEFAULT_NATS_URL, TlsFiles
 SERVICES = ("payments", "inventory", "ledger", "auth")
 DEFAULT_STATE_DIR = Path(".run")
 CONNECT_TIMEOUT_S = 10.0
-FAILURES = (ManifestError, databases.DatabaseBackupError, jetstream.SnapshotError, ConnectionError, OSError)
+# Said in a line, not a traceback: the operator's to act on (NATS' errors include a server too
+# old for a request: consumer pauses need nats-server 2.11 or later).
+FAILURES = (
+    ManifestError,
+    databases.DatabaseBackupError,
+    jetstream.SnapshotError,
+    nats.errors.Error,
+    ConnectionError,
+    OSError,
+)
 
 
 def parser(program: str, description: str) -> argparse.ArgumentParser:

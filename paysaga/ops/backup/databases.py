@@ -52,12 +52,15 @@ class SQLiteStrategy(Strategy):
         target = sqlite3.connect(file)
         try:
             source.backup(target)  # all pages in one step: one read transaction, one commit's state
+            # One self-contained file (no write-ahead log beside it), whatever the source used.
+            target.execute("PRAGMA journal_mode=DELETE")
         finally:
             target.close()
             source.close()
 
     def check(self, file: Path) -> None:
-        connection = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+        # immutable: read as it is, creating nothing beside it.
+        connection = sqlite3.connect(f"file:{file}?mode=ro&immutable=1", uri=True)
         try:
             verdict = connection.execute("PRAGMA integrity_check").fetchone()[0]
         except sqlite3.DatabaseError as error:

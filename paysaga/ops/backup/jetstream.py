@@ -148,8 +148,8 @@ async def delete_after(client: NatsClient, stream: str, sequence: int) -> int:
             await api_request(client, f"STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True}, REQUEST_TIMEOUT_S)
             deleted += 1
         except SnapshotError as error:
-            if "not found" not in str(error):  # already gone (a hole the stream had)
-                raise
+            if "no message found" not in str(error) and "not found" not in str(error):
+                raise  # else already gone: a hole the stream had, or expired
     return deleted
 
 
@@ -183,4 +183,7 @@ async def pause_consumer(client: NatsClient, stream: str, consumer: str, until: 
     """Stop a consumer's deliveries until the given RFC 3339 time (a limit, should the caller
     never come back), or resume them now (None)."""
     body = {"pause_until": until} if until else {}
-    await api_request(client, f"CONSUMER.PAUSE.{stream}.{consumer}", body, REQUEST_TIMEOUT_S)
+    answer = await api_request(client, f"CONSUMER.PAUSE.{stream}.{consumer}", body, REQUEST_TIMEOUT_S)
+    if bool(answer.get("paused")) != bool(until):
+        state = "paused" if answer.get("paused") else "not paused (a time already past, by NATS' clock?)"
+        raise SnapshotError(f"{stream} > {consumer}: {state} after asking to {'pause' if until else 'resume'}")

@@ -2,13 +2,14 @@
 
 A backup is taken in an order that lets a restore put every database and stream back in step:
 
-1. Every durable consumer is paused, and once none has an event out being handled, its
-   acknowledgement floor is read: everything up to it was handled, its effects committed.
+1. Every durable consumer is paused, and its acknowledgement floor read: everything up to it was
+   handled, its effects committed.
 2. Each service's database is copied (online: the services keep taking requests), just after
    reading the last sequence of the service's events stream: every event up to that sequence
    came from the copy's own outbox. As nothing is delivered meanwhile, no copy can hold the
-   effect of an event whose origin another copy lacks. Then the consumers resume (a pause of
-   about a second on SQLite; sagas wait, none fails).
+   effect of an event published after another copy was taken (a handler busy since before the
+   pause handles an event older than every copy). The consumers are checked to have stayed
+   paused, then resume (a pause of about half a second on SQLite; sagas wait, none fails).
 3. Every stream is snapshotted (messages and consumers).
 
 A restore (services stopped, NATS running) puts the streams and the databases back, then removes
@@ -44,18 +45,20 @@ from paysaga.ops.backup.manifest import (
     timestamp,
 )
 from paysaga.runtime.messaging.streams import owned_streams
+from paysaga.runtime.messaging.windows import STREAM_MAX_AGE_S
 
 log = logging.getLogger(__name__)
 # Published-at times come from each service's clock, the backup's times from the tool's: rows
 # published this close before the backup's mark are sent again too (a duplicate is skipped).
 CLOCK_MARGIN_S = 5.0
 STREAMS_DIRECTORY = "streams"
-# While the databases are copied, no consumer delivers: no service acts on another's event, so
-# copies taken one after another still agree with each other. The pause lifts itself after
-# PAUSE_MAX_S should the backup die; handlers still busy get DRAIN_MAX_S to finish first.
+# While the databases are copied, no consumer delivers: no service acts on an event published
+# after a copy began, so copies taken one after another still agree with each other. The pause
+# lifts itself after PAUSE_MAX_S should the backup die.
 PAUSE_MAX_S = 120.0
-DRAIN_MAX_S = 60.0
-DRAIN_POLL_S = 0.1
+# A restore of an older backup cannot put the streams back as they were: JetStream drops events
+# older than the streams' maximum age as soon as they are restored.
+RESTORABLE_AGE_MAX_S = STREAM_MAX_AGE_S - 24 * 3600
 
 
 def _now() -> dt.datetime:
@@ -73,11 +76,12 @@ async def back_up(client: NatsClient, target: Path, database_urls: Mapping[str, 
     try:
         for stream, consumer in paused:
             await jetstream.pause_consumer(client, stream, consumer, until)
-        floors = await _handled(client, paused)
+        floors = await _positions(client, paused)
         copied = [await _copy(client, target, service, url, names) for service, url in database_urls.items()]
+        if await _positions(client, paused) != floors:
+            raise ManifestError("a consumer delivered while the databases were copied (its pause lapsed): no backup")
     finally:
-        for stream, consumer in paused:
-            await jetstream.pause_consumer(client, stream, consumer, None)
+        await _resume(client, paused)
     snapshots = []
     for name in names:
         file = target / STREAMS_DIRECTORY / f"{name}.tar.s2"
@@ -90,7 +94,7 @@ async def back_up(client: NatsClient, target: Path, database_urls: Mapping[str, 
                 sha256=taken.sha256,
                 config=taken.config,
                 state=taken.state,
-                consumer_floors={consumer: floors[(name, consumer)] for consumer in consumers[name]},
+                consumer_floors={consumer: floors[(name, consumer)][0] for consumer in consumers[name]},
             )
         )
     manifest = Manifest(timestamp(started), timestamp(_now()), copied, snapshots)
@@ -99,24 +103,32 @@ async def back_up(client: NatsClient, target: Path, database_urls: Mapping[str, 
     return manifest
 
 
-async def _handled(client: NatsClient, paused: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """Once every paused consumer's delivered events are handled (none awaits its acknowledgement),
-    each one's acknowledgement floor: everything up to it is committed in its service's database."""
-    deadline = time.monotonic() + DRAIN_MAX_S
-    while True:
-        floors, waiting = {}, []
-        for stream, consumer in paused:
-            info = await jetstream.api_request(client, f"CONSUMER.INFO.{stream}.{consumer}", {}, 10.0)
-            floors[(stream, consumer)] = int((info.get("ack_floor") or {}).get("stream_seq") or 0)
-            if info.get("num_ack_pending"):
-                waiting.append(f"{stream} > {consumer}: {info['num_ack_pending']}")
-        if not waiting:
-            return floors
-        if time.monotonic() > deadline:
-            raise ManifestError(
-                f"events still being handled after {DRAIN_MAX_S:g} s, no backup taken: {', '.join(waiting)}"
-            )
-        await asyncio.sleep(DRAIN_POLL_S)
+async def _positions(client: NatsClient, paused: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Each paused consumer's acknowledgement floor and last delivered sequence; raises unless
+    every one is paused. Everything up to a floor was handled and its effects committed."""
+    positions = {}
+    for stream, consumer in paused:
+        info = await jetstream.api_request(
+            client, f"CONSUMER.INFO.{stream}.{consumer}", {}, jetstream.REQUEST_TIMEOUT_S
+        )
+        if not info.get("paused"):
+            raise ManifestError(f"{stream} > {consumer} is not paused (is the backup host's clock behind NATS'?)")
+        floor = int((info.get("ack_floor") or {}).get("stream_seq") or 0)
+        positions[(stream, consumer)] = (floor, int((info.get("delivered") or {}).get("stream_seq") or 0))
+    return positions
+
+
+async def _resume(client: NatsClient, paused: list[tuple[str, str]]) -> None:
+    """Resume every paused consumer, each whatever happens to the others; then raise the first
+    failure, if any."""
+    failures = []
+    for stream, consumer in paused:
+        try:
+            await jetstream.pause_consumer(client, stream, consumer, None)
+        except Exception as error:  # noqa: BLE001 - the others are resumed first; raised below
+            failures.append(error)
+    if failures:
+        raise failures[0]
 
 
 async def _copy(client: NatsClient, target: Path, service: str, url: str, names: list[str]) -> DatabaseEntry:
@@ -184,6 +196,16 @@ async def restore(
     missing = [entry.service for entry in manifest.databases if entry.service not in database_urls]
     if missing:
         raise ManifestError(f"the backup has databases for {', '.join(missing)}: say where each goes")
+    for entry in manifest.databases:
+        kind = databases.strategy_for(database_urls[entry.service]).kind
+        if kind != entry.kind:
+            raise ManifestError(f"{entry.service}: the backup holds a {entry.kind} database, the URL names {kind}")
+    age_s = (_now() - parse_timestamp(manifest.started_at)).total_seconds()
+    if age_s > RESTORABLE_AGE_MAX_S:
+        raise ManifestError(
+            f"the backup is {age_s / 86400:.1f} days old: the streams keep events {STREAM_MAX_AGE_S / 86400:g} days, "
+            "so its events would expire as they are restored; restore a newer one"
+        )
     existing = set(await jetstream.stream_names(client)) & {entry.name for entry in manifest.streams}
     if existing and not replace_streams:
         raise ManifestError(
@@ -213,8 +235,11 @@ async def restore(
             f"{rearmed[entry.service]} events to send again"
         )
     for stream in manifest.streams:
-        for consumer, floor in stream.consumer_floors.items():
-            await jetstream.rewind_consumer(client, stream.name, consumer, floor + 1)
-        if stream.consumer_floors:
-            say(f"consumers of {stream.name} deliver again from their floors: {len(stream.consumer_floors)}")
+        # A consumer created after the floors were read delivers everything again (its service's
+        # inbox skips what it handled).
+        restored = await jetstream.durable_consumers(client, stream.name)
+        for consumer in restored:
+            await jetstream.rewind_consumer(client, stream.name, consumer, stream.consumer_floors.get(consumer, 0) + 1)
+        if restored:
+            say(f"consumers of {stream.name} deliver again from their floors: {len(restored)}")
     return Restored(manifest, messages, removed, rearmed, time.monotonic() - started)

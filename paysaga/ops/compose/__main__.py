@@ -2,7 +2,8 @@
 
   python3 scripts/dev.py compose-test                 # the default cluster
   python3 scripts/dev.py compose-test --production    # the production profile (PostgreSQL, 2 replicas each)
-  python3 scripts/dev.py compose-test --all           # both, sharing the engine and the images (CI)
+  python3 scripts/dev.py compose-test --standby       # the production profile with a synchronous PostgreSQL standby
+  python3 scripts/dev.py compose-test --all           # all three, sharing the engine and the images (CI)
   python3 scripts/dev.py compose-engine               # only an engine and the base image, for docker compose by hand
   python3 scripts/dev.py compose-engine --stop        # stop the dockerd paysaga started, restore the host
 
@@ -31,8 +32,8 @@ from pathlib import Path
 from types import FrameType
 
 from paysaga.ops.cluster.localcluster import free_port
-from paysaga.ops.compose import checks, engine, images, reconciliation
-from paysaga.ops.compose.project import DEFAULT, PRODUCTION, REPO, ComposeError, ComposeProject, Topology
+from paysaga.ops.compose import checks, engine, images, reconciliation, standby
+from paysaga.ops.compose.project import DEFAULT, PRODUCTION, REPO, STANDBY, ComposeError, ComposeProject, Topology
 
 STATE_DIR = REPO / ".run" / "compose-test"
 ENGINE_RECORD = STATE_DIR / "engine.json"
@@ -176,6 +177,12 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
         if topology.replicas > 1:
             with stages(f"{label}: {checks.CHAOS_PURCHASES} purchases while one replica of each service is killed"):
                 ended += asyncio.run(checks.purchases_through_kills(project, target, client, shop, detail))
+        if topology.standby:
+            with stages(f"{label}: a completed payment is on the standby; without it purchases are refused, not held"):
+                lines, made = asyncio.run(standby.check_standby(project, target, client, shop))
+                ended += made
+                for line in lines:
+                    detail(line)
         with stages(f"{label}: money and stock agree with the payments; every lane is idle"):
             checks.await_stock_settled(project, shop)
             settled_at = time.monotonic()
@@ -244,8 +251,8 @@ def stop_command() -> int:
     problems = []
     if _recorded_projects() and engine.engine_version() is not None:
         for name in _recorded_projects():
-            # The production files name every service either cluster has, so down removes all of it.
-            problem = remove_project(ComposeProject(PRODUCTION, {}, STATE_DIR / "stop.log", name=name))
+            # The standby topology's files name every service any cluster has, so down removes all of it.
+            problem = remove_project(ComposeProject(STANDBY, {}, STATE_DIR / "stop.log", name=name))
             detail(f"compose project {name}: {problem or 'removed, with its volumes'}")
             problems += [problem] if problem else []
     if not ENGINE_RECORD.exists():
@@ -277,7 +284,15 @@ def engine_command(args: argparse.Namespace) -> int:
 
 
 def test_command(args: argparse.Namespace, interrupts: Interrupts) -> int:
-    topologies = [DEFAULT, PRODUCTION] if args.all else [PRODUCTION] if args.production else [DEFAULT]
+    topologies = (
+        [DEFAULT, PRODUCTION, STANDBY]
+        if args.all
+        else [PRODUCTION]
+        if args.production
+        else [STANDBY]
+        if args.standby
+        else [DEFAULT]
+    )
     stages = Stages()
     started: engine.StartedEngine | None = None
     failure: BaseException | None = None
@@ -318,7 +333,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     test = commands.add_parser("test", help="run the compose cluster for real and check it (compose-test)")
     which = test.add_mutually_exclusive_group()
     which.add_argument("--production", action="store_true", help="test the production profile only")
-    which.add_argument("--all", action="store_true", help="test the default cluster, then the production profile")
+    which.add_argument("--standby", action="store_true", help="test the production profile with a PostgreSQL standby")
+    which.add_argument(
+        "--all", action="store_true", help="test the default cluster, the production profile, then it with a standby"
+    )
     test.add_argument(
         "--keep-engine",
         action="store_true",

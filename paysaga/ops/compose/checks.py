@@ -162,12 +162,13 @@ async def purchase(
     merchant: str,
     sku: str,
     retries: Counter[str],
+    key: str | None = None,
 ) -> payments_pb2.Payment:
-    """Buy one of sku (the same idempotency key on every retry) and poll until the payment ends;
-    calls sent again after a transient failure are counted in retries, by status."""
+    """Buy one of sku (the same idempotency key, key or a new one, on every retry) and poll until
+    the payment ends; calls sent again after a transient failure are counted in retries, by status."""
     deadline = time.monotonic() + PAYMENT_END_TIMEOUT_S
     request = payments_pb2.CreatePaymentRequest(
-        idempotency_key=str(uuid.uuid4()),
+        idempotency_key=key or str(uuid.uuid4()),
         payer_account_id=payer,
         merchant_account_id=merchant,
         sku=sku,

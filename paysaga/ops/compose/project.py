@@ -6,6 +6,7 @@ compose-test runs each cluster as a project of its own, under a name of its own
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -45,6 +46,8 @@ class Topology:
     reconciles: bool = False
     # The nats-servers: one, or the production profile's cluster of three.
     nats_nodes: tuple[str, ...] = ("nats",)
+    # Whether PostgreSQL has a synchronous standby, "postgres-standby" (docker-compose.standby.yml).
+    standby: bool = False
 
 
 DEFAULT = Topology("default", ("docker-compose.yml",), entry="payments", oauth_entry="auth", replicas=1)
@@ -56,6 +59,14 @@ PRODUCTION = Topology(
     replicas=2,
     reconciles=True,
     nats_nodes=("nats", "nats-2", "nats-3"),
+)
+# The production profile with a synchronous PostgreSQL standby; its files name every service any
+# topology has, so removing a project by them removes all of it.
+STANDBY = dataclasses.replace(
+    PRODUCTION,
+    label="standby",
+    files=(*PRODUCTION.files, "docker-compose.standby.yml"),
+    standby=True,
 )
 # The purchase saga's services (the authorization server, "auth", takes no part in a purchase).
 SERVICES = ("payments", "inventory", "ledger")

@@ -154,16 +154,16 @@ class OutboxRelay:
     async def _read_table(self) -> list[OutboxRow]:
         await self.flush_marks()  # else the read would find them unpublished and publish them again
         self._scanned_at = time.monotonic()
-        if not await self._database.backend.replicated(self._database.engine):
-            # A commit can be on this database before its synchronous standby has it (its wait
-            # cancelled, the server restarted): its events wait until the standby has it too, so
-            # that a failover to the standby never leaves an event whose origin is gone.
-            log.warning("outbox.waiting_for_standby")
-            self._scan_due = True
-            return []
         statements = self._database.statements
         async with self._database.read() as connection:
             found = (await connection.execute(statements.unpublished, {"limit": BATCH_SIZE})).all()
+        if found and not await self._database.backend.replicated(self._database.engine):
+            # A commit can be on this database before its synchronous standby has it (its wait
+            # given up, the server restarted): what was read waits until the standby has all it
+            # saw, so that a failover to the standby never leaves an event whose origin is gone.
+            log.warning("outbox.waiting_for_standby")
+            self._scan_due = True
+            return []
         # A full batch means a backlog (after an outage, say): read on until it is cleared.
         self._scan_due = len(found) == BATCH_SIZE
         rows = [OutboxRow(*row) for row in found]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
 from paysaga.runtime.storage import sqlite_driver
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON")
@@ -189,47 +192,57 @@ class PostgreSQLBackend(Backend):
     # Sees the standbys' progress as a superuser or a member of pg_monitor (pg_read_all_stats).
     _REPLICATION = sa.text(
         "SELECT current_setting('synchronous_standby_names') <> '' AS required,"
-        " pg_has_role('pg_read_all_stats', 'MEMBER') AS sees_standbys,"
+        " pg_has_role('pg_read_all_stats', 'USAGE') AS sees_standbys,"
         " count(*) FILTER (WHERE state = 'streaming') AS streaming"
         " FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')"
     )
-    _APPLIED = sa.text(
-        "SELECT COALESCE(max(replay_lsn) >= CAST(CAST(:target AS text) AS pg_lsn), false)"
+    # On the standby's disk is what a failover keeps (its replay position is reported lazily when idle).
+    _FLUSHED = sa.text(
+        "SELECT COALESCE(max(flush_lsn) >= CAST(CAST(:target AS text) AS pg_lsn), false)"
         " FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum') AND state = 'streaming'"
     )
 
     def __init__(self) -> None:
         super().__init__()
         self._replication: Replication | None = None
+        self._looking = asyncio.Lock()
+        # A commit given up while waiting for the standby: until the standby has it, nothing is
+        # answered as done (a retry that finds that commit writes nothing, so would not wait).
+        self._unconfirmed = False
 
     async def replication(self, engine: AsyncEngine, max_age_s: float = REPLICATION_CHECK_INTERVAL_S) -> Replication:
-        """The standbys' state, read at most every max_age_s (a write asks on every transaction)."""
-        now = time.monotonic()
-        if self._replication is None or now - self._replication.checked_at >= max_age_s:
-            async with engine.connect() as connection:
-                row = (await connection.execute(self._REPLICATION)).one()
-            self._replication = Replication(bool(row.required), bool(row.sees_standbys), int(row.streaming), now)
-        return self._replication
+        """The standbys' state, read at most every max_age_s, by one caller at a time (a write
+        asks before every transaction)."""
+        async with self._looking:
+            now = time.monotonic()
+            if self._replication is None or now - self._replication.checked_at >= max_age_s:
+                async with engine.connect() as connection:
+                    row = (await connection.execute(self._REPLICATION)).one()
+                self._replication = Replication(bool(row.required), bool(row.sees_standbys), int(row.streaming), now)
+            return self._replication
 
     async def admit_write(self, engine: AsyncEngine) -> None:
         replication = await self.replication(engine)
         if replication.required and not replication.visible:
-            raise ReplicaUnavailable(
-                "the database waits for a synchronous standby, and this service's role cannot see the standbys:"
-                " grant it pg_monitor"
-            )
+            log.error("database.standby_not_visible", extra={"hint": "grant the service's role pg_monitor"})
+            raise ReplicaUnavailable("the database's synchronous standby cannot be seen: writes are refused")
         if replication.required and replication.streaming == 0:
             raise ReplicaUnavailable(
                 "no synchronous standby is streaming from the database: writes are refused until one is"
             )
+        if self._unconfirmed:
+            if not await self.replicated(engine):
+                raise ReplicaUnavailable("the synchronous standby is catching up: writes are refused until it has")
+            self._unconfirmed = False
 
     async def commit(self, connection: AsyncConnection, transaction: AsyncTransaction) -> None:
         """Commit; when the commit waits for a synchronous standby that has gone (since the last
         look), stop waiting after COMMIT_WAIT_MAX_S: the transaction is then committed here but not
         confirmed there, which ReplicaUnavailable says. Its events wait for the standby (see
         replicated), and a client's retry with the same idempotency key finds it."""
-        replication = await self.replication(connection.engine)
-        if not replication.required:
+        # What admit_write saw just before: looking again here would take a second connection
+        # while this one is held.
+        if self._replication is None or not self._replication.required:
             await transaction.commit()
             return
         try:
@@ -237,20 +250,21 @@ class PostgreSQLBackend(Backend):
         except TimeoutError:
             await connection.invalidate()
             self._replication = None
+            self._unconfirmed = True
             raise ReplicaUnavailable(
                 "no synchronous standby confirmed the commit in time: it is on the primary, not yet on a standby"
             ) from None
 
     async def replicated(self, engine: AsyncEngine) -> bool:
-        """Whether a synchronous standby has applied everything committed before this call (the
-        WAL position now), waiting up to COMMIT_WAIT_MAX_S for it to catch up."""
+        """Whether a synchronous standby has on its disk everything committed before this call
+        (the WAL position now), waiting up to COMMIT_WAIT_MAX_S for it to catch up."""
         if not (await self.replication(engine)).required:
             return True
         deadline = time.monotonic() + COMMIT_WAIT_MAX_S
         async with engine.connect() as connection:
             target = await connection.scalar(sa.text("SELECT pg_current_wal_lsn()::text"))
             while True:
-                if await connection.scalar(self._APPLIED, {"target": target}):
+                if await connection.scalar(self._FLUSHED, {"target": target}):
                     return True
                 if time.monotonic() > deadline:
                     return False
