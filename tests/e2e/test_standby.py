@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from paysaga.ops.cluster.localcluster import AUTHORIZATION_SERVER, SERVICES, ClusterPorts, LocalCluster, free_port
-from paysaga.ops.cluster.postgres import ThrowawayPostgres, ThrowawayStandby
+from paysaga.ops.cluster.postgres import ThrowawayPostgres, ThrowawayStandby, primary_and_standby
 from tests.e2e.shop import Purchase, Shop, status_name
 from tests.e2e.test_saga import PRICE, settled
 
@@ -31,15 +31,8 @@ RECOVERY_TIMEOUT_S = 30.0
 def replicated(postgres: ThrowawayPostgres) -> Iterator[tuple[ThrowawayPostgres, ThrowawayStandby]]:
     """A primary with a synchronous standby, servers of their own (postgres: only to know the
     binaries are there)."""
-    primary = ThrowawayPostgres(free_port(), synchronous_standby=True)
-    standby = ThrowawayStandby(primary, free_port())
-    try:
-        primary.start()
-        standby.start()
-        yield primary, standby
-    finally:
-        standby.stop()
-        primary.stop()
+    with primary_and_standby(free_port(), free_port()) as servers:
+        yield servers
 
 
 async def payment_status_on(server: ThrowawayPostgres, database: str, payment_id: str) -> str | None:

@@ -12,22 +12,15 @@ import pytest
 import sqlalchemy as sa
 
 from paysaga.ops.cluster.localcluster import free_port
-from paysaga.ops.cluster.postgres import ThrowawayPostgres, ThrowawayStandby
+from paysaga.ops.cluster.postgres import ThrowawayPostgres, ThrowawayStandby, primary_and_standby
 from paysaga.runtime.storage.backends import COMMIT_WAIT_MAX_S, PostgreSQLBackend, ReplicaUnavailable
 from paysaga.runtime.storage.database import create_engine
 
 
 @pytest.fixture(scope="module")
 def replicated(postgres: ThrowawayPostgres) -> Iterator[tuple[ThrowawayPostgres, ThrowawayStandby]]:
-    primary = ThrowawayPostgres(free_port(), synchronous_standby=True)
-    standby = ThrowawayStandby(primary, free_port())
-    try:
-        primary.start()
-        standby.start()
-        yield primary, standby
-    finally:
-        standby.stop()
-        primary.stop()
+    with primary_and_standby(free_port(), free_port()) as servers:
+        yield servers
 
 
 async def test_writes_wait_for_the_standby_or_are_refused_and_unapplied_commits_are_seen(

@@ -32,7 +32,7 @@ from typing import IO, Any, TextIO, TypeVar
 from paysaga.ops.client import healthcheck
 from paysaga.ops.client.clients import ServiceClients
 from paysaga.ops.cluster import demo, natsconf
-from paysaga.ops.cluster.postgres import PostgresUnavailable, ThrowawayPostgres, ThrowawayStandby
+from paysaga.ops.cluster.postgres import PostgresUnavailable, ThrowawayPostgres, primary_and_standby
 from paysaga.ops.pki import rotation
 from paysaga.ops.pki.authority import CertificateError
 from paysaga.ops.pki.revocation import NatsPins
@@ -609,17 +609,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         environment: dict[str, dict[str, str]] = {}
         if args.postgres or args.postgres_standby:
             try:
-                postgres = ThrowawayPostgres(free_port(), synchronous_standby=args.postgres_standby)
+                if args.postgres_standby:
+                    postgres, standby = resources.enter_context(primary_and_standby(free_port(), free_port()))
+                    say(f"postgres  | synchronous standby on 127.0.0.1:{standby.port} (data {standby.data})")
+                else:
+                    postgres = ThrowawayPostgres(free_port())
+                    resources.callback(postgres.stop)
+                    postgres.start()
             except PostgresUnavailable as error:
                 print(f"paysaga-local: {error}", file=sys.stderr)
                 return 2
-            resources.callback(postgres.stop)
-            postgres.start()
-            if args.postgres_standby:
-                standby = ThrowawayStandby(postgres, free_port())
-                resources.callback(standby.stop)
-                standby.start()
-                say(f"postgres  | synchronous standby on 127.0.0.1:{standby.port} (data {standby.data})")
             environment = {service: {"PAYSAGA_DATABASE_URL": postgres.create_database(service)} for service in SERVICES}
             say(f"postgres  | throwaway server on 127.0.0.1:{postgres.port}, databases {', '.join(SERVICES)}")
         cluster = LocalCluster(

@@ -7,11 +7,13 @@ PATH). The server refuses to run as root, so as root it runs as the 'postgres' u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 SUPERUSER = "paysaga"
@@ -165,3 +167,18 @@ class ThrowawayStandby(ThrowawayPostgres):
     def promote(self) -> None:
         """Make it a primary: it stops following and takes writes (no standby of its own)."""
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(START_TIMEOUT_S), "promote")
+
+
+@contextlib.contextmanager
+def primary_and_standby(primary_port: int, standby_port: int) -> Iterator[tuple[ThrowawayPostgres, ThrowawayStandby]]:
+    """A throwaway primary that waits for its synchronous standby, and that standby, streaming;
+    both stopped and deleted on leaving."""
+    primary = ThrowawayPostgres(primary_port, synchronous_standby=True)
+    standby = ThrowawayStandby(primary, standby_port)
+    try:
+        primary.start()
+        standby.start()
+        yield primary, standby
+    finally:
+        standby.stop()
+        primary.stop()

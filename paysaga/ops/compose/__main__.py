@@ -175,7 +175,12 @@ def test_cluster(topology: Topology, base_image: str, stages: Stages, interrupts
             asyncio.run(checks.token_until_revoked(target, oauth_target, issuer, oauth, topology.replicas, detail))
             detail(checks.check_every_replica_refused(project, oauth))
         if topology.replicas > 1:
-            with stages(f"{label}: {checks.CHAOS_PURCHASES} purchases while one replica of each service is killed"):
+            killed = (
+                "one replica of each service and a NATS node are"
+                if len(topology.nats_nodes) > 1
+                else "one replica of each service is"
+            )
+            with stages(f"{label}: {checks.CHAOS_PURCHASES} purchases while {killed} killed"):
                 ended += asyncio.run(checks.purchases_through_kills(project, target, client, shop, detail))
         if topology.standby:
             with stages(f"{label}: a completed payment is on the standby; without it purchases are refused, not held"):
