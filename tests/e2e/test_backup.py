@@ -92,8 +92,8 @@ async def test_a_cluster_restored_from_an_online_backup_loses_nothing_acknowledg
 
     code, output = await run_tool(cluster.backup_command("backup", "--verify", str(backup)))
     assert code == 0, output
-    for lost in ("data", "jetstream"):  # the disaster: every database and stream gone
-        shutil.rmtree(state / lost)
+    for gone in ("data", "jetstream"):  # the disaster: every database and stream gone
+        shutil.rmtree(state / gone)
 
     restore_started = time.monotonic()
     with LocalCluster(state, certs_dir, ports, services=()) as bare_nats:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
 import services.ledger
 from paysaga.ops.backup import databases, jetstream
@@ -100,7 +100,7 @@ async def test_a_stream_snapshot_restores_messages_and_consumers_then_trims_and_
         for index in range(EVENTS):
             subject = "paysaga.events.ledger.standard.FundsHeld"
             await ledger.jetstream().publish(subject, f"{index}".encode(), headers={"Nats-Msg-Id": str(uuid.uuid4())})
-        consumer = ConsumerConfig(durable_name="payments-from-ledger-standard", ack_policy="explicit")
+        consumer = ConsumerConfig(durable_name="payments-from-ledger-standard", ack_policy=AckPolicy.EXPLICIT)
         await ops.jetstream().add_consumer(spec.name, consumer)
         assert spec.name in await jetstream.stream_names(ops)
 

@@ -233,7 +233,7 @@ def test_the_production_profile_runs_three_nats_nodes_and_every_service_knows_th
         spec = service(production, node)
         [mount] = [volume for volume in spec["volumes"] if volume.startswith("./deploy/nats/")]
         source, target, mode = mount.split(":")
-        assert Path(source) == Path(".") / natsconf.compose_config_path(node) and mode == "ro"
+        assert Path(source) == natsconf.compose_config_path(node) and mode == "ro"
         config = (REPO / source).read_text()
         assert config == natsconf.compose_config(node), "stale: python -m paysaga.ops.cluster.natsconf --write"
         assert spec["command"] == ["nats-server", "--config", target]
