@@ -149,6 +149,8 @@ class Saga:
     compensation_started_s: float | None = None
     compensation_ended_s: float | None = None
     final_status: str = ""  # after the compensation
+    payment_id: str = ""
+    created_unix_s: float = 0.0  # created_s on the wall clock, to compare with JetStream's times
 
     @property
     def compensation_s(self) -> float | None:
@@ -280,6 +282,11 @@ class TerminalObserver:
     def in_flight(self) -> int:
         return len(self._waiting)
 
+    @property
+    def client(self) -> NatsClient:
+        """Its NATS connection (as ops), for reading the streams after a run."""
+        return self._client
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -337,7 +344,9 @@ class LoadGenerator:
         if intent is not Intent.SUCCESS:
             follow_up = ""  # only a purchase that would complete is undone
         request = self._request(intent, tier)
-        saga = Saga(intent, time.perf_counter() if due_s is None else due_s, tier=tier, follow_up=follow_up)
+        created_s = time.perf_counter() if due_s is None else due_s
+        saga = Saga(intent, created_s, tier=tier, follow_up=follow_up)
+        saga.created_unix_s = time.time() - (time.perf_counter() - created_s)
         run.sagas.append(saga)
         try:
             await self._follow(saga, request, intent)
@@ -352,7 +361,7 @@ class LoadGenerator:
             saga.error = error.code().name
             return
         saga.accepted_s = time.perf_counter()
-        payment_id = response.payment.payment_id
+        payment_id = saga.payment_id = response.payment.payment_id
         if saga.follow_up == "cancel" and not await self._undo(saga, payment_id):
             return
         await self._observer.wait(payment_id, saga, saga.created_s + TERMINAL_TIMEOUT_S)

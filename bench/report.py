@@ -145,6 +145,8 @@ def table(result: dict[str, Any]) -> str:
             f"  outcomes            {_counts(scenario['outcomes'])}",
             f"  errors              {_counts(scenario['errors']) or 'none'}",
         ]
+        if scenario.get("stages"):
+            lines += _stage_lines(scenario["stages"])
         if "lanes" in scenario:
             lines += _lanes_lines(scenario["lanes"])
         processes = sorted(scenario["peak_rss_mib"])
@@ -172,6 +174,12 @@ def table(result: dict[str, Any]) -> str:
     ]
     lines += [f"  {violation}" for violation in invariants["violations"]]
     return "\n".join(lines)
+
+
+def _stage_lines(stages: list[dict[str, Any]]) -> list[str]:
+    """Each hop of the purchases that completed straight away, by JetStream's stored times."""
+    rows = [[stage["stage"], stage["sagas"], f"{stage['p50_ms']:.1f}", f"{stage['p99_ms']:.1f}"] for stage in stages]
+    return ["  " + line for line in _rows(["stage (event stored)", "sagas", "p50 ms", "p99 ms"], rows)]
 
 
 def _lanes_lines(lanes: dict[str, Any]) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import sys
 import time
 from collections import Counter
@@ -11,6 +13,7 @@ from typing import Any
 
 from bench.load import TIERS, LoadGenerator, Run, TerminalObserver
 from bench.procstats import Usage
+from bench.stages import Stage, stages, stored_times
 from bench.stats import Latency
 
 SAMPLE_INTERVAL_S = 0.5
@@ -46,6 +49,7 @@ class ScenarioResult:
     cpu_ms_per_saga: dict[str, float]
     peak_rss_mib: dict[str, float]
     lanes: dict[str, Any] | None = None
+    stages: list[Stage] | None = None
 
     def as_json(self) -> dict[str, Any]:
         found = {
@@ -65,6 +69,8 @@ class ScenarioResult:
         }
         if self.lanes is not None:
             found["lanes"] = self.lanes
+        if self.stages is not None:
+            found["stages"] = [stage.as_json() for stage in self.stages]
         return found
 
 
@@ -121,7 +127,27 @@ async def run_scenario(
         progress.cancel()
         if sys.stderr.isatty():
             print(file=sys.stderr)
-    return summarise(scenario, run, usage, window_start_s, window_end_s)
+    result = summarise(scenario, run, usage, window_start_s, window_end_s)
+    return dataclasses.replace(result, stages=await stage_latencies(observer, run, window_start_s, window_end_s))
+
+
+async def stage_latencies(
+    observer: TerminalObserver, run: Run, window_start_s: float, window_end_s: float
+) -> list[Stage]:
+    """The hops of the purchases created in the window that completed straight away (none undone)."""
+    straight = [
+        saga
+        for saga in run.sagas
+        if window_start_s <= saga.created_s < window_end_s
+        and saga.status == "COMPLETED"
+        and not saga.follow_up
+        and saga.payment_id
+    ]
+    if not straight:
+        return []
+    created_at = {saga.payment_id: saga.created_unix_s for saga in straight}
+    since = dt.datetime.fromtimestamp(min(created_at.values()) - 1.0, dt.UTC)
+    return stages(created_at, await stored_times(observer.client, since, set(created_at)))
 
 
 def summarise(scenario: Scenario, run: Run, usage: Usage, window_start_s: float, window_end_s: float) -> ScenarioResult:

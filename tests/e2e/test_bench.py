@@ -59,6 +59,12 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
         assert all(value > 0 for value in scenario["peak_rss_mib"].values())
         assert scenario["ratios"]["sagas_per_echo_rpc"] > 0
         assert scenario["ratios"]["sagas_per_skeleton_saga"] > 0
+        # Where the time goes: every hop of the purchases that completed straight away, and the whole.
+        hops = scenario["stages"]
+        names = [hop["stage"] for hop in hops]
+        assert len(names) == 6 and names[0] == "create → PaymentRequested" and names[-1] == "create → PaymentCompleted"
+        assert all(hop["sagas"] > 0 and 0 <= hop["p50_ms"] <= hop["p99_ms"] for hop in hops)
+        assert sum(hop["p50_ms"] for hop in hops[:-1]) <= hops[-1]["p99_ms"] * len(hops)
     lanes = report["scenarios"][2]["lanes"]
     assert set(lanes["tiers"]) == {"standard", "priority", "critical"}
     assert sum(tier["offered"] for tier in lanes["tiers"].values()) > 0
@@ -74,6 +80,7 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
     assert all(checks[name] > 0 for name in ("service_identity_us", "client_token_us", "first_use_us"))
     assert "token endpoint" in finished.stdout
     assert "completed sagas/s" in finished.stdout and "Raw limits of this machine" in finished.stdout
+    assert "stage (event stored)" in finished.stdout
     rules = report["rules"]
     assert (rules["rules"], rules["decisions"]) == (20, 500)
     assert 0 < rules["latency_us"]["p50_us"] <= rules["latency_us"]["p99_us"] <= rules["latency_us"]["max_us"]
