@@ -18,10 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
-from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import OAuth2Client
-
 from paysaga.core.identity import CLIENT_PREFIX
 from paysaga.runtime.files import write_file
 from paysaga.runtime.security import tls
@@ -61,6 +57,10 @@ def forget(files: TlsFiles) -> None:
 
 def access_token(issuer: str, files: TlsFiles, *, now: float | None = None) -> str:
     """A current access token for the client whose certificate files holds."""
+    # The HTTP and OAuth libraries are imported when a token is wanted: most of the CLI's
+    # commands run without one, and they take a noticeable part of its start.
+    import httpx2
+
     try:
         return _access_token(issuer, files, time.time() if now is None else now)
     except httpx2.HTTPError as error:
@@ -107,6 +107,9 @@ def _locked(path: Path) -> Iterator[None]:
 def _renewed(issuer: str, files: TlsFiles, identity: str, cached: dict[str, Any]) -> dict[str, Any]:
     """A new token: by the cached refresh token if there is one and it is still good, else by a
     new client_credentials grant."""
+    from authlib.integrations.base_client.errors import OAuthError
+    from authlib.integrations.httpx_client import OAuth2Client
+
     endpoint = issuer.rstrip("/") + TOKEN_PATH
     if not identity.startswith(CLIENT_PREFIX):
         raise TokenUnavailable(f"{files.cert_file} is not a client certificate (no {CLIENT_PREFIX}<name> identity)")
