@@ -41,7 +41,7 @@ from paysaga.runtime import metrics
 from paysaga.runtime.logs import log_context
 from paysaga.runtime.messaging.lanes import LaneScheduler, ensure_consumer
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
-from paysaga.runtime.storage.group_commit import each_in_savepoint
+from paysaga.runtime.storage.group_commit import OneFailed, each_in_savepoint
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop
 
@@ -131,10 +131,24 @@ async def apply_event(database: Database[U], handlers: Mapping[str, EventHandler
 async def apply_each(
     database: Database[U], handlers: Mapping[str, EventHandler[U]], envelopes: Sequence[EventEnvelope]
 ) -> list[Exception | bool]:
-    """Every event handled in one transaction, in order, each in a savepoint of its own (a group
-    commit): per event, True if handled, False if a duplicate (in the inbox, or earlier in the
-    list), or the handler's error (its effects undone, the others' kept). An error of the database
-    itself is raised, and then nothing is kept."""
+    """Every event handled in one transaction, in order, each as if in a savepoint of its own (a
+    group commit: run without savepoints first, again with them if a handler raised): per event,
+    True if handled, False if a duplicate (in the inbox, or earlier in the list), or the handler's
+    error (its effects undone, the others' kept). An error of the database itself is raised, and
+    then nothing is kept."""
+    try:
+        return await _apply_each(database, handlers, envelopes, savepoints=False)
+    except OneFailed:
+        return await _apply_each(database, handlers, envelopes, savepoints=True)
+
+
+async def _apply_each(
+    database: Database[U],
+    handlers: Mapping[str, EventHandler[U]],
+    envelopes: Sequence[EventEnvelope],
+    *,
+    savepoints: bool,
+) -> list[Exception | bool]:
     async with database.transaction() as unit:
         seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
         new: list[int] = []
@@ -144,7 +158,7 @@ async def apply_each(
                 new.append(index)
         works = [functools.partial(_handle, handlers, envelope=envelopes[index]) for index in new]
         outcomes: list[Exception | bool] = [False] * len(envelopes)
-        for index, result in zip(new, await each_in_savepoint(unit, works), strict=True):
+        for index, result in zip(new, await each_in_savepoint(unit, works, savepoints=savepoints), strict=True):
             outcomes[index] = result if isinstance(result, Exception) else True
         handled = [envelopes[index] for index in new if outcomes[index] is True]
         if handled:
