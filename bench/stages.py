@@ -15,16 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.stats import percentile
-from paysaga.core import eventing
-from paysaga.runtime.messaging.streams import owned_streams
+from paysaga.ops.client.trace import events_since
 
 HAPPY_PATH = ("PaymentRequested", "FundsHeld", "StockReserved", "FundsCaptured", "PaymentCompleted")
-SERVICES = ("payments", "ledger", "inventory")
-FETCH_BATCH = 512
-FETCH_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,31 +40,10 @@ class Stage:
 
 async def stored_times(client: NatsClient, since: dt.datetime, wanted: set[str]) -> dict[str, dict[str, float]]:
     """For each wanted saga, when each event of its happy path was stored (Unix seconds)."""
-    jetstream = client.jetstream()
     times: dict[str, dict[str, float]] = {}
-    for service in SERVICES:
-        stream = owned_streams(service)[0].name
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=since,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0,
-        )
-        subscription = await jetstream.pull_subscribe(
-            f"{eventing.EVENTS_SUBJECT_ROOT}.{service}.>", stream=stream, config=config
-        )
-        try:
-            pending = (await subscription.consumer_info()).num_pending or 0
-            while pending > 0:
-                messages = await subscription.fetch(min(pending, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
-                pending -= len(messages)
-                for message in messages:
-                    envelope = eventing.parse(message.data)
-                    if envelope.saga_id in wanted and envelope.event_type in HAPPY_PATH:
-                        stored = message.metadata.timestamp
-                        times.setdefault(envelope.saga_id, {})[envelope.event_type] = stored.timestamp()
-        finally:
-            await subscription.unsubscribe()
+    async for envelope, stored in events_since(client, since):
+        if envelope.saga_id in wanted and envelope.event_type in HAPPY_PATH:
+            times.setdefault(envelope.saga_id, {})[envelope.event_type] = stored.timestamp()
     return times
 
 

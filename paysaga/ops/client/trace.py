@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import json_format
+from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from paysaga.core import eventing, html, lanes
@@ -45,34 +46,37 @@ class Step:
 async def saga_events(nats_url: str, files: TlsFiles, saga_id: str, since: dt.datetime) -> list[EventEnvelope]:
     """The saga's events in the three streams, stored from since on, oldest first."""
     client = await streams.connect(nats_url, files, name="paysaga-trace", timeout_s=CONNECT_TIMEOUT_S)
-    found: list[EventEnvelope] = []
     try:
-        jetstream = client.jetstream()
-        for producer in PRODUCERS:
-            stream = streams.owned_streams(producer)[0].name
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_TIME,
-                opt_start_time=since,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=30,
-            )
-            subscription = await jetstream.pull_subscribe(
-                f"{eventing.EVENTS_SUBJECT_ROOT}.{producer}.>", stream=stream, config=config
-            )
-            try:
-                pending = (await subscription.consumer_info()).num_pending or 0
-                while pending > 0:
-                    messages = await subscription.fetch(min(pending, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
-                    pending -= len(messages)
-                    for message in messages:
-                        envelope = eventing.parse(message.data)
-                        if envelope.saga_id == saga_id:
-                            found.append(envelope)
-            finally:
-                await subscription.unsubscribe()
+        found = [envelope async for envelope, _ in events_since(client, since) if envelope.saga_id == saga_id]
     finally:
         await client.close()
     return sorted(found, key=lambda envelope: envelope.occurred_at.ToNanoseconds())
+
+
+async def events_since(client: NatsClient, since: dt.datetime) -> AsyncIterator[tuple[EventEnvelope, dt.datetime]]:
+    """Every event of the three purchase streams stored from since on, with when JetStream stored
+    it, stream by stream (read through a consumer of its own, without acknowledgements)."""
+    jetstream = client.jetstream()
+    for producer in PRODUCERS:
+        stream = streams.owned_streams(producer)[0].name
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30,
+        )
+        subscription = await jetstream.pull_subscribe(
+            f"{eventing.EVENTS_SUBJECT_ROOT}.{producer}.>", stream=stream, config=config
+        )
+        try:
+            pending = (await subscription.consumer_info()).num_pending or 0
+            while pending > 0:
+                messages = await subscription.fetch(min(pending, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
+                pending -= len(messages)
+                for message in messages:
+                    yield eventing.parse(message.data), message.metadata.timestamp
+        finally:
+            await subscription.unsubscribe()
 
 
 def steps(events: Sequence[EventEnvelope]) -> list[Step]:
