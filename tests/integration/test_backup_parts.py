@@ -5,6 +5,7 @@ nats-server through the raw $JS.API."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from pathlib import Path
@@ -16,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 import services.ledger
 from paysaga.ops.backup import databases, jetstream
 from paysaga.ops.backup.manifest import ManifestError
-from paysaga.ops.backup.procedures import verify
+from paysaga.ops.backup.procedures import back_up, verify
 from paysaga.ops.cluster.localcluster import LocalCluster
 from paysaga.runtime.messaging import streams
 from paysaga.runtime.storage import migrations
@@ -121,3 +122,50 @@ async def test_a_stream_snapshot_restores_messages_and_consumers_then_trims_and_
     finally:
         await ledger.close()
         await ops.close()
+
+
+async def test_a_backup_lets_busy_handlers_acknowledge_while_it_copies_and_keeps_the_floor_from_before(
+    nats_cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event delivered before the pause and acknowledged while the databases are copied (a
+    handler that was busy): the backup goes on, records the floor from before (the restored
+    consumer delivers that event again; the restored inbox skips it if its effect was copied),
+    and resumes the consumer."""
+    spec = streams.owned_streams("ledger")[0]
+    durable = "payments-from-ledger-priority"
+    ops = await streams.connect(nats_cluster.nats_url, nats_cluster.tls_files("ops"), name="ops", timeout_s=10)
+    ledger = await streams.connect(nats_cluster.nats_url, nats_cluster.tls_files("ledger"), name="ledger", timeout_s=10)
+    payments = await streams.connect(
+        nats_cluster.nats_url, nats_cluster.tls_files("payments"), name="payments", timeout_s=10
+    )
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    await write_outbox(url, [])
+    try:
+        with contextlib.suppress(jetstream.SnapshotError):  # left by another test of this module
+            await jetstream.delete_stream(ops, spec.name)
+        await streams.ensure_stream(ops.jetstream(), spec, 1)
+        for _ in range(3):
+            subject = "paysaga.events.ledger.priority.FundsHeld"
+            await ledger.jetstream().publish(subject, b"x", headers={"Nats-Msg-Id": str(uuid.uuid4())})
+        config = ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT)
+        await ops.jetstream().add_consumer(spec.name, config)
+        subscription = await payments.jetstream().pull_subscribe_bind(durable, spec.name)
+        [busy] = await subscription.fetch(1, timeout=5)
+
+        original = databases.copy
+
+        async def copy_while_a_handler_acknowledges(database_url: str, file: Path) -> None:
+            await busy.ack_sync(timeout=5)
+            await original(database_url, file)
+
+        monkeypatch.setattr(databases, "copy", copy_while_a_handler_acknowledges)
+        manifest = await back_up(ops, tmp_path / "backup", {"ledger": url})
+
+        [entry] = [stream for stream in manifest.streams if stream.name == spec.name]
+        assert entry.consumer_floors == {durable: 0}
+        info = await ops.jetstream().consumer_info(spec.name, durable)
+        assert info.ack_floor is not None and info.ack_floor.stream_seq == 1
+        assert not (await jetstream.api_request(ops, f"CONSUMER.INFO.{spec.name}.{durable}", {}, 5)).get("paused")
+    finally:
+        for client in (payments, ledger, ops):
+            await client.close()

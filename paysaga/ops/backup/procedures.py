@@ -76,9 +76,12 @@ async def back_up(client: NatsClient, target: Path, database_urls: Mapping[str, 
     try:
         for stream, consumer in paused:
             await jetstream.pause_consumer(client, stream, consumer, until)
-        floors = await _positions(client, paused)
+        before = await _positions(client, paused)
         copied = [await _copy(client, target, service, url, names) for service, url in database_urls.items()]
-        if await _positions(client, paused) != floors:
+        # Handlers busy since before the pause may acknowledge meanwhile (floors move); nothing
+        # may have been delivered.
+        after = await _positions(client, paused)
+        if any(after[key][1] != delivered for key, (_, delivered) in before.items()):
             raise ManifestError("a consumer delivered while the databases were copied (its pause lapsed): no backup")
     finally:
         await _resume(client, paused)
@@ -94,7 +97,7 @@ async def back_up(client: NatsClient, target: Path, database_urls: Mapping[str, 
                 sha256=taken.sha256,
                 config=taken.config,
                 state=taken.state,
-                consumer_floors={consumer: floors[(name, consumer)][0] for consumer in consumers[name]},
+                consumer_floors={consumer: before[(name, consumer)][0] for consumer in consumers[name]},
             )
         )
     manifest = Manifest(timestamp(started), timestamp(_now()), copied, snapshots)
