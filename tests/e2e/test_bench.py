@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path) -> None:
     report_file = tmp_path / "report.json"
-    command = [sys.executable, "-m", "bench", "--duration-s", "4", "--warmup-s", "1", "--limits-duration-s", "0.5"]
+    command = [sys.executable, "-m", "bench", "--duration-s", "3", "--warmup-s", "1", "--limits-duration-s", "0.5"]
     command += ["--concurrency", "8", "--rate", "10", "--wallets", "8", "--skus", "4", "--mix", "80,10,10"]
     command += ["--rules-decisions", "500", "--rules-warm-attempts", "2000", "--reconcile-sagas", "300"]
     command += ["--work-dir", str(tmp_path / "work"), "--json", str(report_file)]
