@@ -11,6 +11,7 @@ stops the background loops (the relay publishes what is committed), drains NATS,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -88,22 +89,22 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
             settings.nats_url, settings.tls, name=settings.service, timeout_s=settings.startup_timeout_s
         )
         jetstream = nats_client.jetstream()
-        await streams.ensure_streams(
-            jetstream,
-            streams.owned_streams(settings.service),
-            settings.stream_replicas,
-            timeout_s=settings.startup_timeout_s,
-        )
+        # JetStream may be slow to answer at first (a cluster electing leaders, or placing the
+        # streams and consumers of every service starting at once): each step is retried until then.
+        ready_by = asyncio.get_running_loop().time() + settings.startup_timeout_s
+        owned = streams.owned_streams(settings.service)
+        await streams.ensure_streams(jetstream, owned, settings.stream_replicas, deadline=ready_by)
         # Every token revoked so far is known before the first call is served.
         revocations = RevocationFollower(jetstream, revoked)
-        await revocations.catch_up()
-        relay = OutboxRelay(store, jetstream, streams.owned_streams(settings.service), settings.stream_replicas)
+        await streams.until_ready(revocations.catch_up, what="token revocations", deadline=ready_by)
+        relay = OutboxRelay(store, jetstream, owned, settings.stream_replicas)
         consumers = _lane_consumers(definition, settings, jetstream, store)
         # Before the first fetch: the lanes take over from the consumers of a version before them.
-        await lanes.adopt_single_consumers(
-            jetstream,
-            settings.service,
-            [(consumer.producer, consumer.stream, consumer.config) for consumer in consumers],
+        lanes_of = [(consumer.producer, consumer.stream, consumer.config) for consumer in consumers]
+        await streams.until_ready(
+            functools.partial(lanes.adopt_single_consumers, jetstream, settings.service, lanes_of),
+            what="lane consumers",
+            deadline=ready_by,
         )
         built = create_server(
             settings.grpc_bind,

@@ -12,11 +12,12 @@ Streams are file-backed and the server is configured to fsync before acknowledgi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -32,6 +33,7 @@ from paysaga.runtime.settings import TlsFiles
 from paysaga.runtime.tasks import sleep_or_stop
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONNECT_ATTEMPT_TIMEOUT_S = 5
 RECONNECT_WAIT_S = 1
@@ -191,18 +193,23 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -
     return "updated"
 
 
-async def ensure_streams(js: JetStreamContext, specs: Sequence[StreamSpec], replicas: int, *, timeout_s: float) -> None:
-    """ensure_stream for each, retried while JetStream is not ready for it (no answer in time, or
-    "unavailable"), until timeout_s. Retrying is safe: a create that timed out but went through is
-    found the next time and left as it is."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
+async def ensure_streams(js: JetStreamContext, specs: Sequence[StreamSpec], replicas: int, *, deadline: float) -> None:
+    """ensure_stream for each, retried while JetStream is not ready for it, until deadline (the
+    loop's clock). Retrying is safe: a create that timed out but went through is found the next
+    time and left as it is."""
     for spec in specs:
-        while True:
-            try:
-                await ensure_stream(js, spec, replicas)
-                break
-            except (nats.errors.TimeoutError, ServiceUnavailableError) as error:
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise
-                log.warning("stream.ensure_retry", extra={"stream": spec.name, "error": repr(error)})
-                await asyncio.sleep(STREAM_RETRY_S)
+        await until_ready(functools.partial(ensure_stream, js, spec, replicas), what=spec.name, deadline=deadline)
+
+
+async def until_ready(step: Callable[[], Awaitable[T]], *, what: str, deadline: float) -> T:
+    """step(), again while JetStream does not answer in time or says it is unavailable (a cluster
+    electing leaders, or busy placing many new streams and consumers), until deadline (the loop's
+    clock). For start-up steps that are safe to repeat."""
+    while True:
+        try:
+            return await step()
+        except (nats.errors.TimeoutError, ServiceUnavailableError) as error:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            log.warning("jetstream.retry", extra={"step": what, "error": repr(error)})
+            await asyncio.sleep(STREAM_RETRY_S)
