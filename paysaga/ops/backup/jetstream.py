@@ -46,10 +46,17 @@ class Snapshot:
 
 async def api_request(client: NatsClient, subject: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     reply = await client.request(f"{API}.{subject}", json.dumps(body).encode(), timeout=timeout_s)
+    return _answer(reply, subject)
+
+
+def _answer(reply: Msg, what: str) -> dict[str, Any]:
+    """JetStream's JSON answer (empty for an empty reply); its error raised as SnapshotError."""
+    if not reply.data:
+        return {}
     answer: dict[str, Any] = json.loads(reply.data)
     if "error" in answer:
         error = answer["error"]
-        raise SnapshotError(f"{subject}: {error.get('description', error)} (code {error.get('code')})")
+        raise SnapshotError(f"{what}: {error.get('description', error)} (code {error.get('code')})")
     return answer
 
 
@@ -113,20 +120,10 @@ async def restore(
     with file.open("rb") as data:
         while chunk := data.read(CHUNK_SIZE_BYTES):
             reply = await client.request(deliver, chunk, timeout=REQUEST_TIMEOUT_S)
-            _raise_for(reply, stream)
+            _answer(reply, f"restore of {stream}")
     reply = await client.request(deliver, b"", timeout=RESTORE_FINISH_TIMEOUT_S)
-    restored: dict[str, Any] = _raise_for(reply, stream).get("state", {})
+    restored: dict[str, Any] = _answer(reply, f"restore of {stream}").get("state", {})
     return restored
-
-
-def _raise_for(reply: Msg, stream: str) -> dict[str, Any]:
-    if not reply.data:
-        return {}
-    answer: dict[str, Any] = json.loads(reply.data)
-    if "error" in answer:
-        error = answer["error"]
-        raise SnapshotError(f"restore of {stream}: {error.get('description', error)} (code {error.get('code')})")
-    return answer
 
 
 async def delete_stream(client: NatsClient, stream: str) -> None:

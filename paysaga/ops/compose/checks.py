@@ -156,6 +156,18 @@ async def _retrying(call: Callable[[], Any], deadline: float, retries: Counter[s
             await asyncio.sleep(POLL_INTERVAL_S)
 
 
+def purchase_request(payer: str, merchant: str, sku: str, key: str) -> payments_pb2.CreatePaymentRequest:
+    """One of sku at the test's price, under idempotency key."""
+    return payments_pb2.CreatePaymentRequest(
+        idempotency_key=key,
+        payer_account_id=payer,
+        merchant_account_id=merchant,
+        sku=sku,
+        quantity=1,
+        amount=Money(amount_minor=PRICE_MINOR, currency=CURRENCY),
+    )
+
+
 async def purchase(
     stub: payments_pb2_grpc.PaymentServiceStub,
     payer: str,
@@ -167,14 +179,7 @@ async def purchase(
     """Buy one of sku (the same idempotency key, key or a new one, on every retry) and poll until
     the payment ends; calls sent again after a transient failure are counted in retries, by status."""
     deadline = time.monotonic() + PAYMENT_END_TIMEOUT_S
-    request = payments_pb2.CreatePaymentRequest(
-        idempotency_key=key or str(uuid.uuid4()),
-        payer_account_id=payer,
-        merchant_account_id=merchant,
-        sku=sku,
-        quantity=1,
-        amount=Money(amount_minor=PRICE_MINOR, currency=CURRENCY),
-    )
+    request = purchase_request(payer, merchant, sku, key or str(uuid.uuid4()))
     created = await _retrying(lambda: stub.CreatePayment(request, timeout=CALL_TIMEOUT_S), deadline, retries)
     lookup = payments_pb2.GetPaymentRequest(payment_id=created.payment.payment_id)
     while True:

@@ -12,7 +12,6 @@ from collections import Counter
 
 import grpc
 
-from paysaga.common.v1.money_pb2 import Money
 from paysaga.ops.compose import checks
 from paysaga.ops.compose.checks import HostClient, Shop, expect, status_name
 from paysaga.ops.compose.project import ComposeProject
@@ -45,14 +44,7 @@ async def check_standby(
 
         await asyncio.to_thread(project.call, "stop", STANDBY, timeout_s=STANDBY_TIMEOUT_S)
         key = str(uuid.uuid4())
-        request = payments_pb2.CreatePaymentRequest(
-            idempotency_key=key,
-            payer_account_id=shop.wallets[0],
-            merchant_account_id=shop.merchant,
-            sku=shop.sku,
-            quantity=1,
-            amount=Money(amount_minor=checks.PRICE_MINOR, currency=checks.CURRENCY),
-        )
+        request = checks.purchase_request(shop.wallets[0], shop.merchant, shop.sku, key)
         started = time.monotonic()
         try:
             await stub.CreatePayment(request, timeout=10)
