@@ -41,6 +41,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
 from paysaga.runtime.storage import sqlite_driver
+from paysaga.runtime.storage.prepared import SQLiteRunner, StatementRunner
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,10 @@ class Backend:
         """Whether everything committed so far is on every replica a commit waits for."""
         return True
 
+    async def runner(self, connection: AsyncConnection) -> StatementRunner:
+        """What runs prepared statements in a transaction on connection."""
+        return StatementRunner(connection)
+
 
 class SQLiteBackend(Backend):
     single_writer = True
@@ -172,6 +177,12 @@ class SQLiteBackend(Backend):
     @staticmethod
     def create_read_only_engine(url: str) -> AsyncEngine:
         return create_read_only_sqlite_engine(url)
+
+    async def runner(self, connection: AsyncConnection) -> StatementRunner:
+        driver = (await connection.get_raw_connection()).driver_connection
+        if not isinstance(driver, sqlite_driver.InlineConnection):
+            return StatementRunner(connection)  # an engine made elsewhere (tests, tools): no shortcut
+        return SQLiteRunner(connection, driver.sqlite)
 
 
 class ReplicaUnavailable(Exception):

@@ -99,6 +99,12 @@ class InlineConnection:
         self._changes_before = connection.total_changes
 
     @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself, for statements run on the event loop's thread (see
+        paysaga.runtime.storage.prepared); never while a call of ours runs on the thread."""
+        return self._connection
+
+    @property
     def isolation_level(self) -> str | None:
         return self._connection.isolation_level
 

@@ -31,6 +31,7 @@ from typing_extensions import TypeVar
 from paysaga.core.eventing import EventEnvelope, new_event, subject_of
 from paysaga.runtime.storage.backends import WRITE_OPTION, backend_of
 from paysaga.runtime.storage.database import is_retryable
+from paysaga.runtime.storage.prepared import Parameters, Prepared, Rows, StatementRunner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,14 +79,16 @@ class OutboxRow(NamedTuple):
 
 
 class MessagingStatements:
-    """The outbox and inbox statements, built once per database: SQLAlchemy memoizes a statement's
-    cache key, so a statement built once is found in the compiled cache without being rebuilt and
-    hashed on every call."""
+    """The outbox and inbox statements, built once per database: those of every transaction
+    prepared (paysaga.runtime.storage.prepared), the relay's found in SQLAlchemy's compiled cache
+    by the cache key it memoizes on a statement built once."""
 
     def __init__(self, outbox: sa.Table, inbox: sa.Table) -> None:
-        self.insert_outbox = outbox.insert()
-        self.processed = sa.select(inbox.c.event_id).where(inbox.c.event_id.in_(sa.bindparam("ids", expanding=True)))
-        self.insert_inbox = inbox.insert()
+        self.insert_outbox = Prepared(outbox.insert())
+        self.processed = Prepared(
+            sa.select(inbox.c.event_id).where(inbox.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+        )
+        self.insert_inbox = Prepared(inbox.insert())
         self.unpublished = (
             sa.select(outbox.c.event_id, outbox.c.subject, outbox.c.payload)
             .where(outbox.c.published_at.is_(None))
@@ -109,6 +112,15 @@ class UnitOfWork:
     database: Database[UnitOfWork]
     emitted: list[EventEnvelope] = field(default_factory=list)
     written: list[OutboxRow] = field(default_factory=list)
+    # How run() runs prepared statements: the backend's shortcut, set when the transaction begins.
+    runner: StatementRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = StatementRunner(self.connection)
+
+    async def run(self, prepared: Prepared, parameters: Parameters) -> Rows:
+        """A hot statement (see paysaga.runtime.storage.prepared), in this transaction."""
+        return await self.runner.run(prepared, parameters)
 
     def now(self) -> dt.datetime:
         """The database's clock (injected: the saga simulator and tests can run their own)."""
@@ -153,7 +165,7 @@ class UnitOfWork:
             OutboxRow(envelope.event_id, subject_of(envelope), envelope.SerializeToString(deterministic=True))
             for envelope in self.emitted
         ]
-        await self.connection.execute(
+        await self.run(
             statements.insert_outbox,
             [
                 {
@@ -170,12 +182,14 @@ class UnitOfWork:
 
     async def processed_among(self, event_ids: Sequence[str]) -> set[str]:
         """Which of these events were handled before (one query for a batch)."""
-        rows = await self.connection.execute(self.database.statements.processed, {"ids": list(event_ids)})
+        if not event_ids:
+            return set()
+        rows = await self.run(self.database.statements.processed, {"ids": list(event_ids)})
         return {row.event_id for row in rows}
 
     async def record_all_processed(self, envelopes: Sequence[EventEnvelope]) -> None:
         now = self.now()
-        await self.connection.execute(
+        await self.run(
             self.database.statements.insert_inbox,
             [
                 {
@@ -269,6 +283,7 @@ class Database(Generic[U]):
             transaction = await connection.begin()
             try:
                 unit = self._unit(connection, self)
+                unit.runner = await self.backend.runner(connection)
                 yield unit
                 await unit.write_outbox()
             except BaseException:

@@ -7,21 +7,24 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from paysaga.runtime.storage.prepared import Prepared
 from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
 from services.inventory.adapters.tables import items, receipts, reservations
 from services.inventory.domain import Item, Reservation, ReservationStatus
 
 QUANTITIES = ("quantity_available", "quantity_reserved", "quantity_sold", "quantity_received", "quantity_restocked_out")
 
-# The hot statements are built once (see services.payments.adapters.repository); an UPDATE's SET
+# The hot statements are built and compiled once (paysaga.runtime.storage.prepared); an UPDATE's SET
 # takes the columns named by the parameters, and its key is bound under another name.
-_LOAD_ITEM = sa.select(items).where(items.c.sku == sa.bindparam("sku")).with_for_update()
-_UPDATE_ITEM = items.update().where(items.c.sku == sa.bindparam("b_sku"))
-_LOAD_RESERVATION = (
+_LOAD_ITEM = Prepared(sa.select(items).where(items.c.sku == sa.bindparam("sku")).with_for_update())
+_UPDATE_ITEM = Prepared(items.update().where(items.c.sku == sa.bindparam("b_sku")))
+_LOAD_RESERVATION = Prepared(
     sa.select(reservations).where(reservations.c.payment_id == sa.bindparam("payment_id")).with_for_update()
 )
-_INSERT_RESERVATION = reservations.insert()
-_UPDATE_RESERVATION = reservations.update().where(reservations.c.reservation_id == sa.bindparam("b_reservation_id"))
+_INSERT_RESERVATION = Prepared(reservations.insert())
+_UPDATE_RESERVATION = Prepared(
+    reservations.update().where(reservations.c.reservation_id == sa.bindparam("b_reservation_id"))
+)
 
 
 def item_from_row(row: Any) -> Item:
@@ -33,7 +36,7 @@ class InventoryRepository(Repository):
     """Items, reservations and receipts; rows loaded for update are locked until commit."""
 
     async def load_item(self, sku: str) -> Item | None:
-        row = (await self._connection.execute(_LOAD_ITEM, {"sku": sku})).first()
+        row = (await self._unit.run(_LOAD_ITEM, {"sku": sku})).first()
         return None if row is None else item_from_row(row)
 
     async def insert_item(self, item: Item) -> None:
@@ -52,19 +55,19 @@ class InventoryRepository(Repository):
         )
 
     async def save_item(self, item: Item) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _UPDATE_ITEM,
             {"b_sku": item.sku, "updated_at": self._unit.now(), **{name: getattr(item, name) for name in QUANTITIES}},
         )
 
     async def load_reservation(self, payment_id: str) -> Reservation | None:
-        row = (await self._connection.execute(_LOAD_RESERVATION, {"payment_id": payment_id})).first()
+        row = (await self._unit.run(_LOAD_RESERVATION, {"payment_id": payment_id})).first()
         if row is None:
             return None
         return Reservation(row.reservation_id, row.payment_id, row.sku, row.quantity, ReservationStatus(row.status))
 
     async def insert_reservation(self, reservation: Reservation) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT_RESERVATION,
             {
                 "reservation_id": reservation.reservation_id,
@@ -77,7 +80,7 @@ class InventoryRepository(Repository):
         )
 
     async def save_reservation(self, reservation: Reservation) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _UPDATE_RESERVATION,
             {
                 "b_reservation_id": reservation.reservation_id,

@@ -8,27 +8,30 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from paysaga.runtime.storage.prepared import Prepared
 from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
 from services.ledger.adapters.tables import accounts, holds, journal_entries, journal_lines, statement_lines
 from services.ledger.domain import Account, AccountKind, Entry, EntryKind, Hold, HoldStatus
 
-# The hot statements are built once (see services.payments.adapters.repository); an UPDATE's SET
+# The hot statements are built and compiled once (paysaga.runtime.storage.prepared); an UPDATE's SET
 # takes the columns named by the parameters, and its key is bound under another name.
-_LOAD_ACCOUNTS = (
+_LOAD_ACCOUNTS = Prepared(
     sa.select(accounts)
     .where(accounts.c.account_id.in_(sa.bindparam("account_ids", expanding=True)))
     .order_by(accounts.c.account_id)
     .with_for_update()
 )
-_UPDATE_ACCOUNT = accounts.update().where(accounts.c.account_id == sa.bindparam("b_account_id"))
-_LOAD_HOLD = sa.select(holds).where(holds.c.payment_id == sa.bindparam("payment_id")).with_for_update()
-_INSERT_HOLD = holds.insert()
-_UPDATE_HOLD = holds.update().where(holds.c.hold_id == sa.bindparam("b_hold_id"))
-_DELETE_HOLD = holds.delete().where(holds.c.hold_id == sa.bindparam("b_hold_id"))
-_INSERT_ENTRY = journal_entries.insert()
-_INSERT_LINES = journal_lines.insert()
-_ENTRY_HASH = sa.select(journal_entries.c.request_hash).where(journal_entries.c.entry_id == sa.bindparam("entry_id"))
-_INSERT_STATEMENT_LINE = statement_lines.insert()
+_UPDATE_ACCOUNT = Prepared(accounts.update().where(accounts.c.account_id == sa.bindparam("b_account_id")))
+_LOAD_HOLD = Prepared(sa.select(holds).where(holds.c.payment_id == sa.bindparam("payment_id")).with_for_update())
+_INSERT_HOLD = Prepared(holds.insert())
+_UPDATE_HOLD = Prepared(holds.update().where(holds.c.hold_id == sa.bindparam("b_hold_id")))
+_DELETE_HOLD = Prepared(holds.delete().where(holds.c.hold_id == sa.bindparam("b_hold_id")))
+_INSERT_ENTRY = Prepared(journal_entries.insert())
+_INSERT_LINES = Prepared(journal_lines.insert())
+_ENTRY_HASH = Prepared(
+    sa.select(journal_entries.c.request_hash).where(journal_entries.c.entry_id == sa.bindparam("entry_id"))
+)
+_INSERT_STATEMENT_LINE = Prepared(statement_lines.insert())
 
 
 def account_from_row(row: Any) -> Account:
@@ -48,7 +51,10 @@ class LedgerRepository(Repository):
 
     async def load_accounts(self, account_ids: Iterable[str]) -> dict[str, Account]:
         """The accounts that exist among account_ids, locked for update in id order (no deadlocks)."""
-        rows = await self._connection.execute(_LOAD_ACCOUNTS, {"account_ids": sorted(set(account_ids))})
+        wanted = sorted(set(account_ids))
+        if not wanted:
+            return {}
+        rows = await self._unit.run(_LOAD_ACCOUNTS, {"account_ids": wanted})
         return {row.account_id: account_from_row(row) for row in rows}
 
     async def insert_account(self, account: Account) -> None:
@@ -66,18 +72,20 @@ class LedgerRepository(Repository):
         )
 
     async def save_accounts(self, *changed: Account) -> None:
-        for account in changed:
-            await self._connection.execute(
-                _UPDATE_ACCOUNT,
+        await self._unit.run(
+            _UPDATE_ACCOUNT,
+            [
                 {
                     "b_account_id": account.account_id,
                     "balance_minor": account.balance_minor,
                     "held_minor": account.held_minor,
-                },
-            )
+                }
+                for account in changed
+            ],
+        )
 
     async def load_hold(self, payment_id: str) -> Hold | None:
-        row = (await self._connection.execute(_LOAD_HOLD, {"payment_id": payment_id})).first()
+        row = (await self._unit.run(_LOAD_HOLD, {"payment_id": payment_id})).first()
         if row is None:
             return None
         return Hold(
@@ -91,7 +99,7 @@ class LedgerRepository(Repository):
         )
 
     async def insert_hold(self, hold: Hold) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT_HOLD,
             {
                 "hold_id": hold.hold_id,
@@ -108,15 +116,15 @@ class LedgerRepository(Repository):
     async def delete_marker(self, hold: Hold) -> None:
         """Remove a marker (no money in it) that a hold now takes the place of."""
         assert hold.amount_minor == 0, f"hold {hold.hold_id} holds money: not a marker"
-        await self._connection.execute(_DELETE_HOLD, {"b_hold_id": hold.hold_id})
+        await self._unit.run(_DELETE_HOLD, {"b_hold_id": hold.hold_id})
 
     async def save_hold(self, hold: Hold) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _UPDATE_HOLD, {"b_hold_id": hold.hold_id, "status": hold.status.value, "updated_at": self._unit.now()}
         )
 
     async def insert_entry(self, entry: Entry, request_hash: str | None = None) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT_ENTRY,
             {
                 "entry_id": entry.entry_id,
@@ -126,7 +134,7 @@ class LedgerRepository(Repository):
                 "created_at": self._unit.now(),
             },
         )
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT_LINES,
             [
                 {"entry_id": entry.entry_id, "account_id": line.account_id, "amount_minor": line.amount_minor}
@@ -135,7 +143,7 @@ class LedgerRepository(Repository):
         )
 
     async def find_entry_hash(self, entry_id: str) -> tuple[bool, str | None]:
-        row = (await self._connection.execute(_ENTRY_HASH, {"entry_id": entry_id})).first()
+        row = (await self._unit.run(_ENTRY_HASH, {"entry_id": entry_id})).first()
         return (row is not None, row.request_hash if row is not None else None)
 
     async def add_statement_line(
@@ -148,7 +156,7 @@ class LedgerRepository(Repository):
         saga_id: str,
         description: str,
     ) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT_STATEMENT_LINE,
             {
                 "account_id": account.account_id,

@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from paysaga.runtime.storage.prepared import Prepared
 from paysaga.runtime.storage.unit_of_work import Repository, UnitOfWork
 from services.payments.adapters.tables import (
     account_owners,
@@ -32,25 +33,26 @@ class AccountOwner:
 log = logging.getLogger(__name__)
 REASON_MAX_CHARS = 500  # the reason columns' size
 
-# The hot statements are built once: SQLAlchemy then finds each compiled form by a cache key it
-# memoizes on the statement, instead of building and hashing a new statement tree per call.
-_LOAD = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id")).with_for_update()
-_BY_IDEMPOTENCY_KEY = sa.select(payments).where(
-    payments.c.requested_by == sa.bindparam("client"), payments.c.idempotency_key == sa.bindparam("key")
+# The hot statements are built once and compiled once (paysaga.runtime.storage.prepared).
+_LOAD = Prepared(sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id")).with_for_update())
+_BY_IDEMPOTENCY_KEY = Prepared(
+    sa.select(payments).where(
+        payments.c.requested_by == sa.bindparam("client"), payments.c.idempotency_key == sa.bindparam("key")
+    )
 )
-_ACCOUNT_OWNER = sa.select(account_owners).where(account_owners.c.account_id == sa.bindparam("account_id"))
-_ITEM_SELLER = sa.select(item_sellers.c.owner_client).where(item_sellers.c.sku == sa.bindparam("sku"))
-_COUNT_RECENT = (
+_ACCOUNT_OWNER = Prepared(sa.select(account_owners).where(account_owners.c.account_id == sa.bindparam("account_id")))
+_ITEM_SELLER = Prepared(sa.select(item_sellers.c.owner_client).where(item_sellers.c.sku == sa.bindparam("sku")))
+_COUNT_RECENT = Prepared(
     sa.select(sa.func.count())
     .select_from(payments)
     .where(payments.c.payer_account_id == sa.bindparam("payer"), payments.c.created_at >= sa.bindparam("since"))
 )
-_INSERT = payments.insert()
+_INSERT = Prepared(payments.insert())
 # SET takes the columns named by the parameters; the key is bound under another name.
-_UPDATE = payments.update().where(payments.c.payment_id == sa.bindparam("b_payment_id"))
-_INSERT_HISTORY = payment_history.insert()
-_INSERT_DECISION = payment_decisions.insert()
-_INSERT_HITS = decision_hits.insert()
+_UPDATE = Prepared(payments.update().where(payments.c.payment_id == sa.bindparam("b_payment_id")))
+_INSERT_HISTORY = Prepared(payment_history.insert())
+_INSERT_DECISION = Prepared(payment_decisions.insert())
+_INSERT_HITS = Prepared(decision_hits.insert())
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -93,21 +95,22 @@ class PaymentRepository(Repository):
         self.changed: set[str] = set()  # the payments this unit stored a new version of
 
     async def load(self, payment_id: str) -> Payment | None:
-        row = (await self._connection.execute(_LOAD, {"payment_id": payment_id})).first()
+        row = (await self._unit.run(_LOAD, {"payment_id": payment_id})).first()
         return None if row is None else payment_from_row(row)
 
     async def find_by_idempotency_key(self, client: str, key: str) -> tuple[Payment, str] | None:
         """The payment this client asked for with this key, and its request's fingerprint."""
-        row = (await self._connection.execute(_BY_IDEMPOTENCY_KEY, {"client": client, "key": key})).first()
+        row = (await self._unit.run(_BY_IDEMPOTENCY_KEY, {"client": client, "key": key})).first()
         return None if row is None else (payment_from_row(row), row.request_hash)
 
     async def account_owner(self, account_id: str) -> AccountOwner | None:
         """Who owns the account, as far as payments has heard (None: not heard of yet)."""
-        row = (await self._connection.execute(_ACCOUNT_OWNER, {"account_id": account_id})).first()
+        row = (await self._unit.run(_ACCOUNT_OWNER, {"account_id": account_id})).first()
         return None if row is None else AccountOwner(row.kind, row.owner_client)
 
     async def item_seller(self, sku: str) -> str | None:
-        return await self._connection.scalar(_ITEM_SELLER, {"sku": sku})
+        row = (await self._unit.run(_ITEM_SELLER, {"sku": sku})).first()
+        return None if row is None else str(row.owner_client)
 
     async def record_account_owner(self, account_id: str, owner: AccountOwner) -> None:
         """Remember who owns an account. The first word stands: an owner is never changed by an
@@ -136,12 +139,12 @@ class PaymentRepository(Repository):
         await self._unit.serialize(payer_account_id)  # the key replicas of every version use
 
     async def count_recent(self, payer_account_id: str, since: dt.datetime) -> int:
-        count = await self._connection.scalar(_COUNT_RECENT, {"payer": payer_account_id, "since": since})
-        return int(count or 0)
+        row = (await self._unit.run(_COUNT_RECENT, {"payer": payer_account_id, "since": since})).first()
+        return int(row[0] or 0) if row is not None else 0
 
     async def insert(self, payment: Payment) -> None:
         request = payment.request
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT,
             {
                 "payment_id": payment.payment_id,
@@ -169,7 +172,7 @@ class PaymentRepository(Repository):
         await self._record_history(payment)
 
     async def save(self, payment: Payment) -> None:
-        await self._connection.execute(
+        await self._unit.run(
             _UPDATE,
             {
                 "b_payment_id": payment.payment_id,
@@ -197,7 +200,7 @@ class PaymentRepository(Repository):
             }
             for hit in decision.hits
         ]
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT_DECISION,
             {
                 "payment_id": payment_id,
@@ -211,14 +214,14 @@ class PaymentRepository(Repository):
             },
         )
         if hits:
-            await self._connection.execute(
+            await self._unit.run(
                 _INSERT_HITS,
                 [{"payment_id": payment_id, "rule_id": hit.rule_id, "shadow": hit.shadow} for hit in decision.hits],
             )
 
     async def _record_history(self, payment: Payment) -> None:
         self.changed.add(payment.payment_id)
-        await self._connection.execute(
+        await self._unit.run(
             _INSERT_HISTORY,
             {
                 "payment_id": payment.payment_id,
