@@ -26,12 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import limits, machine, oauth, reconcile, report, rules, skeleton
+from bench import backlog, limits, machine, oauth, reconcile, report, rules, skeleton
 from bench.load import Lanes, LoadGenerator, Mix, TerminalObserver, create_fixtures
 from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga.ops.checks import invariants
 from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
 from paysaga.ops.pki import rotation
+from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MIN
 from paysaga.runtime.service_process import run_on_fast_loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +44,9 @@ SETTLE_TIMEOUT_S = 120.0
 SETTLE_POLL_S = 2.0
 SCENARIOS = ("throughput", "latency", "lanes")
 LANES_RATE_DEFAULT = 300.0
+LATENCY_RATE_DEFAULT = 200.0
+# Events in the outbox the relay's backlog limit drains: a second or two of work.
+BACKLOG_EVENTS = 5000
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,7 +63,20 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration-s", type=float, default=60.0, help="measured seconds per scenario (default 60)")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="unmeasured seconds before each (default 5)")
     parser.add_argument("--concurrency", type=int, default=256, help="closed-loop clients (default 256)")
-    parser.add_argument("--rate", type=float, default=200.0, help="open-loop purchases per second (default 200)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="the latency scenario's purchases per second (default: half of what the throughput scenario "
+        f"completed, or {LATENCY_RATE_DEFAULT:g} without it)",
+    )
+    parser.add_argument(
+        "--atomic-batch-min",
+        type=int,
+        default=ATOMIC_BATCH_MIN,
+        help="the relays (and the skeleton) publish this many events or more as one atomic batch "
+        f"(default {ATOMIC_BATCH_MIN}; 0: never)",
+    )
     parser.add_argument(
         "--lanes-rate",
         type=float,
@@ -71,6 +88,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--wallets", type=int, default=256, help="funded wallets the purchases spread over")
     parser.add_argument("--skus", type=int, default=64, help="stocked items the purchases spread over")
     parser.add_argument("--limits-duration-s", type=float, default=5.0, help="seconds per raw-limit measurement")
+    parser.add_argument(
+        "--backlog-events",
+        type=int,
+        default=BACKLOG_EVENTS,
+        help=f"events in the outbox the relay's backlog limit drains (default {BACKLOG_EVENTS})",
+    )
     parser.add_argument("--rules-decisions", type=int, default=20_000, help="fraud decisions timed (default 20000)")
     parser.add_argument(
         "--rules-warm-attempts", type=int, default=200_000, help="attempts in the rules' statistics (default 200000)"
@@ -92,15 +115,19 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def scenario(name: str, arguments: argparse.Namespace, earlier: Sequence[ScenarioResult]) -> Scenario:
     if name == "throughput":
         return Scenario(name, arguments.duration_s, arguments.warmup_s, concurrency=arguments.concurrency)
-    if name == "latency":
-        return Scenario(name, arguments.duration_s, arguments.warmup_s, rate_per_s=arguments.rate)
-    # About twice what the cluster can take, so that the standard tier is saturated.
     capacity = next((result.sagas_per_s for result in earlier if result.scenario.name == "throughput"), 0.0)
+    if name == "latency":
+        # Half of what the cluster can take: the latency a user sees when it is not saturated.
+        rate = arguments.rate or (round(capacity / 2) if capacity else LATENCY_RATE_DEFAULT)
+        return Scenario(name, arguments.duration_s, arguments.warmup_s, rate_per_s=rate)
+    # About twice what the cluster can take, so that the standard tier is saturated.
     rate = arguments.lanes_rate or (2 * capacity if capacity else LANES_RATE_DEFAULT)
     return Scenario(name, arguments.duration_s, arguments.warmup_s, rate_per_s=round(rate), lanes=True)
 
 
-async def measure_limits(certs_dir: Path, work_dir: Path, duration_s: float) -> list[limits.RawLimit]:
+async def measure_limits(
+    certs_dir: Path, work_dir: Path, duration_s: float, atomic_batch_min: int, backlog_events: int
+) -> list[limits.RawLimit]:
     found = [await limits.echo_rpc(certs_dir, concurrency=ECHO_CONCURRENCY, duration_s=duration_s)]
     for in_flight in PUBLISH_IN_FLIGHT:
         found.append(
@@ -108,11 +135,26 @@ async def measure_limits(certs_dir: Path, work_dir: Path, duration_s: float) -> 
                 certs_dir, work_dir / f"raw-{in_flight}", in_flight=in_flight, duration_s=duration_s
             )
         )
-    found.append(
-        await skeleton.saga_messaging(
-            certs_dir, work_dir / "raw-skeleton", in_flight=SKELETON_IN_FLIGHT, duration_s=duration_s
+    # The skeleton publishes as the cluster's relays do; and, to show what atomic batches bring, without them.
+    rules = {skeleton.NAME: atomic_batch_min} | ({skeleton.SINGLE_PUBLISHES_NAME: 0} if atomic_batch_min else {})
+    for name, rule in rules.items():
+        found.append(
+            await skeleton.saga_messaging(
+                certs_dir,
+                work_dir / "raw-skeleton",
+                in_flight=SKELETON_IN_FLIGHT,
+                duration_s=duration_s,
+                atomic_batch_min=rule,
+                name=name,
+            )
         )
-    )
+    # Where atomic batches pay: the relay draining a backlog, with the run's rule and without.
+    for rule in dict.fromkeys((atomic_batch_min, 0)):
+        found.append(
+            await backlog.relay_backlog(
+                certs_dir, work_dir / f"raw-backlog-{rule}", events=backlog_events, atomic_batch_min=rule
+            )
+        )
     return found
 
 
@@ -156,11 +198,17 @@ def run(arguments: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     for _ in rotation.bootstrap(certs_dir, certs_dir):
         pass
     print("measuring the raw limits of this machine ...", file=sys.stderr, flush=True)
-    raw = run_on_fast_loop(measure_limits(certs_dir, work_dir, arguments.limits_duration_s))
+    raw = run_on_fast_loop(
+        measure_limits(
+            certs_dir, work_dir, arguments.limits_duration_s, arguments.atomic_batch_min, arguments.backlog_events
+        )
+    )
     print("measuring the fraud rules' decisions ...", file=sys.stderr, flush=True)
     decisions = rules.measure(arguments.rules_decisions, arguments.rules_warm_attempts)
     print("starting a fresh local cluster (SQLite) ...", file=sys.stderr, flush=True)
-    environment = {"payments": {"PAYSAGA_VELOCITY_LIMIT": str(10**9)}}  # many purchases per wallet, on purpose
+    relays = {"PAYSAGA_ATOMIC_BATCH_MIN": str(arguments.atomic_batch_min)}
+    environment = {service: dict(relays) for service in ("payments", "inventory", "ledger")}
+    environment["payments"]["PAYSAGA_VELOCITY_LIMIT"] = str(10**9)  # many purchases per wallet, on purpose
     with LocalCluster(work_dir / "cluster", certs_dir, ClusterPorts.free(), environment=environment) as cluster:
         results = run_on_fast_loop(drive(cluster, arguments))
         print("waiting for every purchase to end, then checking the invariants ...", file=sys.stderr, flush=True)

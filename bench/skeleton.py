@@ -54,6 +54,8 @@ from paysaga.runtime.messaging.relay import PUBLISH_TIMEOUT_S
 
 T = TypeVar("T")
 NAME = "saga messaging skeleton"
+# The same without atomic batches, when the run's rule has them (paysaga.runtime.messaging.batches).
+SINGLE_PUBLISHES_NAME = "saga messaging skeleton, single publishes"
 WARMUP_S = 1.0
 # A skeleton saga takes milliseconds; one that takes this long is lost, and the figure would be wrong.
 SAGA_TIMEOUT_S = 10.0
@@ -151,14 +153,17 @@ async def cpu_percent(pids: Mapping[str, int], window: Window) -> dict[str, floa
     return {name: round(100 * process.cpu_s / elapsed_s, 1) for name, process in usage.processes.items()}
 
 
-async def saga_messaging(certs_dir: Path, work_dir: Path, *, in_flight: int, duration_s: float) -> limits.RawLimit:
-    """Skeleton sagas completed per second over duration_s, after WARMUP_S, with in_flight going."""
+async def saga_messaging(
+    certs_dir: Path, work_dir: Path, *, in_flight: int, duration_s: float, atomic_batch_min: int, name: str = NAME
+) -> limits.RawLimit:
+    """Skeleton sagas completed per second over duration_s, after WARMUP_S, with in_flight going,
+    the workers publishing atomic batches as the relay does at atomic_batch_min (0: never)."""
     try:
         async with limits.nats_server(certs_dir, work_dir) as server:
             client = await limits.connect(server, certs_dir, name="bench-skeleton")
             try:
                 await _create_streams(client.jetstream())
-                async with _workers(server, certs_dir) as workers:
+                async with _workers(server, certs_dir, atomic_batch_min) as workers:
                     generator = Generator(client, client.jetstream())
                     await generator.observe()
                     window = Window.after(WARMUP_S, duration_s)
@@ -171,7 +176,7 @@ async def saga_messaging(certs_dir: Path, work_dir: Path, *, in_flight: int, dur
         shutil.rmtree(work_dir, ignore_errors=True)  # its streams: nothing to keep
     measured = [saga for saga in sagas if window.holds(saga.completed_s)]
     latency = Latency.of([saga.completed_s - saga.started_s for saga in measured])
-    return limits.RawLimit(NAME, in_flight, len(measured), duration_s, latency, cpu_percent=cpu)
+    return limits.RawLimit(name, in_flight, len(measured), duration_s, latency, cpu_percent=cpu)
 
 
 async def _create_streams(jetstream: JetStreamContext) -> None:
@@ -182,13 +187,22 @@ async def _create_streams(jetstream: JetStreamContext) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _workers(server: limits.NatsServer, certs_dir: Path) -> AsyncIterator[dict[str, limits.Child]]:
+async def _workers(
+    server: limits.NatsServer, certs_dir: Path, atomic_batch_min: int
+) -> AsyncIterator[dict[str, limits.Child]]:
     """A process per role, each ready (its consumers created); all stopped when the block ends."""
     async with contextlib.AsyncExitStack() as stack:
         workers: dict[str, limits.Child] = {}
         for role in ROLES:
             command = [sys.executable, "-m", "bench.skeleton_worker", "--role", role]
-            command += ["--nats", server.url, "--certs-dir", str(certs_dir)]
+            command += [
+                "--nats",
+                server.url,
+                "--certs-dir",
+                str(certs_dir),
+                "--atomic-batch-min",
+                str(atomic_batch_min),
+            ]
             workers[role] = await stack.enter_async_context(limits.running(command, "ready"))
         yield workers
 

@@ -2,7 +2,8 @@
 and acks, with the messaging pattern of the real service and nothing else: no database, no
 business logic, no gRPC.
 
-``python -m bench.skeleton_worker --role ledger --nats tls://127.0.0.1:PORT --certs-dir DIR``
+``python -m bench.skeleton_worker --role ledger --nats tls://127.0.0.1:PORT --certs-dir DIR
+[--atomic-batch-min N]``
 connects over mTLS with the role's certificate, creates its durable consumers, writes ``ready``
 on stdout and runs until SIGTERM or SIGINT.
 """
@@ -22,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MIN, Outgoing, publish_all
 from paysaga.runtime.messaging.consumer import FETCH_BATCH, FETCH_TIMEOUT_S, consumer_config
 from paysaga.runtime.messaging.relay import PUBLISH_TIMEOUT_S
 from paysaga.runtime.service_process import run_on_fast_loop
@@ -95,7 +97,11 @@ async def subscribe(jetstream: JetStreamContext, role: str, feed: Feed) -> JetSt
 
 
 async def consume(
-    jetstream: JetStreamContext, role: str, feed: Feed, subscription: JetStreamContext.PullSubscription
+    jetstream: JetStreamContext,
+    role: str,
+    feed: Feed,
+    subscription: JetStreamContext.PullSubscription,
+    atomic_batch_min: int,
 ) -> None:
     """Fetch and react, batch after batch, until cancelled."""
     while True:
@@ -103,41 +109,37 @@ async def consume(
             messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
         except TimeoutError:
             continue
-        await react(jetstream, role, feed, messages)
+        await react(jetstream, role, feed, messages, atomic_batch_min)
 
 
-async def react(jetstream: JetStreamContext, role: str, feed: Feed, messages: Sequence[Msg]) -> None:
-    """Publish the batch's follow-up events at once and await their acknowledgements together (as
-    the outbox relay does), then ack each consumed message whose follow-up is stored; the others
-    are nak'ed, so they come back."""
-    results = await asyncio.gather(
-        *(_follow_up(jetstream, role, feed, message) for message in messages), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, Exception):
-            raise result  # cancelled: not a failed publish
-    for message, result in zip(messages, results, strict=True):
-        if isinstance(result, Exception):
-            log.warning("skeleton.publish_failed: %r", result)
+async def react(
+    jetstream: JetStreamContext, role: str, feed: Feed, messages: Sequence[Msg], atomic_batch_min: int
+) -> None:
+    """Publish the batch's follow-up events as the outbox relay does (at once, a large batch as one
+    atomic batch: paysaga.runtime.messaging.batches), then ack each consumed message whose
+    follow-up is stored; the others are nak'ed, so they come back."""
+    follow_ups = [(message, _follow_up(role, feed, message)) for message in messages]
+    outgoing = [follow_up for _, follow_up in follow_ups if follow_up is not None]
+    results = iter(await publish_all(jetstream, outgoing, PUBLISH_TIMEOUT_S, atomic_batch_min=atomic_batch_min))
+    for message, follow_up in follow_ups:
+        error = next(results) if follow_up is not None else None
+        if error is not None:
+            log.warning("skeleton.publish_failed: %r", error)
             await message.nak()
         else:
             await message.ack()
 
 
-async def _follow_up(jetstream: JetStreamContext, role: str, feed: Feed, message: Msg) -> None:
+def _follow_up(role: str, feed: Feed, message: Msg) -> Outgoing | None:
     emits = feed.reactions[message.subject.rsplit(".", 1)[-1]]
     if emits is None:
-        return
+        return None
     saga_id = saga_id_of(message.data)
-    await jetstream.publish(
-        subject(role, emits),
-        message.data,  # the saga id and the padding: the skeleton's events carry nothing else
-        headers={"Nats-Msg-Id": message_id(saga_id, emits)},
-        timeout=PUBLISH_TIMEOUT_S,
-    )
+    # The saga id and the padding: the skeleton's events carry nothing else.
+    return Outgoing(subject(role, emits), message.data, message_id(saga_id, emits))
 
 
-async def serve(role: str, nats_url: str, files: TlsFiles) -> None:
+async def serve(role: str, nats_url: str, files: TlsFiles, atomic_batch_min: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -147,7 +149,7 @@ async def serve(role: str, nats_url: str, files: TlsFiles) -> None:
         jetstream = client.jetstream()
         feeds = [(feed, await subscribe(jetstream, role, feed)) for feed in ROLES[role]]
         print("ready", flush=True)
-        consumers = [asyncio.create_task(consume(jetstream, role, feed, sub)) for feed, sub in feeds]
+        consumers = [asyncio.create_task(consume(jetstream, role, feed, sub, atomic_batch_min)) for feed, sub in feeds]
         stopped = asyncio.create_task(stop.wait())
         # Until told to stop, or a consumer fails (then its traceback tells the benchmark why).
         await asyncio.wait([stopped, *consumers], return_when=asyncio.FIRST_COMPLETED)
@@ -163,6 +165,13 @@ async def serve(role: str, nats_url: str, files: TlsFiles) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--role", choices=sorted(ROLES), required=True)
+    parser.add_argument(
+        "--atomic-batch-min",
+        type=int,
+        default=ATOMIC_BATCH_MIN,
+        help="publish this many follow-ups or more as one atomic batch, as the relay does "
+        f"(default {ATOMIC_BATCH_MIN}; 0: never)",
+    )
     parser.add_argument("--nats", required=True, help="the nats-server's URL, tls://host:port")
     parser.add_argument("--certs-dir", type=Path, required=True, help="holds <role>.crt, <role>.key and ca.crt")
     arguments = parser.parse_args(argv)
@@ -170,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for noisy in ("nats", "asyncio"):  # reconnect chatter and TLS close warnings, as in the benchmark
         logging.getLogger(noisy).setLevel(logging.ERROR)
     files = TlsFiles.in_directory(arguments.certs_dir, arguments.role)
-    run_on_fast_loop(serve(arguments.role, arguments.nats, files))
+    run_on_fast_loop(serve(arguments.role, arguments.nats, files, arguments.atomic_batch_min))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ async def serve(definition: ServiceDefinition[Any], settings: ServiceSettings, s
         # Every token revoked so far is known before the first call is served.
         revocations = RevocationFollower(jetstream, revoked)
         await streams.until_ready(revocations.catch_up, what="token revocations", deadline=ready_by)
-        relay = OutboxRelay(store, jetstream, owned, settings.stream_replicas)
+        relay = OutboxRelay(
+            store, jetstream, owned, settings.stream_replicas, atomic_batch_min=settings.atomic_batch_min
+        )
         consumers = _lane_consumers(definition, settings, jetstream, store)
         # Before the first fetch: the lanes take over from the consumers of a version before them.
         lanes_of = [(consumer.producer, consumer.stream, consumer.config) for consumer in consumers]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from paysaga.core.lanes import COMPENSATION, LANES, TIERS
+from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MAX, ATOMIC_BATCH_MIN
 from paysaga.runtime.security.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
 from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
 from paysaga.runtime.storage.retention import INBOX_RETENTION_S, OUTBOX_RETENTION_S, Retention
@@ -106,6 +107,9 @@ class ServiceSettings:
     retention: Retention = field(default_factory=Retention)
     # The values of the service's own Options, parsed, by Option.key.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The relay publishes this many events or more as one atomic batch; 0: never
+    # (paysaga.runtime.messaging.batches).
+    atomic_batch_min: int = ATOMIC_BATCH_MIN
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,13 @@ def positive_int(text: str) -> int:
     value = int(_number(text, int))
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _atomic_batch_min(text: str) -> int:
+    value = int(_number(text, int))
+    if not 0 <= value <= ATOMIC_BATCH_MAX:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) to {ATOMIC_BATCH_MAX}, got {text}")
     return value
 
 
@@ -242,6 +253,14 @@ def load_settings(
         type=_replicas,
     )
     option(
+        "--atomic-batch-min",
+        "PAYSAGA_ATOMIC_BATCH_MIN",
+        str(ATOMIC_BATCH_MIN),
+        "the outbox relay publishes this many events or more as one JetStream atomic batch (one fsync for all); "
+        "0: never",
+        type=_atomic_batch_min,
+    )
+    option(
         "--rate-limits",
         "PAYSAGA_RATE_LIMITS",
         "",
@@ -310,4 +329,5 @@ def load_settings(
         lanes=LaneSettings(args.lane_workers, args.lane_weights, args.lane_max_ack_pending),
         retention=retention,
         options={extra.key: getattr(args, extra.key) for extra in options},
+        atomic_batch_min=int(args.atomic_batch_min),
     )

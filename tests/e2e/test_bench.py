@@ -22,7 +22,16 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
     report_file = tmp_path / "report.json"
     command = [sys.executable, "-m", "bench", "--duration-s", "3", "--warmup-s", "1", "--limits-duration-s", "0.5"]
     command += ["--concurrency", "8", "--rate", "10", "--wallets", "8", "--skus", "4", "--mix", "80,10,10"]
-    command += ["--rules-decisions", "500", "--rules-warm-attempts", "2000", "--reconcile-sagas", "300"]
+    command += [
+        "--backlog-events",
+        "600",
+        "--rules-decisions",
+        "500",
+        "--rules-warm-attempts",
+        "2000",
+        "--reconcile-sagas",
+        "300",
+    ]
     command += ["--work-dir", str(tmp_path / "work"), "--json", str(report_file)]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
 
@@ -32,6 +41,9 @@ def test_a_short_benchmark_run_reports_every_figure_and_no_errors(tmp_path: Path
         "mTLS echo RPC",
         "JetStream publish+ack (fsync)",
         "saga messaging skeleton",
+        "saga messaging skeleton, single publishes",
+        "outbox relay, backlog, atomic batches of 64+",
+        "outbox relay, backlog, single publishes",
     }
     assert all(limit["per_s"] > 0 for limit in report["raw_limits"])
     assert [scenario["name"] for scenario in report["scenarios"]] == ["throughput", "latency", "lanes"]

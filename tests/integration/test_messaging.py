@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 from nats.js.errors import NotFoundError
 
-from paysaga.core.eventing import EventEnvelope, new_event
+from paysaga.core.eventing import EventEnvelope, new_event, subject_of
 from paysaga.events.v1 import events_pb2
 from paysaga.runtime.messaging import relay as relay_module
 from paysaga.runtime.messaging import streams, windows
+from paysaga.runtime.messaging.batches import Outgoing, publish_all
 from paysaga.runtime.messaging.consumer import EventConsumer
 from paysaga.runtime.messaging.relay import OutboxRelay
 from paysaga.runtime.storage.database import create_engine
@@ -208,6 +209,44 @@ async def test_relay_publishes_in_order_and_a_republish_after_a_crash_is_dropped
         event.event_id for event in sent
     ]
     assert await relay.publish_pending() == 0
+
+
+async def test_relay_publishes_a_large_batch_atomically_and_falls_back_to_single_publishes_for_duplicates(
+    rig: Rig,
+) -> None:
+    saga_id = str(uuid.uuid4())
+    sent = [funds_held(saga_id, rig.producer) for _ in range(6)]
+    async with rig.database.transaction() as unit:
+        for event in sent:
+            unit.emit_envelope(event)
+    stream = f"{rig.producer.upper()}_EVENTS"
+    relay = OutboxRelay(rig.database, rig.producer_jetstream, atomic_batch_min=4)
+
+    assert await relay.publish_pending() == 6
+    stored = [await rig.ops.get_msg(stream, sequence) for sequence in range(1, 7)]
+    headers = [message.headers or {} for message in stored]
+    assert [header.get("Nats-Msg-Id") for header in headers] == [event.event_id for event in sent]
+    assert len({header.get("Nats-Batch-Id") for header in headers}) == 1, "one atomic batch"
+    assert headers[0].get("Nats-Batch-Id"), "one atomic batch"
+
+    # Published again (a crash before the marks): JetStream refuses a batch of ids it has, and the
+    # relay publishes them one by one instead, where each is dropped as a duplicate.
+    async with rig.database.transaction() as unit:
+        await unit.connection.execute(rig.database.outbox.update().values(published_at=None))
+    relay = OutboxRelay(rig.database, rig.producer_jetstream, atomic_batch_min=4)
+    assert await relay.publish_pending() == 6
+    assert (await rig.ops.stream_info(stream)).state.messages == 6
+    assert await relay.publish_pending() == 0
+
+
+async def test_publish_all_below_the_threshold_or_with_atomic_batches_off_publishes_one_by_one(rig: Rig) -> None:
+    stream = f"{rig.producer.upper()}_EVENTS"
+    events = [funds_held(str(uuid.uuid4()), rig.producer) for _ in range(3)]
+    outgoing = [Outgoing(subject_of(event), event.SerializeToString(), event.event_id) for event in events]
+    assert await publish_all(rig.producer_jetstream, outgoing[:2], 5, atomic_batch_min=3) == [None, None]
+    assert await publish_all(rig.producer_jetstream, outgoing[2:], 5, atomic_batch_min=0) == [None]
+    stored = [await rig.ops.get_msg(stream, sequence) for sequence in (1, 2, 3)]
+    assert not any("Nats-Batch-Id" in (message.headers or {}) for message in stored)
 
 
 async def test_relay_publishes_its_own_commits_others_commits_and_an_overflow_each_once(

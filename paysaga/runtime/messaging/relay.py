@@ -17,7 +17,8 @@ Two ways to find what to publish:
   replica that shares the database.
 An event may be published twice (by both paths, or by two replicas); JetStream drops the second.
 
-A batch of events is published at once and its acknowledgements awaited together. They are sent
+A batch of events is published at once and its acknowledgements awaited together (a large one as
+one atomic batch: paysaga.runtime.messaging.batches). They are sent
 in order on one connection, so they are stored in that order, except when a publish fails (then
 later events of the batch may be stored before it is retried) or when a table read finds older
 events. Consumers must not rely on order, and do not: a saga's events can also arrive out of
@@ -38,6 +39,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from paysaga.runtime import metrics
+from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MIN, Outgoing, publish_all
 from paysaga.runtime.messaging.streams import StreamSpec, ensure_stream
 from paysaga.runtime.storage.unit_of_work import Database, OutboxRow, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop, wait_any
@@ -56,9 +58,16 @@ MAX_QUEUED = 10_000
 
 class OutboxRelay:
     def __init__(
-        self, database: Database, jetstream: JetStreamContext, streams: Sequence[StreamSpec] = (), replicas: int = 1
+        self,
+        database: Database,
+        jetstream: JetStreamContext,
+        streams: Sequence[StreamSpec] = (),
+        replicas: int = 1,
+        *,
+        atomic_batch_min: int = ATOMIC_BATCH_MIN,
     ) -> None:
         self._database = database
+        self._atomic_batch_min = atomic_batch_min
         self._jetstream = jetstream
         self._streams = tuple(streams)
         self._replicas = replicas
@@ -174,25 +183,17 @@ class OutboxRelay:
         return rows
 
     async def _publish(self, rows: list[OutboxRow]) -> int:
-        # All of the batch in flight at once, the acknowledgements awaited together: one round trip
-        # and one JetStream fsync for many events instead of one each.
-        results = await asyncio.gather(
-            *(
-                self._jetstream.publish(
-                    row.subject, row.payload, headers={"Nats-Msg-Id": row.event_id}, timeout=PUBLISH_TIMEOUT_S
-                )
-                for row in rows
-            ),
-            return_exceptions=True,
+        # All of the batch at once: single publishes in flight together, their acknowledgements
+        # awaited together, or for a large batch one atomic batch (one JetStream fsync for all).
+        outgoing = [Outgoing(row.subject, row.payload, row.event_id) for row in rows]
+        results = await publish_all(
+            self._jetstream, outgoing, PUBLISH_TIMEOUT_S, atomic_batch_min=self._atomic_batch_min
         )
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result  # cancelled: not a failed publish
-        sent = [row.event_id for row, result in zip(rows, results, strict=True) if not isinstance(result, Exception)]
+        sent = [row.event_id for row, result in zip(rows, results, strict=True) if result is None]
         acknowledged_at = time.monotonic()
         for row, result in zip(rows, results, strict=True):
             committed_at = self._committed_at.pop(row.event_id, None)
-            if isinstance(result, Exception):
+            if result is not None:
                 continue
             metrics.EVENTS_PUBLISHED.labels(row.subject.rpartition(".")[2]).inc()
             if committed_at is not None:
@@ -203,6 +204,6 @@ class OutboxRelay:
         if len(self._unmarked) >= BATCH_SIZE:
             await self.flush_marks()
         for result in results:
-            if isinstance(result, Exception):
+            if result is not None:
                 raise result  # the failed ones stay unpublished in the table: the next read finds them
         return len(sent)

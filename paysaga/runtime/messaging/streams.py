@@ -68,6 +68,8 @@ class StreamSpec:
             max_age=self.max_age_s,
             duplicate_window=DUPLICATE_WINDOW_S,
             num_replicas=replicas,
+            # The relay publishes a large batch of events as one atomic batch (paysaga.runtime.messaging.batches).
+            allow_atomic=True,
         )
 
 
