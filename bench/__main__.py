@@ -4,8 +4,10 @@ python3 scripts/dev.py bench                       # every scenario, 60 s each
 python3 scripts/dev.py bench -- --duration-s 20    # shorter
 python3 scripts/dev.py bench -- --scenario latency --rate 300
 python3 scripts/dev.py bench -- --scenario lanes --lanes-rate 400
+python3 scripts/dev.py bench -- --atomic-batch-min 0    # the relays and the skeleton without atomic batches
 
-Besides the scenarios: the raw limits of the machine, the cost of a fraud decision with 20 rules
+Besides the scenarios: the raw limits of the machine (with the relay draining a backlog:
+bench/backlog.py), the cost of a fraud decision with 20 rules
 (bench/rules.py), of OAuth (bench/oauth.py), and the nightly reconciliation of 100,000 purchases
 (bench/reconcile.py).
 """
