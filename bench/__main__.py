@@ -34,7 +34,7 @@ from bench.scenarios import Scenario, ScenarioResult, run_scenario
 from paysaga.ops.checks import invariants
 from paysaga.ops.cluster.localcluster import ClusterPorts, LocalCluster
 from paysaga.ops.pki import rotation
-from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MIN
+from paysaga.runtime.messaging.windows import ATOMIC_BATCH_MIN
 from paysaga.runtime.service_process import run_on_fast_loop
 
 REPO = Path(__file__).resolve().parent.parent

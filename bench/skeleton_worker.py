@@ -23,9 +23,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from paysaga.runtime.messaging import streams
-from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MIN, Outgoing, publish_all
+from paysaga.runtime.messaging.batches import Outgoing, publish_all
 from paysaga.runtime.messaging.consumer import FETCH_BATCH, FETCH_TIMEOUT_S, consumer_config
 from paysaga.runtime.messaging.relay import PUBLISH_TIMEOUT_S
+from paysaga.runtime.messaging.windows import ATOMIC_BATCH_MIN
 from paysaga.runtime.service_process import run_on_fast_loop
 from paysaga.runtime.settings import TlsFiles
 

@@ -70,6 +70,11 @@ LANE_WAIT_SECONDS = Histogram(
     ["lane"],
     buckets=_LATENCY_BUCKETS,
 )
+ATOMIC_BATCHES = Counter(
+    "paysaga_atomic_batches",
+    "Atomic batches of events published to JetStream: stored, refused (then published one by one) or failed",
+    ["outcome"],
+)
 RELAY_LAG_SECONDS = Histogram(
     "paysaga_relay_lag_seconds", "From an event's commit to JetStream's acknowledgement", buckets=_LATENCY_BUCKETS
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from paysaga.core.lanes import COMPENSATION, LANES, TIERS
-from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MAX, ATOMIC_BATCH_MIN
+from paysaga.runtime.messaging.windows import ATOMIC_BATCH_MAX, ATOMIC_BATCH_MIN
 from paysaga.runtime.security.ratelimit import DEFAULT_LIMITS, Limit, parse_limits
 from paysaga.runtime.security.tokens import DEFAULT_ISSUER, PUBLIC_KEYS_FILE
 from paysaga.runtime.storage.retention import INBOX_RETENTION_S, OUTBOX_RETENTION_S, Retention

@@ -1,6 +1,6 @@
 """Three nats-servers with our configuration, joined by mutual-TLS routes: a stream replicated on
-all three (R3) loses no acknowledged event when its leader is killed, and takes writes again
-within seconds."""
+all three (R3) loses no acknowledged event when its leader is killed, and takes writes (single
+publishes and atomic batches) again within seconds."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from nats.aio.client import Client as NatsClient
 from paysaga.ops.cluster import natsconf
 from paysaga.ops.cluster.localcluster import find_nats_server, free_port
 from paysaga.runtime.messaging import streams
+from paysaga.runtime.messaging.batches import Outgoing, publish_atomic
+from paysaga.runtime.messaging.windows import ATOMIC_BATCH_MIN
 from paysaga.runtime.settings import TlsFiles
 
 NODES = 3
@@ -140,3 +142,9 @@ async def test_an_r3_stream_loses_no_acknowledged_event_when_its_leader_dies(
         assert info.cluster is not None and info.cluster.leader not in (None, leader.name)
         # Every acknowledged event is there, once: the retried publishes were deduplicated.
         assert info.state.messages == len(before) + len(after)
+
+        # A relay's atomic batch is stored whole on the replicated stream too, on the nodes left.
+        batch = [Outgoing(subject, b"event", str(uuid.uuid4())) for _ in range(ATOMIC_BATCH_MIN)]
+        await publish_atomic(client, batch, timeout_s=5)
+        info = await client.jetstream().stream_info(spec.name)
+        assert info.state.messages == len(before) + len(after) + len(batch)

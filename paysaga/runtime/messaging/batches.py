@@ -31,12 +31,10 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
-log = logging.getLogger(__name__)
+from paysaga.runtime import metrics
+from paysaga.runtime.messaging.windows import ATOMIC_BATCH_MAX, ATOMIC_BATCH_MIN
 
-# Events published together from which an atomic batch pays (see the module's docstring).
-ATOMIC_BATCH_MIN = 64
-# JetStream's limit on the messages of one atomic batch.
-ATOMIC_BATCH_MAX = 1000
+log = logging.getLogger(__name__)
 
 
 class Outgoing(NamedTuple):
@@ -74,10 +72,13 @@ async def publish_all(
         try:
             await publish_atomic(client_of(jetstream), messages, timeout_s)
         except AtomicBatchRefused as refused:
+            metrics.ATOMIC_BATCHES.labels("refused").inc()
             log.info("publish.atomic_refused", extra={"messages": len(messages), "error": str(refused)})
         except Exception as error:  # noqa: BLE001 - NATS unreachable or slow: none of them is known stored
+            metrics.ATOMIC_BATCHES.labels("failed").inc()
             return [error] * len(messages)
         else:
+            metrics.ATOMIC_BATCHES.labels("stored").inc()
             return [None] * len(messages)
     return await publish_each(jetstream, messages, timeout_s)
 

@@ -39,8 +39,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from paysaga.runtime import metrics
-from paysaga.runtime.messaging.batches import ATOMIC_BATCH_MIN, Outgoing, publish_all
+from paysaga.runtime.messaging.batches import Outgoing, publish_all
 from paysaga.runtime.messaging.streams import StreamSpec, ensure_stream
+from paysaga.runtime.messaging.windows import ATOMIC_BATCH_MIN
 from paysaga.runtime.storage.unit_of_work import Database, OutboxRow, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop, wait_any
 
