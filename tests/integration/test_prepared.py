@@ -29,6 +29,7 @@ _UPDATE = Prepared(things.update().where(things.c.thing_id == sa.bindparam("b_th
 _LOAD_SOME = Prepared(
     sa.select(things).where(things.c.thing_id.in_(sa.bindparam("ids", expanding=True))).order_by(things.c.thing_id)
 )
+_FLAGGED = Prepared(sa.select(things.c.thing_id).where(things.c.flag.is_(True), things.c.note == "three"))
 _COUNT = Prepared(sa.select(sa.func.count()).select_from(things).where(things.c.quantity >= sa.bindparam("least")))
 SEEN_AT = dt.datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=dt.UTC)
 
@@ -58,6 +59,7 @@ async def test_prepared_statements_read_and_write_what_sqlalchemy_does(database_
         assert changed.rowcount == 1
         prepared = (await unit.run(_LOAD_SOME, {"ids": ["t3", "t0", "t1", "missing"]})).all()
         counted = (await unit.run(_COUNT, {"least": 10})).first()
+        flagged = [row.thing_id for row in await unit.run(_FLAGGED, {})]  # the statement's own values
         # The same, the way SQLAlchemy runs it, in the same transaction.
         plain = (await StatementRunner(unit.connection).run(_LOAD_SOME, {"ids": ["t3", "t0", "t1", "missing"]})).all()
 
@@ -69,6 +71,7 @@ async def test_prepared_statements_read_and_write_what_sqlalchemy_does(database_
     ]
     assert all(row.seen_at.replace(tzinfo=dt.UTC) == SEEN_AT for row in prepared)
     assert counted is not None and counted[0] == 2
+    assert flagged == ["t3"]
     async with database.read() as connection:
         stored = {row.thing_id: row.quantity for row in await connection.execute(sa.select(things))}
     assert stored == {"t0": 0, "t1": 10, "t2": 20, "t3": 3}

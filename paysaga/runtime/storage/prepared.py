@@ -62,6 +62,8 @@ class _Compiled:
     names: tuple[str, ...]  # the parameters, in the order of the SQL's placeholders
     binders: tuple[_Processor, ...]
     expanding: frozenset[str]
+    # Values the statement itself binds (a literal in a WHERE, a bindparam with a value).
+    defaults: Mapping[str, Any]
     row: Callable[[tuple[Any, ...]], Any] | None  # builds a row with the columns' names, None: no rows
     readers: tuple[_Processor, ...]
 
@@ -69,7 +71,12 @@ class _Compiled:
         sql = self.sql
         values: list[Any] = []
         for name, binder in zip(self.names, self.binders, strict=True):
-            value = parameters[name]
+            if name in parameters:
+                value = parameters[name]
+            elif name in self.defaults:
+                value = self.defaults[name]
+            else:
+                raise ValueError(f"a value is required for the parameter {name!r}")
             if name in self.expanding:
                 items = list(value)
                 if not items:
@@ -112,13 +119,18 @@ class Prepared:
             raise ValueError(f"a prepared statement cannot fill Python-side defaults: {compiled.string!r}")
         if compiled.literal_execute_params:
             raise ValueError(f"a prepared statement takes no literal parameters: {compiled.string!r}")
-        binds = {bind.key: bind for bind in compiled.binds.values()}
+        binds = {name: bind for bind, name in compiled.bind_names.items()}
         order = tuple(compiled.positiontup or ())
         binders = tuple(compiled._bind_processors.get(name) for name in order)
-        expanding = frozenset(bind.key for bind in compiled.post_compile_params if bind.expanding)
+        expanding = frozenset(compiled.bind_names[bind] for bind in compiled.post_compile_params if bind.expanding)
         for name in order:
             if name not in binds:
                 raise ValueError(f"unknown parameter {name!r} in {compiled.string!r}")
+        defaults = {
+            name: binds[name].effective_value
+            for name in order
+            if name not in names and (binds[name].value is not None or binds[name].callable is not None)
+        }
         columns = compiled._result_columns
         row = None
         readers: tuple[_Processor, ...] = ()
@@ -126,7 +138,7 @@ class Prepared:
             row_type = collections.namedtuple("Row", [column[0] for column in columns])  # type: ignore[misc]
             row = row_type._make
             readers = tuple(column[3].dialect_impl(dialect).result_processor(dialect, None) for column in columns)
-        return _Compiled(compiled.string, order, binders, expanding, row, readers)
+        return _Compiled(compiled.string, order, binders, expanding, defaults, row, readers)
 
 
 class StatementRunner:
