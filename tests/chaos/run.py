@@ -209,7 +209,8 @@ class Load:
         await patiently(lambda: self.shop.payments.CancelPayment(request, timeout=CALL_TIMEOUT_S))
 
     async def _refund(self, payment_id: str) -> None:
-        await self.shop.wait_for(payment_id, TERMINAL, timeout_s=RETRY_FOR_S)
+        # Patiently too: a payments process stalled or cut off answers nothing until the call's deadline.
+        await patiently(lambda: self.shop.wait_for(payment_id, TERMINAL, timeout_s=RETRY_FOR_S))
         request = payments_pb2.RefundPaymentRequest(payment_id=payment_id, reason="chaos: returned")
         await patiently(lambda: self.shop.payments.RefundPayment(request, timeout=CALL_TIMEOUT_S))
         self.refunded.add(payment_id)
