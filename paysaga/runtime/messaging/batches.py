@@ -44,7 +44,9 @@ class Outgoing(NamedTuple):
 
 
 class AtomicBatchRefused(Exception):
-    """JetStream answered an atomic batch with an error: nothing of it was stored."""
+    """JetStream did not confirm an atomic batch as stored whole: it refused it (then nothing of
+    it is stored), or answered as to no batch or another one. Either way publishing its messages
+    again one by one is safe: any already stored are dropped as duplicates."""
 
     def __init__(self, code: int, description: str) -> None:
         super().__init__(f"{description} (JetStream error {code})")
