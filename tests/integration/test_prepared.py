@@ -100,3 +100,12 @@ def test_a_statement_whose_defaults_sqlalchemy_would_compute_is_refused() -> Non
 
     with pytest.raises(ValueError, match="Python-side defaults"):
         Prepared(with_default.insert()).compiled(aiosqlite.dialect(), frozenset({"id"}))
+
+
+async def test_an_empty_in_list_matches_nothing_as_with_sqlalchemy(database_url: str) -> None:
+    database = await open_database(database_url)
+    async with database.transaction() as unit:
+        await unit.run(_INSERT, rows_of(2))
+        assert (await unit.run(_LOAD_SOME, {"ids": []})).all() == []
+        assert await unit.processed_among([]) == set()
+    await database.engine.dispose()

@@ -41,7 +41,7 @@ from paysaga.runtime import metrics
 from paysaga.runtime.logs import log_context
 from paysaga.runtime.messaging.lanes import LaneScheduler, ensure_consumer
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
-from paysaga.runtime.storage.group_commit import OneFailed, each_in_savepoint
+from paysaga.runtime.storage.group_commit import each_in_savepoint, savepoints_if_needed
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
 from paysaga.runtime.tasks import sleep_or_stop
 
@@ -136,33 +136,25 @@ async def apply_each(
     True if handled, False if a duplicate (in the inbox, or earlier in the list), or the handler's
     error (its effects undone, the others' kept). An error of the database itself is raised, and
     then nothing is kept."""
-    try:
-        return await _apply_each(database, handlers, envelopes, savepoints=False)
-    except OneFailed:
-        return await _apply_each(database, handlers, envelopes, savepoints=True)
+    return await savepoints_if_needed(database, functools.partial(_apply_each, handlers, envelopes))
 
 
 async def _apply_each(
-    database: Database[U],
-    handlers: Mapping[str, EventHandler[U]],
-    envelopes: Sequence[EventEnvelope],
-    *,
-    savepoints: bool,
+    handlers: Mapping[str, EventHandler[U]], envelopes: Sequence[EventEnvelope], unit: U, savepoints: bool
 ) -> list[Exception | bool]:
-    async with database.transaction() as unit:
-        seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
-        new: list[int] = []
-        for index, envelope in enumerate(envelopes):
-            if envelope.event_id not in seen:
-                seen.add(envelope.event_id)
-                new.append(index)
-        works = [functools.partial(_handle, handlers, envelope=envelopes[index]) for index in new]
-        outcomes: list[Exception | bool] = [False] * len(envelopes)
-        for index, result in zip(new, await each_in_savepoint(unit, works, savepoints=savepoints), strict=True):
-            outcomes[index] = result if isinstance(result, Exception) else True
-        handled = [envelopes[index] for index in new if outcomes[index] is True]
-        if handled:
-            await unit.record_all_processed(handled)
+    seen = await unit.processed_among([envelope.event_id for envelope in envelopes])
+    new: list[int] = []
+    for index, envelope in enumerate(envelopes):
+        if envelope.event_id not in seen:
+            seen.add(envelope.event_id)
+            new.append(index)
+    works = [functools.partial(_handle, handlers, envelope=envelopes[index]) for index in new]
+    outcomes: list[Exception | bool] = [False] * len(envelopes)
+    for index, result in zip(new, await each_in_savepoint(unit, works, savepoints=savepoints), strict=True):
+        outcomes[index] = result if isinstance(result, Exception) else True
+    handled = [envelopes[index] for index in new if outcomes[index] is True]
+    if handled:
+        await unit.record_all_processed(handled)
     return outcomes
 
 

@@ -90,12 +90,9 @@ class GroupCommit(Generic[U, T]):
             return
         works = [request.work for request in batch]
         try:
-            try:
-                async with self._database.transaction() as unit:
-                    outcomes = await each_in_savepoint(unit, works, savepoints=False)
-            except OneFailed:
-                async with self._database.transaction() as unit:
-                    outcomes = await each_in_savepoint(unit, works)
+            outcomes = await savepoints_if_needed(
+                self._database, lambda unit, savepoints: each_in_savepoint(unit, works, savepoints=savepoints)
+            )
         except Exception as error:  # noqa: BLE001 - the database failed the whole batch
             for request in batch:
                 _fail(request, error)
@@ -118,6 +115,20 @@ class GroupCommit(Generic[U, T]):
 class OneFailed(Exception):
     """A work raised in a batch run without savepoints: its transaction must be rolled back and
     the batch run again with them (each_in_savepoint)."""
+
+
+R = TypeVar("R")
+
+
+async def savepoints_if_needed(database: Database[U], batch: Callable[[U, bool], Awaitable[R]]) -> R:
+    """batch(unit, savepoints) in a transaction of database: first without savepoints, and only
+    if one of its works raised (OneFailed) again, in a new transaction, with them."""
+    try:
+        async with database.transaction() as unit:
+            return await batch(unit, False)
+    except OneFailed:
+        async with database.transaction() as unit:
+            return await batch(unit, True)
 
 
 async def each_in_savepoint(

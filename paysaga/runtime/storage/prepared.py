@@ -15,7 +15,8 @@ saga is built once, at import, as a Prepared, and run through the unit of work
 - on any other database it goes through SQLAlchemy as every other statement does.
 
 Limits, checked when a statement is first compiled: no Python-side column defaults (SQLAlchemy
-would compute them; nothing here does), and an ``IN`` list only as an expanding bind parameter.
+would compute them; nothing here does), and an ``IN`` list only as an expanding bind parameter
+(which may be empty, as with SQLAlchemy).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 Statement = sa.Select[Any] | sa.Insert | sa.Update | sa.Delete
 _Processor = Callable[[Any], Any] | None
+_EMPTY_SET = "SELECT 1 FROM (SELECT 1) WHERE 1!=1"
 
 
 class Rows:
@@ -79,9 +81,9 @@ class _Compiled:
                 raise ValueError(f"a value is required for the parameter {name!r}")
             if name in self.expanding:
                 items = list(value)
-                if not items:
-                    raise ValueError(f"parameter {name!r}: an empty IN list")
-                sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(items)), 1)
+                # An empty list as SQLAlchemy renders it: a set with nothing in it.
+                placeholders = ", ".join("?" * len(items)) if items else _EMPTY_SET
+                sql = sql.replace(f"__[POSTCOMPILE_{name}]", placeholders, 1)
                 values.extend(items if binder is None else [binder(item) for item in items])
             else:
                 values.append(value if binder is None else binder(value))

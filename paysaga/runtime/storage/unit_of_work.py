@@ -182,8 +182,6 @@ class UnitOfWork:
 
     async def processed_among(self, event_ids: Sequence[str]) -> set[str]:
         """Which of these events were handled before (one query for a batch)."""
-        if not event_ids:
-            return set()
         rows = await self.run(self.database.statements.processed, {"ids": list(event_ids)})
         return {row.event_id for row in rows}
 

@@ -51,10 +51,7 @@ class LedgerRepository(Repository):
 
     async def load_accounts(self, account_ids: Iterable[str]) -> dict[str, Account]:
         """The accounts that exist among account_ids, locked for update in id order (no deadlocks)."""
-        wanted = sorted(set(account_ids))
-        if not wanted:
-            return {}
-        rows = await self._unit.run(_LOAD_ACCOUNTS, {"account_ids": wanted})
+        rows = await self._unit.run(_LOAD_ACCOUNTS, {"account_ids": sorted(set(account_ids))})
         return {row.account_id: account_from_row(row) for row in rows}
 
     async def insert_account(self, account: Account) -> None:
