@@ -21,6 +21,7 @@ from paysaga.core.eventing import EventEnvelope
 from paysaga.inventory.v1 import inventory_pb2
 from paysaga.ledger.v1 import ledger_pb2
 from paysaga.ops.checks import invariants
+from paysaga.ops.client.trace import fetch_when_ready
 from paysaga.ops.cluster.localcluster import SERVICES, LocalCluster
 from paysaga.payments.v1 import payments_pb2
 from tests.helpers import connect_as
@@ -174,7 +175,7 @@ class Shop:
                 )
                 pending = (await subscription.consumer_info()).num_pending or 0
                 while pending > 0:
-                    messages = await subscription.fetch(min(pending, 256), timeout=5)
+                    messages = await fetch_when_ready(subscription, min(pending, 256))
                     pending -= len(messages)
                     found += [envelope for envelope in map(_decode, messages) if wanted(envelope)]
                 await subscription.unsubscribe()

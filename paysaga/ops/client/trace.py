@@ -9,14 +9,19 @@ GetPayment tells) to their end, with an ops certificate; nothing is changed.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import json_format
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 
 from paysaga.core import eventing, html, lanes
 from paysaga.core.eventing import EventEnvelope
@@ -26,6 +31,7 @@ from paysaga.runtime.settings import TlsFiles
 CONNECT_TIMEOUT_S = 10.0
 FETCH_BATCH = 256
 FETCH_TIMEOUT_S = 5.0
+LEADER_POLL_S = 0.1
 # Events are stamped by their producer's clock when written: start a little before the payment.
 CLOCK_SLACK = dt.timedelta(seconds=5)
 PRODUCERS = ("payments", "ledger", "inventory")
@@ -71,12 +77,25 @@ async def events_since(client: NatsClient, since: dt.datetime) -> AsyncIterator[
         try:
             pending = (await subscription.consumer_info()).num_pending or 0
             while pending > 0:
-                messages = await subscription.fetch(min(pending, FETCH_BATCH), timeout=FETCH_TIMEOUT_S)
+                messages = await fetch_when_ready(subscription, min(pending, FETCH_BATCH))
                 pending -= len(messages)
                 for message in messages:
                     yield eventing.parse(message.data), message.metadata.timestamp
         finally:
             await subscription.unsubscribe()
+
+
+async def fetch_when_ready(subscription: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+    """A fetch from a consumer just created: on a replicated stream it answers "unavailable"
+    (503) until it has a leader, so that is tried again for up to FETCH_TIMEOUT_S."""
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
+    while True:
+        try:
+            return await subscription.fetch(batch, timeout=FETCH_TIMEOUT_S)
+        except ServiceUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(LEADER_POLL_S)
 
 
 def steps(events: Sequence[EventEnvelope]) -> list[Step]:
