@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from paysaga.runtime.messaging import streams
 from paysaga.runtime.messaging.batches import Outgoing, publish_all
 from paysaga.runtime.messaging.consumer import FETCH_BATCH, FETCH_TIMEOUT_S, consumer_config
+from paysaga.runtime.messaging.pulls import Puller
 from paysaga.runtime.messaging.relay import PUBLISH_TIMEOUT_S
 from paysaga.runtime.messaging.windows import ATOMIC_BATCH_MIN
 from paysaga.runtime.service_process import run_on_fast_loop
@@ -89,28 +90,29 @@ def message_id(saga_id: str, event_type: str) -> str:
     return f"{saga_id}:{event_type}"
 
 
-async def subscribe(jetstream: JetStreamContext, role: str, feed: Feed) -> JetStreamContext.PullSubscription:
-    """The role's durable pull consumer of feed, configured as paysaga.runtime.messaging.consumer's."""
+async def subscribe(jetstream: JetStreamContext, role: str, feed: Feed) -> Puller:
+    """The role's durable pull consumer of feed, configured and read as
+    paysaga.runtime.messaging.consumer's."""
     durable = feed.durable_name(role)
     config = consumer_config(durable, [subject(feed.producer, event_type) for event_type in feed.reactions])
     await jetstream.add_consumer(stream_name(feed.producer), config)
-    return await jetstream.pull_subscribe_bind(durable=durable, stream=stream_name(feed.producer))
+    puller = Puller(jetstream, stream_name(feed.producer), durable, FETCH_BATCH)
+    await puller.open()
+    return puller
 
 
 async def consume(
     jetstream: JetStreamContext,
     role: str,
     feed: Feed,
-    subscription: JetStreamContext.PullSubscription,
+    puller: Puller,
     atomic_batch_min: int,
 ) -> None:
-    """Fetch and react, batch after batch, until cancelled."""
+    """Take and react, batch after batch, until cancelled."""
     while True:
-        try:
-            messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-        except TimeoutError:
-            continue
-        await react(jetstream, role, feed, messages, atomic_batch_min)
+        messages = await puller.next_batch(FETCH_TIMEOUT_S)
+        if messages:
+            await react(jetstream, role, feed, messages, atomic_batch_min)
 
 
 async def react(

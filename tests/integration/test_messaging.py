@@ -13,8 +13,8 @@ from nats.js.errors import NotFoundError
 
 from paysaga.core.eventing import EventEnvelope, new_event, subject_of
 from paysaga.events.v1 import events_pb2
+from paysaga.runtime.messaging import pulls, streams, windows
 from paysaga.runtime.messaging import relay as relay_module
-from paysaga.runtime.messaging import streams, windows
 from paysaga.runtime.messaging.batches import Outgoing, publish_all
 from paysaga.runtime.messaging.consumer import EventConsumer
 from paysaga.runtime.messaging.relay import OutboxRelay
@@ -344,6 +344,39 @@ async def test_a_deleted_durable_consumer_is_recreated_and_nothing_is_missed(rig
 
     # The recreated consumer starts from the beginning of the stream; the inbox skips the first.
     assert handled == [first.saga_id, later.saga_id]
+
+
+async def test_a_consumer_handles_events_one_at_a_time_on_one_open_pull_request_and_asks_again_after_it_expires(
+    rig: Rig,
+) -> None:
+    handled: list[str] = []
+
+    async def handler(unit: UnitOfWork, event: EventEnvelope) -> None:
+        handled.append(event.saga_id)
+
+    consumer = rig.consumer(handler)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    stream = f"{rig.producer.upper()}_EVENTS"
+    try:
+        sent: list[str] = []
+        for _ in range(4):
+            event = funds_held(str(uuid.uuid4()), rig.producer)
+            sent.append(event.saga_id)
+            await rig.publish(event)
+            await eventually(lambda: _true(len(handled) == len(sent)), f"event {len(sent)} is handled")
+            info = await rig.ops.consumer_info(stream, consumer.name)
+            assert info.num_waiting == 1  # the same request waits on: not one more per batch
+        # Past its expiry the server ends the request, and the consumer asks again.
+        await asyncio.sleep(pulls.PULL_EXPIRES_S * 2.5)
+        event = funds_held(str(uuid.uuid4()), rig.producer)
+        sent.append(event.saga_id)
+        await rig.publish(event)
+        await eventually(lambda: _true(len(handled) == len(sent)), "the event after the expiry is handled")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert handled == sent
 
 
 async def _true(value: bool) -> bool:

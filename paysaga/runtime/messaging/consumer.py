@@ -40,6 +40,7 @@ from paysaga.core.eventing import DEAD_LETTER_SUBJECT_ROOT, EventEnvelope
 from paysaga.runtime import metrics
 from paysaga.runtime.logs import log_context
 from paysaga.runtime.messaging.lanes import LaneScheduler, ensure_consumer
+from paysaga.runtime.messaging.pulls import Puller
 from paysaga.runtime.storage.database import is_retryable, is_unavailable
 from paysaga.runtime.storage.group_commit import each_in_savepoint, savepoints_if_needed
 from paysaga.runtime.storage.unit_of_work import Database, UnitOfWork
@@ -243,27 +244,22 @@ class EventConsumer(Generic[U]):
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            subscription = await self._subscribe(stop)
-            if subscription is None:
+            puller = await self._subscribe(stop)
+            if puller is None:
                 return
             try:
-                await self._consume(subscription, stop)
+                await self._consume(puller, stop)
             finally:
-                # A pull subscription left open holds the server's late replies, and a NATS drain
-                # would wait for them until its timeout.
                 with contextlib.suppress(nats.errors.Error):
-                    await subscription.unsubscribe()
+                    await puller.close()
 
-    async def _consume(self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    async def _consume(self, puller: Puller, stop: asyncio.Event) -> None:
         """Fetch and handle until stop, or until fetching keeps failing (e.g. the durable consumer
         was deleted): then the caller subscribes again, which recreates it."""
         failures = 0
         while not stop.is_set():
             try:
-                messages = await subscription.fetch(self._fetch_batch, timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:
-                failures = 0
-                continue
+                messages = await puller.next_batch(FETCH_TIMEOUT_S)
             except nats.errors.Error as error:
                 failures += 1
                 stream = self._subscription.stream
@@ -275,6 +271,8 @@ class EventConsumer(Generic[U]):
                 await sleep_or_stop(stop, SUBSCRIBE_RETRY_S)
                 continue
             failures = 0
+            if not messages:
+                continue
             if self._scheduler is None:
                 await self.handle_batch(messages)
                 continue
@@ -289,13 +287,15 @@ class EventConsumer(Generic[U]):
                 await self.handle_batch(messages[:share])
             messages = messages[share:]
 
-    async def _subscribe(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
+    async def _subscribe(self, stop: asyncio.Event) -> Puller | None:
         """Create (or find) the durable consumer; waits for the producer's stream to exist."""
-        durable, config = self.name, self.config
+        stream, config = self._subscription.stream, self.config
         while not stop.is_set():
             try:
-                await ensure_consumer(self._jetstream, self._subscription.stream, config)
-                return await self._jetstream.pull_subscribe_bind(durable=durable, stream=self._subscription.stream)
+                await ensure_consumer(self._jetstream, stream, config)
+                puller = Puller(self._jetstream, stream, self.name, self._fetch_batch)
+                await puller.open()
+                return puller
             except NotFoundError:
                 log.info("consumer.waiting_for_stream", extra={"stream": self._subscription.stream})
             except (nats.errors.Error, TimeoutError) as error:
