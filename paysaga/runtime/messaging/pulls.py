@@ -63,8 +63,10 @@ class Puller:
         self._arrived: collections.deque[Msg] = collections.deque()
         self._wake = asyncio.Event()
         self._refused: PullRefused | None = None
-        # The open request: its number (its reply subject ends with it), and the messages that came.
+        # The open request: its reply subject (numbered, so that a late status of an earlier one is
+        # told apart), and the messages that came.
         self._request = 0
+        self._reply = ""
         self._received = 0
         # When to ask again: at once (nothing asked yet, the request was filled or expired), a
         # moment after a leadership change, or when the open one must have been lost.
@@ -111,12 +113,11 @@ class Puller:
 
     async def _ask(self, now: float) -> None:
         self._request += 1
+        self._reply = f"{self._inbox}.{self._request}"
         self._received = 0
         self._ask_at = now + PULL_EXPIRES_S + LOST_AFTER_S  # unless it is filled or ends before
         request = {"batch": self._window, "expires": int(PULL_EXPIRES_S * 1e9)}
-        await self._client.publish(
-            self._next_subject, json.dumps(request).encode(), reply=f"{self._inbox}.{self._request}"
-        )
+        await self._client.publish(self._next_subject, json.dumps(request).encode(), reply=self._reply)
 
     async def _settle(self) -> None:
         """Let the rest of a burst come in before taking a batch: the server sends what it has at
@@ -138,7 +139,6 @@ class Puller:
         pulled message carries its stream subject, not the request's, so each counts towards the
         open request (one that came late for an expired request only makes it ask a little early);
         a status arrives on its request's reply subject, and one of an earlier request is old news."""
-        current = f"{self._inbox}.{self._request}"
         taken: list[Msg] = []
         while self._arrived and len(taken) < self._window:
             message = self._arrived.popleft()
@@ -148,7 +148,7 @@ class Puller:
                 self._received += 1
                 if self._received >= self._window:
                     self._ask_at = now  # filled: the next call asks again
-            elif status != _HEARTBEAT and message.subject == current:
+            elif status != _HEARTBEAT and message.subject == self._reply:
                 description = (message.headers or {}).get("Description", "")
                 self._ask_at = now
                 if status == _CONFLICT and description in _NORMAL_CONFLICTS:
