@@ -1,15 +1,21 @@
-"""The SQLite connection that runs statements on the event loop: what waits must not block the loop."""
+"""The SQLite connection that runs statements on the event loop (what waits must not block the loop),
+and the write connection a database holds on it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
+from paysaga.runtime.storage import backends
 from paysaga.runtime.storage.database import create_engine
+from paysaga.runtime.storage.prepared import Prepared
+from paysaga.runtime.storage.sqlite_driver import InlineConnection
 from paysaga.runtime.storage.unit_of_work import Database
 from tests.integration.counters import counters, open_database
 
@@ -89,3 +95,69 @@ async def test_a_write_is_on_disk_when_the_transaction_returns(tmp_path: Path) -
 def test_an_sqlite_url_with_options_is_refused_rather_than_ignored(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="take no options"):
         create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}?mode=ro")
+
+
+async def _driver(database: Database) -> sqlite3.Connection:
+    async with database.transaction() as unit:
+        driver = (await unit.connection.get_raw_connection()).driver_connection
+        assert isinstance(driver, InlineConnection)
+        return driver.sqlite
+
+
+async def test_writes_share_one_held_connection_which_disposing_the_engine_closes(tmp_path: Path) -> None:
+    database = await _database(tmp_path / "db.sqlite")
+    first = await _driver(database)
+    await _insert(database, "a")
+    assert await _driver(database) is first
+
+    await database.engine.dispose()
+
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        first.execute("SELECT 1")
+    await _insert(database, "b")  # the engine still works: the next write holds a new connection
+    assert await _driver(database) is not first
+    async with database.read() as connection:
+        assert set((await connection.scalars(sa.select(counters.c.name))).all()) == {"a", "b"}
+    await database.engine.dispose()
+
+
+async def test_a_failed_write_leaves_nothing_and_the_held_connection_usable(tmp_path: Path) -> None:
+    database = await _database(tmp_path / "db.sqlite")
+    # Through SQLAlchemy and through prepared statements, with a savepoint that failed inside.
+    insert = Prepared(counters.insert())
+    with pytest.raises(RuntimeError):
+        async with database.transaction() as unit:
+            await unit.run(insert, {"name": "prepared", "value": 1})
+            await unit.connection.execute(counters.insert().values(name="alchemy", value=1))
+            raise RuntimeError("the handler failed half-way")
+    async with database.transaction() as unit:
+        with contextlib.suppress(RuntimeError):
+            async with unit.connection.begin_nested():
+                await unit.run(insert, {"name": "undone", "value": 1})
+                raise RuntimeError("one item of a group commit failed")
+        await unit.run(insert, {"name": "kept", "value": 1})
+        await unit.connection.execute(counters.insert().values(name="kept too", value=1))
+    await _insert(database, "after")
+
+    async with database.read() as connection:
+        names = set((await connection.scalars(sa.select(counters.c.name))).all())
+    assert names == {"kept", "kept too", "after"}
+    await database.engine.dispose()
+
+
+async def test_a_write_that_cannot_get_the_lock_fails_as_a_database_error_and_the_next_one_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backends, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    holder, waiter = await _database(tmp_path / "db.sqlite"), await _database(tmp_path / "db.sqlite")
+    await _insert(waiter, "before")
+    async with holder.transaction() as unit:
+        await unit.connection.execute(counters.insert().values(name="holder", value=1))
+        with pytest.raises(OperationalError, match="locked"):
+            await _insert(waiter, "refused")
+    await _insert(waiter, "after")
+
+    async with waiter.read() as connection:
+        assert set((await connection.scalars(sa.select(counters.c.name))).all()) == {"before", "holder", "after"}
+    for database in (holder, waiter):
+        await database.engine.dispose()

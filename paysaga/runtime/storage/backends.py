@@ -21,7 +21,8 @@ connection uses WAL (readers do not block the writer), synchronous=FULL (a commi
 before it returns) and a busy timeout instead of immediate "database is locked" errors. We issue
 BEGIN ourselves (the driver's implicit transactions are off): write transactions (see
 paysaga.runtime.storage.unit_of_work) start with BEGIN IMMEDIATE, so they take the write lock up
-front and cannot fail later on a lock upgrade.
+front and cannot fail later on a lock upgrade, and all run on one connection that the database
+holds (``SQLiteBackend.writing``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
 from paysaga.runtime.storage import sqlite_driver
@@ -77,6 +80,9 @@ def create_sqlite_engine(url: str, pragmas: tuple[str, ...] = SQLITE_PRAGMAS) ->
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Any) -> None:
+        driver = connection.connection.driver_connection
+        if isinstance(driver, sqlite_driver.InlineConnection) and driver.in_transaction:
+            return  # the write connection's transaction, begun below SQLAlchemy (SQLiteBackend.writing)
         writes = connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
@@ -155,6 +161,23 @@ class Backend:
     async def admit_write(self, engine: AsyncEngine) -> None:
         """Raise ReplicaUnavailable when a write could not be made durable as configured now."""
 
+    @contextlib.asynccontextmanager
+    async def writing(self, engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, StatementRunner]]:
+        """A write transaction's connection, and what runs prepared statements in it: committed
+        when the block ends, rolled back if it raises. Called in the write turn."""
+        async with engine.connect() as connection:
+            await connection.execution_options(**{WRITE_OPTION: True})
+            transaction = await connection.begin()
+            try:
+                yield connection, StatementRunner(connection)
+            except BaseException:
+                # The error that ended the work is what matters; a connection already broken
+                # cannot roll back (the server drops the transaction with it).
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            await self.commit(connection, transaction)
+
     async def commit(self, connection: AsyncConnection, transaction: AsyncTransaction) -> None:
         await transaction.commit()
 
@@ -167,8 +190,36 @@ class Backend:
         return StatementRunner(connection)
 
 
+@dataclass
+class _Writer:
+    """SQLite's write connection, held from the first write until the engine is disposed."""
+
+    connection: AsyncConnection
+    driver: sqlite_driver.InlineConnection
+    runner: SQLiteRunner
+
+
 class SQLiteBackend(Backend):
+    """One writer at a time, so one write connection, held: a transaction on it is BEGIN
+    IMMEDIATE, the work, COMMIT, issued on the driver's connection (paysaga.runtime.storage.sqlite_driver)
+    without a pool checkout, SQLAlchemy's transaction bookkeeping or its greenlet hops around
+    them: 0.2 ms of CPU per transaction instead of 0.5. The connection's page cache also stays
+    warm (a connection that another one wrote behind reads its pages again).
+
+    SQLAlchemy runs the transaction's other statements on the same connection: their first one
+    makes SQLAlchemy begin a transaction of its own, which the engine's BEGIN listener leaves
+    alone when the driver is already in one, and which SQLAlchemy then believes stays open (its
+    savepoints, for a group commit, work in it). A transaction that raised is rolled back through
+    SQLAlchemy, so its view starts clean again; a connection that fails to begin, commit or roll
+    back is dropped, and the next write takes a new one."""
+
     single_writer = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._writer: _Writer | None = None
+        self._holds = True  # False for an engine whose connections are not sqlite_driver's
+        self._releasing: AsyncEngine | None = None
 
     @staticmethod
     def create_engine(url: str) -> AsyncEngine:
@@ -178,11 +229,59 @@ class SQLiteBackend(Backend):
     def create_read_only_engine(url: str) -> AsyncEngine:
         return create_read_only_sqlite_engine(url)
 
-    async def runner(self, connection: AsyncConnection) -> StatementRunner:
+    @contextlib.asynccontextmanager
+    async def writing(self, engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, StatementRunner]]:
+        writer = self._writer or (await self._hold(engine) if self._holds else None)
+        if writer is None:  # an engine made elsewhere (tests, tools): SQLAlchemy's own way
+            async with super().writing(engine) as opened:
+                yield opened
+            return
+        try:
+            await writer.driver.begin_immediate()
+        except sqlite3.Error as error:
+            await self._drop(writer)
+            raise DBAPIError.instance("BEGIN IMMEDIATE", None, error, sqlite3.Error) from error
+        try:
+            yield writer.connection, writer.runner
+            await writer.driver.commit()
+        except BaseException as error:
+            try:
+                await writer.driver.rollback()  # discards what the transaction wrote; no disk wait
+                if writer.connection.in_transaction():
+                    await writer.connection.rollback()  # SQLAlchemy's view of it (and its savepoints)
+            except Exception:  # noqa: BLE001 - the error that ended the work is what matters
+                await self._drop(writer)
+            if isinstance(error, sqlite3.Error):  # the commit's
+                raise DBAPIError.instance("COMMIT", None, error, sqlite3.Error) from error
+            raise
+
+    async def _hold(self, engine: AsyncEngine) -> _Writer | None:
+        connection = await engine.connect()
         driver = (await connection.get_raw_connection()).driver_connection
         if not isinstance(driver, sqlite_driver.InlineConnection):
-            return StatementRunner(connection)  # an engine made elsewhere (tests, tools): no shortcut
-        return SQLiteRunner(connection, driver.sqlite)
+            await connection.close()
+            self._holds = False
+            return None
+        if self._releasing is not engine:
+            event.listen(engine.sync_engine, "engine_disposed", self._release)
+            self._releasing = engine
+        self._writer = _Writer(connection, driver, SQLiteRunner(connection, driver.sqlite))
+        return self._writer
+
+    async def _drop(self, writer: _Writer) -> None:
+        self._writer = None
+        with contextlib.suppress(Exception):
+            await writer.connection.invalidate()
+            await writer.connection.close()
+
+    def _release(self, _engine: Any) -> None:
+        """On engine.dispose() (in SQLAlchemy's greenlet): close the held connection too, which a
+        pool's disposal leaves open, being checked out."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.connection.sync_connection.invalidate()  # type: ignore[union-attr]
+                writer.connection.sync_connection.close()  # type: ignore[union-attr]
 
 
 class ReplicaUnavailable(Exception):

@@ -9,9 +9,9 @@ saga is built once, at import, as a Prepared, and run through the unit of work
 
 - on SQLite, whose statements run on the event loop's thread anyway (see
   paysaga.runtime.storage.sqlite_driver), it is compiled once per set of parameter names by
-  SQLAlchemy's own compiler and run straight on the sqlite3 connection, inside the transaction
-  SQLAlchemy began, with SQLAlchemy's own type processors: the same SQL with the same values,
-  without the machinery around them;
+  SQLAlchemy's own compiler and run straight on the sqlite3 connection, inside the write
+  transaction (paysaga.runtime.storage.backends.SQLiteBackend.writing), with SQLAlchemy's own
+  type processors: the same SQL with the same values, without the machinery around them;
 - on any other database it goes through SQLAlchemy as every other statement does.
 
 Limits, checked when a statement is first compiled: no Python-side column defaults (SQLAlchemy

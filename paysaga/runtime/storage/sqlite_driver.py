@@ -111,6 +111,19 @@ class InlineConnection:
     def cursor(self) -> InlineCursor:
         return InlineCursor(self, self._connection.cursor())
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction
+
+    async def begin_immediate(self) -> None:
+        """``BEGIN IMMEDIATE`` issued here rather than through SQLAlchemy (see
+        paysaga.runtime.storage.backends.SQLiteBackend.writing)."""
+        cursor = self._connection.cursor()
+        try:
+            await self.begin_writing(cursor, _WAITING_PREFIX)
+        finally:
+            cursor.close()
+
     async def begin_writing(self, cursor: sqlite3.Cursor, sql: str) -> None:
         """Take the write lock: at once if it is free (no hand-off), else wait for it on the thread."""
         self._connection.execute("PRAGMA busy_timeout = 0")

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import TypeVar
 
 from paysaga.core.eventing import EventEnvelope, new_event, subject_of
-from paysaga.runtime.storage.backends import WRITE_OPTION, backend_of
+from paysaga.runtime.storage.backends import backend_of
 from paysaga.runtime.storage.database import is_retryable
 from paysaga.runtime.storage.prepared import Parameters, Prepared, Rows, StatementRunner
 
@@ -276,21 +276,11 @@ class Database(Generic[U]):
         """A write transaction; commits when the block ends, rolls back if it raises. Refused at
         once (ReplicaUnavailable) while the synchronous standby a commit would wait for is gone."""
         await self.backend.admit_write(self.engine)
-        async with self.backend.write_turn(), self.engine.connect() as connection:
-            await connection.execution_options(**{WRITE_OPTION: True})
-            transaction = await connection.begin()
-            try:
-                unit = self._unit(connection, self)
-                unit.runner = await self.backend.runner(connection)
-                yield unit
-                await unit.write_outbox()
-            except BaseException:
-                # The error that ended the work is what matters; a connection already broken
-                # cannot roll back (the server drops the transaction with it).
-                with contextlib.suppress(Exception):
-                    await transaction.rollback()
-                raise
-            await self.backend.commit(connection, transaction)
+        async with self.backend.write_turn(), self.backend.writing(self.engine) as (connection, runner):
+            unit = self._unit(connection, self)
+            unit.runner = runner
+            yield unit
+            await unit.write_outbox()
         for listener in self._commit_listeners:
             listener(unit)
 
