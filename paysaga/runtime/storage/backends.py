@@ -185,10 +185,6 @@ class Backend:
         """Whether everything committed so far is on every replica a commit waits for."""
         return True
 
-    async def runner(self, connection: AsyncConnection) -> StatementRunner:
-        """What runs prepared statements in a transaction on connection."""
-        return StatementRunner(connection)
-
 
 @dataclass
 class _Writer:
@@ -243,17 +239,25 @@ class SQLiteBackend(Backend):
             raise DBAPIError.instance("BEGIN IMMEDIATE", None, error, sqlite3.Error) from error
         try:
             yield writer.connection, writer.runner
+        except BaseException:
+            await self._roll_back(writer)
+            raise
+        try:
             await writer.driver.commit()
         except BaseException as error:
-            try:
-                await writer.driver.rollback()  # discards what the transaction wrote; no disk wait
-                if writer.connection.in_transaction():
-                    await writer.connection.rollback()  # SQLAlchemy's view of it (and its savepoints)
-            except Exception:  # noqa: BLE001 - the error that ended the work is what matters
-                await self._drop(writer)
-            if isinstance(error, sqlite3.Error):  # the commit's
+            await self._roll_back(writer)
+            if isinstance(error, sqlite3.Error):
                 raise DBAPIError.instance("COMMIT", None, error, sqlite3.Error) from error
             raise
+
+    async def _roll_back(self, writer: _Writer) -> None:
+        """After an error (which is what matters, so this raises none of its own)."""
+        try:
+            await writer.driver.rollback()  # discards what the transaction wrote; no disk wait
+            if writer.connection.in_transaction():
+                await writer.connection.rollback()  # SQLAlchemy's view of it (and its savepoints)
+        except Exception:  # noqa: BLE001 - a connection that cannot roll back is not used again
+            await self._drop(writer)
 
     async def _hold(self, engine: AsyncEngine) -> _Writer | None:
         connection = await engine.connect()
