@@ -297,7 +297,7 @@ class EventConsumer(Generic[U]):
                 await puller.open()
                 return puller
             except NotFoundError:
-                log.info("consumer.waiting_for_stream", extra={"stream": self._subscription.stream})
+                log.info("consumer.waiting_for_stream", extra={"stream": stream})
             except (nats.errors.Error, TimeoutError) as error:
                 log.warning(
                     "consumer.subscribe_failed", extra={"stream": self._subscription.stream, "error": repr(error)}

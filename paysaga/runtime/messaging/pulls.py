@@ -33,12 +33,12 @@ PULL_EXPIRES_S = 1.0
 LOST_AFTER_S = 1.0
 # After the server ended a request for a leadership change or its shutdown, the pause before the next.
 CONFLICT_PAUSE_S = 0.1
-# Statuses that end a pull request (the server's 404 "No Messages" only answers no_wait, which
-# this never sends). 409 also says why: some reasons are normal, any other is a failure the caller
-# sees (e.g. the consumer was deleted: it subscribes again, which recreates it).
 # Event loop rounds a burst may take to come in, and without a new message after which it has.
 SETTLE_ROUNDS = 16
 QUIET_ROUNDS = 2
+# Statuses that end a pull request (the server's 404 "No Messages" only answers no_wait, which
+# this never sends). 409 also says why: some reasons are normal, any other is a failure the caller
+# sees (e.g. the consumer was deleted: it subscribes again, which recreates it).
 _EXPIRED = "408"
 _CONFLICT = "409"
 _HEARTBEAT = "100"

@@ -215,7 +215,6 @@ class SQLiteBackend(Backend):
         super().__init__()
         self._writer: _Writer | None = None
         self._holds = True  # False for an engine whose connections are not sqlite_driver's
-        self._releasing: AsyncEngine | None = None
 
     @staticmethod
     def create_engine(url: str) -> AsyncEngine:
@@ -266,9 +265,8 @@ class SQLiteBackend(Backend):
             await connection.close()
             self._holds = False
             return None
-        if self._releasing is not engine:
+        if not event.contains(engine.sync_engine, "engine_disposed", self._release):
             event.listen(engine.sync_engine, "engine_disposed", self._release)
-            self._releasing = engine
         self._writer = _Writer(connection, driver, SQLiteRunner(connection, driver.sqlite))
         return self._writer
 
