@@ -20,7 +20,8 @@ from paysaga.runtime.messaging.pulls import Puller, PullRefused
 
 Callback = Callable[[Msg], Awaitable[None]]
 EVENT_SUBJECT = "paysaga.events.ledger.standard.FundsHeld"
-ACK_SUBJECT = "$JS.ACK.LEDGER_EVENTS.payments-from-ledger-standard.1.1.1.1.0"
+# A delivered message's reply subject ends with how many more the consumer has pending.
+ACK_SUBJECT = "$JS.ACK.LEDGER_EVENTS.payments-from-ledger-standard.1.1.1.1.{pending}"
 
 
 @dataclass
@@ -43,9 +44,13 @@ class FakeConnection:
     async def publish(self, subject: str, payload: bytes, reply: str) -> None:
         self.requests.append((subject, json.loads(payload), reply))
 
-    async def deliver(self, count: int = 1) -> list[Msg]:
-        """Pulled messages, as the server delivers them: on their stream subject."""
-        sent = [Msg(cast(Any, self), subject=EVENT_SUBJECT, reply=ACK_SUBJECT, data=b"event") for _ in range(count)]
+    async def deliver(self, count: int = 1, pending_after: int = 0) -> list[Msg]:
+        """Pulled messages, as the server delivers them: on their stream subject, each saying how
+        many more are pending (pending_after once these are delivered)."""
+        sent = [
+            Msg(cast(Any, self), subject=EVENT_SUBJECT, reply=ACK_SUBJECT.format(pending=pending), data=b"event")
+            for pending in range(pending_after + count - 1, pending_after - 1, -1)
+        ]
         for message in sent:
             await self._receive(message)
         return sent
@@ -93,6 +98,28 @@ async def test_a_batch_never_holds_more_than_the_window() -> None:
     delivered = await connection.deliver(3)  # e.g. late ones of an expired request, and this one's
     assert await puller.next_batch(0.01) == delivered[:2]
     assert await puller.next_batch(0.01) == delivered[2:]
+
+
+async def test_a_burst_the_server_has_not_finished_sending_is_waited_for_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pulls, "SETTLE_MAX_S", 0.3)  # far longer than the test's own steps take
+    puller, connection = await opened(window=8)
+    await puller.next_batch(0.01)
+    first = await connection.deliver(2, pending_after=3)  # the rest comes through a later read
+    taking = asyncio.create_task(puller.next_batch(0.01))
+    await asyncio.sleep(0.02)
+    assert not taking.done()
+    rest = await connection.deliver(3)
+    assert await taking == first + rest  # one batch, so one transaction
+
+    # More pending than ever comes (the server is slow, or another consumer took them): the
+    # batch is taken as it is, SETTLE_MAX_S later.
+    alone = await connection.deliver(1, pending_after=5)
+    assert await asyncio.wait_for(puller.next_batch(0.01), timeout=5) == alone
+    # A window's worth is taken at once, whatever is pending.
+    full = await connection.deliver(8, pending_after=5)
+    assert await asyncio.wait_for(puller.next_batch(0.01), timeout=0.1) == full
 
 
 async def test_the_expiry_of_the_open_request_asks_again_and_a_late_one_of_an_earlier_request_does_not() -> None:

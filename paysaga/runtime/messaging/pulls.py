@@ -33,9 +33,9 @@ PULL_EXPIRES_S = 1.0
 LOST_AFTER_S = 1.0
 # After the server ended a request for a leadership change or its shutdown, the pause before the next.
 CONFLICT_PAUSE_S = 0.1
-# Event loop rounds a burst may take to come in, and without a new message after which it has.
-SETTLE_ROUNDS = 16
-QUIET_ROUNDS = 2
+# How long the rest of a burst is waited for, at most, when its last message so far says the
+# server has more for this consumer (a batch cut short costs a transaction more).
+SETTLE_MAX_S = 0.002
 # Statuses that end a pull request (the server's 404 "No Messages" only answers no_wait, which
 # this never sends). 409 also says why: some reasons are normal, any other is a failure the caller
 # sees (e.g. the consumer was deleted: it subscribes again, which recreates it).
@@ -121,14 +121,24 @@ class Puller:
 
     async def _settle(self) -> None:
         """Let the rest of a burst come in before taking a batch: the server sends what it has at
-        once, but it arrives through several reads, and a batch cut short costs a transaction more."""
-        quiet = 0
-        for _ in range(SETTLE_ROUNDS):
-            if len(self._arrived) >= self._window or quiet == QUIET_ROUNDS:
+        once, but it arrives through several reads, sometimes a moment apart. Each message says
+        how many more the consumer has pending: while the last one says more, and the window has
+        room, wait for them (up to SETTLE_MAX_S)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_MAX_S
+        while len(self._arrived) < self._window and self._burst_continues():
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(deadline - loop.time()):
+                    await self._wake.wait()
+            except TimeoutError:
                 return
-            before = len(self._arrived)
-            await asyncio.sleep(0)
-            quiet = quiet + 1 if len(self._arrived) == before else 0
+
+    def _burst_continues(self) -> bool:
+        last = self._arrived[-1]
+        if self._received + len(self._arrived) >= self._window or JetStreamContext.is_status_msg(last) is not None:
+            return False  # the open request has all it asked for, or has ended
+        return last.metadata.num_pending > 0
 
     async def _deliver(self, message: Msg) -> None:
         self._arrived.append(message)
