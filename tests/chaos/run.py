@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import grpc
 import sqlalchemy as sa
+from nats.js.errors import ServiceUnavailableError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from paysaga.ledger.v1 import ledger_pb2
@@ -248,7 +249,12 @@ async def verdict(shop: Shop, load: Load, outcome: Outcome, last_fault_end: floa
 
 
 async def quiet(shop: Shop) -> bool:
-    return not (await shop.unpublished_events() or await shop.busy_consumers())
+    """Nothing left to publish or to deliver. A NATS cluster still electing its leaders after the
+    last fault answers "unavailable" (503): not known to be quiet yet, so asked again."""
+    try:
+        return not (await shop.unpublished_events() or await shop.busy_consumers())
+    except ServiceUnavailableError:
+        return False
 
 
 async def payment_statuses(cluster: LocalCluster) -> dict[str, str]:
