@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from paysaga.runtime.storage import backends
 from paysaga.runtime.storage.database import create_engine
 from paysaga.runtime.storage.prepared import Prepared
-from paysaga.runtime.storage.sqlite_driver import InlineConnection
+from paysaga.runtime.storage.sqlite_driver import ConnectionThread, InlineConnection
 from paysaga.runtime.storage.unit_of_work import Database
 from tests.integration.counters import counters, open_database
 
@@ -161,3 +162,37 @@ async def test_a_write_that_cannot_get_the_lock_fails_as_a_database_error_and_th
         assert set((await connection.scalars(sa.select(counters.c.name))).all()) == {"before", "holder", "after"}
     for database in (holder, waiter):
         await database.engine.dispose()
+
+
+async def test_the_connection_thread_hands_back_results_and_errors_and_goes_on_after_a_failure() -> None:
+    thread = ConnectionThread()
+    try:
+        assert await thread.submit(sum, (1, 2, 3)) == 6
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await thread.submit(_raise, sqlite3.OperationalError("database is locked"))
+        assert await thread.submit(max, 4, 9) == 9
+    finally:
+        thread.stop()
+
+
+def test_a_job_that_ends_after_its_event_loop_closed_does_not_end_the_connection_thread() -> None:
+    thread = ConnectionThread()
+    release = threading.Event()
+
+    async def leave_a_job_running() -> None:
+        thread.submit(release.wait, 5.0)  # nobody awaits it: its loop closes first
+
+    try:
+        asyncio.run(leave_a_job_running())
+        release.set()
+
+        async def next_job() -> int:
+            return await asyncio.wait_for(thread.submit(len, "four"), timeout=5.0)
+
+        assert asyncio.run(next_job()) == 4
+    finally:
+        thread.stop()
+
+
+def _raise(error: Exception) -> None:
+    raise error
