@@ -9,8 +9,8 @@ thread only what can wait on something else:
 - ``BEGIN IMMEDIATE``, when another process holds the write lock: it is tried here first with no
   wait at all, and only if the lock is taken does the thread wait for it (up to the busy timeout);
 - the ``COMMIT`` of a transaction that wrote, which waits for the disk (fsync), when the event
-  loop has other work: while its thread is mostly idle (``LoopLoad``), the commit runs right
-  here, since then nothing else waits behind it and the hand-off and wake-up would be pure cost.
+  loop has enough other work: while its thread has been lightly loaded (``LoopLoad``), the commit
+  runs right here, since little waits behind it and the hand-off and wake-up would cost more.
 
 That is at most one hand-off per write transaction instead of one per call, and none for reads. The
 price: while SQLite runs a statement, the event loop waits. Ours are indexed and bounded (a page
@@ -40,10 +40,11 @@ _WAITING_PREFIX = "BEGIN IMMEDIATE"
 
 class ConnectionThread:
     """The one thread a connection hands its waits to, with the least machinery per call: a job
-    is put on a queue and its result comes back to the event loop with one wake-up (half the CPU
-    of an executor's future, its condition and the chaining of two futures, which the write path
-    pays on every commit). Daemonic, so that a connection nobody closed does not keep the process
-    alive; a job cut short by the process's exit is a transaction that did not commit."""
+    is put on a queue and its result comes back to the event loop with one wake-up. A one-worker
+    executor's future, its condition and the chaining of two futures cost about 70 µs of CPU more
+    per commit (measured on one insert and its fsync: 0.275 against 0.205 ms). Daemonic, so that
+    a connection nobody closed does not keep the process alive; a job cut short by the process's
+    exit is a transaction that did not commit."""
 
     def __init__(self, name: str = "sqlite") -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
