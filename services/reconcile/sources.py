@@ -7,7 +7,8 @@ Streams are read through a pull consumer named "reconcile" (unacknowledged, in m
 after the read and removed by the server if a run dies), from a little before the look-back's
 start up to what the stream held when its reading began; events from the window's end on are
 left out, so a rerun over the same data reads the same events. A read that stops short makes the
-run incomplete.
+run incomplete; one that JetStream refuses as unavailable (503, while a clustered stream elects
+its leader) before it took anything is tried again for a while first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -54,6 +56,12 @@ CONSUMER = "reconcile"
 CONSUMER_INACTIVE_S = 60.0
 STREAM_INFO_TIMEOUT_S = 10.0
 STREAM_NOT_FOUND = 10059
+# JetStream answers 503 while a clustered stream or the meta group elects a leader (after a node
+# was lost or came back): a read refused that way, before it took anything, is tried again for
+# up to UNAVAILABLE_RETRY_S before the stream counts as unavailable.
+UNAVAILABLE_RETRY_S = 30.0
+UNAVAILABLE_PAUSE_S = 1.0
+_TRANSIENT = (ServiceUnavailableError, nats.errors.NoRespondersError)
 DATABASE_TIMEOUT_S = 600.0
 # Why a database could not be read: missing, a bad URL or driver, unreachable, too slow.
 UNREADABLE = (DatabaseMissing, ValueError, ImportError, SQLAlchemyError, OSError, TimeoutError)
@@ -187,6 +195,10 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
     gathered.observed.dead_letters = letters
 
 
+class _Unavailable(str):
+    """Why a read failed, when it failed for a while only (JetStream's 503) and took nothing."""
+
+
 async def read_stream(
     client: NatsClient,
     stream: str,
@@ -197,11 +209,32 @@ async def read_stream(
     covers: dt.datetime | None,
 ) -> str | None:
     """Read stream from start (None: its first message) up to its last message now; the reason it
-    could not, or None. A read that stops short is a reason, never a partial success."""
+    could not, or None. A read that stops short is a reason, never a partial success; one refused
+    as unavailable before it took anything is tried again for a while."""
+    deadline_s = time.monotonic() + UNAVAILABLE_RETRY_S
+    while True:
+        reason = await _read_stream_once(client, stream, subject, start, take, covers=covers)
+        if not isinstance(reason, _Unavailable) or time.monotonic() >= deadline_s:
+            return None if reason is None else str(reason)
+        log.warning("reconcile.stream_unavailable", extra={"stream": stream, "reason": str(reason)})
+        await asyncio.sleep(UNAVAILABLE_PAUSE_S)
+
+
+async def _read_stream_once(
+    client: NatsClient,
+    stream: str,
+    subject: str,
+    start: dt.datetime | None,
+    take: Callable[[Msg], None],
+    *,
+    covers: dt.datetime | None,
+) -> str | None:
     try:
         state = await stream_state(client, stream)
     except NotFoundError:
         return "the stream does not exist (has the service ever started?)"
+    except _TRANSIENT as error:
+        return _Unavailable(f"cannot read the stream's state: {error!r}")
     except (nats.errors.Error, TimeoutError, ValueError) as error:
         return f"cannot read the stream's state: {error!r}"
     if covers is not None and state.first_sequence > 1 and state.messages and state.first_at > covers:
@@ -219,6 +252,8 @@ async def read_stream(
         )
     except NotFoundError:
         pass
+    except _TRANSIENT as error:
+        return _Unavailable(f"cannot read the stream: {error!r}")
     except (nats.errors.Error, TimeoutError) as error:
         return f"cannot read the stream: {error!r}"
     config = ConsumerConfig(
@@ -250,6 +285,13 @@ async def read_stream(
         finally:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await jetstream.delete_consumer(stream, CONSUMER)
+    except _TRANSIENT as error:
+        if read:
+            return f"reading stopped after {read} messages: {error!r}"
+        # Perhaps created before the refusal: ours (it did not exist a moment ago), so it goes.
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await jetstream.delete_consumer(stream, CONSUMER)
+        return _Unavailable(f"reading stopped after 0 messages: {error!r}")
     except (nats.errors.Error, TimeoutError) as error:
         return f"reading stopped after {read} messages: {error!r}"
     return None
@@ -273,6 +315,8 @@ async def stream_state(client: NatsClient, stream: str) -> StreamState:
     if error is not None:
         if error.get("err_code") == STREAM_NOT_FOUND:
             raise NotFoundError
+        if error.get("code") == 503:
+            raise ServiceUnavailableError(code=503, description=error.get("description"))
         raise ValueError(error.get("description", "unknown error"))
     state = answer["state"]
     return StreamState(state["messages"], state["first_seq"], state["last_seq"], parse_time(state["first_ts"]))
