@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -176,7 +177,11 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
 
         before = len(events)
         start = window.lookback_start - CLOCK_SLACK
-        reason = await read_stream(client, events_spec.name, events_spec.subjects[0], start, take_event, covers=start)
+        reason = await retried_while_unavailable(
+            functools.partial(
+                read_stream, client, events_spec.name, events_spec.subjects[0], start, take_event, covers=start
+            )
+        )
         if reason:
             gathered.failed(f"{events_spec.name} stream", "stream", "unavailable", reason)
         else:
@@ -184,7 +189,11 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
             span = f", sequences {read[0].sequence}-{read[-1].sequence}" if read else ""
             gathered.ok(f"{events_spec.name} stream", "stream", len(read), f"{len(read)} events in range{span}")
         before = len(letters)
-        reason = await read_stream(client, letters_spec.name, letters_spec.subjects[0], None, take_letter, covers=None)
+        reason = await retried_while_unavailable(
+            functools.partial(
+                read_stream, client, letters_spec.name, letters_spec.subjects[0], None, take_letter, covers=None
+            )
+        )
         if reason:
             gathered.failed(f"{letters_spec.name} stream", "dead_letters", "unavailable", reason)
         else:
@@ -195,8 +204,20 @@ async def read_streams(gathered: Gathered, client: NatsClient) -> None:
     gathered.observed.dead_letters = letters
 
 
-class _Unavailable(str):
+class Unavailable(str):
     """Why a read failed, when it failed for a while only (JetStream's 503) and took nothing."""
+
+
+async def retried_while_unavailable(read: Callable[[], Awaitable[str | None]]) -> str | None:
+    """read() (a read_stream), tried again while it fails as Unavailable, for up to
+    UNAVAILABLE_RETRY_S; what the last try said."""
+    deadline_s = time.monotonic() + UNAVAILABLE_RETRY_S
+    while True:
+        reason = await read()
+        if not isinstance(reason, Unavailable) or time.monotonic() >= deadline_s:
+            return reason
+        log.warning("reconcile.stream_unavailable", extra={"reason": str(reason)})
+        await asyncio.sleep(UNAVAILABLE_PAUSE_S)
 
 
 async def read_stream(
@@ -210,31 +231,13 @@ async def read_stream(
 ) -> str | None:
     """Read stream from start (None: its first message) up to its last message now; the reason it
     could not, or None. A read that stops short is a reason, never a partial success; one refused
-    as unavailable before it took anything is tried again for a while."""
-    deadline_s = time.monotonic() + UNAVAILABLE_RETRY_S
-    while True:
-        reason = await _read_stream_once(client, stream, subject, start, take, covers=covers)
-        if not isinstance(reason, _Unavailable) or time.monotonic() >= deadline_s:
-            return None if reason is None else str(reason)
-        log.warning("reconcile.stream_unavailable", extra={"stream": stream, "reason": str(reason)})
-        await asyncio.sleep(UNAVAILABLE_PAUSE_S)
-
-
-async def _read_stream_once(
-    client: NatsClient,
-    stream: str,
-    subject: str,
-    start: dt.datetime | None,
-    take: Callable[[Msg], None],
-    *,
-    covers: dt.datetime | None,
-) -> str | None:
+    as unavailable before it took anything says so (Unavailable), so that it can be tried again."""
     try:
         state = await stream_state(client, stream)
     except NotFoundError:
         return "the stream does not exist (has the service ever started?)"
     except _TRANSIENT as error:
-        return _Unavailable(f"cannot read the stream's state: {error!r}")
+        return Unavailable(f"cannot read the stream's state: {error!r}")
     except (nats.errors.Error, TimeoutError, ValueError) as error:
         return f"cannot read the stream's state: {error!r}"
     if covers is not None and state.first_sequence > 1 and state.messages and state.first_at > covers:
@@ -253,7 +256,7 @@ async def _read_stream_once(
     except NotFoundError:
         pass
     except _TRANSIENT as error:
-        return _Unavailable(f"cannot read the stream: {error!r}")
+        return Unavailable(f"cannot read the stream: {error!r}")
     except (nats.errors.Error, TimeoutError) as error:
         return f"cannot read the stream: {error!r}"
     config = ConsumerConfig(
@@ -291,7 +294,7 @@ async def _read_stream_once(
         # Perhaps created before the refusal: ours (it did not exist a moment ago), so it goes.
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await jetstream.delete_consumer(stream, CONSUMER)
-        return _Unavailable(f"reading stopped after 0 messages: {error!r}")
+        return Unavailable(f"reading stopped after 0 messages: {error!r}")
     except (nats.errors.Error, TimeoutError) as error:
         return f"reading stopped after {read} messages: {error!r}"
     return None

@@ -66,8 +66,10 @@ class FakeClient:
 
 async def _read(client: FakeClient, taken: list[Any]) -> str | None:
     fake: Any = client
-    return await sources.read_stream(
-        fake, "PAYMENTS_EVENTS", "paysaga.events.payments.>", START, taken.append, covers=None
+    return await sources.retried_while_unavailable(
+        lambda: sources.read_stream(
+            fake, "PAYMENTS_EVENTS", "paysaga.events.payments.>", START, taken.append, covers=None
+        )
     )
 
 
