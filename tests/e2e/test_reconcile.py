@@ -73,12 +73,16 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+ENDINGS = ("COMPLETED", "REFUNDED", "FAILED", "CANCELLED", "REJECTED")
+
+
 async def run_purchases(shop: Shop) -> dict[str, list[str]]:
     """Purchases of every ending: completed, refunded, failed (no funds, no stock), cancelled, rejected."""
     purchase = await shop.setup(funds_minor=PRICE * 40, stock=30)
     poor = await shop.setup(funds_minor=0, stock=5)
     sold_out = await shop.setup(funds_minor=PRICE * 5, stock=0)
-    made: dict[str, list[str]] = {"COMPLETED": [], "REFUNDED": [], "FAILED": [], "CANCELLED": [], "REJECTED": []}
+    made: dict[str, list[str]] = {ending: [] for ending in ENDINGS}
+    made["CAPTURE_REVERSED"] = []  # of the cancelled, those the ledger had captured: a capture and a refund to settle
     completed = [await shop.pay(purchase, amount_minor=PRICE) for _ in range(12)]
     for payment in completed:
         assert (await shop.finish(payment.payment_id)).status == payments_pb2.PAYMENT_STATUS_COMPLETED
@@ -103,14 +107,24 @@ async def run_purchases(shop: Shop) -> dict[str, list[str]]:
     ending = await shop.finish(cancelled.payment_id)
     made[payments_pb2.PaymentStatus.Name(ending.status).removeprefix("PAYMENT_STATUS_")].append(cancelled.payment_id)
     await settled(shop)
+    if ending.status == payments_pb2.PAYMENT_STATUS_CANCELLED and captured(shop.cluster, cancelled.payment_id):
+        made["CAPTURE_REVERSED"].append(cancelled.payment_id)
     return made
+
+
+def captured(cluster: LocalCluster, payment_id: str) -> bool:
+    with sqlite3.connect(sqlite_path(cluster, "ledger"), timeout=10) as connection:
+        found = connection.execute(
+            "SELECT 1 FROM journal_entries WHERE saga_id = ? AND kind = 'CAPTURE'", (payment_id,)
+        ).fetchone()
+    return found is not None
 
 
 def settlement_lines(made: dict[str, list[str]], day: dt.date) -> list[SettlementLine]:
     lines = []
-    for payment_id in [*made["COMPLETED"], *made["REFUNDED"]]:
+    for payment_id in [*made["COMPLETED"], *made["REFUNDED"], *made["CAPTURE_REVERSED"]]:
         lines.append(SettlementLine(0, payment_id, "capture", PRICE, "EUR", day))
-    for payment_id in made["REFUNDED"]:
+    for payment_id in [*made["REFUNDED"], *made["CAPTURE_REVERSED"]]:
         lines.append(SettlementLine(0, payment_id, "refund", PRICE, "EUR", day))
     return lines
 
@@ -320,8 +334,8 @@ async def test_a_clean_cluster_reconciles_then_every_planted_mismatch_is_found(
     assert "RECONCILED" in clean.stdout
     report = json.loads((tmp_path / "clean.json").read_text())
     assert report["verdict"] == "reconciled"
-    assert report["counts"]["sagas"] == sum(len(ids) for ids in made.values())
-    assert report["counts"]["settlement_lines"] == len(made["COMPLETED"]) + 2 * len(made["REFUNDED"])
+    assert report["counts"]["sagas"] == sum(len(made[ending]) for ending in ENDINGS)
+    assert report["counts"]["settlement_lines"] == len(settlement_lines(made, today))
 
     for service in ("payments", "ledger", "inventory"):
         quiet_cluster.pause(service)  # still, while faults are planted
