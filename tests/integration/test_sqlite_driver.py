@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from paysaga.runtime.storage import backends
 from paysaga.runtime.storage.database import create_engine
 from paysaga.runtime.storage.prepared import Prepared
-from paysaga.runtime.storage.sqlite_driver import ConnectionThread, InlineConnection, LoopLoad, connector
+from paysaga.runtime.storage.sqlite_driver import ConnectionThread, InlineConnection
 from paysaga.runtime.storage.unit_of_work import Database
 from tests.integration.counters import counters, open_database
 
@@ -197,52 +196,3 @@ def test_a_job_that_ends_after_its_event_loop_closed_does_not_end_the_connection
 
 def _raise(error: Exception) -> None:
     raise error
-
-
-def test_the_loop_load_is_light_after_idle_time_and_heavy_after_busy_or_blocked_time() -> None:
-    load = LoopLoad(threshold=0.5)
-    assert not load.light()  # nothing measured yet: taken as busy
-    time.sleep(LoopLoad.WINDOW_S * 1.5)
-    assert load.light()  # this call ends the idle window ...
-    _spin(LoopLoad.WINDOW_S / 2)
-    assert load.light()  # ... which answers until the next one ends
-    _spin(LoopLoad.WINDOW_S * 1.5)
-    assert not load.light()
-    time.sleep(LoopLoad.WINDOW_S * 1.5)
-    load.blocked(LoopLoad.WINDOW_S * 1.5)  # as if a commit of ours had waited for the disk all along
-    assert not load.light()
-
-
-async def test_a_commit_waits_for_the_disk_on_the_loop_when_it_is_idle_and_on_the_thread_when_busy(
-    tmp_path: Path,
-) -> None:
-    connection = await connector(str(tmp_path / "commits.db"), 1000, ("journal_mode = WAL", "synchronous = FULL"))()
-    committed_on: list[str] = []
-    connection.sqlite.set_trace_callback(
-        lambda sql: committed_on.append(threading.current_thread().name) if sql == "COMMIT" else None
-    )
-    connection.sqlite.execute("CREATE TABLE t (n INTEGER)")
-
-    async def write(n: int) -> None:
-        await connection.begin_immediate()
-        connection.sqlite.execute("INSERT INTO t VALUES (?)", (n,))
-        await connection.commit()
-
-    try:
-        await asyncio.sleep(LoopLoad.WINDOW_S * 1.5)
-        await write(1)  # the load's first window ends: idle
-        await write(2)  # the same window's answer
-        _spin(LoopLoad.WINDOW_S * 1.5)
-        await write(3)
-        loop_thread = threading.current_thread().name
-        assert committed_on == [loop_thread, loop_thread, "sqlite"]
-        assert [n for (n,) in connection.sqlite.execute("SELECT n FROM t ORDER BY n")] == [1, 2, 3]
-    finally:
-        await connection.close()
-
-
-def _spin(cpu_s: float) -> None:
-    """Keep this thread busy for cpu_s of its own CPU time (the load counts that, not wall time)."""
-    until_s = time.thread_time() + cpu_s
-    while time.thread_time() < until_s:
-        pass

@@ -8,11 +8,9 @@ thread only what can wait on something else:
 
 - ``BEGIN IMMEDIATE``, when another process holds the write lock: it is tried here first with no
   wait at all, and only if the lock is taken does the thread wait for it (up to the busy timeout);
-- the ``COMMIT`` of a transaction that wrote, which waits for the disk (fsync), when the event
-  loop has enough other work: while its thread has been lightly loaded (``LoopLoad``), the commit
-  runs right here, since little waits behind it and the hand-off and wake-up would cost more.
+- the ``COMMIT`` of a transaction that wrote, which waits for the disk (fsync).
 
-That is at most one hand-off per write transaction instead of one per call, and none for reads. The
+That is one hand-off per write transaction instead of one per call, and none for reads. The
 price: while SQLite runs a statement, the event loop waits. Ours are indexed and bounded (a page
 of a list is at most 500 rows), so that is microseconds to a few milliseconds; a reader's rare
 wait for a busy lock (in WAL, only during recovery) would hold the loop up to the busy timeout.
@@ -28,7 +26,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -83,43 +80,6 @@ def _set_result(future: asyncio.Future[T], result: T) -> None:
 def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
-
-
-class LoopLoad:
-    """Whether the event loop's thread has been lightly loaded lately: its CPU time plus the time
-    it spent blocked in commits of its own, as a share of the wall time, over the last window of
-    WINDOW_S, below threshold.
-
-    Measured with the cluster's benchmark: committing on the loop while its thread was under 80%
-    busy took 0.4 to 0.7 ms of CPU off a saga at half capacity (ledger and inventory, each about
-    a third busy, committed there; payments, the busiest, still handed off), with the tail a little
-    shorter, and changed nothing under saturation. Committing there always, whatever the load,
-    had cut the closed loop's throughput from 351 to 202 sagas/s: while one commit waits for the
-    disk nothing else in the process moves."""
-
-    WINDOW_S = 0.05
-    THRESHOLD = 0.8
-
-    def __init__(self, threshold: float = THRESHOLD) -> None:
-        self._threshold = threshold
-        self._window_start_s = time.monotonic()
-        self._cpu_start_s = time.thread_time()
-        self._blocked_s = 0.0
-        self._busy = 1.0
-
-    def light(self) -> bool:
-        """Asked on the loop's thread: ends the window when it is due, and answers for the last one."""
-        now_s = time.monotonic()
-        elapsed_s = now_s - self._window_start_s
-        if elapsed_s >= self.WINDOW_S:
-            cpu_s = time.thread_time()
-            self._busy = (cpu_s - self._cpu_start_s + self._blocked_s) / elapsed_s
-            self._window_start_s, self._cpu_start_s, self._blocked_s = now_s, cpu_s, 0.0
-        return self._busy < self._threshold
-
-    def blocked(self, seconds: float) -> None:
-        """The thread waited this long in a commit of ours (CPU time does not count that)."""
-        self._blocked_s += seconds
 
 
 class InlineCursor:
@@ -183,7 +143,6 @@ class InlineConnection:
         self._connection = connection
         self._busy_timeout_ms = busy_timeout_ms
         self._thread = ConnectionThread()
-        self._load = LoopLoad()
         self._writing = False
         self._changes_before = connection.total_changes
 
@@ -244,14 +203,10 @@ class InlineConnection:
     async def commit(self) -> None:
         wrote = self._writing or self._connection.total_changes != self._changes_before
         try:
-            if not wrote:
-                self._connection.commit()  # nothing to write out
-            elif self._load.light():
-                started_s = time.monotonic()
-                self._connection.commit()
-                self._load.blocked(time.monotonic() - started_s)
-            else:
+            if wrote:
                 await self.on_thread(self._connection.commit)
+            else:
+                self._connection.commit()
         finally:
             self._transaction_ended()
 
